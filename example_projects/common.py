@@ -1,0 +1,94 @@
+"""Pieces shared by the example projects: the classifier LightningModule base and the CLI factory."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LightningCLI
+from torch import Tensor, nn
+
+
+class ClassifierModule(L.LightningModule):
+    """Cross-entropy classifier around ``self.net`` (set by subclasses).
+
+    Logs, once per epoch and reduced across ranks: ``train_loss``/``train_acc`` (training mode, i.e. with
+    dropout and drop-path active), ``val_loss``/``val_acc`` and ``test_loss``/``test_acc``.
+
+    Args:
+        lr: learning rate of AdamW.
+        weight_decay: AdamW weight decay, applied to every parameter.
+
+    Example:
+        >>> from torch import nn
+        >>> class Linear(ClassifierModule):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.net = nn.Linear(4, 3)
+        >>> Linear()(torch.zeros(2, 4)).shape
+        torch.Size([2, 3])
+    """
+
+    net: nn.Module
+
+    def __init__(self, lr: float = 1e-3, weight_decay: float = 0.0) -> None:
+        super().__init__()
+        self.lr = lr
+        self.weight_decay = weight_decay
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def _shared_step(self, batch: Sequence[Tensor], stage: str) -> Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y)
+        acc = (logits.argmax(dim=-1) == y).float().mean()
+        # on_epoch only: the values stay on device and are reduced once per epoch (no per-step host sync).
+        opts: dict[str, Any] = dict(on_step=False, on_epoch=True, batch_size=y.shape[0], sync_dist=True)
+        self.log(f"{stage}_loss", loss, prog_bar=stage != "train", **opts)
+        self.log(f"{stage}_acc", acc, prog_bar=stage != "train", **opts)
+        return loss
+
+    def training_step(self, batch: Sequence[Tensor], batch_idx: int) -> Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: Sequence[Tensor], batch_idx: int) -> None:
+        self._shared_step(batch, "val")
+
+    def test_step(self, batch: Sequence[Tensor], batch_idx: int) -> None:
+        self._shared_step(batch, "test")
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, loader: Any) -> float:
+    """Accuracy of ``model`` in eval mode over ``loader`` (restores the previous train/eval mode)."""
+    was_training = model.training
+    model.eval()
+    correct = total = 0
+    for x, y in loader:
+        pred = model(x).argmax(dim=-1)
+        correct += int((pred == y).sum())
+        total += int(y.numel())
+    model.train(was_training)
+    return correct / max(total, 1)
+
+
+def make_cli(
+    datamodule_class: type[L.LightningDataModule], args: Any = None, run: bool = True
+) -> LightningCLI:
+    """LightningCLI over every :class:`ClassifierModule` subclass (chosen by ``model.class_path``)."""
+    return LightningCLI(
+        ClassifierModule,
+        datamodule_class,
+        subclass_mode_model=True,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+        run=run,
+    )
