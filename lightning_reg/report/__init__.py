@@ -27,6 +27,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 __all__ = [
     "DEFAULT_PAIRS",
@@ -35,6 +36,7 @@ __all__ = [
     "PlotResult",
     "ReportKeys",
     "RunMetrics",
+    "best_epoch_of",
     "load_metrics",
     "plot_drop_path",
     "plot_grad_norms",
@@ -111,18 +113,21 @@ class ReportKeys:
     Attributes:
         pairs: train/validation pairs for the curves figure.
         alert: overfitting alert flag (non-zero at an alerted epoch).
-        best_epoch: metric holding the restored best epoch, used when no ``best_epoch`` is passed.
-        grad_pre: total gradient norm before clipping (or the monitored norm without clipping).
-        grad_post: total gradient norm after clipping.
-        drop_path: current (maximum) drop-path rate.
+        best_epoch: a logged metric holding the restored best epoch (``None``: nothing logs one; pass
+            ``best_epoch`` or ``best_from`` to :func:`render_report` instead).
+        grad_pre: total gradient norm before clipping (``GradientClipping``).
+        grad_post: total gradient norm after clipping (``GradientClipping``).
+        grad_total: total gradient norm (``GradientMonitor``; drawn when ``grad_pre`` was not logged).
+        drop_path: current maximum drop-path rate (``StochasticDepthScheduler``).
     """
 
     pairs: dict[str, tuple[str, str]] = field(default_factory=lambda: dict(DEFAULT_PAIRS))
     alert: str = "overfit/alert"
-    best_epoch: str = "early_stopping/best_epoch"
-    grad_pre: str = "grad/norm_total"
-    grad_post: str = "grad/norm_total_clipped"
-    drop_path: str = "drop_path/rate"
+    best_epoch: str | None = None
+    grad_pre: str = "grad/clip/norm_pre"
+    grad_post: str = "grad/clip/norm_post"
+    grad_total: str = "grad/norm_total"
+    drop_path: str = "stochastic_depth/max_rate"
 
 
 def _float(cell: str) -> float:
@@ -315,7 +320,7 @@ def plot_train_val(
             [v for e, v in zip(vx, vy) if e in tmap],
             color="tab:red",
             alpha=0.15,
-            label="gap (val - train)",
+            label="train/val gap",
         )
         result.series[tk] = ([float(e) for e in tx], list(ty))
         result.series[vk] = ([float(e) for e in vx], list(vy))
@@ -339,6 +344,9 @@ def plot_train_val(
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     axes[-1, 0].set_xlabel("epoch")
+    from matplotlib.ticker import MaxNLocator
+
+    axes[-1, 0].xaxis.set_major_locator(MaxNLocator(integer=True))
     if title:
         fig.suptitle(title)
     _save(fig, result.path)
@@ -355,7 +363,8 @@ def _plot_over_steps(
     logy: bool,
     title: str | None,
 ) -> PlotResult:
-    metrics.require(keys[0], purpose=purpose)
+    if not any(k in metrics.series for k in keys):
+        metrics.require(*keys, purpose=purpose)
     plt = _pyplot()
     result = PlotResult(Path(out_path))
     fig, ax = plt.subplots(figsize=(7, 3.5))
@@ -381,24 +390,29 @@ def _plot_over_steps(
 def plot_grad_norms(
     metrics: RunMetrics,
     out_path: str | Path,
-    pre_key: str = "grad/norm_total",
-    post_key: str | None = "grad/norm_total_clipped",
+    pre_key: str = "grad/clip/norm_pre",
+    post_key: str | None = "grad/clip/norm_post",
+    total_key: str | None = "grad/norm_total",
     title: str | None = None,
 ) -> PlotResult:
-    r"""Total gradient norm over steps, before and (if logged) after clipping, log scale.
+    r"""Total gradient norm over steps, before and after clipping, log scale (if all values are positive).
+
+    Draws ``pre_key`` (or, if it was not logged, ``total_key``: a monitor's norm, which is the
+    pre-clip norm) and, dashed, ``post_key`` when logged.
 
     Args:
         metrics: from :func:`load_metrics`.
         out_path: PNG file to write.
-        pre_key: norm before clipping (required).
-        post_key: norm after clipping (drawn dashed when logged).
+        pre_key: norm before clipping.
+        post_key: norm after clipping.
+        total_key: norm from a gradient monitor, the fallback for ``pre_key``.
         title: figure title.
 
     Returns:
         The figure's path and the series drawn, keyed by metric name (x = global step).
 
     Raises:
-        MissingMetricsError: ``pre_key`` was not logged.
+        MissingMetricsError: none of the keys was logged.
 
     Example:
         >>> import tempfile, pathlib
@@ -407,7 +421,8 @@ def plot_grad_norms(
         >>> plot_grad_norms(load_metrics(d), d / "g.png").series["grad/norm_total"]
         ([0.0, 1.0], [3.0, 2.0])
     """
-    keys = [pre_key] + ([post_key] if post_key else [])
+    first = pre_key if pre_key in metrics.series or not total_key else total_key
+    keys = [first] + ([post_key] if post_key else [])
     return _plot_over_steps(
         metrics,
         out_path,
@@ -421,7 +436,10 @@ def plot_grad_norms(
 
 
 def plot_drop_path(
-    metrics: RunMetrics, out_path: str | Path, key: str = "drop_path/rate", title: str | None = None
+    metrics: RunMetrics,
+    out_path: str | Path,
+    key: str = "stochastic_depth/max_rate",
+    title: str | None = None,
 ) -> PlotResult:
     r"""Drop-path (stochastic depth) rate over steps.
 
@@ -440,13 +458,46 @@ def plot_drop_path(
     Example:
         >>> import tempfile, pathlib
         >>> d = pathlib.Path(tempfile.mkdtemp())
-        >>> _ = (d / "metrics.csv").write_text("epoch,step,drop_path/rate\n0,0,0.0\n0,1,0.1\n")
-        >>> plot_drop_path(load_metrics(d), d / "dp.png").series["drop_path/rate"]
+        >>> _ = (d / "metrics.csv").write_text("epoch,step,stochastic_depth/max_rate\n0,0,0.0\n0,1,0.1\n")
+        >>> plot_drop_path(load_metrics(d), d / "dp.png").series["stochastic_depth/max_rate"]
         ([0.0, 1.0], [0.0, 0.1])
     """
     return _plot_over_steps(
         metrics, out_path, [key], ["drop-path rate"], "drop-path rate", "drop-path rate", False, title
     )
+
+
+def best_epoch_of(metrics: RunMetrics, key: str, mode: Literal["min", "max"] = "min") -> int:
+    r"""Return the first epoch with the best per-epoch value of ``key`` (ties: the earliest).
+
+    This is the epoch an early-stopping callback with ``min_delta=0`` monitoring ``key`` restores.
+
+    Args:
+        metrics: from :func:`load_metrics`.
+        key: the monitored metric.
+        mode: ``"min"`` or ``"max"``.
+
+    Raises:
+        MissingMetricsError: ``key`` was not logged (with a value) at any epoch.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> d = pathlib.Path(tempfile.mkdtemp())
+        >>> _ = (d / "metrics.csv").write_text("epoch,step,val_loss\n0,9,1.5\n1,19,1.25\n2,29,1.25\n")
+        >>> best_epoch_of(load_metrics(d), "val_loss")
+        1
+    """
+    metrics.require(key, purpose="the best epoch")
+    epochs, values = metrics.series[key].per_epoch()
+    pairs = [(e, v) for e, v in zip(epochs, values) if not math.isnan(v)]
+    if not pairs:
+        metrics.require(f"{key} (with a value)", purpose="the best epoch")
+    sign = 1.0 if mode == "min" else -1.0
+    best = pairs[0]
+    for e, v in pairs[1:]:
+        if sign * v < sign * best[1]:
+            best = (e, v)
+    return best[0]
 
 
 def render_report(
@@ -456,6 +507,7 @@ def render_report(
     best_epoch: int | None = None,
     title: str | None = None,
     skipped: dict[str, str] | None = None,
+    best_from: str | None = None,
 ) -> dict[str, PlotResult]:
     r"""Write every plot the logs allow: ``curves.png``, ``grad_norms.png``, ``drop_path.png``.
 
@@ -466,9 +518,12 @@ def render_report(
         log_dir: the run's log directory (see :func:`load_metrics`).
         out_dir: where to write the PNGs (default: ``<log_dir>/plots``).
         keys: metric names to look for (default :class:`ReportKeys`).
-        best_epoch: restored best epoch to mark; default: the last value of ``keys.best_epoch`` if logged.
+        best_epoch: restored best epoch to mark; default: from ``best_from``, else the last value of
+            ``keys.best_epoch`` if that is set and logged, else no mark.
         title: prefix of every figure title.
         skipped: if given, filled with plot name -> why it was skipped.
+        best_from: ``"<key>:min"`` or ``"<key>:max"``: mark the epoch :func:`best_epoch_of` finds (what
+            an early-stopping callback with ``min_delta=0`` monitoring that key restores).
 
     Returns:
         ``{"curves" | "grad_norms" | "drop_path": PlotResult}`` for the plots written.
@@ -487,7 +542,12 @@ def render_report(
     keys = keys or ReportKeys()
     metrics = load_metrics(log_dir)
     out = Path(out_dir) if out_dir is not None else Path(log_dir) / "plots"
-    if best_epoch is None and keys.best_epoch in metrics.series:
+    if best_epoch is None and best_from:
+        key, _, mode = best_from.rpartition(":")
+        if mode not in ("min", "max") or not key:
+            raise ValueError(f"best_from must be '<key>:min' or '<key>:max', got {best_from!r}")
+        best_epoch = best_epoch_of(metrics, key, mode)  # type: ignore[arg-type]
+    if best_epoch is None and keys.best_epoch and keys.best_epoch in metrics.series:
         vals = [v for v in metrics.series[keys.best_epoch].values if not math.isnan(v)]
         best_epoch = int(vals[-1]) if vals else None
 
@@ -499,7 +559,12 @@ def render_report(
             metrics, out / "curves.png", keys.pairs, keys.alert, best_epoch, _t("train vs validation")
         ),
         "grad_norms": lambda: plot_grad_norms(
-            metrics, out / "grad_norms.png", keys.grad_pre, keys.grad_post, _t("gradient norm")
+            metrics,
+            out / "grad_norms.png",
+            keys.grad_pre,
+            keys.grad_post,
+            keys.grad_total,
+            _t("gradient norm"),
         ),
         "drop_path": lambda: plot_drop_path(
             metrics, out / "drop_path.png", keys.drop_path, _t("drop-path rate")
@@ -544,6 +609,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("log_dir", help="run directory of a CSVLogger (metrics.csv) or TensorBoardLogger")
     p.add_argument("--out", default=None, help="output directory (default: LOG_DIR/plots)")
     p.add_argument("--best-epoch", type=int, default=None, help="restored best epoch to mark")
+    p.add_argument(
+        "--best-from",
+        default=None,
+        metavar="KEY:MODE",
+        help="mark the best epoch of KEY (min|max), e.g. val_loss:min",
+    )
     p.add_argument("--title", default=None, help="figure title prefix")
     p.add_argument(
         "--pair",
@@ -556,6 +627,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--best-epoch-key", default=d.best_epoch)
     p.add_argument("--grad-pre-key", default=d.grad_pre)
     p.add_argument("--grad-post-key", default=d.grad_post)
+    p.add_argument("--grad-total-key", default=d.grad_total)
     p.add_argument("--drop-path-key", default=d.drop_path)
     a = p.parse_args(argv)
     keys = ReportKeys(
@@ -564,12 +636,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         best_epoch=a.best_epoch_key,
         grad_pre=a.grad_pre_key,
         grad_post=a.grad_post_key,
+        grad_total=a.grad_total_key,
         drop_path=a.drop_path_key,
     )
     skipped: dict[str, str] = {}
     try:
-        results = render_report(a.log_dir, a.out, keys, a.best_epoch, a.title, skipped)
-    except (MissingMetricsError, FileNotFoundError) as err:
+        results = render_report(a.log_dir, a.out, keys, a.best_epoch, a.title, skipped, a.best_from)
+    except (MissingMetricsError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     for name in ("curves", "grad_norms", "drop_path"):
