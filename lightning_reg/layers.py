@@ -89,7 +89,8 @@ class DropPath(nn.Module):
     """Stochastic depth for a residual branch: ``x -> drop_path(x, self.p, self.training, ...)``.
 
     ``p`` is a plain attribute: set it at any time (the
-    :class:`~lightning_reg.callbacks.StochasticDepthScheduler` does so every step). The module has no parameters or buffers.
+    :class:`~lightning_reg.callbacks.StochasticDepthScheduler` does so every step). The module has no
+    parameters or buffers.
 
     Args:
         p: drop probability in ``[0, 1]``.

@@ -277,7 +277,8 @@ class StochasticDepthScheduler(Callback):
         if self._total_steps >= 0 and cutoff > self._total_steps:
             rank_zero_warn(
                 f"StochasticDepthScheduler: the {self.schedule!r} cutoff ({cutoff} steps) is beyond the"
-                f" training length ({self._total_steps} optimizer steps); the schedule will not reach its cutoff."
+                f" training length ({self._total_steps} optimizer steps); the schedule will not reach"
+                " its cutoff."
             )
         if self.schedule == "early" and cutoff == 0:
             cutoff = 1  # switched off from the first step on, apart from step 0
