@@ -274,11 +274,40 @@ def test_cutoff_beyond_training_length_warns() -> None:
         ),
         ({"early_mode": "cosine"}, ValueError, "Unknown `early_mode` 'cosine'"),
         ({"rule": 3}, TypeError, "`rule` must be one of"),
+        ({"schedule": "no_such_pkg.fn"}, ValueError, "Cannot import time schedule 'no_such_pkg.fn'"),
     ],
 )
 def test_bad_constructor_input(kwargs: dict, error: type[Exception], match: str) -> None:
     with pytest.raises(error, match=match):
         StochasticDepthScheduler(**kwargs)
+
+
+def test_configurable_from_lightning_cli_style_arguments() -> None:
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser()
+    parser.add_class_arguments(StochasticDepthScheduler, "sd")
+    cfg = parser.parse_args(
+        [
+            "--sd.max_rate=0.1",
+            "--sd.rule=lightning_reg.schedules.huang_depth_rates",
+            "--sd.schedule=early",
+            "--sd.cutoff=0.25",
+            "--sd.cutoff_unit=fraction",
+            "--sd.include_dropout=true",
+        ]
+    )
+    cb = StochasticDepthScheduler(**cfg.sd)
+    from lightning_reg.schedules import huang_depth_rates
+
+    assert cb.rule is huang_depth_rates
+    assert (cb.max_rate, cb.schedule, cb.cutoff, cb.cutoff_unit, cb.include_dropout) == (
+        0.1,
+        "early",
+        0.25,
+        "fraction",
+        True,
+    )
 
 
 class _CountingDrop(nn.Module):

@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import importlib
 import math
 from typing import Any, Literal
 
@@ -47,6 +48,22 @@ _NONE_FOUND = (
     " DropPath when `drop_path_rate=0` (the default): build the timm model with `drop_path_rate>0` (e.g."
     " `timm.create_model(name, drop_path_rate=0.1)`), then this callback can rescale or reschedule it."
 )
+
+
+def _resolve(value: Any, names: tuple[str, ...], what: str) -> Any:
+    """Turn a dotted import path (as LightningCLI passes a callable from YAML) into the object."""
+    if isinstance(value, str) and value not in names and "." in value:
+        module_name, _, attr = value.rpartition(".")
+        try:
+            obj = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as err:
+            raise ValueError(
+                f"Cannot import {what} {value!r}; choose one of {list(names)} or a callable"
+            ) from err
+        if not callable(obj):
+            raise TypeError(f"{what} {value!r} is not callable")
+        return obj
+    return value
 
 
 class StochasticDepthScheduler(Callback):
@@ -83,9 +100,10 @@ class StochasticDepthScheduler(Callback):
         max_rate: maximum rate of the depth rule, in ``[0, 1)``; ``None`` keeps the model's own rates as
             targets.
         rule: depth rule, ``"linear"`` (timm), ``"huang"``, ``"uniform"`` or a callable
-            ``(num_levels, max_rate) -> rates``; used only with ``max_rate``.
+            ``(num_levels, max_rate) -> rates`` (or its dotted import path, for YAML); used only with
+            ``max_rate``.
         schedule: ``"constant"``, ``"warmup"``, ``"early"``, ``"late"`` or a callable
-            ``(step, total_steps) -> multiplier``.
+            ``(step, total_steps) -> multiplier`` (or its dotted import path, for YAML).
         cutoff: where ``"warmup"`` ends / ``"early"`` switches off / ``"late"`` switches on, in
             ``cutoff_unit``; required for those schedules.
         cutoff_unit: ``"step"`` (optimizer steps), ``"epoch"`` (multiplied by the optimizer steps per
@@ -118,6 +136,8 @@ class StochasticDepthScheduler(Callback):
     ) -> None:
         super().__init__()
         self.max_rate = None if max_rate is None else check_rate(max_rate, "max_rate")
+        rule = _resolve(rule, DEPTH_RULES, "depth rule")
+        schedule = _resolve(schedule, TIME_SCHEDULES, "time schedule")
         if isinstance(rule, str) and rule not in DEPTH_RULES:
             raise ValueError(
                 f"Unknown depth rule {rule!r}; choose one of {list(DEPTH_RULES)} or pass a callable"
