@@ -273,6 +273,7 @@ def test_cutoff_beyond_training_length_warns() -> None:
             r"Unknown `cutoff_unit` 'batch'; choose one of \['step', 'epoch'",
         ),
         ({"early_mode": "cosine"}, ValueError, "Unknown `early_mode` 'cosine'"),
+        ({"schedule": "early", "cutoff": 0}, ValueError, "Schedule 'early' needs `cutoff` > 0"),
         ({"rule": 3}, TypeError, "`rule` must be one of"),
         ({"schedule": "no_such_pkg.fn"}, ValueError, "Cannot import time schedule 'no_such_pkg.fn'"),
     ],
@@ -372,6 +373,42 @@ def test_per_step_hook_does_no_tensor_work_and_skips_unchanged_multiplier() -> N
         assert [c.writes for c in counters] == [expected_writes] * 5, schedule
         cb.on_fit_end(trainer, model)  # type: ignore[arg-type]
         assert [c.rate for c in counters] == [0.2] * 5
+
+
+def test_loaded_state_is_adopted_and_a_mismatch_warns() -> None:
+    model = ResMLP([0.1, 0.2])
+    names = ["blocks.0.drop_path", "blocks.1.drop_path"]
+    cb = StochasticDepthScheduler()
+    cb.load_state_dict(
+        {"step": 5, "names": names, "original_rates": [0.3, 0.4], "target_rates": [0.05, 0.15]}
+    )
+    trainer = _fake_trainer(total=10)
+    cb.on_fit_start(trainer, model)  # type: ignore[arg-type]
+    cb.on_train_start(trainer, model)  # type: ignore[arg-type]
+    assert [b.drop_path.p for b in model.blocks] == [0.05, 0.15]  # checkpoint's targets
+    cb.on_fit_end(trainer, model)  # type: ignore[arg-type]
+    assert [b.drop_path.p for b in model.blocks] == [0.1, 0.2]  # the rates this model had before fit
+    cb2 = StochasticDepthScheduler()
+    cb2.load_state_dict({"step": 5, "names": names[:1], "original_rates": [0.3], "target_rates": [0.05]})
+    cb2.on_fit_start(trainer, model)  # type: ignore[arg-type]
+    with pytest.warns(UserWarning, match=r"do not match this model's \(1 vs 2\)"):
+        cb2.on_train_start(trainer, model)  # type: ignore[arg-type]
+    assert [b.drop_path.p for b in model.blocks] == [0.1, 0.2]  # constant schedule, own rates
+
+
+def test_rates_restored_when_training_raises() -> None:
+    class Boom(L.Callback):
+        def on_train_batch_start(
+            self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, i: int
+        ) -> None:
+            if trainer.global_step == 2:
+                raise RuntimeError("boom")
+
+    model = ResMLP([0.1, 0.2])
+    cb = StochasticDepthScheduler(max_rate=0.5, rule="uniform")
+    with pytest.raises(RuntimeError, match="boom"):
+        fast_trainer(callbacks=[cb, Boom()]).fit(LitClassifier(model), loader())
+    assert [b.drop_path.p for b in model.blocks] == [0.1, 0.2]
 
 
 def test_torchvision_convnext_tiny_stochastic_depth_modules() -> None:

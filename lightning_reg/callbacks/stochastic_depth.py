@@ -91,10 +91,10 @@ class StochasticDepthScheduler(Callback):
     At fit start (rank zero) it reports what it found and the target rate per level; at fit end (and on an
     exception) it restores the rates the model had. The current maximum rate is written to the loggers as
     ``stochastic_depth/max_rate`` (and ``stochastic_depth/dropout_max_rate``) every ``log_every_n_steps``.
-    The state (step, original and target rates) is saved in checkpoints; a resumed run continues the
-    schedule exactly. Rates are plain Python attributes computed from the global step, identical on all
-    ranks; per-sample (``"row"``) drop path keeps every parameter in the graph, so DDP needs no
-    ``find_unused_parameters``.
+    The state (step, original and target rates) is saved in checkpoints; a resumed run takes the
+    checkpoint's target rates and continues the schedule exactly. Rates are plain Python attributes
+    computed from the global step, identical on all ranks; per-sample (``"row"``) drop path keeps every
+    parameter in the graph, so DDP needs no ``find_unused_parameters``.
 
     Args:
         max_rate: maximum rate of the depth rule, in ``[0, 1)``; ``None`` keeps the model's own rates as
@@ -163,6 +163,10 @@ class StochasticDepthScheduler(Callback):
                 raise ValueError(f"`cutoff` with cutoff_unit='fraction' must be in [0, 1], got {cutoff!r}")
             if cutoff_unit != "fraction" and (cutoff < 0 or cutoff != int(cutoff)):
                 raise ValueError(f"`cutoff` in {cutoff_unit}s must be a non-negative integer, got {cutoff!r}")
+            if schedule == "early" and cutoff <= 0:
+                raise ValueError(
+                    f"Schedule 'early' needs `cutoff` > 0 (0 would never switch the rates on), got {cutoff!r}"
+                )
         if dropout_rate is not None:
             dropout_rate = check_rate(dropout_rate, "dropout_rate")
         if log_every_n_steps is not None and (isinstance(log_every_n_steps, bool) or log_every_n_steps < 0):
@@ -314,8 +318,8 @@ class StochasticDepthScheduler(Callback):
                 f" training length ({self._total_steps} optimizer steps); the schedule will not reach"
                 " its cutoff."
             )
-        if self.schedule == "early" and cutoff == 0:
-            cutoff = 1  # switched off from the first step on, apart from step 0
+        if self.schedule == "early":
+            cutoff = max(cutoff, 1)  # a tiny fraction still keeps the rates on for step 0
         return _make_time_schedule(self.schedule, cutoff, self.early_mode)
 
     @override
@@ -400,7 +404,8 @@ class StochasticDepthScheduler(Callback):
                 f" ({len(state.get('names', []))} vs {len(names)}); keeping the freshly computed rates."
             )
             return
-        self._original_rates = [float(r) for r in state["original_rates"]]
+        # targets come from the checkpoint; the rates restored at fit end stay those this model had at fit
+        # start (the checkpoint's "original_rates" are those of the first run's model, kept for reference)
         self._target_rates = [float(r) for r in state["target_rates"]]
         self._build_plan()
         self._step = -1  # force a rate update at the first batch of the resumed run
