@@ -25,6 +25,41 @@ __all__: list[str] = ["__version__"]
 # --- gradient monitoring and clipping (issue 4) ---
 
 # --- stochastic depth (issue 5) ---
+from lightning_reg.callbacks.stochastic_depth import StochasticDepthScheduler  # noqa: E402
+from lightning_reg.layers import (  # noqa: E402
+    DropPath,
+    add_stochastic_depth,
+    attach_drop_path,
+    drop_path,
+    find_drop_rate_modules,
+)
+from lightning_reg.schedules import (  # noqa: E402
+    depth_rates,
+    early_schedule,
+    huang_depth_rates,
+    late_schedule,
+    linear_depth_rates,
+    make_time_schedule,
+    uniform_depth_rates,
+    warmup_schedule,
+)
+
+__all__ += [
+    "DropPath",
+    "StochasticDepthScheduler",
+    "add_stochastic_depth",
+    "attach_drop_path",
+    "depth_rates",
+    "drop_path",
+    "early_schedule",
+    "find_drop_rate_modules",
+    "huang_depth_rates",
+    "late_schedule",
+    "linear_depth_rates",
+    "make_time_schedule",
+    "uniform_depth_rates",
+    "warmup_schedule",
+]
 
 # --- overfitting monitor (issue 6) ---
 

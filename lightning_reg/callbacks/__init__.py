@@ -7,6 +7,9 @@ __all__: list[str] = []
 # --- gradients (issue 4) ---
 
 # --- stochastic depth (issue 5) ---
+from lightning_reg.callbacks.stochastic_depth import StochasticDepthScheduler  # noqa: E402
+
+__all__ += ["StochasticDepthScheduler"]
 
 # --- overfitting (issue 6) ---
 
