@@ -32,6 +32,10 @@ __all__ += [
     "describe_param_groups",
     "validate_param_groups",
 ]
+from lightning_reg.lr_schedulers import WarmupCosineLR  # noqa: E402  # isort: skip
+from lightning_reg.module import RegularizedModule  # noqa: E402  # isort: skip
+
+__all__ += ["RegularizedModule", "WarmupCosineLR"]
 
 # --- early stopping with best-weights restore (issue 3) ---
 
