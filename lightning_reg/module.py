@@ -266,7 +266,7 @@ class RegularizedModule(LightningModule):
         if isinstance(scheduler, WarmupCosineLR) and scheduler.total_steps is None:
             trainer = self._trainer
             if trainer is None:
-                raise RuntimeError("WarmupCosineLR without total_steps needs the module attached to a Trainer")
+                raise RuntimeError("WarmupCosineLR without total_steps needs a Trainer attached")
             by_step = cfg["lr_scheduler_interval"] == "step"
             scheduler.set_total_steps(trainer.estimated_stepping_batches if by_step else trainer.max_epochs)
         config: dict[str, Any] = {"scheduler": scheduler, "interval": cfg["lr_scheduler_interval"]}
