@@ -244,3 +244,27 @@ def test_resume_ends_where_the_uninterrupted_run_ends(tmp_path):
     for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
     assert not torch.equal(full.head.weight, part.head.weight)
+
+
+@pytest.mark.slow  # ~10-15 s idle (two fresh interpreters); ~50 s on the contended 2-core machine
+@pytest.mark.timeout(240)
+def test_ddp_two_process_fit(tmp_path):
+    from tests.distributed.launch import run_ddp_script
+
+    run_ddp_script(Path(__file__).parent / "distributed" / "ddp_module.py", tmp_path, timeout=180)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
+    assert r0["steps"] == r1["steps"] == 8  # 32 samples / 2 ranks / batch 4 = 4 steps per epoch, 2 epochs
+    assert r0["groups"] == r1["groups"]
+    for k, v in r0["state_dict"].items():
+        assert torch.equal(v, r1["state_dict"][k]), k
+    # layers: stem 0, blocks 1-2, head + idle 3 -> lr 0.01 * 0.5 ** (3 - id)
+    for g in r0["groups"]:
+        assert g["lr"] == g["initial_lr"] == pytest.approx(0.01 * 0.5 ** (3 - g["layer_id"]))
+        assert g["weight_decay"] == (0.0 if "no_decay" in g["name"] else 0.1)
+    by_name = {g["name"]: g for g in r0["groups"]}
+    assert by_name["layer_3_decay"]["param_names"] == ["head.weight", "idle.weight"]
+    expected = r0["idle0"].clone()
+    for _ in range(r0["steps"]):
+        expected.mul_(1 - 0.01 * 0.1)
+    assert torch.equal(r0["state_dict"]["idle.weight"], expected)
+    assert len(r0["tables"]) == 1 and r1["tables"] == []  # logged once, on rank zero only
