@@ -268,3 +268,66 @@ def test_ddp_two_process_fit(tmp_path):
         expected.mul_(1 - 0.01 * 0.1)
     assert torch.equal(r0["state_dict"]["idle.weight"], expected)
     assert len(r0["tables"]) == 1 and r1["tables"] == []  # logged once, on rank zero only
+    # raw torch FSDP(use_orig_params=True), 2 CPU ranks: 1-D shards under wrapped names, same groups
+    for r in (r0, r1):
+        assert all(ndim == 1 and "_fsdp_wrapped_module" in n for n, ndim, _ in r["fsdp_raw"])
+        assert r["fsdp_groups"] == r["fsdp_reference"]
+    assert (
+        sum(x[2] for x in r0["fsdp_raw"]) + sum(x[2] for x in r1["fsdp_raw"]) == 32 * 16 + 2 * (16 + 272) + 16
+    )
+
+
+class LMBlock(nn.Module):
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.norm = nn.RMSNorm(d)
+        self.fc = nn.Linear(d, d)
+
+    def forward(self, x):
+        return x + self.fc(self.norm(x))
+
+
+class TinyLMModule(RegularizedModule):
+    def __init__(self) -> None:
+        super().__init__(lr=1e-3, weight_decay=0.1, exclude_embeddings=True)
+        self.tok = nn.Embedding(32, 16)
+        self.blocks = nn.ModuleList(LMBlock(16) for _ in range(2))
+        self.norm = nn.RMSNorm(16)
+        self.lm_head = nn.Linear(16, 32, bias=False)
+        self.lm_head.weight = self.tok.weight
+
+    def training_step(self, batch, batch_idx):
+        (x,) = batch
+        h = self.tok(x)
+        for blk in self.blocks:
+            h = blk(h)
+        return nn.functional.cross_entropy(self.lm_head(self.norm(h)).flatten(0, 1), x.flatten())
+
+    def train_dataloader(self):
+        return DataLoader(TensorDataset(torch.randint(0, 32, (16, 8))), batch_size=4)
+
+
+@pytest.mark.gpu
+@pytest.mark.timeout(300)
+def test_fsdp_use_orig_params_groups_match_unsharded_classification():
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    reference = [(g["name"], g["param_names"]) for g in TinyLMModule().param_groups()]
+    model = TinyLMModule()
+    strategy = FSDPStrategy(use_orig_params=True, auto_wrap_policy={LMBlock})
+    trainer = L.Trainer(
+        accelerator="cuda",
+        devices=1,
+        strategy=strategy,
+        max_steps=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(model)
+    raw = [n for n, _ in model.named_parameters()]
+    assert any("_fsdp_wrapped_module" in n for n in raw)  # the groups were built from wrapped names
+    groups = trainer.optimizers[0].param_groups
+    assert [(g["name"], g["param_names"]) for g in groups] == reference
+    assert "tok.weight" in groups[1]["param_names"]  # tied embedding excluded once

@@ -71,8 +71,27 @@ def main(out_dir: Path) -> None:
         {k: g[k] for k in ("name", "param_names", "lr", "initial_lr", "weight_decay", "layer_id")}
         for g in trainer.optimizers[0].param_groups
     ]
+    # Second scenario on the same 2-rank gloo group: raw torch FSDP(use_orig_params=True) on CPU. The
+    # original parameters become 1-D shards under `_fsdp_wrapped_module.` names; groups must not change.
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+    from lightning_reg import weight_decay_param_groups
+    from tests.test_module import LMBlock, TinyLMModule
+
+    lm = TinyLMModule()
+    reference = [
+        (g["name"], g["param_names"]) for g in weight_decay_param_groups(lm, 0.1, exclude_embeddings=True)
+    ]
+    fsdp = FSDP(
+        lm, use_orig_params=True, auto_wrap_policy=ModuleWrapPolicy({LMBlock}), device_id=torch.device("cpu")
+    )
+    sharded = weight_decay_param_groups(fsdp, 0.1, exclude_embeddings=True)
     torch.save(
         {
+            "fsdp_reference": reference,
+            "fsdp_groups": [(g["name"], g["param_names"]) for g in sharded],
+            "fsdp_raw": [(n, p.ndim, p.numel()) for n, p in fsdp.named_parameters()],
             "rank": trainer.global_rank,
             "steps": trainer.global_step,
             "groups": groups,
