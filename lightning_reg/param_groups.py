@@ -12,8 +12,8 @@ have several), one of these rules holds:
 * ``bias``: its own name is ``bias`` or ends with ``_bias`` (e.g. ``nn.MultiheadAttention.in_proj_bias``);
 * ``norm``: its owner is a torch normalization layer (``_NormBase`` incl. BatchNorm/SyncBatchNorm/
   InstanceNorm, ``LayerNorm``, ``GroupNorm``, ``RMSNorm``, ``LocalResponseNorm``) or a class whose name
-  contains ``Norm`` not followed by a lower-case letter (``LlamaRMSNorm``, timm ``LayerNorm2d``,
-  ``RmsNorm``; but not ``Normalize``);
+  ends in ``Norm`` plus an optional ``Act``/``2d``/``Fp32``-style suffix (``LlamaRMSNorm``, timm
+  ``LayerNorm2d``, ``BatchNormAct2d``, ``RmsNorm``; but not ``Normalize`` or ``PreNormBlock``);
 * ``declared``: some module's ``no_weight_decay()`` (the timm convention) lists it, relative to that module;
 * ``embedding`` (only with ``exclude_embeddings=True``): its owner is ``nn.Embedding``/``nn.EmbeddingBag``
   or its own name is a learned token/position table (:data:`EMBEDDING_PARAM_PATTERNS`);
@@ -80,7 +80,7 @@ _TORCH_NORMS: tuple[type[nn.Module], ...] = tuple(
     )
     if t is not None
 )
-_NORM_CLASS_NAME = re.compile(r"Norm(?![a-z])")
+_NORM_CLASS_NAME = re.compile(r"Norm(Act)?(\d*[dD])?(Fp32|Fp16|\d*)$")
 _FLAT_PARAM = "_flat_param"
 
 

@@ -152,6 +152,20 @@ def test_rmsnorm_transformer_with_tied_embeddings():
     assert [g["name"] for g in opt.param_groups] == ["decay", "no_decay"]
 
 
+def test_norm_class_name_rule():
+    from lightning_reg.param_groups import is_norm_module
+
+    def named(cls_name: str) -> nn.Module:
+        return type(cls_name, (nn.Module,), {})()
+
+    for yes in ("LlamaRMSNorm", "T5LayerNorm", "LayerNorm2d", "BatchNormAct2d", "RmsNorm", "LayerNormFp32"):
+        assert is_norm_module(named(yes)), yes
+    for no in ("Normalize", "PreNormBlock", "NormalizedLinear", "Linear", "Norman"):
+        assert not is_norm_module(named(no)), no
+    assert is_norm_module(nn.SyncBatchNorm(2)) and is_norm_module(nn.InstanceNorm1d(2, affine=True))
+    assert is_norm_module(nn.LocalResponseNorm(2)) and is_norm_module(nn.GroupNorm(1, 2))
+
+
 def test_tiny_classification_frozen_and_name_rule():
     m = Tiny()
     assert no_weight_decay_names(m) == {"fc.bias", "bn.weight", "bn.bias", "rms.weight"}
@@ -277,6 +291,10 @@ def test_differences_from_timm_param_groups_weight_decay():
     assert ours - theirs == {"cls_token", "pos_embed"}
     theirs_declared = timm_no_decay(vit, no_weight_decay_list=list(vit.no_weight_decay()))
     assert theirs_declared - ours == theirs - ours and ours - theirs_declared == set()
+
+    scalar = nn.Module()
+    scalar.temperature = nn.Parameter(torch.ones(()))  # 0-dim: timm no decay (ndim rule), ours decayed
+    assert timm_no_decay(scalar) == {"temperature"} and no_weight_decay_names(scalar) == set()
 
     flat = _fsdp_like(TinyLM())
     assert timm_no_decay(flat) == set(_names(flat))  # everything, incl. the embedding and every Linear
