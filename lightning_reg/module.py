@@ -58,6 +58,9 @@ class RegularizedModule(LightningModule):
             ``WarmupCosineLR`` without ``total_steps`` gets ``trainer.estimated_stepping_batches``.
         lr_scheduler_interval: ``"step"`` (default) or ``"epoch"``.
         lr_scheduler_monitor: metric a ``ReduceLROnPlateau`` watches.
+        keep_param_names: keep each group's ``param_names`` in the optimizer (torch stores them in its
+            ``state_dict``). torch then refuses ``add_param_group`` calls without names, e.g. Lightning's
+            ``BackboneFinetuning`` unfreezing a frozen backbone: set False for those.
         **kwargs: passed on to the next ``__init__`` in the MRO.
 
     Example:
@@ -89,6 +92,7 @@ class RegularizedModule(LightningModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         lr_scheduler_interval: Literal["step", "epoch"] = "step",
         lr_scheduler_monitor: str = "val_loss",
+        keep_param_names: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -104,6 +108,7 @@ class RegularizedModule(LightningModule):
             lr_scheduler=lr_scheduler,
             lr_scheduler_interval=lr_scheduler_interval,
             lr_scheduler_monitor=lr_scheduler_monitor,
+            keep_param_names=keep_param_names,
         )
 
     def configure_regularization(
@@ -120,6 +125,7 @@ class RegularizedModule(LightningModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         lr_scheduler_interval: Literal["step", "epoch"] = "step",
         lr_scheduler_monitor: str = "val_loss",
+        keep_param_names: bool = True,
     ) -> None:
         """Set (or change) the regularization settings; same arguments as the constructor.
 
@@ -135,6 +141,7 @@ class RegularizedModule(LightningModule):
             lr_scheduler: callable ``optimizer -> scheduler`` or None.
             lr_scheduler_interval: ``"step"`` or ``"epoch"``.
             lr_scheduler_monitor: metric for ``ReduceLROnPlateau``.
+            keep_param_names: keep ``param_names`` in the optimizer's groups.
 
         Raises:
             ValueError: naming the bad value and the valid range or choices.
@@ -177,6 +184,7 @@ class RegularizedModule(LightningModule):
             "lr_scheduler": lr_scheduler,
             "lr_scheduler_interval": lr_scheduler_interval,
             "lr_scheduler_monitor": lr_scheduler_monitor,
+            "keep_param_names": bool(keep_param_names),
         }
         self._layer_ids: dict[str, int] | None = None
 
@@ -251,6 +259,8 @@ class RegularizedModule(LightningModule):
         cfg = self.regularization_config
         groups = self.param_groups()
         validate_param_groups(groups, self)
+        if not cfg["keep_param_names"]:
+            groups = [{k: v for k, v in g.items() if k != "param_names"} for g in groups]
         optimizer = cfg["optimizer"](groups)
         if cfg["layer_decay"] is not None and cfg["lr"] is None:
             base = optimizer.defaults["lr"]

@@ -197,6 +197,24 @@ def test_mixin_with_another_lightning_base():
     ]
 
 
+def test_backbone_finetuning_needs_groups_without_names():
+    from lightning.pytorch.callbacks import BaseFinetuning
+
+    for keep in (True, False):
+        model = Stack()
+        model.configure_regularization(lr=0.01, keep_param_names=keep)
+        model.stem.requires_grad_(False)
+        opt = model.configure_optimizers()["optimizer"]
+        assert "stem.weight" not in [n for g in opt.param_groups for n in g.get("param_names", [])]
+        assert all(("param_names" in g) is keep for g in opt.param_groups)
+        if keep:  # torch refuses a group without names next to named ones
+            with pytest.raises(ValueError, match="with/without names"):
+                BaseFinetuning.unfreeze_and_add_param_group(model.stem, opt, lr=0.01)
+        else:
+            BaseFinetuning.unfreeze_and_add_param_group(model.stem, opt, lr=0.01)
+            assert opt.param_groups[-1]["params"] == [model.stem.weight, model.stem.bias]
+
+
 def test_edited_groups_are_validated():
     class Dup(Stack):
         def param_groups(self):
