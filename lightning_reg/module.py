@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.utilities.rank_zero import rank_zero_info
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from lightning_reg.lr_schedulers import WarmupCosineLR
@@ -227,18 +228,23 @@ class RegularizedModule(LightningModule):
         cfg = self.regularization_config
         self._layer_ids = None
         layer_decay = cfg["layer_decay"]
-        return weight_decay_param_groups(
-            self,
-            cfg["weight_decay"],
-            exclude_bias=cfg["exclude_bias"],
-            exclude_norm=cfg["exclude_norm"],
-            exclude_embeddings=cfg["exclude_embeddings"],
-            exclude=cfg["exclude"],
-            layer_decay=layer_decay,
-            # layer decay with the optimizer's own lr: build with lr=1 and rescale after construction
-            lr=cfg["lr"] if cfg["lr"] is not None or layer_decay is None else 1.0,
-            layer_id_fn=self.get_layer_id if layer_decay is not None else None,
-        )
+        with warnings.catch_warnings(record=True) as caught:  # relay on rank zero only (not once per rank)
+            warnings.simplefilter("always")
+            groups = weight_decay_param_groups(
+                self,
+                cfg["weight_decay"],
+                exclude_bias=cfg["exclude_bias"],
+                exclude_norm=cfg["exclude_norm"],
+                exclude_embeddings=cfg["exclude_embeddings"],
+                exclude=cfg["exclude"],
+                layer_decay=layer_decay,
+                # layer decay with the optimizer's own lr: build with lr=1 and rescale after construction
+                lr=cfg["lr"] if cfg["lr"] is not None or layer_decay is None else 1.0,
+                layer_id_fn=self.get_layer_id if layer_decay is not None else None,
+            )
+        for w in caught:
+            rank_zero_warn(str(w.message), category=w.category)
+        return groups
 
     def configure_optimizers(self) -> Any:
         """Create the optimizer over :meth:`param_groups` and the optional scheduler.

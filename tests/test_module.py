@@ -233,6 +233,9 @@ def test_bad_arguments_name_the_value():
         Stack(layer_decay=1.5)
     with pytest.raises(ValueError, match=r"'step' or 'epoch'.*'batch'"):
         RegularizedModule(lr_scheduler_interval="batch")
+    with pytest.warns(UserWarning, match=r"\['nope\*'\] matched no trainable parameter") as rec:
+        Stack(exclude=["nope*", "head.*"]).configure_optimizers()
+    assert len([w for w in rec if "matched no" in str(w.message)]) == 1
     with pytest.raises(ValueError, match="warmup_steps=5.*got 3"):
         WarmupCosineLR(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0), warmup_steps=5, total_steps=3)
 
