@@ -233,8 +233,9 @@ def _validate_criteria(
                     f"Criterion {name!r} names unknown pair {pair!r}. Valid pairs: {sorted(pairs)}."
                 )
             if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
-                raise TypeError(f"Threshold of criterion {name!r} for pair {pair!r} must be a number, "
-                                f"got {threshold!r}.")
+                raise TypeError(
+                    f"Threshold of criterion {name!r} for pair {pair!r} must be a number, got {threshold!r}."
+                )
             if name == "up":
                 if int(threshold) != threshold or threshold < 1:
                     raise ValueError(
@@ -387,8 +388,10 @@ class OverfittingCriteria:
         """
         return {
             "num_checks": self.num_checks,
-            "pairs": {p: {k: (list(v) if isinstance(v, list) else v) for k, v in s.items()}
-                      for p, s in self._state.items()},
+            "pairs": {
+                p: {k: (list(v) if isinstance(v, list) else v) for k, v in s.items()}
+                for p, s in self._state.items()
+            },
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:

@@ -9,5 +9,8 @@ __all__: list[str] = []
 # --- stochastic depth (issue 5) ---
 
 # --- overfitting (issue 6) ---
+from lightning_reg.callbacks.overfitting_monitor import OverfittingMonitor  # noqa: E402
+
+__all__ += ["OverfittingMonitor"]
 
 # --- frozen BatchNorm (issue 9) ---
