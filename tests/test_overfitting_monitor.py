@@ -1,8 +1,9 @@
-"""OverfittingMonitor in real Trainer runs: a module logs scripted train/val values; epochs worked out by hand."""
+"""OverfittingMonitor in real Trainer runs: a module logs scripted train/val values, epochs worked by hand."""
 
 import logging
 import math
 import warnings
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -117,7 +118,9 @@ def fired_epochs(monitor, criterion):
 
 
 def overfit_warnings(record):
-    return [str(w.message) for w in record if "OverfittingMonitor: the model is overfitting" in str(w.message)]
+    return [
+        str(w.message) for w in record if "OverfittingMonitor: the model is overfitting" in str(w.message)
+    ]
 
 
 def test_each_criterion_fires_at_hand_worked_epoch_and_warns_once_per_episode(tmp_path, caplog):
@@ -129,6 +132,8 @@ def test_each_criterion_fires_at_hand_worked_epoch_and_warns_once_per_episode(tm
     assert [h["epoch"] for h in monitor.history] == list(range(9))
     for criterion, epochs in EXPECTED_FIRED.items():
         assert fired_epochs(monitor, criterion) == epochs, criterion
+    # epoch 8: validation worse but training flat -> UP resets
+    assert [h["pairs"]["loss"]["up_count"] for h in monitor.history] == [0, 0, 0, 0, 1, 2, 0, 0, 0]
     # rel_gap fires at epoch 3, but warm-up (4 checks: epochs 0-3) silences it; episodes start at 4 and 8
     assert [h["alert"] for h in monitor.history] == [False] * 4 + [True] * 3 + [False, True]
     msgs = overfit_warnings(record)
@@ -147,7 +152,8 @@ def test_each_criterion_fires_at_hand_worked_epoch_and_warns_once_per_episode(tm
     assert [r["overfit/loss_gl"] for r in rows] == [0, 0, 0, 0, 6.25, 12.5, 12.5, 0, 25]
     assert [r["overfit/alert"] for r in rows] == [0, 0, 0, 0, 1, 1, 1, 0, 1]
     assert rows[6]["overfit/loss_pq"] == pytest.approx(12.5 / (1000 * ((0.875 / 3) / 0.25 - 1)))
-    assert "overfit/loss_pq" not in rows[8]  # infinite PQ is not logged
+    assert rows[8]["overfit/loss_pq"] == math.inf  # training flat, GL 25
+    assert "overfit/loss_pq" not in rows[1]  # undefined before `strip` checks
     # summary table at fit end on rank zero: one row per check and pair
     table = [line for line in caplog.text.splitlines() if line.strip().startswith(("5 loss", "4 acc"))]
     assert len(table) == 2 and table[0].endswith("gap,rel_gap") and table[1].endswith("gl,up")
@@ -171,7 +177,9 @@ def test_val_check_interval_uses_last_validation_of_the_epoch(tmp_path):
     # 4 train batches, validation after batch 2 and 4: runs 0,1 in epoch 0; 2,3 in epoch 1; ...
     val_runs = [5.0, 1.0, 0.25, 0.5, 9.0, 0.75]
     monitor = OverfittingMonitor({"loss": ("train_loss", "val_loss")}, criteria={"gl": 60.0})
-    module = Scripted(train={"train_loss": [0.5, 0.25, 0.125]}, val=lambda e, run: {"val_loss": val_runs[run]})
+    module = Scripted(
+        train={"train_loss": [0.5, 0.25, 0.125]}, val=lambda e, run: {"val_loss": val_runs[run]}
+    )
     trainer(tmp_path, [monitor], max_epochs=3, val_check_interval=0.5).fit(module, *loaders())
     assert module.val_runs == 6
     assert [h["pairs"]["loss"]["val"] for h in monitor.history] == [1.0, 0.5, 0.75]
@@ -193,7 +201,9 @@ def test_callable_action_called_once_per_episode(tmp_path):
     calls = []
 
     def action(trainer, pl_module, report):
-        calls.append((trainer.current_epoch, sorted(r["pair"] for r in report["pairs"].values() if r["fired"])))
+        calls.append(
+            (trainer.current_epoch, sorted(r["pair"] for r in report["pairs"].values() if r["fired"]))
+        )
 
     monitor = OverfittingMonitor(PAIRS, criteria=CRITERIA, action=action, warmup=4, patience=2, strip=3)
     with warnings.catch_warnings(record=True) as record:
@@ -316,3 +326,28 @@ def test_bad_arguments(kwargs, error, match):
     kwargs = {"pairs": {"loss": ("train_loss", "val_loss")}, **kwargs}
     with pytest.raises(error, match=match):
         OverfittingMonitor(**kwargs)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_ddp_stop_stops_all_ranks(tmp_path):
+    from tests.distributed.launch import run_ddp_script
+
+    script = Path(__file__).parent / "distributed" / "ddp_overfitting.py"
+    run_ddp_script(script, tmp_path, timeout=240)
+    for name, stop_epoch in (("synced", 3), ("unsynced", 4)):
+        ranks = [torch.load(tmp_path / f"{name}_rank{r}.pt", weights_only=False) for r in (0, 1)]
+        assert all(d["world_size"] == 2 for d in ranks)
+        # both ranks stop after the same epoch (current_epoch counts completed epochs)
+        assert [d["stopped_epoch"] for d in ranks] == [stop_epoch, stop_epoch], name
+        assert [d["current_epoch"] for d in ranks] == [stop_epoch + 1, stop_epoch + 1], name
+    synced = [torch.load(tmp_path / f"synced_rank{r}.pt", weights_only=False)["history"] for r in (0, 1)]
+    # rank 0 logs val 0.5, rank 1 logs 0.625 at epoch 3: the mean 0.5625 is GL 12.5 > 10 on both ranks
+    assert synced[0] == synced[1]
+    assert synced[0][3]["pairs"]["loss"]["val"] == (0.5 + 0.625) / 2
+    assert synced[0][3]["pairs"]["loss"]["gl"] == 12.5
+    assert [h["alert"] for h in synced[0]] == [False, False, False, True]
+    unsynced = [torch.load(tmp_path / f"unsynced_rank{r}.pt", weights_only=False)["history"] for r in (0, 1)]
+    # without sync only rank 1 sees GL 50 > 30; rank 0 stops because the decision is reduced with "any"
+    assert [h["alert"] for h in unsynced[0]] == [False] * 5
+    assert [h["alert"] for h in unsynced[1]] == [False] * 4 + [True]

@@ -312,11 +312,11 @@ class OverfittingMonitor(Callback):
             logs[f"overfit/{name}_gap"] = r.gap
             logs[f"overfit/{name}_rel_gap"] = r.rel_gap
             logs[f"overfit/{name}_gl"] = r.gl
-            if r.pq is not None and math.isfinite(r.pq):
+            if r.pq is not None:  # defined from the `strip`-th check on, on every rank alike
                 logs[f"overfit/{name}_pq"] = r.pq
         logs["overfit/alert"] = float(alert)
-        logs = {k: v for k, v in logs.items() if math.isfinite(v)}
-        # Values are identical on all ranks; "max" keeps them exact and silences the epoch-level sync warning.
+        # The key set must be the same on every rank (each key is one collective). Values are identical on all
+        # ranks when `sync_values`; "max" keeps them exact and silences the epoch-level sync warning.
         pl_module.log_dict(logs, on_step=False, on_epoch=True, sync_dist=True, reduce_fx="max")
 
         new_episode = alert and not self.in_episode
