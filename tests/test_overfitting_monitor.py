@@ -351,3 +351,70 @@ def test_ddp_stop_stops_all_ranks(tmp_path):
     # without sync only rank 1 sees GL 50 > 30; rank 0 stops because the decision is reduced with "any"
     assert [h["alert"] for h in unsynced[0]] == [False] * 5
     assert [h["alert"] for h in unsynced[1]] == [False] * 4 + [True]
+
+
+@pytest.fixture(scope="session")
+def mnist1d_small(tmp_path_factory):
+    """MNIST-1D generated locally (never downloaded): 400 train / 100 validation samples, cached as .npz."""
+    import numpy as np
+
+    cache = tmp_path_factory.getbasetemp() / "mnist1d_500.npz"
+    if not cache.exists():
+        from mnist1d.data import get_dataset_args, make_dataset
+
+        args = get_dataset_args()
+        args.num_samples = 500  # 400 train (train_split 0.8) + 100 test; ~4 s to generate here
+        data = make_dataset(args)
+        np.savez(cache, x=data["x"], y=data["y"], x_test=data["x_test"], y_test=data["y_test"])
+    arrays = np.load(cache)
+    return tuple(torch.as_tensor(arrays[k]) for k in ("x", "y", "x_test", "y_test"))
+
+
+class MLP(L.LightningModule):
+    def __init__(self, hidden, dropout, weight_decay):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(40, hidden),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, 10),
+        )
+        self.weight_decay = weight_decay
+
+    def training_step(self, batch, batch_idx):
+        loss = nn.functional.cross_entropy(self.net(batch[0]), batch[1])
+        self.log("train_loss", loss, on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val_loss", nn.functional.cross_entropy(self.net(batch[0]), batch[1]))
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.parameters(), lr=3e-3, weight_decay=self.weight_decay)
+
+
+def test_mnist1d_alerts_without_regularization_and_later_or_never_with_it(tmp_path, mnist1d_small):
+    x, y, x_test, y_test = mnist1d_small
+    assert len(x) == 400 and len(x_test) == 100
+    first_alert = {}
+    for name, (hidden, dropout, wd) in {"plain": (256, 0.0, 0.0), "regularized": (32, 0.5, 0.1)}.items():
+        L.seed_everything(0, verbose=False)
+        monitor = OverfittingMonitor(
+            {"loss": ("train_loss", "val_loss")}, criteria={"gl": 10.0, "up": 3}, warmup=3, verbose=False
+        )
+        train = DataLoader(TensorDataset(x.float(), y), batch_size=50, shuffle=True)
+        val = DataLoader(TensorDataset(x_test.float(), y_test), batch_size=100)
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            trainer(tmp_path / name, [monitor], max_epochs=25).fit(MLP(hidden, dropout, wd), train, val)
+        alerts = [h["epoch"] for h in monitor.history if h["alert"]]
+        first_alert[name] = alerts[0] if alerts else None
+        assert len(overfit_warnings(record)) == monitor.num_episodes
+        if name == "plain":
+            last = monitor.history[-1]["pairs"]["loss"]
+            assert last["train"] < 0.1 < 1.0 < last["val"]  # it memorized the 400 samples
+    assert first_alert["plain"] is not None
+    assert first_alert["regularized"] is None or first_alert["regularized"] > first_alert["plain"]
