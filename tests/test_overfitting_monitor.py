@@ -351,6 +351,20 @@ def test_ddp_stop_stops_all_ranks(tmp_path):
     # without sync only rank 1 sees GL 50 > 30; rank 0 stops because the decision is reduced with "any"
     assert [h["alert"] for h in unsynced[0]] == [False] * 5
     assert [h["alert"] for h in unsynced[1]] == [False] * 4 + [True]
+    # probe sharded over the ranks (15 samples each) and reduced: both ranks see the full-set eval-mode value
+    from tests.distributed.ddp_overfitting import Classifier, probe_data
+
+    probe = [torch.load(tmp_path / f"probe_rank{r}.pt", weights_only=False) for r in (0, 1)]
+    assert probe[0]["history"] == probe[1]["history"]
+    model = Classifier()
+    model.load_state_dict(probe[0]["state_dict"])
+    model.eval()
+    x, y = probe_data()[:]
+    with torch.no_grad():
+        logits = model(x)
+    pairs = probe[0]["history"][-1]["pairs"]
+    assert pairs["loss"]["train"] == pytest.approx(nn.functional.cross_entropy(logits, y).item(), rel=1e-6)
+    assert pairs["acc"]["train"] == pytest.approx((logits.argmax(-1) == y).float().mean().item(), abs=1e-7)
 
 
 @pytest.fixture(scope="session")
