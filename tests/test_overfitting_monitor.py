@@ -430,5 +430,6 @@ def test_mnist1d_alerts_without_regularization_and_later_or_never_with_it(tmp_pa
         if name == "plain":
             last = monitor.history[-1]["pairs"]["loss"]
             assert last["train"] < 0.1 < 1.0 < last["val"]  # it memorized the 400 samples
+    print(f"first alert epoch: {first_alert}")
     assert first_alert["plain"] is not None
     assert first_alert["regularized"] is None or first_alert["regularized"] > first_alert["plain"]
