@@ -8,6 +8,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
@@ -103,7 +104,7 @@ def trainer(tmp_path, callbacks, max_epochs=9, logger=False, **kw):
     return L.Trainer(
         max_epochs=max_epochs,
         logger=logger,
-        enable_checkpointing=False,
+        enable_checkpointing=kw.pop("enable_checkpointing", False),
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
@@ -232,6 +233,33 @@ def test_resume_keeps_history_and_counters(tmp_path):
     # the episode open at the checkpoint is not announced again: only the one starting at epoch 8
     msgs = overfit_warnings(record)
     assert len(msgs) == 1 and "at epoch 8" in msgs[0]
+
+
+def test_resume_from_checkpoints_written_by_model_checkpoint(tmp_path):
+    kw = dict(criteria=CRITERIA, warmup=4, patience=2, strip=3, verbose=False)
+    full = OverfittingMonitor(PAIRS, **kw)
+    trainer(tmp_path / "full", [full]).fit(Scripted(), *loaders())
+    histories = {}
+    for at_train_end in (True, False):
+        first = OverfittingMonitor(PAIRS, **kw)
+        ckpt_dir = tmp_path / f"ckpt_{at_train_end}"
+        ckpt = ModelCheckpoint(
+            ckpt_dir, "{epoch}", "val_loss", save_top_k=-1, save_on_train_epoch_end=at_train_end
+        )
+        trainer(tmp_path, [first, ckpt], max_epochs=6, enable_checkpointing=True).fit(Scripted(), *loaders())
+        resumed = OverfittingMonitor(PAIRS, **kw)
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            trainer(tmp_path, [resumed]).fit(Scripted(), *loaders(), ckpt_path=ckpt_dir / "epoch=4.ckpt")
+        histories[at_train_end] = resumed.history
+        skipped = [str(w.message) for w in record if "skipping the check of epoch 4" in str(w.message)]
+        assert len(skipped) == (0 if at_train_end else 1)
+    # saved at the end of the training epoch (Lightning's default when validating every epoch): identical
+    assert histories[True] == full.history
+    # saved at validation end: Lightning replays only epoch 4's end hooks without its train metrics, so that
+    # check is skipped (with a warning) instead of failing; the pending validation value is checkpointed
+    assert [h["epoch"] for h in histories[False]] == [0, 1, 2, 3, 5, 6, 7, 8]
+    assert histories[False][:4] == full.history[:4]
 
 
 class Classifier(L.LightningModule):

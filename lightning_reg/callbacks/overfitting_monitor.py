@@ -235,6 +235,19 @@ class OverfittingMonitor(Callback):
         probe = self._pending_probe or {}
         metrics = trainer.callback_metrics
         missing = [tr for name, (tr, _, _) in self.pairs.items() if name not in probe and tr not in metrics]
+        if missing and trainer.fit_loop.restarting:
+            # Resumed from a checkpoint written at `on_validation_end` of an epoch's last batch: Lightning
+            # replays only the epoch-end hooks and does not restore that epoch's train metrics.
+            rank_zero_warn(
+                f"OverfittingMonitor: skipping the check of epoch {trainer.current_epoch}: the run resumed "
+                "from a checkpoint saved after validation but before the end of the training epoch, and "
+                f"Lightning does not restore the epoch's train metrics {missing}. Save checkpoints at the "
+                "end of the training epoch (`ModelCheckpoint(save_on_train_epoch_end=True)`) to keep all "
+                "checks."
+            )
+            self._pending_val = None
+            self._pending_probe = None
+            return
         if missing:
             raise MisconfigurationException(
                 f"OverfittingMonitor: train metric(s) {missing} were never logged. Logged keys: "
