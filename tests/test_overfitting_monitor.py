@@ -326,6 +326,49 @@ def test_probe_equals_manual_eval_mode_pass(tmp_path, probe_kind):
     assert not math.isclose(noisy, expected_loss, rel_tol=1e-3)
 
 
+class MetricObjects(Classifier):
+    """Logs torchmetrics objects (the Lightning idiom) for both train and validation accuracy."""
+
+    def __init__(self):
+        super().__init__()
+        self.train_acc = MulticlassAccuracy(num_classes=3, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes=3, average="micro")
+
+    def training_step(self, batch, batch_idx):
+        logits = self(batch[0])
+        self.train_acc(logits, batch[1])
+        self.log("train_acc", self.train_acc, on_step=False, on_epoch=True)
+        return nn.functional.cross_entropy(logits, batch[1])
+
+    def validation_step(self, batch, batch_idx):
+        self.val_acc(self(batch[0]), batch[1])
+        self.log("val_acc", self.val_acc)
+
+
+def test_probe_with_metric_objects_logged_by_the_module_leaves_them_untouched(tmp_path):
+    train_set, val_set = classification_data(30, 0), classification_data(12, 1)
+    runs = {}
+    for with_monitor in (False, True):
+        L.seed_everything(0, verbose=False)
+        monitor = OverfittingMonitor(
+            {"acc": ("train_acc", "val_acc", "max")}, criteria={"gap": 0.5}, probe=1.0
+        )
+        cap = CaptureLogger()
+        module = MetricObjects()
+        trainer(tmp_path, [monitor] if with_monitor else [], max_epochs=3, logger=cap).fit(
+            module, DataLoader(train_set, batch_size=8, shuffle=True), DataLoader(val_set, batch_size=5)
+        )
+        rows = [{k: v for k, v in r.items() if k in ("train_acc", "val_acc")} for r in cap.rows]
+        runs[with_monitor] = ([r for r in rows if r], module, monitor)
+    # the module's own train/val accuracies are exactly those of a run without the probe
+    assert runs[True][0] == runs[False][0] and len(runs[True][0]) == 6
+    module, monitor = runs[True][1], runs[True][2]
+    module.eval()
+    with torch.no_grad():
+        expected = (module(train_set[:][0]).argmax(-1) == train_set[:][1]).float().mean().item()
+    assert monitor.history[-1]["pairs"]["acc"]["train"] == pytest.approx(expected, abs=1e-7)
+
+
 def test_metric_never_logged_lists_logged_keys(tmp_path):
     monitor = OverfittingMonitor({"loss": ("train_loss", "val_los")})
     with pytest.raises(MisconfigurationException, match=r"\['val_los'\] were never logged.*'val_loss'"):

@@ -45,6 +45,23 @@ def _batch_size(batch: Any) -> int:
     return 0
 
 
+def _snapshot_metric(metric: Metric) -> dict[str, Any]:
+    """Copy a torchmetrics object's accumulated state (tensors and list states)."""
+    state = {
+        k: v.clone() if isinstance(v, torch.Tensor) else [t.clone() for t in v]
+        for k, v in metric.metric_state.items()
+    }
+    return {"state": state, "update_count": metric._update_count, "computed": metric._computed}
+
+
+def _restore_metric(metric: Metric, snapshot: dict[str, Any]) -> None:
+    """Put back a state copied by :func:`_snapshot_metric`."""
+    for k, v in snapshot["state"].items():
+        setattr(metric, k, v)
+    metric._update_count = snapshot["update_count"]
+    metric._computed = snapshot["computed"]
+
+
 class OverfittingMonitor(Callback):
     r"""Pair train and validation metrics and raise an alert when the model starts to memorize.
 
@@ -81,7 +98,10 @@ class OverfittingMonitor(Callback):
       by torchmetrics across ranks);
     * pairs without a probe metric use the module's own ``validation_step``: it runs on the probe batches
       with ``self.log`` captured (nothing reaches the loggers) and the pair's *validation* key, averaged over
-      the probe set weighted by batch size, becomes the train side.
+      the probe set weighted by batch size, becomes the train side (a torchmetrics object logged there
+      accumulates the probe batches on a clean state; the module's own metric states are put back after).
+
+    The probe restores the global random state afterwards, so it does not change the training trajectory.
 
     Cost: one extra evaluation pass over the probe subset per validation, i.e. about
     ``probe_size / val_size`` times the cost of validation (a ``0.1`` fraction of a training set as large as
@@ -417,20 +437,31 @@ class OverfittingMonitor(Callback):
         if self._probe_loader is None:
             self._probe_loader = self._build_probe_loader(trainer)
         module_pairs = [n for n in self.pairs if n not in self.probe_metrics]
-        sums = {n: 0.0 for n in module_pairs}
-        counts = {n: 0.0 for n in module_pairs}
+        device = pl_module.device
+        zero = torch.zeros((), dtype=torch.float64, device=device)
+        sums = {n: zero for n in module_pairs}
+        counts = {n: 0 for n in module_pairs}
         metric_objs: dict[str, Metric] = {}
+        out: dict[str, float] = {}
         modes = {m: m.training for m in pl_module.modules()}
-        pl_module.eval()
+        # torchmetrics objects the module updates in validation_step: run the probe on clean states and put
+        # the module's own states back afterwards, so neither side pollutes the other.
+        module_metrics = [m for m in pl_module.modules() if isinstance(m, Metric)] if module_pairs else []
+        snapshots = [_snapshot_metric(m) for m in module_metrics]
         captured: dict[str, Any] = {}
 
         def capture(name: str, value: Any, *args: Any, **kwargs: Any) -> None:
             captured[name] = (value, kwargs.get("batch_size"))
 
+        # The probe must not shift the training run's random streams (a DataLoader iterator draws a seed).
+        rng_devices = [device.index or 0] if device.type == "cuda" else []
+        rng = torch.random.fork_rng(devices=rng_devices)
+        rng.__enter__()
+        pl_module.eval()
         try:
             if module_pairs:
                 pl_module.log = capture  # type: ignore[method-assign]
-            for metric in self.probe_metrics.values():
+            for metric in [*self.probe_metrics.values(), *module_metrics]:
                 metric.reset()
             for batch_idx, batch in enumerate(self._probe_loader):
                 batch = trainer.strategy.batch_to_device(batch)
@@ -450,35 +481,32 @@ class OverfittingMonitor(Callback):
                             f"(it logged {sorted(captured)})."
                         )
                     value, size = captured[key]
-                    if isinstance(value, Metric):
+                    if isinstance(value, Metric):  # it accumulates the probe batches itself
                         metric_objs[name] = value
                         continue
                     size = size or _batch_size(batch)
-                    sums[name] += float(value) * size
+                    value = torch.as_tensor(value, device=device).detach().to(torch.float64)
+                    sums[name] = sums[name] + value * size
                     counts[name] += size
+            for name, metric in [*self.probe_metrics.items(), *metric_objs.items()]:
+                out[name] = float(metric.compute())  # synced across ranks by torchmetrics
         finally:
             if module_pairs:
                 del pl_module.log
+            for metric, snapshot in zip(module_metrics, snapshots):
+                _restore_metric(metric, snapshot)
+            for metric in self.probe_metrics.values():
+                metric.reset()
             for module, was_training in modes.items():
                 module.train(was_training)
-        out: dict[str, float] = {}
-        for name, metric in self.probe_metrics.items():
-            out[name] = float(metric.compute())
-            metric.reset()
-        if module_pairs:
-            k = len(module_pairs)
-            totals = torch.tensor(
-                [sums[n] for n in module_pairs] + [counts[n] for n in module_pairs],
-                dtype=torch.float64,
-                device=pl_module.device,
-            )
+            rng.__exit__(None, None, None)
+        plain = [n for n in module_pairs if n not in metric_objs]
+        if plain:
+            counts_t = torch.tensor([counts[n] for n in plain], dtype=torch.float64, device=device)
+            totals = torch.cat([torch.stack([sums[n] for n in plain]), counts_t])
             if trainer.world_size > 1:
                 totals = trainer.strategy.reduce(totals, reduce_op="sum")
-            t = totals.tolist()
-            for i, name in enumerate(module_pairs):
-                if name in metric_objs:  # validation_step logged a torchmetrics object: it holds the state
-                    out[name] = float(metric_objs[name].compute())
-                    metric_objs[name].reset()
-                else:
-                    out[name] = t[i] / t[k + i] if t[k + i] else math.nan
+            t = totals.tolist()  # one host sync for the whole probe
+            for i, name in enumerate(plain):
+                out[name] = t[i] / t[len(plain) + i] if t[len(plain) + i] else math.nan
         return out
