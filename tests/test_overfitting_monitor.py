@@ -504,3 +504,32 @@ def test_mnist1d_alerts_without_regularization_and_later_or_never_with_it(tmp_pa
     print(f"first alert epoch: {first_alert}")
     assert first_alert["plain"] is not None
     assert first_alert["regularized"] is None or first_alert["regularized"] > first_alert["plain"]
+
+
+def test_configurable_from_yaml_like_lightning_cli():
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser()
+    parser.add_class_arguments(OverfittingMonitor, "monitor")
+    cfg = parser.parse_string(
+        """
+        monitor:
+          pairs: {loss: [train_loss, val_loss], acc: [train_acc, val_acc, max]}
+          criteria: {gl: 5.0, up: 3, gap: {acc: 0.15}}
+          action: stop
+          warmup: 2
+          probe: 0.1
+        """
+    )
+    instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes
+    monitor = instantiate(cfg).monitor
+    assert monitor.pairs == {
+        "loss": ("train_loss", "val_loss", "min"),
+        "acc": ("train_acc", "val_acc", "max"),
+    }
+    assert monitor.criteria == {
+        "gl": {"loss": 5.0, "acc": 5.0},
+        "up": {"loss": 3, "acc": 3},
+        "gap": {"acc": 0.15},
+    }
+    assert (monitor.action, monitor.warmup, monitor.probe) == ("stop", 2, 0.1)
