@@ -533,3 +533,42 @@ def test_configurable_from_yaml_like_lightning_cli():
         "gap": {"acc": 0.15},
     }
     assert (monitor.action, monitor.warmup, monitor.probe) == ("stop", 2, 0.1)
+
+
+def test_no_per_step_work():
+    # the monitor must cost nothing on the training hot path: it overrides no per-batch hook
+    from lightning.pytorch.callbacks import Callback
+
+    per_step = [
+        "on_train_batch_start",
+        "on_train_batch_end",
+        "on_before_backward",
+        "on_after_backward",
+        "on_before_optimizer_step",
+        "on_before_zero_grad",
+        "on_validation_batch_end",
+    ]
+    assert [h for h in per_step if getattr(OverfittingMonitor, h) is not getattr(Callback, h)] == []
+
+
+@pytest.mark.gpu
+def test_probe_on_cuda_matches_manual_pass(tmp_path):
+    train_set = classification_data(30, 0)
+    monitor = OverfittingMonitor(
+        {"loss": ("train_loss", "val_loss"), "acc": ("train_acc", "val_acc", "max")},
+        criteria={"gl": 5.0},
+        probe=1.0,
+        probe_metrics={"acc": MulticlassAccuracy(num_classes=3, average="micro")},
+    )
+    module = Classifier()
+    train = DataLoader(train_set, batch_size=8, shuffle=True)
+    trainer(tmp_path, [monitor], max_epochs=2, accelerator="gpu", devices=1).fit(
+        module, train, DataLoader(classification_data(12, 1), batch_size=6)
+    )
+    module.eval().cpu()
+    x, y = train_set[:]
+    with torch.no_grad():
+        logits = module(x)
+    last = monitor.history[-1]["pairs"]
+    assert last["loss"]["train"] == pytest.approx(nn.functional.cross_entropy(logits, y).item(), rel=1e-5)
+    assert last["acc"]["train"] == pytest.approx((logits.argmax(-1) == y).float().mean().item(), abs=1e-6)

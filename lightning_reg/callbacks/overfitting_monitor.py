@@ -31,6 +31,11 @@ def _default_probe_forward(pl_module: pl.LightningModule, batch: Any) -> tuple[A
     return pl_module(batch[0]), batch[1]
 
 
+def _acc_dtype(device: torch.device) -> torch.dtype:
+    """Float64 for the few per-check values, except on MPS, which has no float64."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
 def _batch_size(batch: Any) -> int:
     """Infer the batch size as the length of the first tensor found in ``batch``."""
     if isinstance(batch, torch.Tensor):
@@ -280,7 +285,7 @@ class OverfittingMonitor(Callback):
         vals = [self._pending_val[n] for n in names]
         stacked = torch.stack(
             [
-                torch.as_tensor(v, dtype=torch.float64, device=device).detach().reshape(())
+                torch.as_tensor(v, dtype=_acc_dtype(device), device=device).detach().reshape(())
                 for v in train + vals
             ]
         )
@@ -438,7 +443,8 @@ class OverfittingMonitor(Callback):
             self._probe_loader = self._build_probe_loader(trainer)
         module_pairs = [n for n in self.pairs if n not in self.probe_metrics]
         device = pl_module.device
-        zero = torch.zeros((), dtype=torch.float64, device=device)
+        dtype = _acc_dtype(device)
+        zero = torch.zeros((), dtype=dtype, device=device)
         sums = {n: zero for n in module_pairs}
         counts = {n: 0 for n in module_pairs}
         metric_objs: dict[str, Metric] = {}
@@ -485,7 +491,7 @@ class OverfittingMonitor(Callback):
                         metric_objs[name] = value
                         continue
                     size = size or _batch_size(batch)
-                    value = torch.as_tensor(value, device=device).detach().to(torch.float64)
+                    value = torch.as_tensor(value, device=device).detach().to(dtype)
                     sums[name] = sums[name] + value * size
                     counts[name] += size
             for name, metric in [*self.probe_metrics.items(), *metric_objs.items()]:
@@ -502,7 +508,7 @@ class OverfittingMonitor(Callback):
             rng.__exit__(None, None, None)
         plain = [n for n in module_pairs if n not in metric_objs]
         if plain:
-            counts_t = torch.tensor([counts[n] for n in plain], dtype=torch.float64, device=device)
+            counts_t = torch.tensor([counts[n] for n in plain], dtype=dtype, device=device)
             totals = torch.cat([torch.stack([sums[n] for n in plain]), counts_t])
             if trainer.world_size > 1:
                 totals = trainer.strategy.reduce(totals, reduce_op="sum")
