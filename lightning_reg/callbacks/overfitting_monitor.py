@@ -233,6 +233,7 @@ class OverfittingMonitor(Callback):
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._probe_loader = None  # built lazily from this fit's training set
         for metric in self.probe_metrics.values():
             metric.to(pl_module.device)
 
