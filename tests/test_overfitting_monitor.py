@@ -572,3 +572,17 @@ def test_probe_on_cuda_matches_manual_pass(tmp_path):
     last = monitor.history[-1]["pairs"]
     assert last["loss"]["train"] == pytest.approx(nn.functional.cross_entropy(logits, y).item(), rel=1e-5)
     assert last["acc"]["train"] == pytest.approx((logits.argmax(-1) == y).float().mean().item(), abs=1e-6)
+
+
+def test_probe_refused_under_sharded_strategies():
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    monitor = OverfittingMonitor({"loss": ("train_loss", "val_loss")}, probe=0.5)
+    with pytest.raises(MisconfigurationException, match="not supported with FSDPStrategy"):
+        monitor.setup(SimpleNamespace(strategy=FSDPStrategy()), Classifier(), "fit")
+    # without a probe the monitor works with any strategy
+    OverfittingMonitor({"loss": ("train_loss", "val_loss")}).setup(
+        SimpleNamespace(strategy=FSDPStrategy()), Classifier(), "fit"
+    )

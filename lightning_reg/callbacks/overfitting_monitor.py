@@ -9,6 +9,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch.utils.data import DataLoader, Subset
@@ -234,6 +235,14 @@ class OverfittingMonitor(Callback):
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._probe_loader = None  # built lazily from this fit's training set
+        if self.probe is not None and isinstance(
+            trainer.strategy, (FSDPStrategy, DeepSpeedStrategy, ModelParallelStrategy)
+        ):
+            raise MisconfigurationException(
+                f"OverfittingMonitor: `probe` is not supported with {type(trainer.strategy).__name__}: it "
+                "calls the unwrapped LightningModule, whose sharded parameters would not be gathered. Use "
+                "`probe=None` (the logged train metrics) with this strategy."
+            )
         for metric in self.probe_metrics.values():
             metric.to(pl_module.device)
 
