@@ -79,6 +79,27 @@ __all__ += [
 ]
 
 # --- overfitting monitor (issue 6) ---
+from lightning_reg.callbacks.overfitting_monitor import OverfittingMonitor  # noqa: E402
+from lightning_reg.overfitting import (  # noqa: E402
+    CheckReport,
+    OverfittingCriteria,
+    generalization_loss,
+    overfitting_gap,
+    progress_quotient,
+    relative_gap,
+    training_progress,
+)
+
+__all__ += [
+    "CheckReport",
+    "OverfittingCriteria",
+    "OverfittingMonitor",
+    "generalization_loss",
+    "overfitting_gap",
+    "progress_quotient",
+    "relative_gap",
+    "training_progress",
+]
 
 # --- reports and plots (issue 7) ---
 

@@ -12,5 +12,8 @@ from lightning_reg.callbacks.stochastic_depth import StochasticDepthScheduler  #
 __all__ += ["StochasticDepthScheduler"]
 
 # --- overfitting (issue 6) ---
+from lightning_reg.callbacks.overfitting_monitor import OverfittingMonitor  # noqa: E402
+
+__all__ += ["OverfittingMonitor"]
 
 # --- frozen BatchNorm (issue 9) ---
