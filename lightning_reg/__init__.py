@@ -21,6 +21,9 @@ __all__: list[str] = ["__version__"]
 # --- parameter groups and the RegularizedModule mixin (issue 2) ---
 
 # --- early stopping with best-weights restore (issue 3) ---
+from lightning_reg.callbacks.early_stopping import EarlyStopping  # noqa: E402 # isort: skip
+
+__all__ += ["EarlyStopping"]
 
 # --- gradient monitoring and clipping (issue 4) ---
 
