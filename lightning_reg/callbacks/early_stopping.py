@@ -16,6 +16,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import EarlyStopping as _LightningEarlyStopping
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.rank_zero import WarningCache, rank_zero_info
@@ -244,8 +245,13 @@ class EarlyStopping(_LightningEarlyStopping):
         if trainer.current_epoch < self.start_from_epoch:
             return
         current = self._agreed_value(trainer, logs[self.monitor].squeeze())
+        previous_best = self.best_score
         should_stop, reason = self._evaluate_stopping_criteria(current)
         improved = self.best_score is current
+        if should_stop and self.stopping_reason == EarlyStoppingReason.STOPPING_THRESHOLD:
+            # Lightning stops here without recording the value as best; the weights that reached the
+            # threshold are the best ones seen, so record (and snapshot) them.
+            improved = bool(self.monitor_op(current - self.min_delta, previous_best.to(current.device)))
         if improved:
             self.best_score = current.detach().clone()
         # all ranks computed the same value, so the same decision; reduce anyway as Lightning does
@@ -302,9 +308,16 @@ class EarlyStopping(_LightningEarlyStopping):
         else:
             done = False
         if not done:
-            self._warnings.warn(
-                "EarlyStopping: no best weights to restore (the monitored metric never improved)"
-            )
+            if self.best_epoch is None:
+                why = "the monitored metric never improved"
+            elif self.snapshot == "checkpoint":
+                why = "the ModelCheckpoint has no best_model_path"
+            else:
+                why = (
+                    f"the best epoch {self.best_epoch} precedes a resume from a checkpoint without the weights"
+                    " (save_weights_in_checkpoint=False or a sharded strategy)"
+                )
+            self._warnings.warn(f"EarlyStopping: no best weights to restore: {why}")
             return
         self.restored = True
         rank_zero_info(
