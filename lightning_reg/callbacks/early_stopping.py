@@ -314,8 +314,8 @@ class EarlyStopping(_LightningEarlyStopping):
                 why = "the ModelCheckpoint has no best_model_path"
             else:
                 why = (
-                    f"the best epoch {self.best_epoch} precedes a resume from a checkpoint without the weights"
-                    " (save_weights_in_checkpoint=False or a sharded strategy)"
+                    f"the best epoch {self.best_epoch} precedes a resume from a checkpoint without the"
+                    " weights (save_weights_in_checkpoint=False or a sharded strategy)"
                 )
             self._warnings.warn(f"EarlyStopping: no best weights to restore: {why}")
             return
