@@ -371,3 +371,64 @@ def test_cuda_snapshot_modes(snapshot):
     else:
         assert all(b.device.type == "cuda" for b in es._weights.buffers)
     _assert_restored(model, trainer, es, rec)
+
+
+def _full_state(trainer) -> dict[str, torch.Tensor]:
+    """The whole model's state through the strategy (gathers FSDP shards), as CPU tensors."""
+    sd = trainer.strategy.lightning_module_state_dict()
+    return {
+        k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().cpu().clone() for k, v in sd.items()
+    }
+
+
+class StrategyRecorder(Recorder):
+    def on_validation_end(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            value = trainer.callback_metrics["val_loss"].item()
+            self.records.append((trainer.current_epoch, value, _full_state(trainer)))
+
+
+class FullyShardedRegression(ScaledRegression):
+    def configure_model(self):
+        from torch.distributed.fsdp import fully_shard
+
+        fully_shard(self.net, mesh=self.device_mesh["data_parallel"])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", ["fsdp1", "fsdp2", "deepspeed3"])
+def test_sharded_strategies_restore_local_shards(kind):
+    from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
+
+    if kind == "fsdp1":
+        strategy, model = FSDPStrategy(), ScaledRegression()
+    elif kind == "fsdp2":
+        strategy = ModelParallelStrategy(data_parallel_size=1, tensor_parallel_size=1)
+        model = FullyShardedRegression()
+    else:
+        pytest.importorskip("deepspeed")
+        from lightning.pytorch.strategies import DeepSpeedStrategy
+
+        strategy, model = DeepSpeedStrategy(stage=3), ScaledRegression()
+    L.seed_everything(0)
+    rec = StrategyRecorder()
+    es = EarlyStopping("val_loss", patience=2)
+    trainer = _trainer([rec, es], accelerator="cuda", devices=1, strategy=strategy, deterministic=False)
+    trainer.fit(model)
+    assert es._sharded  # the sharded path (local shards, no gather) was taken
+    epoch, value, state = rec.expected_best()
+    assert epoch < rec.records[-1][0] and es.best_epoch == epoch and es.restored
+    now = _full_state(trainer)
+    for k in state:
+        assert torch.equal(now[k], state[k]), k
+    assert not torch.equal(now["net.0.weight"], rec.records[-1][2]["net.0.weight"])
+    (metrics,) = trainer.validate(model, verbose=False)
+    assert metrics["val_loss"] == pytest.approx(value, rel=1e-6)
+
+
+def test_warns_when_weights_moved_since_validation():
+    # validation after batch 3 of 4, check at the end of the epoch: the weights changed in between
+    L.seed_everything(0)
+    es = EarlyStopping("val_loss", patience=2, check_on_train_epoch_end=True)
+    with pytest.warns(UserWarning, match="last validation ran at step 3"):
+        _trainer([es], max_epochs=2, val_check_interval=3).fit(ScaledRegression())
