@@ -108,10 +108,12 @@ def local_snapshot_tensors(module: nn.Module) -> dict[str, Tensor]:
             continue
         covered.add(id(flat))
         covered.update(id(p) for p in (getattr(flat, "_params", None) or []))
+        covered.update(id(p) for p in (getattr(flat, "_shared_params", None) or []))
         shard = getattr(flat, "_local_shard", None)
         out[f"_fsdp_flat_param.{i}"] = (shard if isinstance(shard, Tensor) else flat).detach()
     for name, p in module.named_parameters():
-        if id(p) not in covered:
+        # original parameters FSDP1 flattened (views into a FlatParameter) are covered by its shard
+        if id(p) not in covered and not (fsdp1 and getattr(p, "_fsdp_flattened", False)):
             out[name] = _local(p)
     for name, b in module.named_buffers():
         out[name] = _local(b)

@@ -45,3 +45,26 @@ def test_ddp_ranks_agree_and_restore_best(tmp_path):
                 assert torch.equal(r0["final"][k], r1["final"][k]), (scenario, k)
         # and the restored weights are not simply the last ones
         assert not torch.equal(r0["final"]["net.0.weight"], r0["records"][-1][2]["net.0.weight"])
+
+
+FSDP_SCRIPT = Path(__file__).parent / "distributed" / "fsdp_cpu_snapshot.py"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_fsdp_local_shard_snapshots_on_cpu(tmp_path):
+    """FSDP1 (flat parameters, with and without use_orig_params) and FSDP2 on 2 CPU ranks, no Lightning."""
+    run_ddp_script(FSDP_SCRIPT, tmp_path, timeout=240)
+    ranks = [torch.load(tmp_path / f"fsdp_rank{r}.pt", weights_only=False) for r in (0, 1)]
+    for kind in ("fsdp1", "fsdp1_orig_params", "fsdp2"):
+        per_rank = [r[kind] for r in ranks]
+        full = per_rank[0]["full_param_elems"]
+        assert full == 4 * 8 + 8 + 8 + 8 + 8 + 1  # the hand-counted parameters of the test net
+        for res in per_rank:
+            assert res["sharded"] and res["moved"] and res["restored"], (kind, res)
+            # each rank holds only its shard: at most half of the parameters (plus FSDP1's padding)
+            assert res["local_param_elems"] <= full // 2 + 9, (kind, res)
+        if kind.startswith("fsdp1"):  # one flat parameter, padded to an even split
+            assert [r["local_param_elems"] for r in per_rank] == [(full + 1) // 2] * 2
+        else:  # dim-0 shards of every parameter add up to the whole model
+            assert sum(r["local_param_elems"] for r in per_rank) == full
