@@ -47,6 +47,10 @@ class EarlyStopping(_LightningEarlyStopping):
     weights (if the weights changed between the last validation and the check, a once-only warning says
     so and the weights at the check are kept).
 
+    One deliberate difference from Lightning: the check that reaches ``stopping_threshold`` also records
+    that value as ``best_score`` (and snapshots its weights), since they are the best seen; Lightning keeps
+    the previous best. With several instances, each restores its own best and the last to run wins.
+
     Under DDP each rank's monitored value is all-gathered: if all ranks agree (``sync_dist=True``) that
     exact value is used, otherwise their mean, so the best score, ``best_epoch``/``best_step`` and the stop
     decision are identical on every rank.
@@ -293,6 +297,8 @@ class EarlyStopping(_LightningEarlyStopping):
 
     def _restore(self, trainer: pl.Trainer) -> None:
         if not self.restore_best_weights or self.restored or trainer.lightning_module is None:
+            return
+        if trainer.fast_dev_run:  # Lightning disables early stopping checks under fast_dev_run
             return
         if self.snapshot == "checkpoint":
             done = self._restore_from_checkpoint(trainer)
