@@ -446,3 +446,23 @@ def test_warns_when_weights_moved_since_validation():
     es = EarlyStopping("val_loss", patience=2, check_on_train_epoch_end=True)
     with pytest.warns(UserWarning, match="last validation ran at step 3"):
         _trainer([es], max_epochs=2, val_check_interval=3).fit(ScaledRegression())
+
+
+def test_mid_epoch_validation_snapshots_the_validated_weights():
+    # two validations per epoch (after batches 2 and 4): Lightning then checks after validation, and the
+    # snapshot must be the weights of the best validation, even when that one ran mid-epoch
+    L.seed_everything(0)
+    model, rec = ScaledRegression(), Recorder()
+    es = EarlyStopping("val_loss", patience=3)
+    trainer = _trainer([rec, es], val_check_interval=2)
+    trainer.fit(model)
+    assert len(rec.records) > 2 * (rec.records[-1][0])  # two validations per epoch
+    values = [v for _, v, _ in rec.records]
+    i_best = values.index(min(values))
+    assert i_best < len(values) - 1
+    assert es.best_step == 2 * (i_best + 1)
+    state = rec.records[i_best][2]
+    now = model.state_dict()
+    assert all(torch.equal(now[k], state[k]) for k in state)
+    (metrics,) = trainer.validate(model, verbose=False)
+    assert metrics["val_loss"] == values[i_best] == es.best_score.item()
