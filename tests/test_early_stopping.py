@@ -466,3 +466,15 @@ def test_mid_epoch_validation_snapshots_the_validated_weights():
     assert all(torch.equal(now[k], state[k]) for k in state)
     (metrics,) = trainer.validate(model, verbose=False)
     assert metrics["val_loss"] == values[i_best] == es.best_score.item()
+
+
+def test_configurable_from_jsonargparse():
+    # LightningCLI builds callbacks through jsonargparse from the constructor's type hints
+    jsonargparse = pytest.importorskip("jsonargparse")
+    parser = jsonargparse.ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(EarlyStopping, "es")
+    cfg = parser.parse_args(["--es.monitor=val_loss", "--es.snapshot=device", "--es.start_from_epoch=2"])
+    es = parser.instantiate_classes(cfg).es
+    assert (es.snapshot, es.start_from_epoch, es.restore_best_weights) == ("device", 2, True)
+    with pytest.raises(jsonargparse.ArgumentError):
+        parser.parse_args(["--es.monitor=v", "--es.snapshot=disk"])
