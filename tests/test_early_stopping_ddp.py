@@ -31,7 +31,10 @@ def test_ddp_ranks_agree_and_restore_best(tmp_path):
         assert best_epoch < len(agreed) - 1
         for r in (r0, r1):
             assert r["best_epoch"] == best_epoch and r["restored"]
-            assert r["best_score"].item() == pytest.approx(agreed[best_epoch], rel=1e-6)
+            if scenario == "unsynced":  # the mean of the two local values (float32 rounding aside)
+                assert r["best_score"].item() == pytest.approx(agreed[best_epoch], rel=1e-6)
+            else:  # identical on all ranks already: kept bit for bit
+                assert r["best_score"].item() == agreed[best_epoch]
         # identical best score, decisions and step on both ranks
         assert torch.equal(r0["best_score"], r1["best_score"])
         assert (r0["best_step"], r0["stopped_epoch"]) == (r1["best_step"], r1["stopped_epoch"])
