@@ -38,6 +38,9 @@ from lightning_reg.module import RegularizedModule  # noqa: E402  # isort: skip
 __all__ += ["RegularizedModule", "WarmupCosineLR"]
 
 # --- early stopping with best-weights restore (issue 3) ---
+from lightning_reg.callbacks.early_stopping import EarlyStopping  # noqa: E402 # isort: skip
+
+__all__ += ["EarlyStopping"]
 
 # --- gradient monitoring and clipping (issue 4) ---
 

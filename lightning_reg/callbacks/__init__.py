@@ -3,6 +3,9 @@
 __all__: list[str] = []
 
 # --- early stopping (issue 3) ---
+from lightning_reg.callbacks.early_stopping import EarlyStopping  # noqa: E402 # isort: skip
+
+__all__ += ["EarlyStopping"]
 
 # --- gradients (issue 4) ---
 
