@@ -19,6 +19,23 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree wi
 __all__: list[str] = ["__version__"]
 
 # --- parameter groups and the RegularizedModule mixin (issue 2) ---
+from lightning_reg.param_groups import (  # noqa: E402  # isort: skip
+    describe_param_groups,
+    no_weight_decay_names,
+    validate_param_groups,
+    weight_decay_param_groups,
+)
+
+__all__ += [
+    "weight_decay_param_groups",
+    "no_weight_decay_names",
+    "describe_param_groups",
+    "validate_param_groups",
+]
+from lightning_reg.lr_schedulers import WarmupCosineLR  # noqa: E402  # isort: skip
+from lightning_reg.module import RegularizedModule  # noqa: E402  # isort: skip
+
+__all__ += ["RegularizedModule", "WarmupCosineLR"]
 
 # --- early stopping with best-weights restore (issue 3) ---
 
