@@ -245,6 +245,13 @@ def test_callback_ddp_plain_batchnorm(tmp_path):
     for r in (r0, r1):  # 24 samples per rank, batches of 8: 3 steps per epoch
         assert r["bn_training"] == [True] * 3 + [False] * 6
         assert r["bn_type"] == "BatchNorm2d"
+    # ProximalL1 ran on both ranks alike: exact zeros in the conv and linear weights (not in BN or biases)
+    weights = [r0["final"]["net.0.weight"], r0["final"]["net.4.weight"]]
+    n_zero = sum(int((w == 0).sum()) for w in weights)
+    assert n_zero > 0 and int((r0["final"]["net.0.bias"] == 0).sum()) == 0
+    assert (
+        r0["zero_fraction"] == r1["zero_fraction"] == pytest.approx(n_zero / sum(w.numel() for w in weights))
+    )
 
 
 @pytest.mark.gpu

@@ -1,9 +1,9 @@
-"""DDP (2 CPU processes, gloo) run of FreezeBatchNorm; each rank writes what it saw to ``out_dir``.
+"""DDP (2 processes) run of FreezeBatchNorm + ProximalL1; each rank writes what it saw to ``out_dir``.
 
 Usage: ``freeze_batchnorm_ddp.py OUT_DIR SCENARIO`` with SCENARIO one of
 ``bn`` (CPU, plain BatchNorm2d, ``broadcast_buffers=False`` so the ranks' running statistics differ before
 the freeze) or ``syncbn`` (2 CUDA devices, ``Trainer(sync_batchnorm=True)``; DDP refuses SyncBatchNorm in
-CPU modules). Both freeze at epoch 1.
+CPU modules). Both freeze at epoch 1 and apply ProximalL1(l1=0.5) to the conv and linear weights.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_reg.callbacks.freeze_batchnorm import FreezeBatchNorm
+from lightning_reg.callbacks.proximal_l1 import ProximalL1
 
 
 class Net(L.LightningModule):
@@ -63,7 +64,8 @@ def main() -> None:
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
-        callbacks=[FreezeBatchNorm(epoch=epoch)],
+        callbacks=[FreezeBatchNorm(epoch=epoch), ProximalL1(l1=0.5)],
+        log_every_n_steps=1,
         default_root_dir=out_dir,
     )
     trainer.fit(model, DataLoader(ds, batch_size=8))
@@ -72,6 +74,7 @@ def main() -> None:
         "epoch0": model.snapshots[0],
         "bn_training": model.bn_training,
         "bn_type": type(model.net[1]).__name__,
+        "zero_fraction": float(trainer.callback_metrics["proximal_l1/zero_fraction"]),
     }
     torch.save(result, out_dir / f"{scenario}_rank{trainer.global_rank}.pt")
 
