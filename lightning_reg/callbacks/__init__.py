@@ -11,3 +11,7 @@ __all__: list[str] = []
 # --- overfitting (issue 6) ---
 
 # --- frozen BatchNorm (issue 9) ---
+from lightning_reg.callbacks.freeze_batchnorm import FreezeBatchNorm  # noqa: E402  # isort: skip
+from lightning_reg.callbacks.proximal_l1 import ProximalL1  # noqa: E402  # isort: skip
+
+__all__ += ["FreezeBatchNorm", "ProximalL1"]
