@@ -230,6 +230,7 @@ def _run_ddp(tmp_path, scenario):
     return [torch.load(tmp_path / f"{scenario}_rank{r}.pt", weights_only=True) for r in (0, 1)]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_callback_ddp_plain_batchnorm(tmp_path):
     # broadcast_buffers=False: each rank has its own running statistics until the freeze broadcasts rank 0's

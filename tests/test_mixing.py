@@ -276,3 +276,16 @@ def test_mixin_resume_matches_uninterrupted(tmp_path):
         assert torch.equal(a, b)
     # and the mixing decisions of the last epoch were the same
     assert all(torch.equal(a[1], b[1]) for a, b in zip(full.seen[-4:], resumed.seen[-4:]))
+
+
+def test_mixing_does_not_sync():
+    from tests.test_penalties import _SyncCounter
+
+    x, y = torch.randn(8, 3, 6, 6), torch.randint(0, 4, (8,))
+    mixer = BatchMixer(4, mixup_alpha=1.0, cutmix_alpha=1.0, label_smoothing=0.1, seed=0)
+    logits = torch.randn(8, 4)
+    with _SyncCounter() as counter:
+        for _ in range(6):
+            xm, ym = mixer(x, y)
+            soft_target_cross_entropy(logits, ym)
+    assert counter.syncs == []

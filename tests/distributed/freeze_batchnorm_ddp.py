@@ -1,9 +1,10 @@
-"""DDP (2 processes) run of FreezeBatchNorm + ProximalL1; each rank writes what it saw to ``out_dir``.
+"""DDP (2 processes) run of FreezeBatchNorm + ProximalL1 + PenaltyMixin; each rank writes to ``out_dir``.
 
 Usage: ``freeze_batchnorm_ddp.py OUT_DIR SCENARIO`` with SCENARIO one of
 ``bn`` (CPU, plain BatchNorm2d, ``broadcast_buffers=False`` so the ranks' running statistics differ before
 the freeze) or ``syncbn`` (2 CUDA devices, ``Trainer(sync_batchnorm=True)``; DDP refuses SyncBatchNorm in
-CPU modules). Both freeze at epoch 1 and apply ProximalL1(l1=0.5) to the conv and linear weights.
+CPU modules). Both freeze at epoch 1, apply ProximalL1(l1=0.5) and an automatic L2 penalty to the conv and
+linear weights.
 """
 
 from __future__ import annotations
@@ -19,15 +20,17 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_reg.callbacks.freeze_batchnorm import FreezeBatchNorm
 from lightning_reg.callbacks.proximal_l1 import ProximalL1
+from lightning_reg.penalties import PenaltyMixin, WeightPenalty
 
 
-class Net(L.LightningModule):
+class Net(PenaltyMixin, L.LightningModule):
     def __init__(self) -> None:
         super().__init__()
         torch.manual_seed(0)
         self.net = nn.Sequential(
             nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3)
         )
+        self.weight_penalty = WeightPenalty(l2=0.01)  # automatic: gradient added after the all-reduce
         self.snapshots: dict[int, dict[str, torch.Tensor]] = {}
         self.bn_training: list[bool] = []
 
@@ -75,6 +78,7 @@ def main() -> None:
         "bn_training": model.bn_training,
         "bn_type": type(model.net[1]).__name__,
         "zero_fraction": float(trainer.callback_metrics["proximal_l1/zero_fraction"]),
+        "penalty": float(trainer.callback_metrics["penalty/value"]),
     }
     torch.save(result, out_dir / f"{scenario}_rank{trainer.global_rank}.pt")
 
