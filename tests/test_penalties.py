@@ -75,6 +75,12 @@ def test_penalty_gradient_and_sgd_weight_decay_equivalence():
     elastic_net_penalty(ps, l1=0.05, l2=0.3).backward()
     for p in ps:
         torch.testing.assert_close(p.grad, 0.05 * torch.sign(p.detach()) + 0.3 * p.detach())
+    for use_l1, penalty in ((True, l1_penalty), (False, l2_penalty)):  # each branch alone
+        qs = [p.detach().clone().requires_grad_(True) for p in ps]
+        (2.0 * penalty(qs)).backward()  # the incoming gradient (2.0) is applied
+        for q in qs:
+            want = 2.0 * (torch.sign(q.detach()) if use_l1 else q.detach())
+            torch.testing.assert_close(q.grad, want)
     # add_penalty_grad_ gives the same gradients without autograd
     qs = [p.detach().clone().requires_grad_(True) for p in ps]
     for q in qs:
