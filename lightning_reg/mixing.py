@@ -419,7 +419,8 @@ class BatchMixingMixin:
     test, predict or the sanity check), ``on_after_batch_transfer`` replaces ``(x, y, *rest)`` batches by
     ``(mixed x, soft targets, *rest)``; compute the loss with :meth:`mixing_loss`, which also accepts the
     index targets of validation batches. Override :meth:`mix_batch` for other batch structures. The
-    mixer's random state is saved into and restored from Lightning checkpoints.
+    mixer's random state is saved into and restored from Lightning checkpoints. If your module overrides
+    ``on_after_batch_transfer``, ``on_save_checkpoint`` or ``on_load_checkpoint``, call ``super()`` in it.
 
     Example:
         >>> import lightning as L
@@ -479,6 +480,8 @@ class BatchMixingMixin:
             )
         epoch = getattr(self, "current_epoch", None) if getattr(self, "_trainer", None) is not None else None
         x, y = mixer(batch[0], batch[1], epoch=epoch)
+        if hasattr(batch, "_fields"):  # namedtuple
+            return type(batch)(x, y, *batch[2:])
         return type(batch)((x, y, *batch[2:]))
 
     def mixing_loss(self, logits: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:

@@ -355,7 +355,9 @@ class PenaltyMixin:
     Put it before ``LightningModule`` in the bases and set ``self.weight_penalty = WeightPenalty(...)``.
     Automatic mode (default) adds the penalty gradient in ``on_before_optimizer_step`` (nothing to change
     in ``training_step``); manual mode (``automatic=False``): ``loss = loss + self.penalty()``. The
-    decayed-parameter list is classified once per fit (at ``on_fit_start``) and cached.
+    decayed-parameter list is classified once per fit (at ``on_fit_start``) and cached. If your module
+    overrides ``on_before_optimizer_step`` or ``on_fit_start``, call ``super()`` in it, or the automatic
+    penalty is skipped.
 
     Example:
         >>> import lightning as L

@@ -250,6 +250,19 @@ def test_mixin_mixes_training_batches_only(tmp_path):
         assert y.dtype == torch.long and x.shape == (8, 1, 4, 4)  # validation batches untouched
 
 
+def test_mix_batch_structures():
+    from collections import namedtuple
+
+    Batch = namedtuple("Batch", ["x", "y", "meta"])
+    mixer = BatchMixer(2, mixup_alpha=0.0, label_smoothing=0.2)
+    out = BatchMixingMixin().mix_batch(Batch(torch.ones(2, 3), torch.tensor([0, 1]), "m"), mixer)
+    assert isinstance(out, Batch) and out.meta == "m" and out.y.shape == (2, 2)
+    out = BatchMixingMixin().mix_batch([torch.ones(2, 3), torch.tensor([0, 1])], mixer)
+    assert isinstance(out, list)
+    with pytest.raises(TypeError, match="override mix_batch"):
+        BatchMixingMixin().mix_batch({"x": torch.ones(2, 3)}, mixer)
+
+
 class _ShuffledNet(_Net):
     def on_train_epoch_start(self):
         torch.manual_seed(100 + self.current_epoch)
