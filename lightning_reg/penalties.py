@@ -416,9 +416,19 @@ class PenaltyMixin:
         """
         super().on_fit_start()  # type: ignore[misc]
         self._penalty_params = None
+        self._penalty_params_by_optimizer: dict[int, list[nn.Parameter]] = {}
+
+    def _penalty_parameters_of(self, optimizer: Optimizer) -> list[nn.Parameter]:
+        # only this optimizer's parameters: with several optimizers each parameter is penalised once
+        cache = self.__dict__.setdefault("_penalty_params_by_optimizer", {})
+        key = id(optimizer)
+        if key not in cache:
+            ids = {id(p) for group in optimizer.param_groups for p in group["params"]}
+            cache[key] = [p for p in self.penalty_parameters() if id(p) in ids]
+        return cache[key]
 
     def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
-        """In automatic mode, add the penalty gradient; log the value on logging steps.
+        """In automatic mode, add the penalty gradient to ``optimizer``'s parameters; log the value.
 
         Args:
             optimizer: the optimizer about to step.
@@ -431,7 +441,7 @@ class PenaltyMixin:
         config = self.weight_penalty
         if config is None or not (config.l1 or config.l2):
             return
-        params = self.penalty_parameters()
+        params = self._penalty_parameters_of(optimizer)
         if config.automatic:
             add_penalty_grad_(params, config.l1, config.l2)
         trainer: pl.Trainer | None = getattr(self, "_trainer", None)

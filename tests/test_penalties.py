@@ -219,6 +219,47 @@ def test_penalty_mixin_matches_plain_loop_with_accumulation(automatic):
     assert trainer.callback_metrics["penalty/value"].item() == pytest.approx(want.item(), rel=0.05)
 
 
+class _TwoOptNet(PenaltyMixin, L.LightningModule):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b = nn.Linear(6, 8), nn.Linear(8, 3)
+        self.weight_penalty = WeightPenalty(l1=0.01, l2=0.1)
+        self.automatic_optimization = False
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        opt_a, opt_b = self.optimizers()
+        loss = nn.functional.cross_entropy(self.b(torch.relu(self.a(x))), y)
+        opt_a.zero_grad()
+        opt_b.zero_grad()
+        self.manual_backward(loss)
+        opt_a.step()
+        opt_b.step()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.a.parameters(), lr=0.2), torch.optim.SGD(self.b.parameters(), lr=0.1)
+
+
+def test_penalty_mixin_two_optimizers_penalise_each_parameter_once():
+    model = _TwoOptNet()
+    _trainer(max_epochs=1).fit(model, _data())
+    torch.manual_seed(0)
+    a, b = nn.Linear(6, 8), nn.Linear(8, 3)
+    opt_a, opt_b = torch.optim.SGD(a.parameters(), lr=0.2), torch.optim.SGD(b.parameters(), lr=0.1)
+    for x, y in _data():
+        loss = nn.functional.cross_entropy(b(torch.relu(a(x))), y)
+        loss = loss + sum(0.01 * w.abs().sum() + 0.05 * (w * w).sum() for w in (a.weight, b.weight))
+        opt_a.zero_grad()
+        opt_b.zero_grad()
+        loss.backward()
+        opt_a.step()
+        opt_b.step()
+    for mine, ref in ((model.a, a), (model.b, b)):
+        torch.testing.assert_close(mine.weight, ref.weight)
+        torch.testing.assert_close(mine.bias, ref.bias)
+
+
 def test_penalty_mixin_follows_regularized_module_exclusions():
     class Net(PenaltyMixin, RegularizedModule):
         def __init__(self):
