@@ -216,6 +216,36 @@ def test_callback_resume_matches_uninterrupted(tmp_path):
         assert torch.equal(a, b), k
 
 
+def test_callback_modules_restricts_the_freeze(tmp_path):
+    class TwoPart(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.backbone = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))
+            self.head = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return nn.functional.cross_entropy(self.head(self.backbone(x)), y)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    model = TwoPart()
+    data = DataLoader(TensorDataset(torch.randn(16, 4), torch.randint(0, 2, (16,))), batch_size=8)
+    trainer = L.Trainer(
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[FreezeBatchNorm(modules=["backbone"])],
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(model, data)
+    assert is_frozen_batchnorm(model.backbone[1]) and not is_frozen_batchnorm(model.head[1])
+    assert model.head[1].num_batches_tracked.item() == 2 and model.backbone[1].num_batches_tracked.item() == 0
+
+
 def test_callback_validation():
     with pytest.raises(ValueError, match="epoch=-1"):
         FreezeBatchNorm(epoch=-1)

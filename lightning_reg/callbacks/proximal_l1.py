@@ -23,7 +23,10 @@ _warning_cache = WarningCache()
 class ProximalL1(Callback):
     """Soft-threshold the decayed parameters after each optimizer step: ``w <- sign(w) max(|w| - lr l1, 0)``.
 
-    Produces exact zeros (see :mod:`lightning_reg.penalties` for why proximal and not sub-gradient L1).
+    Produces exact zeros. Why proximal and not sub-gradient L1: ``l1 * sign(w)`` in the gradient pushes a
+    small weight past zero and back every step, so it oscillates around zero and is never exactly zero;
+    the proximal step solves the L1 part in closed form and sets every weight within ``lr * l1`` of zero
+    to ``0.0`` (proximal gradient descent / ISTA for SGD; see :mod:`lightning_reg.penalties`).
     The step runs from a ``torch.optim.Optimizer`` step post-hook, so it follows every *real* optimizer
     step: once per step under gradient accumulation, not after steps skipped by the AMP grad scaler, and
     also under manual optimization. Each parameter group uses its current ``lr`` (schedulers and
