@@ -107,3 +107,62 @@ __all__ += [
 # --- reports and plots (issue 7) ---
 
 # --- penalties, batch mixing, frozen BatchNorm (issue 9) ---
+from lightning_reg.batchnorm import (  # noqa: E402  # isort: skip
+    batchnorm_layers,
+    freeze_batchnorm,
+    frozen_batchnorm_parameters,
+    is_frozen_batchnorm,
+    unfreeze_batchnorm,
+)
+from lightning_reg.callbacks.freeze_batchnorm import FreezeBatchNorm  # noqa: E402  # isort: skip
+from lightning_reg.callbacks.proximal_l1 import ProximalL1  # noqa: E402  # isort: skip
+from lightning_reg.mixing import (  # noqa: E402  # isort: skip
+    BatchMixer,
+    BatchMixingMixin,
+    MixParams,
+    cutmix,
+    cutmix_box,
+    mixup,
+    soft_target_cross_entropy,
+    soft_targets,
+)
+from lightning_reg.penalties import (  # noqa: E402  # isort: skip
+    PenaltyMixin,
+    WeightPenalty,
+    add_penalty_grad_,
+    decayed_parameters,
+    elastic_net_penalty,
+    l1_penalty,
+    l2_penalty,
+    proximal_l1_,
+    soft_threshold_,
+    zero_fraction,
+)
+
+__all__ += [
+    "batchnorm_layers",
+    "freeze_batchnorm",
+    "frozen_batchnorm_parameters",
+    "is_frozen_batchnorm",
+    "unfreeze_batchnorm",
+    "FreezeBatchNorm",
+    "ProximalL1",
+    "BatchMixer",
+    "BatchMixingMixin",
+    "MixParams",
+    "cutmix",
+    "cutmix_box",
+    "mixup",
+    "soft_target_cross_entropy",
+    "soft_targets",
+    "PenaltyMixin",
+    "WeightPenalty",
+    "add_penalty_grad_",
+    "decayed_parameters",
+    "elastic_net_penalty",
+    "l1_penalty",
+    "l2_penalty",
+    "proximal_l1_",
+    "soft_threshold_",
+    "zero_fraction",
+]

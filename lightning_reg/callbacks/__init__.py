@@ -20,3 +20,7 @@ from lightning_reg.callbacks.overfitting_monitor import OverfittingMonitor  # no
 __all__ += ["OverfittingMonitor"]
 
 # --- frozen BatchNorm (issue 9) ---
+from lightning_reg.callbacks.freeze_batchnorm import FreezeBatchNorm  # noqa: E402  # isort: skip
+from lightning_reg.callbacks.proximal_l1 import ProximalL1  # noqa: E402  # isort: skip
+
+__all__ += ["FreezeBatchNorm", "ProximalL1"]
