@@ -13,6 +13,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from lightning_reg.lr_schedulers import WarmupCosineLR
+from lightning_reg.mixing import BatchMixer, BatchMixingMixin
 from lightning_reg.param_groups import (
     _check_weight_decay,
     block_layer_ids,
@@ -20,11 +21,12 @@ from lightning_reg.param_groups import (
     validate_param_groups,
     weight_decay_param_groups,
 )
+from lightning_reg.penalties import PenaltyMixin, WeightPenalty
 
 __all__ = ["RegularizedModule"]
 
 
-class RegularizedModule(LightningModule):
+class RegularizedModule(PenaltyMixin, BatchMixingMixin, LightningModule):
     """LightningModule base class / mixin: decay and no-decay parameter groups, layer decay, any optimizer.
 
     Subclass it instead of ``LightningModule`` (or list it before another LightningModule base) and pass the
@@ -38,6 +40,13 @@ class RegularizedModule(LightningModule):
     ``lr_scheduler`` are ``OptimizerCallable`` / ``LRSchedulerCallable`` so YAML can choose any class
     (``class_path`` + ``init_args`` without ``params``/``optimizer``). Do not also use the CLI's automatic
     ``--optimizer``: that replaces ``configure_optimizers`` and with it the groups.
+
+    Explicit penalties and batch mixing come with it (:class:`~lightning_reg.penalties.PenaltyMixin`,
+    :class:`~lightning_reg.mixing.BatchMixingMixin`): pass ``weight_penalty=WeightPenalty(...)`` for an
+    L1/L2/elastic-net penalty on the same decayed parameters, and ``batch_mixer=BatchMixer(...)`` for
+    Mixup/CutMix/label smoothing on the device (compute the loss with :meth:`mixing_loss`). If you override
+    ``on_fit_start``, ``on_before_optimizer_step``, ``on_after_batch_transfer``, ``on_save_checkpoint`` or
+    ``on_load_checkpoint``, call ``super()`` in it.
 
     Layer-wise LR decay (``layer_decay``): the layer id of each parameter comes from :meth:`get_layer_id`;
     the default is the BEiT/timm convention of :func:`~lightning_reg.param_groups.block_layer_ids` (stem,
@@ -62,6 +71,8 @@ class RegularizedModule(LightningModule):
         keep_param_names: keep each group's ``param_names`` in the optimizer (torch stores them in its
             ``state_dict``). torch then refuses ``add_param_group`` calls without names, e.g. Lightning's
             ``BackboneFinetuning`` unfreezing a frozen backbone: set False for those.
+        weight_penalty: explicit L1/L2 penalty on the decayed parameters (None: none).
+        batch_mixer: Mixup/CutMix/label-smoothing mixer for training batches (None: no mixing).
         **kwargs: passed on to the next ``__init__`` in the MRO.
 
     Example:
@@ -94,9 +105,13 @@ class RegularizedModule(LightningModule):
         lr_scheduler_interval: Literal["step", "epoch"] = "step",
         lr_scheduler_monitor: str = "val_loss",
         keep_param_names: bool = True,
+        weight_penalty: WeightPenalty | None = None,
+        batch_mixer: BatchMixer | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        self.weight_penalty = weight_penalty
+        self.batch_mixer = batch_mixer
         self.configure_regularization(
             optimizer=optimizer,
             lr=lr,

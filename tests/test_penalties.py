@@ -261,7 +261,7 @@ def test_penalty_mixin_two_optimizers_penalise_each_parameter_once():
 
 
 def test_penalty_mixin_follows_regularized_module_exclusions():
-    class Net(PenaltyMixin, RegularizedModule):
+    class Net(RegularizedModule):  # RegularizedModule includes PenaltyMixin
         def __init__(self):
             super().__init__(exclude_bias=False, weight_decay=0.0)
             self.lin = nn.Linear(2, 2)
