@@ -8,36 +8,51 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningCLI, LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
+from lightning_reg import RegularizedModule
 
-class ClassifierModule(L.LightningModule):
-    """Cross-entropy classifier around ``self.net`` (set by subclasses).
+
+class ClassifierModule(RegularizedModule):
+    """Cross-entropy classifier around ``self.net`` (set by subclasses), on :class:`RegularizedModule`.
+
+    The optimizer comes from :class:`~lightning_reg.RegularizedModule`: decay and no-decay parameter
+    groups (biases and normalization parameters never decay). ``weight_decay`` defaults to 0 here, so a
+    config without it is unregularized.
 
     Logs, once per epoch and reduced across ranks: ``train_loss``/``train_acc`` (training mode, i.e. with
     dropout and drop-path active), ``val_loss``/``val_acc`` and ``test_loss``/``test_acc``.
 
     Args:
-        lr: learning rate of AdamW.
-        weight_decay: AdamW weight decay, applied to every parameter.
+        optimizer: callable ``params -> Optimizer`` (default AdamW).
+        lr: learning rate.
+        weight_decay: decay of the decayed parameter groups.
+        lr_scheduler: callable ``optimizer -> scheduler``, stepped every optimizer step; None for none.
 
     Example:
         >>> from torch import nn
         >>> class Linear(ClassifierModule):
         ...     def __init__(self):
-        ...         super().__init__()
-        ...         self.net = nn.Linear(4, 3)
-        >>> Linear()(torch.zeros(2, 4)).shape
+        ...         super().__init__(weight_decay=0.1)
+        ...         self.net = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 3))
+        >>> model = Linear()
+        >>> model(torch.zeros(2, 4)).shape
         torch.Size([2, 3])
+        >>> [(g["name"], g["weight_decay"]) for g in model.configure_optimizers()["optimizer"].param_groups]
+        [('decay', 0.1), ('no_decay', 0.0)]
     """
 
     net: nn.Module
 
-    def __init__(self, lr: float = 1e-3, weight_decay: float = 0.0) -> None:
-        super().__init__()
-        self.lr = lr
-        self.weight_decay = weight_decay
+    def __init__(
+        self,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        lr_scheduler: LRSchedulerCallable | None = None,
+    ) -> None:
+        super().__init__(optimizer=optimizer, lr=lr, weight_decay=weight_decay, lr_scheduler=lr_scheduler)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
@@ -61,9 +76,6 @@ class ClassifierModule(L.LightningModule):
 
     def test_step(self, batch: Sequence[Tensor], batch_idx: int) -> None:
         self._shared_step(batch, "test")
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
 
 
 @torch.no_grad()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import random
@@ -114,7 +115,10 @@ def test_resnet_for_8x8_keeps_resolution_through_the_stem():
     out = model(torch.zeros(2, 1, 8, 8))
     assert out.shape == (2, 10)
     assert {k: tuple(v) for k, v in sizes.items()} == {
-        "layer1": (8, 8), "layer2": (4, 4), "layer3": (2, 2), "layer4": (1, 1)
+        "layer1": (8, 8),
+        "layer2": (4, 4),
+        "layer3": (2, 2),
+        "layer4": (1, 1),
     }
 
 
@@ -139,11 +143,35 @@ def test_every_config_runs_fast_dev_run(config: Path, data_root: Path, tmp_path:
     monkeypatch.chdir(tmp_path)
     project = config.parents[1].name
     entry = importlib.import_module(f"example_projects.{project}.__main__")
-    cli = entry.main(["fit", "--config", str(config), "--trainer.fast_dev_run=true",
-                      "--trainer.enable_progress_bar=false"])
+    cli = entry.main(
+        ["fit", "--config", str(config), "--trainer.fast_dev_run=true", "--trainer.enable_progress_bar=false"]
+    )
     assert cli.trainer.state.finished
     assert cli.trainer.global_step == 1
     assert cli.trainer.callback_metrics["val_loss"].isfinite()
+    import lightning_reg
+
+    ours = sorted(
+        type(cb).__name__ for cb in cli.trainer.callbacks if type(cb).__module__.startswith("lightning_reg")
+    )
+    drop_paths = [m for m in cli.model.modules() if isinstance(m, lightning_reg.DropPath)]
+    groups = {g["name"]: g["weight_decay"] for g in cli.trainer.optimizers[0].param_groups}
+    if config.stem == "baseline":
+        assert ours == [] and drop_paths == [] and set(groups.values()) == {0.0}
+    else:  # regularized / ddp: every piece of the library on
+        assert ours == [
+            "EarlyStopping",
+            "GradientClipping",
+            "GradientMonitor",
+            "OverfittingMonitor",
+            "StochasticDepthScheduler",
+        ]
+        es = next(cb for cb in cli.trainer.callbacks if isinstance(cb, lightning_reg.EarlyStopping))
+        assert es.restore_best_weights
+        assert len(drop_paths) == sum(
+            1 for m in cli.model.modules() if type(m).__name__.startswith("BasicBlock")
+        )
+        assert groups["decay"] > 0 and groups["no_decay"] == 0.0
 
 
 @pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
@@ -158,10 +186,22 @@ def test_compare_tiny(data_root: Path, tmp_path: Path, capsys):
         assert r.epochs_run == 2
         assert f"| {r.config} | {100 * r.test_acc:.1f}% |" in printed
         assert f"{100 * (r.train_acc - r.val_acc):+.1f} pp" in printed
+    base, reg = results
+    assert base.best_epoch is None  # no early stopping in the baseline: its final weights are tested
+    # the regularized run restored the epoch with the lowest logged val_loss (first one on ties)
+    val = {}
+    with open(Path(reg.log_dir) / "metrics.csv", newline="") as fh:
+        for row in csv.DictReader(fh):
+            if row.get("val_loss"):
+                val[int(row["epoch"])] = float(row["val_loss"])
+    assert reg.best_epoch == min(sorted(val), key=lambda e: val[e])
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert [run["test_acc"] for run in summary["runs"]] == [r.test_acc for r in results]
     assert (tmp_path / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "plots" / "baseline" / "curves.png").is_file()
+    for name in ("curves", "grad_norms", "drop_path"):
+        assert (tmp_path / "plots" / "regularized" / f"{name}.png").is_file(), name
+    assert not (tmp_path / "plots" / "baseline" / "grad_norms.png").exists()  # nothing logged them
 
 
 class RankDump(L.Callback):
@@ -188,11 +228,19 @@ def test_ddp_config_two_cpu_processes(data_root: Path, tmp_path: Path):
     """`ddp.yaml` as a user runs it (Lightning's launcher re-executes `python -m ...` for rank 1)."""
     env = dict(os.environ, PYTHONPATH=str(REPO), RANK_DUMP_DIR=str(tmp_path), OMP_NUM_THREADS="1")
     cmd = [
-        sys.executable, "-m", "example_projects.mnist1d", "fit",
-        "--config", str(REPO / "example_projects/mnist1d/configs/ddp.yaml"),
-        "--trainer.max_epochs=2", "--trainer.limit_val_batches=2",
-        "--data.train_size=256", "--data.val_size=128", "--model.init_args.widths=[8, 16]",
-        "--trainer.enable_progress_bar=false", "--trainer.callbacks+=tests.test_examples.RankDump",
+        sys.executable,
+        "-m",
+        "example_projects.mnist1d",
+        "fit",
+        "--config",
+        str(REPO / "example_projects/mnist1d/configs/ddp.yaml"),
+        "--trainer.max_epochs=2",
+        "--trainer.limit_val_batches=2",
+        "--data.train_size=256",
+        "--data.val_size=128",
+        "--model.init_args.widths=[8, 16]",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.callbacks+=tests.test_examples.RankDump",
     ]
     try:
         proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)

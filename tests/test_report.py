@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import csv
 import math
 import os
@@ -41,14 +42,17 @@ def assert_png(path: Path, min_bytes: int = 8_000) -> tuple[int, int]:
     return width, height
 
 
-def csv_columns(path: Path) -> dict[str, list[tuple[int, int, float]]]:
-    """Independent parse of a CSVLogger file: key -> [(epoch, step, value)] for non-empty cells."""
-    out: dict[str, list[tuple[int, int, float]]] = {}
+def csv_columns(path: Path) -> dict[str, list[tuple[int | None, int, float]]]:
+    """Independent parse of a CSVLogger file: key -> [(epoch or None, step, value)] for non-empty cells.
+
+    Metrics written straight to the loggers (gradient norms, drop-path rate) have no epoch."""
+    out: dict[str, list[tuple[int | None, int, float]]] = {}
     with open(path, newline="") as fh:
         for row in csv.DictReader(fh):
+            epoch = int(row["epoch"]) if row["epoch"] else None
             for key, cell in row.items():
                 if key not in ("epoch", "step") and cell:
-                    out.setdefault(key, []).append((int(row["epoch"]), int(row["step"]), float(cell)))
+                    out.setdefault(key, []).append((epoch, int(row["step"]), float(cell)))
     return out
 
 
@@ -99,6 +103,7 @@ def test_grad_norm_series_and_fallback_to_monitor_key(hand_dir: Path, tmp_path: 
         "grad/clip/norm_pre": ([4.0, 14.0, 24.0], [8.0, 4.0, 0.5]),
         "grad/clip/norm_post": ([4.0, 14.0, 24.0], [1.0, 1.0, 0.5]),
     }
+    assert r.markers["clipped"] == [4.0, 14.0]  # 8 -> 1 and 4 -> 1; 0.5 stayed
     assert_png(r.path)
     (tmp_path / "mon").mkdir()
     (tmp_path / "mon" / "metrics.csv").write_text("epoch,step,grad/norm_total\n0,0,3.0\n0,1,2.0\n")
@@ -165,7 +170,7 @@ def real_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("real_run")
     data = tmp_path_factory.getbasetemp() / "lightning_reg_data"
     L.seed_everything(0)
-    model = ResNet1dClassifier(widths=(8, 16), blocks_per_stage=1)
+    model = ResNet1dClassifier(widths=(8, 16), blocks_per_stage=1, drop_path_rate=0.2)
     dm = MNIST1DDataModule(data_dir=str(data / "mnist1d"), train_size=128, val_size=128, batch_size=32)
     csv_logger = CSVLogger(root, name="csv", version=0)
     tb_logger = TensorBoardLogger(root, name="tb", version=0, default_hp_metric=False)
@@ -185,7 +190,22 @@ def real_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 def _library_callbacks() -> list:
-    return []
+    from lightning_reg import (
+        EarlyStopping,
+        GradientClipping,
+        GradientMonitor,
+        OverfittingMonitor,
+        StochasticDepthScheduler,
+    )
+
+    return [
+        EarlyStopping(monitor="val_loss", patience=10),
+        GradientMonitor(),
+        GradientClipping(algorithm="norm", max_norm=0.5),
+        StochasticDepthScheduler(schedule="warmup", cutoff=0.5, cutoff_unit="fraction"),
+        # alert whenever val_loss exceeds train_loss at all, so the run has alerts to mark
+        OverfittingMonitor(pairs={"loss": ("train_loss", "val_loss")}, criteria={"gap": 1e-6}, verbose=False),
+    ]
 
 
 def test_report_from_real_run_matches_csv(real_run: dict, tmp_path: Path):
@@ -204,6 +224,30 @@ def test_report_from_real_run_matches_csv(real_run: dict, tmp_path: Path):
     gap = [v - train[e] for e, _, v in cols["val_loss"]]
     assert curves.series["loss/gap"][1] == pytest.approx(gap)
     assert curves.markers["best_epoch"] == [2.0]
+    alert_epochs = [float(e) for e, _, v in cols["overfit/alert"] if v > 0]
+    # criteria={"gap": 1e-6}, patience 1: an alert exactly at the epochs where val_loss > train_loss
+    assert alert_epochs == [float(e) for e, _, v in cols["val_loss"] if v - train[e] > 1e-6]
+    assert alert_epochs, "expected at least one alert in this run"
+    assert curves.markers["alerts"] == alert_epochs and curves.markers["first_alert"] == alert_epochs[:1]
+
+    grads = results["grad_norms"]
+    for key in ("grad/clip/norm_pre", "grad/clip/norm_post"):
+        rows = cols[key]
+        assert len(rows) == 16  # 4 epochs x 4 steps, logged every step
+        assert grads.series[key] == ([float(s) for _, s, _ in rows], [v for _, _, v in rows])
+    pre, post = grads.series["grad/clip/norm_pre"][1], grads.series["grad/clip/norm_post"][1]
+    # clipping by norm 0.5 (hand rule): post = min(pre, 0.5)
+    assert post == pytest.approx([min(p, 0.5) for p in pre], rel=1e-4)
+    steps = grads.series["grad/clip/norm_pre"][0]
+    assert grads.markers["clipped"] == [s for s, p in zip(steps, pre) if p > 0.5 * (1 + 1e-4)]
+
+    dp = results["drop_path"]
+    rows = cols["stochastic_depth/max_rate"]
+    assert dp.series["stochastic_depth/max_rate"] == ([float(s) for _, s, _ in rows], [v for _, _, v in rows])
+    # warm-up over the first half of 16 steps to 0.2, then constant (hand-worked linear ramp)
+    assert rows[-1][2] == pytest.approx(0.2) and rows[0][2] == pytest.approx(0.0)
+    for _, step, v in rows:
+        assert v == pytest.approx(min(step / 8, 1.0) * 0.2, abs=1e-6), step
 
 
 def test_tensorboard_events_give_the_same_series_as_csv(real_run: dict):
@@ -218,19 +262,28 @@ def test_tensorboard_events_give_the_same_series_as_csv(real_run: dict):
         assert all(math.isclose(a, b, rel_tol=1e-6) for a, b in zip(t.values, c.values))
 
 
-def test_cli_module_entry_point_and_import_without_matplotlib(real_run: dict, tmp_path: Path):
-    """``python -m lightning_reg.report`` (via runpy, as -m does) in a process where matplotlib is not
-    importable until after `import lightning_reg`: the package must not need it."""
-    code = (
-        "import sys, runpy\n"
-        "sys.modules['matplotlib'] = None\n"
-        "import lightning_reg, lightning_reg.report\n"
-        "del sys.modules['matplotlib']\n"
-        f"sys.argv = ['lightning_reg.report', {str(real_run['csv_dir'])!r}, '--out', {str(tmp_path)!r}]\n"
-        "runpy.run_module('lightning_reg.report', run_name='__main__', alter_sys=True)\n"
-    )
+def test_cli_module_entry_point(real_run: dict, tmp_path: Path):
+    """``python -m lightning_reg.report LOG_DIR --out DIR`` as a user runs it."""
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    cmd = [sys.executable, "-m", "lightning_reg.report", str(real_run["csv_dir"]), "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert f"curves: {tmp_path / 'curves.png'}" in proc.stdout
-    assert_png(tmp_path / "curves.png")
+    for name in ("curves", "grad_norms", "drop_path"):
+        assert f"{name}: {tmp_path / (name + '.png')}" in proc.stdout
+        assert_png(tmp_path / f"{name}.png")
+
+
+def test_matplotlib_and_tensorboard_are_imported_lazily():
+    """`import lightning_reg` must work without matplotlib/tensorboard installed: the report module may
+    import them only inside functions. (Lightning and torchmetrics import matplotlib themselves whenever
+    it is installed, so the check is on our module's top-level statements.)"""
+    import lightning_reg.report as report
+
+    tree = ast.parse(Path(report.__file__).read_text())
+    top_level = []
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            top_level += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            top_level.append(node.module or "")
+    assert top_level and not [m for m in top_level if m.split(".")[0] in ("matplotlib", "tensorboard")]

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from typing import Literal
 
+import torch
 import torchvision
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
 from example_projects.common import ClassifierModule
+from lightning_reg import add_stochastic_depth
 
 
 def resnet_for_8x8(arch: Literal["resnet18", "resnet34"] = "resnet18", num_classes: int = 10) -> nn.Module:
@@ -32,13 +35,25 @@ class DigitsResNet(ClassifierModule):
 
     Args:
         arch: torchvision ResNet variant.
+        drop_path_rate: if > 0, :func:`~lightning_reg.add_stochastic_depth` inserts DropPath into every
+            torchvision ``BasicBlock``, rates rising linearly with depth to this value.
+        optimizer: callable ``params -> Optimizer``.
         lr: learning rate.
-        weight_decay: weight decay.
+        weight_decay: decay of the decayed parameter groups.
+        lr_scheduler: callable ``optimizer -> scheduler``.
     """
 
     def __init__(
-        self, arch: Literal["resnet18", "resnet34"] = "resnet18", lr: float = 1e-3, weight_decay: float = 0.0
+        self,
+        arch: Literal["resnet18", "resnet34"] = "resnet18",
+        drop_path_rate: float = 0.0,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
-        super().__init__(lr=lr, weight_decay=weight_decay)
-        self.save_hyperparameters()
+        super().__init__(optimizer=optimizer, lr=lr, weight_decay=weight_decay, lr_scheduler=lr_scheduler)
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         self.net = resnet_for_8x8(arch)
+        if drop_path_rate > 0:
+            add_stochastic_depth(self.net, drop_path_rate)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from example_projects.common import ClassifierModule
+from lightning_reg import add_stochastic_depth
 
 
 class BasicBlock1d(nn.Module):
@@ -95,20 +98,30 @@ class ResNet1dClassifier(ClassifierModule):
     Args:
         widths: channels per stage.
         blocks_per_stage: residual blocks per stage.
+        drop_path_rate: if > 0, :func:`~lightning_reg.add_stochastic_depth` inserts DropPath at the end
+            of every residual branch, rates rising linearly with depth to this value (a
+            :class:`~lightning_reg.StochasticDepthScheduler` can then reschedule them).
+        optimizer: callable ``params -> Optimizer``.
         lr: learning rate.
-        weight_decay: weight decay.
+        weight_decay: decay of the decayed parameter groups.
+        lr_scheduler: callable ``optimizer -> scheduler``.
     """
 
     def __init__(
         self,
         widths: Sequence[int] = (32, 64, 128),
         blocks_per_stage: int = 2,
+        drop_path_rate: float = 0.0,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
+        lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
-        super().__init__(lr=lr, weight_decay=weight_decay)
-        self.save_hyperparameters()
+        super().__init__(optimizer=optimizer, lr=lr, weight_decay=weight_decay, lr_scheduler=lr_scheduler)
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         self.net = ResNet1d(10, tuple(widths), blocks_per_stage)
+        if drop_path_rate > 0:
+            add_stochastic_depth(self.net, drop_path_rate, branch_ends={BasicBlock1d: "bn2"})
 
 
 class MLPClassifier(ClassifierModule):
@@ -118,8 +131,10 @@ class MLPClassifier(ClassifierModule):
         hidden: hidden units per layer.
         depth: hidden layers.
         dropout: dropout probability after each hidden layer.
+        optimizer: callable ``params -> Optimizer``.
         lr: learning rate.
-        weight_decay: weight decay.
+        weight_decay: decay of the decayed parameter groups.
+        lr_scheduler: callable ``optimizer -> scheduler``.
     """
 
     def __init__(
@@ -127,9 +142,11 @@ class MLPClassifier(ClassifierModule):
         hidden: int = 256,
         depth: int = 2,
         dropout: float = 0.0,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
+        lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
-        super().__init__(lr=lr, weight_decay=weight_decay)
-        self.save_hyperparameters()
+        super().__init__(optimizer=optimizer, lr=lr, weight_decay=weight_decay, lr_scheduler=lr_scheduler)
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         self.net = MLP(40, 10, hidden, depth, dropout)

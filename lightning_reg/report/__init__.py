@@ -362,6 +362,7 @@ def _plot_over_steps(
     purpose: str,
     logy: bool,
     title: str | None,
+    mark_clipped: bool = False,
 ) -> PlotResult:
     if not any(k in metrics.series for k in keys):
         metrics.require(*keys, purpose=purpose)
@@ -375,6 +376,15 @@ def _plot_over_steps(
         xs, ys = list(s.steps), list(s.values)
         ax.plot(xs, ys, linestyle=style, label=f"{label} ({key})")
         result.series[key] = (xs, ys)
+    if mark_clipped and len(result.series) == 2:
+        (px, py), (qx, qy) = result.series.values()
+        post = dict(zip(qx, qy))
+        clipped = [(x, post[x]) for x, y in zip(px, py) if x in post and post[x] < y * (1 - 1e-6)]
+        result.markers["clipped"] = [x for x, _ in clipped]
+        if clipped:
+            ax.scatter(
+                *zip(*clipped), marker="x", color="red", zorder=5, label=f"clipped ({len(clipped)} steps)"
+            )
     if logy and all(v > 0 for _, ys in result.series.values() for v in ys if not math.isnan(v)):
         ax.set_yscale("log")
     ax.set_xlabel("step")
@@ -398,7 +408,8 @@ def plot_grad_norms(
     r"""Total gradient norm over steps, before and after clipping, log scale (if all values are positive).
 
     Draws ``pre_key`` (or, if it was not logged, ``total_key``: a monitor's norm, which is the
-    pre-clip norm) and, dashed, ``post_key`` when logged.
+    pre-clip norm) and, dashed, ``post_key`` when logged; steps where the post-clip norm is smaller are
+    marked with red crosses (``markers["clipped"]``).
 
     Args:
         metrics: from :func:`load_metrics`.
@@ -432,6 +443,7 @@ def plot_grad_norms(
         "gradient norms",
         True,
         title,
+        mark_clipped=True,
     )
 
 
