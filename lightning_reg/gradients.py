@@ -42,6 +42,8 @@ __all__ = [
     "group_by_param_groups",
     "group_by_regex",
     "nonfinite_count",
+    "per_tensor_norms",
+    "reduce_norms",
     "scale_grads_",
     "zclip_step",
 ]
@@ -56,8 +58,23 @@ def _buckets(tensors: Sequence[Tensor]) -> dict[tuple[torch.device, torch.dtype]
     return out
 
 
-def _per_tensor_norms(tensors: Sequence[Tensor], norm_type: float, device: torch.device) -> Tensor:
-    """Norm of every tensor as one float32 vector on ``device`` (one foreach call per device/dtype bucket)."""
+def per_tensor_norms(
+    tensors: Sequence[Tensor], norm_type: float = 2.0, device: torch.device | None = None
+) -> Tensor:
+    """Compute the norm of every tensor as one float32 vector (one ``_foreach_norm`` per device/dtype bucket).
+
+    Args:
+        tensors: the tensors (e.g. gradients).
+        norm_type: p of the p-norm (``0`` counts non-zeros, ``inf`` is the max abs).
+        device: where the result lives (default: the first tensor's device).
+
+    Example:
+        >>> per_tensor_norms([torch.ones(4), torch.ones(9)]).tolist()
+        [2.0, 3.0]
+    """
+    if not tensors:
+        return torch.zeros(0, dtype=torch.float32, device=device)
+    device = tensors[0].device if device is None else device
     buckets = _buckets(tensors)
     if len(buckets) == 1:
         return torch.stack(torch._foreach_norm(list(tensors), norm_type)).to(device, torch.float32)
@@ -67,13 +84,6 @@ def _per_tensor_norms(tensors: Sequence[Tensor], norm_type: float, device: torch
         index = torch.tensor(idx, device=device)
         out.index_copy_(0, index, torch.stack(norms).to(device, torch.float32))
     return out
-
-
-def _combine(norms: Tensor, norm_type: float) -> Tensor:
-    """Total p-norm from per-part p-norms, as if the parts were concatenated."""
-    if math.isinf(norm_type):
-        return norms.amax() if norms.numel() else norms.new_zeros(())
-    return norms.pow(norm_type).sum().pow(1.0 / norm_type)
 
 
 @dataclass
@@ -130,37 +140,53 @@ def grad_norms(
     grads = [t.grad if isinstance(t, nn.Parameter) else t for t in grads_or_params]
     grads = [g for g in grads if g is not None]
     norm_type = float(norm_type)
-    if not grads:
-        z = torch.zeros((), dtype=torch.float32)
-        return GradStats(z.new_zeros(0), z, None if group_ids is None else z.new_zeros(num_groups), norm_type)
-    device = grads[0].device
-    per = _per_tensor_norms(grads, norm_type, device)
+    device = grads[0].device if grads else torch.device("cpu")
+    per = per_tensor_norms(grads, norm_type, device)
+    total, groups = reduce_norms(per, norm_type, group_ids, num_groups, reduce_fn)
+    return GradStats(per, total, groups, norm_type)
+
+
+def reduce_norms(
+    per_tensor: Tensor,
+    norm_type: float = 2.0,
+    group_ids: Tensor | None = None,
+    num_groups: int = 0,
+    reduce_fn: ReduceFn | None = None,
+) -> tuple[Tensor, Tensor | None]:
+    """Total and per-group p-norms from per-tensor p-norms (on-device index/sum ops, no host sync).
+
+    Args:
+        per_tensor: float32 vector of per-tensor norms (from :func:`per_tensor_norms`).
+        norm_type: p of the p-norm.
+        group_ids: group index of every entry (``num_groups`` for "ungrouped"), or ``None``.
+        num_groups: number of groups.
+        reduce_fn: optional cross-rank reduction applied once to the powered sums (sum; max for ``inf``).
+
+    Returns:
+        ``(total, group_norms)``; ``group_norms`` is ``None`` without ``group_ids``.
+
+    Example:
+        >>> total, groups = reduce_norms(torch.tensor([3.0, 4.0]), 2.0, torch.tensor([0, 0]), 1)
+        >>> float(total), groups.tolist()
+        (5.0, [5.0])
+    """
+    norm_type = float(norm_type)
     is_inf = math.isinf(norm_type)
-    group_norms = None
-    if reduce_fn is None:
-        total = _combine(per, norm_type)
-        if group_ids is not None:
-            if is_inf:
-                group_norms = per.new_zeros(num_groups + 1).scatter_reduce_(0, group_ids, per, "amax")
-            else:
-                group_norms = per.new_zeros(num_groups + 1).index_add_(0, group_ids, per.pow(norm_type))
-                group_norms = group_norms.pow(1.0 / norm_type)
-            group_norms = group_norms[:num_groups]
-        return GradStats(per, total, group_norms, norm_type)
-    # Distributed (sharded) case: reduce powered sums (or maxima) in one collective.
-    powered = per if is_inf else per.pow(norm_type)
     n = num_groups if group_ids is not None else 0
-    vec = per.new_zeros(n + 2)  # [groups..., ungrouped, total]
+    powered = per_tensor if is_inf else per_tensor.pow(norm_type)
+    vec = per_tensor.new_zeros(n + 2)  # [groups..., ungrouped, total]
     if group_ids is not None:
         if is_inf:
             vec[: n + 1].scatter_reduce_(0, group_ids, powered, "amax")
         else:
             vec[: n + 1].index_add_(0, group_ids, powered)
-    vec[n + 1] = powered.amax() if is_inf else powered.sum()
-    vec = reduce_fn(vec)
+    if powered.numel():
+        vec[n + 1] = powered.amax() if is_inf else powered.sum()
+    if reduce_fn is not None:
+        vec = reduce_fn(vec)
     if not is_inf:
         vec = vec.pow(1.0 / norm_type)
-    return GradStats(per, vec[n + 1], vec[:n] if group_ids is not None else None, norm_type)
+    return vec[n + 1], (vec[:n] if group_ids is not None else None)
 
 
 def nonfinite_count(grads: Sequence[Tensor]) -> Tensor:
@@ -179,7 +205,7 @@ def nonfinite_count(grads: Sequence[Tensor]) -> Tensor:
     device = grads[0].device
     # x * 0 is 0 for finite x and NaN for NaN/Inf; the 0-"norm" counts the non-zero (NaN) entries.
     zeros = torch._foreach_mul(grads, 0.0)
-    counts = _per_tensor_norms(zeros, 0.0, device)
+    counts = per_tensor_norms(zeros, 0.0, device)
     return counts.sum().to(torch.int64)
 
 
