@@ -312,8 +312,8 @@ class GradientClipping(Callback):
             raise RuntimeError(
                 f"GradientClipping(skip_nonfinite=True) skipped {self.consecutive_skips} consecutive"
                 f" optimizer steps because of NaN/Inf gradients (max_consecutive_skips="
-                f"{self.max_consecutive_skips}). Training is diverging: lower the learning rate, check the data"
-                " or the loss, or use a GradScaler."
+                f"{self.max_consecutive_skips}). Training is diverging: lower the learning rate, check the"
+                " data or the loss, or use a GradScaler."
             )
         return True
 
