@@ -58,10 +58,19 @@ def _buckets(tensors: Sequence[Tensor]) -> dict[tuple[torch.device, torch.dtype]
     return out
 
 
+def _foreach_norm(tensors: list[Tensor], norm_type: float) -> tuple[Tensor, ...]:
+    # Low-precision gradients (bf16/fp16) are reduced with float32 accumulation and output.
+    if tensors[0].dtype in (torch.float16, torch.bfloat16):
+        return torch._foreach_norm(tensors, norm_type, dtype=torch.float32)
+    return torch._foreach_norm(tensors, norm_type)
+
+
 def per_tensor_norms(
     tensors: Sequence[Tensor], norm_type: float = 2.0, device: torch.device | None = None
 ) -> Tensor:
     """Compute the norm of every tensor as one float32 vector (one ``_foreach_norm`` per device/dtype bucket).
+
+    bf16/fp16 tensors are reduced with float32 accumulation.
 
     Args:
         tensors: the tensors (e.g. gradients).
@@ -77,10 +86,10 @@ def per_tensor_norms(
     device = tensors[0].device if device is None else device
     buckets = _buckets(tensors)
     if len(buckets) == 1:
-        return torch.stack(torch._foreach_norm(list(tensors), norm_type)).to(device, torch.float32)
+        return torch.stack(_foreach_norm(list(tensors), norm_type)).to(device, torch.float32)
     out = torch.empty(len(tensors), dtype=torch.float32, device=device)
     for idx in buckets.values():
-        norms = torch._foreach_norm([tensors[i] for i in idx], norm_type)
+        norms = _foreach_norm([tensors[i] for i in idx], norm_type)
         index = torch.tensor(idx, device=device)
         out.index_copy_(0, index, torch.stack(norms).to(device, torch.float32))
     return out
@@ -405,7 +414,7 @@ def autoclip_step(state: AutoClipState, total_norm: Tensor, percentile: float = 
     rank = (percentile / 100.0) * (n - 1).clamp_min(0).to(torch.float32)
     lo = rank.floor().to(torch.int64)
     hi = rank.ceil().to(torch.int64)
-    a, b = ordered[lo], ordered[hi]
+    a, b = ordered.index_select(0, lo.reshape(1))[0], ordered.index_select(0, hi.reshape(1))[0]
     frac = rank - lo.to(torch.float32)
     thr = torch.where(hi == lo, a, a + (b - a) * frac)
     return torch.where(n > 0, thr, torch.full_like(thr, math.inf))
