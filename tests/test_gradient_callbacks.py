@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -15,6 +16,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_reg.gradients as G
 from lightning_reg.callbacks import GradientClipping, GradientMonitor
+from tests.distributed import ddp_gradients
+from tests.distributed.launch import run_ddp_script
 
 
 class MemoryLogger(Logger):
@@ -390,3 +393,27 @@ def test_logging_interval_and_agc_head_exclusion() -> None:
     post = logger.series("grad/clip/norm_post")
     pre = logger.series("grad/clip/norm_pre")
     assert all(float(p) < float(q) for (_, p), (_, q) in zip(post, pre))  # the body was clipped hard
+
+
+# DDP: 2 CPU processes (gloo) vs one process on the full batch
+@pytest.mark.timeout(240)
+def test_ddp_two_processes_match_single_process_on_full_batch(tmp_path: Path) -> None:
+    run_ddp_script(Path(ddp_gradients.__file__), tmp_path, timeout=200)
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=False)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=False)
+    torch.set_num_threads(1)
+    single = ddp_gradients.run(devices=1, batch_size=16)
+    assert len(r0["rows"]) == len(single["rows"]) == ddp_gradients.STEPS
+    keys = ["grad/norm_total", "grad/norm/body", "grad/norm/head", "grad/clip/norm_pre"]
+    keys += ["grad/clip/norm_post"]
+    for row0, row1, ref in zip(r0["rows"], r1["rows"], single["rows"]):
+        for k in keys:
+            assert torch.equal(row0[k], row1[k]), k  # identical on both ranks
+            torch.testing.assert_close(row0[k], ref[k], rtol=1e-5, atol=1e-6)
+    assert any(float(row["grad/clip/coef"]) < 1 for row in single["rows"])  # zclip did clip somewhere
+    for k, v in r0["zclip"].items():
+        assert torch.equal(v, r1["zclip"][k]), k  # adaptive state identical on all ranks
+        torch.testing.assert_close(v, single["zclip"][k], rtol=1e-5, atol=1e-6)
+    for k, v in r0["weights"].items():
+        assert torch.equal(v, r1["weights"][k])
+        torch.testing.assert_close(v, single["weights"][k], rtol=1e-5, atol=1e-6)
