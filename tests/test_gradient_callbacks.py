@@ -396,6 +396,7 @@ def test_logging_interval_and_agc_head_exclusion() -> None:
 
 
 # DDP: 2 CPU processes (gloo) vs one process on the full batch
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_ddp_two_processes_match_single_process_on_full_batch(tmp_path: Path) -> None:
     run_ddp_script(Path(ddp_gradients.__file__), tmp_path, timeout=200)
