@@ -7,7 +7,8 @@ Prints one table of ratios (medians of repeated timings):
 3. ``lightning.pytorch.utilities.grad_norm`` + total / our per-tensor + total      target >= 2.0 (speed-up)
 4. end-to-end Lightning training step, both callbacks / plain                     target <= 1.02
 
-Run from the repository root: ``PYTHONPATH=. python benchmarks/gradients.py [--device cpu|cuda] [--reps 50] [--e2e-steps 40]``
+Run from the repository root:
+``PYTHONPATH=. python benchmarks/gradients.py [--device cpu|cuda] [--reps 30] [--e2e-steps 15]``
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from lightning_reg.gradients import (
 )
 
 
-def transformer(d: int = 256, layers: int = 12) -> nn.Module:
+def transformer(d: int = 128, layers: int = 12) -> nn.Module:
     layer = nn.TransformerEncoderLayer(d, 8, 4 * d, dropout=0.0, batch_first=True)
     return nn.Sequential(
         nn.Linear(32, d), nn.TransformerEncoder(layer, layers, enable_nested_tensor=False), nn.Linear(d, 10)
@@ -143,7 +144,7 @@ class StepTimer(pl.Callback):
         self.times.append(time.perf_counter() - self._t0)
 
 
-def e2e(kind: str, device: str, steps: int, rounds: int = 3) -> dict[str, float]:
+def e2e(kind: str, device: str, steps: int, rounds: int = 2) -> dict[str, float]:
     torch.manual_seed(0)
     n = steps * 8
     x = torch.randn(n, 16, 32) if kind == "transformer" else torch.randn(n, 3, 64, 64)
@@ -180,8 +181,8 @@ def e2e(kind: str, device: str, steps: int, rounds: int = 3) -> dict[str, float]
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--reps", type=int, default=50)
-    ap.add_argument("--e2e-steps", type=int, default=40)
+    ap.add_argument("--reps", type=int, default=30)
+    ap.add_argument("--e2e-steps", type=int, default=15)
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave as is)")
     a = ap.parse_args()
     if a.threads:
@@ -195,6 +196,7 @@ def main() -> None:
         model = transformer() if kind == "transformer" else torchvision.models.resnet18(num_classes=10)
         make_grads(model, kind, a.device)
         r = micro(kind, model, a.device, a.reps)
+        print(f"[{kind}] micro-benchmarks done", flush=True)
         r.update(e2e(kind, a.device, a.e2e_steps))
         print(f"\n[{kind}] {r['tensors']} grad tensors, {r['groups']} groups")
         print(
