@@ -55,6 +55,12 @@ def _params_with_grad(optimizer: torch.optim.Optimizer) -> list[Tensor]:
     return [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
 
 
+def _local(t: Tensor) -> Tensor:
+    """Return the local shard of a DTensor gradient (FSDP2 ``fully_shard``); in-place edits write through."""
+    to_local = getattr(t, "to_local", None)
+    return to_local() if callable(to_local) else t
+
+
 def _is_sharded(trainer: pl.Trainer) -> bool:
     from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 
@@ -94,7 +100,7 @@ def _read_step_grads(
     if cached is not None and cached.key == key:
         return cached, False
     params = _params_with_grad(optimizer)
-    grads = [p.grad for p in params]
+    grads = [_local(p.grad) for p in params]
     device = grads[0].device if grads else torch.device("cpu")
     per = per_tensor_norms(grads, norm_type, device) if grads else torch.zeros(0)
     total, _ = reduce_norms(per, norm_type, reduce_fn=_reduce_fn(trainer, norm_type))
