@@ -96,21 +96,17 @@ def _read_step_grads(
 ) -> tuple[_StepGrads, bool]:
     """Per-tensor and total norms of this optimizer step, computed once and shared; ``(step, fresh)``."""
     key = _step_key(trainer, optimizer, norm_type)
-    cached = _STEP_CACHE.get(trainer)
-    if cached is not None and cached.key == key:
-        return cached, False
     params = _params_with_grad(optimizer)
     grads = [_local(p.grad) for p in params]
+    cached = _STEP_CACHE.get(trainer)
+    if cached is not None and cached.key == key and cached.per_tensor.numel() == len(params):
+        return _StepGrads(key, params, grads, cached.per_tensor, cached.total), False
     device = grads[0].device if grads else torch.device("cpu")
     per = per_tensor_norms(grads, norm_type, device) if grads else torch.zeros(0)
     total, _ = reduce_norms(per, norm_type, reduce_fn=_reduce_fn(trainer, norm_type))
-    step = _StepGrads(key, params, grads, per, total)
-    _STEP_CACHE[trainer] = step
-    return step, True
-
-
-def _store_step_grads(step: _StepGrads, trainer: pl.Trainer) -> None:
-    _STEP_CACHE[trainer] = step
+    # The cache keeps only the small norm tensors (not the gradients, which zero_grad may free).
+    _STEP_CACHE[trainer] = _StepGrads(key, [], [], per, total)
+    return _StepGrads(key, params, grads, per, total), True
 
 
 def _log_every(trainer: pl.Trainer, n: int | None) -> int:
