@@ -418,3 +418,41 @@ def test_ddp_two_processes_match_single_process_on_full_batch(tmp_path: Path) ->
     for k, v in r0["weights"].items():
         assert torch.equal(v, r1["weights"][k])
         torch.testing.assert_close(v, single["weights"][k], rtol=1e-5, atol=1e-6)
+
+
+def test_value_clipping_and_param_group_names_in_training() -> None:
+    class Grouped(Net):
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(
+                [{"params": self.body.parameters(), "name": "enc"}, {"params": self.head.parameters()}],
+                lr=0.05,
+            )
+
+    pre: list[list[torch.Tensor]] = []
+    post: list[list[torch.Tensor]] = []
+
+    class Spy(pl.Callback):
+        def __init__(self, store: list[list[torch.Tensor]]) -> None:
+            self.store = store
+
+        def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
+            self.store.append([p.grad.clone() for p in pl_module.parameters()])
+
+    logger = MemoryLogger()
+    torch.manual_seed(0)
+    model = Grouped()
+    mon = GradientMonitor(group_by="param_groups", log_nonfinite=False, log_max_abs=False)
+    _fit(model, [Spy(pre), mon, GradientClipping("value", clip_value=0.05), Spy(post)], logger=logger)
+    assert len(pre) == len(post) == 8
+    for before, after in zip(pre, post):
+        ref = [g.clone() for g in before]
+        params = [nn.Parameter(torch.zeros_like(g)) for g in ref]
+        for p, g in zip(params, ref):
+            p.grad = g
+        torch.nn.utils.clip_grad_value_(params, 0.05)
+        for p, a in zip(params, after):
+            assert torch.equal(p.grad, a)
+    assert {"grad/norm/enc", "grad/norm/group1"} <= set(logger.calls[0][1])
+    first = logger.series("grad/norm/enc")[0][1]
+    n_body = len(list(model.body.parameters()))
+    assert float(first) == pytest.approx(float(_flat_norm(pre[0][:n_body])), rel=1e-5)
