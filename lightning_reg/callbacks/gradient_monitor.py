@@ -262,7 +262,7 @@ class GradientMonitor(Callback):
         assert groups is not None
         metrics.update({f"{p}/norm/{name}": groups[i] for i, name in enumerate(grouping.names)})
         if self.log_ratios:
-            w_per = per_tensor_norms([q.detach() for q in step.params], self.norm_type, device)
+            w_per = per_tensor_norms([_local(q.detach()) for q in step.params], self.norm_type, device)
             _, w_groups = reduce_norms(w_per, self.norm_type, ids, len(grouping.names), reduce_fn)
             assert w_groups is not None
             ratio = groups / w_groups.clamp_min(1e-12)
