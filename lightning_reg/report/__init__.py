@@ -214,9 +214,10 @@ def load_metrics(log_dir: str | Path) -> RunMetrics:
         raise FileNotFoundError(f"log directory {str(log_dir)!r} does not exist")
     csvs = _find(log_dir, "metrics.csv")
     if len(csvs) > 1:
+        shown = ", ".join(str(p.parent) for p in csvs[:10])
+        more = f" (and {len(csvs) - 10} more)" if len(csvs) > 10 else ""
         raise MissingMetricsError(
-            f"{len(csvs)} runs below {str(log_dir)!r}; pass one run's directory: "
-            + ", ".join(str(p.parent) for p in csvs)
+            f"{len(csvs)} runs below {str(log_dir)!r}; pass one run's directory: {shown}{more}"
         )
     if csvs:
         return RunMetrics([csvs[0]], _read_csv(csvs[0]))
