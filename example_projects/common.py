@@ -80,12 +80,22 @@ class ClassifierModule(RegularizedModule):
 
 @torch.no_grad()
 def accuracy(model: nn.Module, loader: Any) -> float:
-    """Accuracy of ``model`` in eval mode over ``loader`` (restores the previous train/eval mode)."""
+    """Accuracy of ``model`` in eval mode over ``loader`` (restores the previous train/eval mode).
+
+    Example:
+        >>> from torch.utils.data import DataLoader, TensorDataset
+        >>> data = TensorDataset(torch.eye(3), torch.tensor([0, 1, 1]))  # the identity predicts 0, 1, 2
+        >>> model = nn.Linear(3, 3, bias=False)
+        >>> _ = nn.init.eye_(model.weight)
+        >>> round(accuracy(model, DataLoader(data, batch_size=2)), 4)
+        0.6667
+    """
     was_training = model.training
     model.eval()
     correct = total = 0
+    device = next(model.parameters()).device
     for x, y in loader:
-        pred = model(x).argmax(dim=-1)
+        pred = model(x.to(device)).argmax(dim=-1).cpu()
         correct += int((pred == y).sum())
         total += int(y.numel())
     model.train(was_training)
@@ -95,7 +105,13 @@ def accuracy(model: nn.Module, loader: Any) -> float:
 def make_cli(
     datamodule_class: type[L.LightningDataModule], args: Any = None, run: bool = True
 ) -> LightningCLI:
-    """LightningCLI over every :class:`ClassifierModule` subclass (chosen by ``model.class_path``)."""
+    """LightningCLI over every :class:`ClassifierModule` subclass (chosen by ``model.class_path``).
+
+    Example:
+        >>> from example_projects.mnist1d import MNIST1DDataModule
+        >>> cli = make_cli(MNIST1DDataModule, run=False, args=[  # doctest: +SKIP
+        ...     "--config", "example_projects/mnist1d/configs/baseline.yaml", "--trainer.max_epochs=1"])
+    """
     return LightningCLI(
         ClassifierModule,
         datamodule_class,
