@@ -43,6 +43,51 @@ from lightning_reg.callbacks.early_stopping import EarlyStopping  # noqa: E402 #
 __all__ += ["EarlyStopping"]
 
 # --- gradient monitoring and clipping (issue 4) ---
+from lightning_reg.callbacks.gradient_clipping import GradientClipping  # noqa: E402
+from lightning_reg.callbacks.gradient_monitor import GradientMonitor  # noqa: E402
+from lightning_reg.gradients import (  # noqa: E402
+    AutoClipState,
+    GradStats,
+    ParamGrouping,
+    ZClipState,
+    agc_clip_,
+    autoclip_step,
+    clip_coefficient,
+    clip_grads_by_norm_,
+    clip_grads_by_value_,
+    grad_norms,
+    group_by_module_depth,
+    group_by_param_groups,
+    group_by_regex,
+    nonfinite_count,
+    per_tensor_norms,
+    reduce_norms,
+    scale_grads_,
+    zclip_step,
+)
+
+__all__ += [
+    "GradientClipping",
+    "GradientMonitor",
+    "AutoClipState",
+    "GradStats",
+    "ParamGrouping",
+    "ZClipState",
+    "agc_clip_",
+    "autoclip_step",
+    "clip_coefficient",
+    "clip_grads_by_norm_",
+    "clip_grads_by_value_",
+    "grad_norms",
+    "group_by_module_depth",
+    "group_by_param_groups",
+    "group_by_regex",
+    "nonfinite_count",
+    "per_tensor_norms",
+    "reduce_norms",
+    "scale_grads_",
+    "zclip_step",
+]
 
 # --- stochastic depth (issue 5) ---
 from lightning_reg.callbacks.stochastic_depth import StochasticDepthScheduler  # noqa: E402

@@ -8,6 +8,10 @@ from lightning_reg.callbacks.early_stopping import EarlyStopping  # noqa: E402 #
 __all__ += ["EarlyStopping"]
 
 # --- gradients (issue 4) ---
+from lightning_reg.callbacks.gradient_clipping import GradientClipping  # noqa: E402
+from lightning_reg.callbacks.gradient_monitor import GradientMonitor  # noqa: E402
+
+__all__ += ["GradientClipping", "GradientMonitor"]
 
 # --- stochastic depth (issue 5) ---
 from lightning_reg.callbacks.stochastic_depth import StochasticDepthScheduler  # noqa: E402
