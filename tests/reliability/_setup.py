@@ -22,6 +22,8 @@ from lightning_reg import (
     DropPath,
     EarlyStopping,
     FreezeBatchNorm,
+    GradientClipping,
+    GradientMonitor,
     OverfittingMonitor,
     ProximalL1,
     RegularizedModule,
@@ -29,11 +31,6 @@ from lightning_reg import (
     WarmupCosineLR,
     WeightPenalty,
 )
-
-try:  # issue 4 (gradients) is merged separately; the suite covers it once it is there
-    from lightning_reg import GradientClipping, GradientMonitor
-except ImportError:  # pragma: no cover - only before the merge of issue 4
-    GradientClipping = GradientMonitor = None  # type: ignore[assignment,misc]
 
 IN, WIDTH, CLASSES = 8, 16, 4
 BATCH, N_TRAIN, N_VAL = 8, 64, 48
@@ -184,12 +181,9 @@ def all_callbacks(patience: int = 100, skip_nonfinite: bool = True) -> list[Call
         OverfittingMonitor({"loss": ("train_loss", "val_loss")}, criteria={"gl": 2.0, "up": 2}, verbose=False),
         FreezeBatchNorm(epoch=3),
         ProximalL1(l1=1e-3),
+        GradientMonitor(log_every_n_steps=1, log_ratios=True),
+        GradientClipping("autoclip", percentile=90.0, history_size=16, skip_nonfinite=skip_nonfinite),
     ]
-    if GradientClipping is not None:
-        cbs += [
-            GradientMonitor(log_every_n_steps=1, log_ratios=True),
-            GradientClipping("autoclip", percentile=50.0, history_size=16, skip_nonfinite=skip_nonfinite),
-        ]
     return cbs
 
 
