@@ -65,7 +65,6 @@ class ResumableBatches:
         return self.n
 
     def __iter__(self):
-        import traceback; print("ITER", self._skip); traceback.print_stack(limit=6)
         start, self._skip = self._skip, 0
         self._yielded = start
         for i in range(start, self.n):
@@ -77,7 +76,7 @@ class ResumableBatches:
         return {"consumed": self._yielded % self.n}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        self._skip = int(state["consumed"]); print("LOAD", state)
+        self._skip = int(state["consumed"])
 
 
 class Block(nn.Module):
