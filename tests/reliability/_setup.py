@@ -38,7 +38,7 @@ SEED = 0
 
 
 def make_data(seed: int = SEED) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Noisy teacher labels: a small MLP overfits them after a few epochs, so the best epoch is not the last."""
+    """Noisy teacher labels: a small MLP overfits them after a few epochs (the best epoch is not the last)."""
     g = torch.Generator().manual_seed(seed)
     teacher = torch.randn(IN, CLASSES, generator=g)
     x = torch.randn(N_TRAIN + N_VAL, IN, generator=g)
@@ -107,7 +107,9 @@ class Net(RegularizedModule):
             weight_decay=1e-3,
             lr_scheduler=partial(WarmupCosineLR, warmup_steps=4),  # total from the Trainer
             weight_penalty=WeightPenalty(l2=1e-3) if penalty else None,
-            batch_mixer=BatchMixer(num_classes=CLASSES, mixup_alpha=0.4, prob=0.5, seed=SEED) if mixer else None,
+            batch_mixer=BatchMixer(num_classes=CLASSES, mixup_alpha=0.4, prob=0.5, seed=SEED)
+            if mixer
+            else None,
         )
         self.fault = fault or {}
         self.stem = nn.Sequential(nn.Linear(IN, WIDTH), nn.BatchNorm1d(WIDTH), nn.ReLU())
@@ -177,7 +179,9 @@ def all_callbacks(patience: int = 100, skip_nonfinite: bool = True) -> list[Call
     cbs: list[Callback] = [
         EarlyStopping("val_loss", patience=patience, restore_best_weights=True),
         StochasticDepthScheduler(max_rate=0.3, schedule="warmup", cutoff=10, cutoff_unit="step"),
-        OverfittingMonitor({"loss": ("train_loss", "val_loss")}, criteria={"gl": 2.0, "up": 2}, verbose=False),
+        OverfittingMonitor(
+            {"loss": ("train_loss", "val_loss")}, criteria={"gl": 2.0, "up": 2}, verbose=False
+        ),
         FreezeBatchNorm(epoch=3),
         ProximalL1(l1=1e-3),
         GradientMonitor(log_every_n_steps=1, log_ratios=True),
@@ -209,8 +213,11 @@ def assert_same(a: Any, b: Any, path: str = "") -> None:
     if isinstance(a, Tensor) or isinstance(b, Tensor):
         assert isinstance(a, Tensor) and isinstance(b, Tensor), f"{path}: {type(a)} vs {type(b)}"
         assert a.dtype == b.dtype and a.shape == b.shape, f"{path}: {a.dtype}{tuple(a.shape)} vs {b.dtype}"
-        assert torch.equal(a, b) or (a.is_floating_point() and torch.equal(a.isnan(), b.isnan())
-                                     and torch.equal(a.nan_to_num(), b.nan_to_num())), f"{path}: {a} != {b}"
+        assert torch.equal(a, b) or (
+            a.is_floating_point()
+            and torch.equal(a.isnan(), b.isnan())
+            and torch.equal(a.nan_to_num(), b.nan_to_num())
+        ), f"{path}: {a} != {b}"
     elif isinstance(a, dict):
         assert isinstance(b, dict) and a.keys() == b.keys(), f"{path}: keys {sorted(a)} vs {sorted(b)}"
         for k in a:

@@ -58,7 +58,9 @@ def _kill_when(out: Path, ready: callable, *args: str) -> None:
     try:
         while not ready():
             if proc.poll() is not None:
-                raise AssertionError(f"run ended before the kill point:\n{proc.stderr.read().decode()[-6000:]}")
+                raise AssertionError(
+                    f"run ended before the kill point:\n{proc.stderr.read().decode()[-6000:]}"
+                )
             if time.monotonic() > deadline:
                 raise AssertionError("kill point not reached in time")
             time.sleep(0.05)

@@ -77,7 +77,9 @@ def main() -> None:
     ckpt_dir = args.out / "ckpt"
     checkpoints = [
         ModelCheckpoint(ckpt_dir, filename="ep-{epoch}-{step}", save_top_k=-1, every_n_epochs=1),
-        ModelCheckpoint(ckpt_dir, filename="st-{epoch}-{step}", save_top_k=-1, every_n_train_steps=STEP_EVERY),
+        ModelCheckpoint(
+            ckpt_dir, filename="st-{epoch}-{step}", save_top_k=-1, every_n_train_steps=STEP_EVERY
+        ),
     ]
     callbacks = [recorder, *ours, *checkpoints, Pause(args.out, args.pause_epoch, args.pause_step)]
     trainer = fast_trainer(max_epochs=MAX_EPOCHS, callbacks=callbacks, enable_checkpointing=True)
