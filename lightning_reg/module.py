@@ -304,7 +304,8 @@ class RegularizedModule(PenaltyMixin, BatchMixingMixin, LightningModule):
             # loops, and Lightning then never loads a stateful dataloader's state (mid-epoch resume would
             # restart the epoch's data from its first batch).
             if getattr(trainer, "ckpt_path", None) is None:
-                scheduler.set_total_steps(trainer.estimated_stepping_batches if by_step else trainer.max_epochs)
+                total = trainer.estimated_stepping_batches if by_step else trainer.max_epochs
+                scheduler.set_total_steps(total)
         config: dict[str, Any] = {"scheduler": scheduler, "interval": cfg["lr_scheduler_interval"]}
         if isinstance(scheduler, ReduceLROnPlateau):
             config["monitor"] = cfg["lr_scheduler_monitor"]
