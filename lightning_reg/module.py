@@ -305,7 +305,8 @@ class RegularizedModule(PenaltyMixin, BatchMixingMixin, LightningModule):
             # restart the epoch's data from its first batch).
             if getattr(trainer, "ckpt_path", None) is None:
                 total = trainer.estimated_stepping_batches if by_step else trainer.max_epochs
-                scheduler.set_total_steps(total)
+                if total != 0:  # 0: a zero-length train dataloader; Lightning warns and trains nothing
+                    scheduler.set_total_steps(total)
         config: dict[str, Any] = {"scheduler": scheduler, "interval": cfg["lr_scheduler_interval"]}
         if isinstance(scheduler, ReduceLROnPlateau):
             config["monitor"] = cfg["lr_scheduler_monitor"]
