@@ -111,7 +111,7 @@ def _assert_equal_runs(a: dict, b: dict) -> None:
     ("where", "pause_args", "expected_ckpt"),
     [
         ("epoch_boundary", ("--pause-epoch", "2"), "ep-epoch=1-step=16.ckpt"),
-        ("mid_epoch", ("--pause-step", "22"), "st-epoch=2-step=22.ckpt"),
+        ("mid_epoch", ("--pause-step", "33"), "st-epoch=4-step=33.ckpt"),  # after the BN freeze
     ],
 )
 def test_killed_run_resumes_to_the_uninterrupted_result(
