@@ -148,7 +148,7 @@ def test_fault_without_skip_stops_and_restores_weights_from_before_the_fault(kin
     # OverfittingMonitor: NaN recorded, no alert, best value kept
     om: OverfittingMonitor = run["cbs"]["OverfittingMonitor"]
     last = om.history[-1]["pairs"]["loss"]
-    assert math.isnan(last["val"]) and not om.history[-1]["alert"]
+    assert math.isnan(last["val"]) and math.isnan(last["train"]) and not om.history[-1]["alert"]
     assert last["best_val"] == run["probe"].validated[0][0]
 
 
@@ -169,6 +169,7 @@ def test_fault_with_skip_nonfinite_leaves_parameters_and_optimizer_untouched(kin
     # StochasticDepthScheduler is unaffected: warm-up reached the linear depth rule 0.3 * [0, 1/2, 1]
     assert run["probe"].rates[FAULT_STEP + 1] == pytest.approx([0.0, 0.15, 0.3], abs=1e-6)  # p is float32
     assert all(torch.isfinite(v).all() for v in run["model"].state_dict().values() if v.is_floating_point())
+    assert run["cbs"]["FreezeBatchNorm"].frozen and not run["model"].stem[1].training
     _assert_restored_best(run)
 
 
