@@ -95,9 +95,9 @@ class Block(nn.Module):
 class Net(RegularizedModule):
     """Every regularizer at once: decay groups, warm-up cosine LR, L2 penalty, mixup, BatchNorm, DropPath.
 
-    ``fault`` injects a fault: ``{"kind": "nan_loss" | "inf_grad" | "nan_val", "step"/"epoch": k, "rank": r}``
-    (``rank`` None: every rank). Seeds are set per batch (``seed + global_step``) so that a resumed run draws
-    the same DropPath masks as the uninterrupted one.
+    ``fault`` injects a fault: ``{"kind": "nan_loss" | "inf_grad" | "nan_val" | "missing_val",
+    "step"/"epoch": k, "rank": r}`` (``rank`` None: every rank). Seeds are set per batch
+    (``seed + global_step``) so that a resumed run draws the same DropPath masks as the uninterrupted one.
     """
 
     def __init__(self, fault: dict[str, Any] | None = None, mixer: bool = True, penalty: bool = True) -> None:
