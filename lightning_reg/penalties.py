@@ -292,8 +292,9 @@ class WeightPenalty:
         l1: L1 coefficient (``>= 0``).
         l2: L2 coefficient (``>= 0``); the penalty is ``l1 * sum|w| + l2 / 2 * sum w**2``.
         automatic: add the penalty's gradient to the decayed parameters' gradients in
-            ``on_before_optimizer_step`` (once per optimizer step: after AMP unscaling, after gradient
-            accumulation, before clipping), which equals adding it to the loss. ``False``: add
+            the module's ``on_before_optimizer_step`` (once per optimizer step: after AMP unscaling, after
+            gradient accumulation; after callbacks such as ``GradientClipping``, which Lightning calls
+            first, so the penalty gradient is not clipped), which equals adding it to the loss. ``False``: add
             ``self.penalty()`` to your loss yourself.
         log: log the penalty value as ``penalty/value`` on logging steps.
         exclude_bias: leave biases out; ``None``: as the module's weight decay
