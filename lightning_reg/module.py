@@ -299,7 +299,14 @@ class RegularizedModule(PenaltyMixin, BatchMixingMixin, LightningModule):
             if trainer is None:
                 raise RuntimeError("WarmupCosineLR without total_steps needs a Trainer attached")
             by_step = cfg["lr_scheduler_interval"] == "step"
-            scheduler.set_total_steps(trainer.estimated_stepping_batches if by_step else trainer.max_epochs)
+            # When resuming, the checkpoint's scheduler state brings total_steps. Do not ask for
+            # estimated_stepping_batches then: it builds the train dataloader before Lightning restores the
+            # loops, and Lightning then never loads a stateful dataloader's state (mid-epoch resume would
+            # restart the epoch's data from its first batch).
+            if getattr(trainer, "ckpt_path", None) is None:
+                total = trainer.estimated_stepping_batches if by_step else trainer.max_epochs
+                if total != 0:  # 0: a zero-length train dataloader; Lightning warns and trains nothing
+                    scheduler.set_total_steps(total)
         config: dict[str, Any] = {"scheduler": scheduler, "interval": cfg["lr_scheduler_interval"]}
         if isinstance(scheduler, ReduceLROnPlateau):
             config["monitor"] = cfg["lr_scheduler_monitor"]

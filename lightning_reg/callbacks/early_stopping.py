@@ -122,6 +122,16 @@ class EarlyStopping(_LightningEarlyStopping):
         baseline: float | None = None,
         save_weights_in_checkpoint: bool = True,
     ) -> None:
+        # Lightning's class accepts these silently: a non-string monitor never matches a logged key, a
+        # negative patience stops at the first check, a negative min_delta turns worse values into
+        # "improvements".
+        if not isinstance(monitor, str) or not monitor:
+            raise TypeError(f"`monitor` must be a logged metric's name (a non-empty str); got {monitor!r}")
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
+            raise ValueError(f"`patience` must be an int >= 0; got {patience!r}")
+        bad_delta = isinstance(min_delta, bool) or not isinstance(min_delta, (int, float))
+        if bad_delta or not 0 <= min_delta < math.inf:
+            raise ValueError(f"`min_delta` must be a finite number >= 0; got {min_delta!r}")
         super().__init__(
             monitor=monitor,
             min_delta=min_delta,

@@ -75,7 +75,15 @@ class FreezeBatchNorm(Callback):
         return [pl_module.get_submodule(name) for name in self.modules]
 
     @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # A run resumed from a mid-epoch checkpoint gets no ``on_train_epoch_start`` for that epoch.
+        self._freeze_if_due(trainer, pl_module)
+
+    @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._freeze_if_due(trainer, pl_module)
+
+    def _freeze_if_due(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.current_epoch < self.epoch:
             return
         roots = self._roots(pl_module)

@@ -150,7 +150,11 @@ class GradientClipping(Callback):
         self.clip_factor = float(clip_factor)
         self.agc_eps = float(agc_eps)
         self.agc_exclude = list(agc_exclude or [])
-        self._agc_exclude_rx = [re.compile(rx) for rx in self.agc_exclude]
+        try:
+            self._agc_exclude_rx = [re.compile(rx) for rx in self.agc_exclude]
+        except re.error as err:
+            msg = f"`agc_exclude` must hold valid regexes, got {self.agc_exclude!r}: {err}."
+            raise ValueError(msg) from err
         self.percentile = float(percentile)
         self.history_size = int(history_size)
         self.zclip_alpha = float(zclip_alpha)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import weakref
 from dataclasses import dataclass
 from typing import Any
@@ -177,6 +178,11 @@ class GradientMonitor(Callback):
             raise ValueError(f"`group_by` must be one of {_GROUP_BY}, got {group_by!r}.")
         if group_by == "regex" and not patterns:
             raise ValueError("`group_by='regex'` needs `patterns={group_name: regex, ...}`.")
+        for name, rx in (patterns or {}).items():
+            try:
+                re.compile(rx)
+            except (re.error, TypeError) as err:
+                raise ValueError(f"`patterns[{name!r}]` must be a valid regex, got {rx!r}: {err}.") from err
         if log_every_n_steps is not None and log_every_n_steps < 1:
             raise ValueError(f"`log_every_n_steps` must be a positive int or None, got {log_every_n_steps!r}")
         norm_type = float(norm_type)

@@ -29,8 +29,10 @@ class ProximalL1(Callback):
     to ``0.0`` (proximal gradient descent / ISTA for SGD; see :mod:`lightning_reg.penalties`).
     The step runs from a ``torch.optim.Optimizer`` step post-hook, so it follows every *real* optimizer
     step: once per step under gradient accumulation, not after steps skipped by the AMP grad scaler, and
-    also under manual optimization. Each parameter group uses its current ``lr`` (schedulers and
-    layer-wise LR decay included). The parameters are those that get weight decay (same exclusions as
+    also under manual optimization. Parameters without a gradient at that step (a step skipped by
+    ``GradientClipping(skip_nonfinite=True)``, unused or frozen parameters) are left alone. Each
+    parameter group uses its current ``lr`` (schedulers and layer-wise LR decay included). The
+    parameters are those that get weight decay (same exclusions as
     :func:`~lightning_reg.param_groups.weight_decay_param_groups`). The fraction of exact zeros among
     them is logged as ``proximal_l1/zero_fraction`` on logging steps (no host sync). Under DDP every
     rank holds the same parameters and learning rates, so the ranks stay identical; under FSDP the
@@ -79,7 +81,12 @@ class ProximalL1(Callback):
         return self._generate_state_key(l1=self.l1, **self.exclusions)
 
     def _after_step(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
-        proximal_l1_(optimizer, self.l1, self._params)
+        # Only parameters the optimizer just stepped: a parameter without a gradient (a step skipped by
+        # GradientClipping(skip_nonfinite=True), an unused or frozen parameter) was not updated and must
+        # not shrink either.
+        stepped = [p for p in self._params if p.grad is not None]
+        if stepped:
+            proximal_l1_(optimizer, self.l1, stepped)
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

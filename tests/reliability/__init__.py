@@ -1,0 +1,1 @@
+"""Reliability suite (issue 8): resume, kill, distributed faults, non-finite values, bad input."""

@@ -1,0 +1,157 @@
+# ruff: noqa: E501  (one table row per case reads better than wrapped rows)
+"""Bad input: every public constructor/function rejects invalid values with a message that names the
+argument and the valid choices or range (wrong types, out-of-range numbers, unknown names, conflicts)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from torch import nn
+
+from lightning_reg import (
+    BatchMixer,
+    DropPath,
+    EarlyStopping,
+    FreezeBatchNorm,
+    GradientClipping,
+    GradientMonitor,
+    OverfittingCriteria,
+    OverfittingMonitor,
+    ProximalL1,
+    RegularizedModule,
+    StochasticDepthScheduler,
+    WarmupCosineLR,
+    WeightPenalty,
+    add_stochastic_depth,
+    cutmix_box,
+    depth_rates,
+    drop_path,
+    elastic_net_penalty,
+    generalization_loss,
+    linear_depth_rates,
+    make_time_schedule,
+    mixup,
+    overfitting_gap,
+    soft_target_cross_entropy,
+    soft_targets,
+    soft_threshold_,
+    weight_decay_param_groups,
+)
+
+
+def _opt() -> torch.optim.Optimizer:
+    return torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1)
+
+
+PAIR = {"loss": ("train_loss", "val_loss")}
+
+# (id, call, exception type, regex that must match the message: the argument and the valid values)
+CASES: list[tuple[str, Callable[[], Any], type[Exception], str]] = [
+    # EarlyStopping
+    ("es-snapshot", lambda: EarlyStopping("v", snapshot="gpu"), ValueError, r"`snapshot`.*'cpu'.*'device'.*'checkpoint'.*'gpu'"),
+    ("es-start-negative", lambda: EarlyStopping("v", start_from_epoch=-1), ValueError, r"`start_from_epoch`.*>= 0.*-1"),
+    ("es-start-float", lambda: EarlyStopping("v", start_from_epoch=1.5), ValueError, r"`start_from_epoch`.*int"),
+    ("es-baseline-nan", lambda: EarlyStopping("v", baseline=float("nan")), ValueError, r"`baseline`.*finite.*nan"),
+    ("es-mode", lambda: EarlyStopping("v", mode="maximize"), MisconfigurationException, r"`mode`.*min, max.*maximize"),
+    ("es-patience", lambda: EarlyStopping("v", patience=-1), ValueError, r"`patience`.*>= 0.*-1"),
+    ("es-min-delta", lambda: EarlyStopping("v", min_delta=-0.1), ValueError, r"`min_delta`.*>= 0.*-0.1"),
+    ("es-monitor-type", lambda: EarlyStopping(monitor=3), TypeError, r"`monitor`.*str.*3"),
+    # GradientClipping
+    ("gc-algorithm", lambda: GradientClipping("median"), ValueError, r"`algorithm`.*'norm'.*'zclip'.*None.*'median'"),
+    ("gc-none-conflict", lambda: GradientClipping(None), ValueError, r"`algorithm=None`.*`skip_nonfinite=True`"),
+    ("gc-max-norm", lambda: GradientClipping("norm", max_norm=0.0), ValueError, r"`max_norm`.*> 0.*0\.0"),
+    ("gc-percentile", lambda: GradientClipping("autoclip", percentile=150.0), ValueError, r"`percentile`.*\[0, 100\].*150"),
+    ("gc-zclip-alpha", lambda: GradientClipping("zclip", zclip_alpha=1.5), ValueError, r"`zclip_alpha`.*\(0, 1\).*1\.5"),
+    ("gc-clip-factor", lambda: GradientClipping("agc", clip_factor=-1.0), ValueError, r"`clip_factor`.*> 0"),
+    ("gc-history", lambda: GradientClipping("autoclip", history_size=0), ValueError, r"`history_size`.*>= 1.*0"),
+    ("gc-skips", lambda: GradientClipping("norm", max_consecutive_skips=0), ValueError, r"`max_consecutive_skips`.*>= 1"),
+    ("gc-norm-type", lambda: GradientClipping("norm", norm_type=-1.0), ValueError, r"`norm_type`.*> 0.*inf"),
+    ("gc-agc-regex", lambda: GradientClipping("agc", agc_exclude=["("]), ValueError, r"`agc_exclude`.*regex"),
+    # GradientMonitor
+    ("gm-group-by", lambda: GradientMonitor(group_by="layer"), ValueError, r"`group_by`.*'module'.*'param_groups'.*'regex'.*'layer'"),
+    ("gm-regex-missing", lambda: GradientMonitor(group_by="regex"), ValueError, r"`group_by='regex'`.*`patterns"),
+    ("gm-regex-invalid", lambda: GradientMonitor(patterns={"a": "("}), ValueError, r"`patterns\['a'\]`.*regex"),
+    ("gm-log-every", lambda: GradientMonitor(log_every_n_steps=0), ValueError, r"`log_every_n_steps`.*positive.*None"),
+    ("gm-depth", lambda: GradientMonitor(depth=0), ValueError, r"`depth`.*>= 1"),
+    # StochasticDepthScheduler, DropPath, schedules
+    ("sd-rate", lambda: StochasticDepthScheduler(max_rate=1.0), ValueError, r"`max_rate`.*\[0, 1\).*1\.0"),
+    ("sd-rate-type", lambda: StochasticDepthScheduler(max_rate="0.1"), TypeError, r"`max_rate`.*float.*str"),
+    ("sd-rule", lambda: StochasticDepthScheduler(rule="quadratic"), ValueError, r"depth rule 'quadratic'.*'linear', 'huang', 'uniform'"),
+    ("sd-schedule", lambda: StochasticDepthScheduler(schedule="cosine"), ValueError, r"time schedule 'cosine'.*'constant', 'warmup'"),
+    ("sd-cutoff-missing", lambda: StochasticDepthScheduler(schedule="warmup"), ValueError, r"'warmup'.*numeric `cutoff`"),
+    ("sd-cutoff-unit", lambda: StochasticDepthScheduler(schedule="warmup", cutoff=3, cutoff_unit="minute"), ValueError, r"`cutoff_unit` 'minute'.*'step', 'epoch', 'fraction'"),
+    ("sd-fraction", lambda: StochasticDepthScheduler(schedule="warmup", cutoff=1.5, cutoff_unit="fraction"), ValueError, r"`cutoff`.*fraction.*\[0, 1\]"),
+    ("sd-early-mode", lambda: StochasticDepthScheduler(schedule="early", cutoff=3, early_mode="exp"), ValueError, r"`early_mode` 'exp'.*'linear' or 'constant'"),
+    ("sd-dropout-rate", lambda: StochasticDepthScheduler(include_dropout=True, dropout_rate=2.0), ValueError, r"`dropout_rate`.*\[0, 1\)"),
+    ("droppath-p", lambda: DropPath(p=1.5), ValueError, r"`p`.*\[0, 1\].*1\.5"),
+    ("droppath-mode", lambda: DropPath(p=0.1, mode="sample"), ValueError, r"`mode`.*'row', 'batch'.*'sample'"),
+    ("drop_path-p", lambda: drop_path(torch.ones(2, 3), p=-0.1), ValueError, r"`p`.*\[0, 1\]"),
+    ("add_sd-no-blocks", lambda: add_stochastic_depth(nn.Linear(2, 2), 0.1), ValueError, r"BasicBlock.*Bottleneck.*`branch_ends"),
+    ("linear_rates-n", lambda: linear_depth_rates(-1, 0.1), ValueError, r"`num_blocks`.*non-negative int"),
+    ("depth_rates-rule", lambda: depth_rates(3, 0.1, rule="x"), ValueError, r"depth rule 'x'.*'linear'"),
+    ("time_schedule-name", lambda: make_time_schedule("x"), ValueError, r"'x'.*'constant'"),
+    # OverfittingMonitor and its pure functions
+    ("om-pairs-empty", lambda: OverfittingMonitor({}), ValueError, r"`pairs`.*non-empty.*train_key, val_key"),
+    ("om-pair-shape", lambda: OverfittingMonitor({"loss": ("a",)}), ValueError, r"Pair 'loss'.*\(train_key, val_key\)"),
+    ("om-pair-mode", lambda: OverfittingMonitor({"loss": ("a", "b", "maximize")}), ValueError, r"Mode of pair 'loss'.*'min', 'max'.*'maximize'"),
+    ("om-action", lambda: OverfittingMonitor(PAIR, action="email"), ValueError, r"action 'email'.*'warn', 'stop'.*callable"),
+    ("om-warmup", lambda: OverfittingMonitor(PAIR, warmup=-1), ValueError, r"`warmup`.*>= 0"),
+    ("om-criterion", lambda: OverfittingMonitor(PAIR, criteria={"foo": 1.0}), ValueError, r"criterion 'foo'.*'gap', 'rel_gap', 'gl', 'pq', 'up'"),
+    ("om-threshold", lambda: OverfittingMonitor(PAIR, criteria={"gl": -1.0}), ValueError, r"criterion 'gl'.*finite number > 0"),
+    ("om-probe", lambda: OverfittingMonitor(PAIR, probe=1.5), ValueError, r"`probe`.*\(0, 1\].*DataLoader"),
+    ("om-probe-metrics-conflict", lambda: OverfittingMonitor(PAIR, probe_metrics={"loss": None}), ValueError, r"`probe_metrics` needs `probe`"),
+    ("om-patience", lambda: OverfittingMonitor(PAIR, patience=0), ValueError, r"`patience`.*>= 1"),
+    ("om-strip", lambda: OverfittingMonitor(PAIR, strip=1), ValueError, r"`strip`.*>= 2"),
+    ("criteria-patience", lambda: OverfittingCriteria({"loss": "min"}, {"gl": 5.0}, patience=0), ValueError, r"`patience`.*>= 1"),
+    ("gl-mode", lambda: generalization_loss(1.0, 0.5, mode="up"), ValueError, r"`mode`.*'min', 'max'.*'up'"),
+    ("gap-mode", lambda: overfitting_gap(1.0, 0.5, mode="x"), ValueError, r"`mode`.*'min', 'max'"),
+    # FreezeBatchNorm, ProximalL1, penalties
+    ("fbn-epoch", lambda: FreezeBatchNorm(epoch=-1), ValueError, r"epoch=-1.*int >= 0"),
+    ("fbn-modules-str", lambda: FreezeBatchNorm(modules="stem"), ValueError, r"modules='stem'.*None or a list"),
+    ("prox-l1-zero", lambda: ProximalL1(l1=0.0), ValueError, r"l1=0\.0.*> 0"),
+    ("prox-l1-negative", lambda: ProximalL1(l1=-1.0), ValueError, r"l1=-1\.0.*>= 0"),
+    ("penalty-l1", lambda: WeightPenalty(l1=-1.0), ValueError, r"l1=-1\.0.*>= 0"),
+    ("penalty-l2-nan", lambda: WeightPenalty(l2=float("nan")), ValueError, r"l2=nan.*>= 0"),
+    ("elastic-net-l1", lambda: elastic_net_penalty([torch.zeros(2)], l1=-1.0), ValueError, r"l1=-1\.0.*>= 0"),
+    ("soft-threshold", lambda: soft_threshold_([torch.zeros(2)], -1.0), ValueError, r"threshold=-1\.0.*>= 0"),
+    # RegularizedModule, parameter groups, WarmupCosineLR
+    ("rm-weight-decay", lambda: RegularizedModule(weight_decay=-0.1), ValueError, r"weight_decay.*finite number >= 0.*-0\.1"),
+    ("rm-weight-decay-nan", lambda: RegularizedModule(weight_decay=float("nan")), ValueError, r"weight_decay.*finite.*nan"),
+    ("rm-lr", lambda: RegularizedModule(lr=-1.0), ValueError, r"lr.*>= 0 or None.*-1\.0"),
+    ("rm-layer-decay", lambda: RegularizedModule(layer_decay=1.5), ValueError, r"layer_decay.*\(0, 1\].*1\.5"),
+    ("rm-interval", lambda: RegularizedModule(lr_scheduler_interval="batch"), ValueError, r"lr_scheduler_interval.*'step' or 'epoch'.*'batch'"),
+    ("rm-optimizer", lambda: RegularizedModule(optimizer="adam"), ValueError, r"optimizer.*callable.*'adam'"),
+    ("param-groups-wd", lambda: weight_decay_param_groups(nn.Linear(2, 2), weight_decay=-1.0), ValueError, r"weight_decay.*>= 0"),
+    ("param-groups-ld", lambda: weight_decay_param_groups(nn.Linear(2, 2), 0.1, layer_decay=0.0), ValueError, r"layer_decay.*\(0, 1\]"),
+    ("wcl-warmup", lambda: WarmupCosineLR(_opt(), warmup_steps=-1), ValueError, r"warmup_steps.*int >= 0"),
+    ("wcl-start-factor", lambda: WarmupCosineLR(_opt(), warmup_steps=2, warmup_start_factor=2.0), ValueError, r"warmup_start_factor.*\[0, 1\]"),
+    ("wcl-total-conflict", lambda: WarmupCosineLR(_opt(), warmup_steps=5, total_steps=3), ValueError, r"total_steps.*> warmup_steps=5.*3"),
+    # batch mixing
+    ("mixer-classes", lambda: BatchMixer(num_classes=1), ValueError, r"num_classes=1.*int >= 2"),
+    ("mixer-classes-type", lambda: BatchMixer(num_classes="3"), ValueError, r"num_classes='3'.*int >= 2"),
+    ("mixer-alpha", lambda: BatchMixer(num_classes=3, mixup_alpha=-1.0), ValueError, r"mixup_alpha=-1\.0.*>= 0"),
+    ("mixer-prob", lambda: BatchMixer(num_classes=3, prob=1.5), ValueError, r"prob=1\.5.*\[0, 1\]"),
+    ("mixer-smoothing", lambda: BatchMixer(num_classes=3, label_smoothing=1.0), ValueError, r"label_smoothing=1\.0.*\[0, 1\)"),
+    ("mixer-stop", lambda: BatchMixer(num_classes=3, stop_epoch=-1), ValueError, r"stop_epoch=-1.*None or >= 0"),
+    ("soft-targets", lambda: soft_targets(torch.tensor([0, 1]), 3, label_smoothing=1.0), ValueError, r"label_smoothing.*\[0, 1\)"),
+    ("soft-ce-reduction", lambda: soft_target_cross_entropy(torch.zeros(2, 3), torch.full((2, 3), 1 / 3), reduction="avg"), ValueError, r"reduction='avg'.*'mean', 'sum', 'none'"),
+    ("mixup-dtype", lambda: mixup(torch.ones(2, 3, dtype=torch.long), 0.5), TypeError, r"floating.*int64"),
+    ("cutmix-box-dims", lambda: cutmix_box(0.5, (2, 3, 4), (1, 1, 1)), ValueError, r"size.*center.*1 or 2 entries"),
+]  # fmt: skip
+
+
+def test_table_is_large_and_covers_every_public_callback() -> None:
+    assert len(CASES) >= 30
+    assert len({c[0] for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize(("call", "exc", "pattern"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_is_rejected_with_a_helpful_message(call: Callable[[], Any], exc: type, pattern: str):
+    with pytest.raises(exc) as info:
+        call()
+    assert re.search(pattern, str(info.value)), f"message {str(info.value)!r} does not match {pattern!r}"
