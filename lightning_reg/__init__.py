@@ -150,6 +150,27 @@ __all__ += [
 ]
 
 # --- reports and plots (issue 7) ---
+from lightning_reg.report import (  # noqa: E402  # isort: skip
+    MissingMetricsError,
+    ReportKeys,
+    best_epoch_of,
+    load_metrics,
+    plot_drop_path,
+    plot_grad_norms,
+    plot_train_val,
+    render_report,
+)
+
+__all__ += [
+    "MissingMetricsError",
+    "ReportKeys",
+    "best_epoch_of",
+    "load_metrics",
+    "plot_drop_path",
+    "plot_grad_norms",
+    "plot_train_val",
+    "render_report",
+]
 
 # --- penalties, batch mixing, frozen BatchNorm (issue 9) ---
 from lightning_reg.batchnorm import (  # noqa: E402  # isort: skip

@@ -1,0 +1,122 @@
+"""Pieces shared by the example projects: the classifier LightningModule base and the CLI factory."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LightningCLI, LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+
+from lightning_reg import RegularizedModule
+
+
+class ClassifierModule(RegularizedModule):
+    """Cross-entropy classifier around ``self.net`` (set by subclasses), on :class:`RegularizedModule`.
+
+    The optimizer comes from :class:`~lightning_reg.RegularizedModule`: decay and no-decay parameter
+    groups (biases and normalization parameters never decay). ``weight_decay`` defaults to 0 here, so a
+    config without it is unregularized.
+
+    Logs, once per epoch and reduced across ranks: ``train_loss``/``train_acc`` (training mode, i.e. with
+    dropout and drop-path active), ``val_loss``/``val_acc`` and ``test_loss``/``test_acc``.
+
+    Args:
+        optimizer: callable ``params -> Optimizer`` (default AdamW).
+        lr: learning rate.
+        weight_decay: decay of the decayed parameter groups.
+        lr_scheduler: callable ``optimizer -> scheduler``, stepped every optimizer step; None for none.
+
+    Example:
+        >>> from torch import nn
+        >>> class Linear(ClassifierModule):
+        ...     def __init__(self):
+        ...         super().__init__(weight_decay=0.1)
+        ...         self.net = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 3))
+        >>> model = Linear()
+        >>> model(torch.zeros(2, 4)).shape
+        torch.Size([2, 3])
+        >>> [(g["name"], g["weight_decay"]) for g in model.configure_optimizers()["optimizer"].param_groups]
+        [('decay', 0.1), ('no_decay', 0.0)]
+    """
+
+    net: nn.Module
+
+    def __init__(
+        self,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        lr_scheduler: LRSchedulerCallable | None = None,
+    ) -> None:
+        super().__init__(optimizer=optimizer, lr=lr, weight_decay=weight_decay, lr_scheduler=lr_scheduler)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def _shared_step(self, batch: Sequence[Tensor], stage: str) -> Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y)
+        acc = (logits.argmax(dim=-1) == y).float().mean()
+        # on_epoch only: the values stay on device and are reduced once per epoch (no per-step host sync).
+        opts: dict[str, Any] = dict(on_step=False, on_epoch=True, batch_size=y.shape[0], sync_dist=True)
+        self.log(f"{stage}_loss", loss, prog_bar=stage != "train", **opts)
+        self.log(f"{stage}_acc", acc, prog_bar=stage != "train", **opts)
+        return loss
+
+    def training_step(self, batch: Sequence[Tensor], batch_idx: int) -> Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: Sequence[Tensor], batch_idx: int) -> None:
+        self._shared_step(batch, "val")
+
+    def test_step(self, batch: Sequence[Tensor], batch_idx: int) -> None:
+        self._shared_step(batch, "test")
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, loader: Any) -> float:
+    """Accuracy of ``model`` in eval mode over ``loader`` (restores the previous train/eval mode).
+
+    Example:
+        >>> from torch.utils.data import DataLoader, TensorDataset
+        >>> data = TensorDataset(torch.eye(3), torch.tensor([0, 1, 1]))  # the identity predicts 0, 1, 2
+        >>> model = nn.Linear(3, 3, bias=False)
+        >>> _ = nn.init.eye_(model.weight)
+        >>> round(accuracy(model, DataLoader(data, batch_size=2)), 4)
+        0.6667
+    """
+    was_training = model.training
+    model.eval()
+    correct = total = 0
+    device = next(model.parameters()).device
+    for x, y in loader:
+        pred = model(x.to(device)).argmax(dim=-1).cpu()
+        correct += int((pred == y).sum())
+        total += int(y.numel())
+    model.train(was_training)
+    return correct / max(total, 1)
+
+
+def make_cli(
+    datamodule_class: type[L.LightningDataModule], args: Any = None, run: bool = True
+) -> LightningCLI:
+    """LightningCLI over every :class:`ClassifierModule` subclass (chosen by ``model.class_path``).
+
+    Example:
+        >>> from example_projects.mnist1d import MNIST1DDataModule
+        >>> cli = make_cli(MNIST1DDataModule, run=False, args=[  # doctest: +SKIP
+        ...     "--config", "example_projects/mnist1d/configs/baseline.yaml", "--trainer.max_epochs=1"])
+    """
+    return LightningCLI(
+        ClassifierModule,
+        datamodule_class,
+        subclass_mode_model=True,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+        run=run,
+    )

@@ -1,0 +1,152 @@
+"""Models for MNIST-1D: a small 1-D ResNet and an MLP, as plain modules and as Lightning classifiers."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+
+from example_projects.common import ClassifierModule
+from lightning_reg import add_stochastic_depth
+
+
+class BasicBlock1d(nn.Module):
+    """Two 3-tap convolutions with BatchNorm and a (projected) identity shortcut, like torchvision's."""
+
+    expansion = 1
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv1d(inplanes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm1d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv1d(planes, planes, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm1d(planes)
+        self.downsample: nn.Module | None = None
+        if stride != 1 or inplanes != planes:
+            self.downsample = nn.Sequential(
+                nn.Conv1d(inplanes, planes, 1, stride=stride, bias=False), nn.BatchNorm1d(planes)
+            )
+        self.stride = stride
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class ResNet1d(nn.Module):
+    """A small 1-D ResNet for ``(batch, length)`` signals: stem, stages of basic blocks, pooling, linear.
+
+    Args:
+        num_classes: output classes.
+        widths: channels of each stage (the first stage keeps the length, later ones halve it).
+        blocks_per_stage: residual blocks per stage.
+    """
+
+    def __init__(
+        self, num_classes: int = 10, widths: Sequence[int] = (32, 64, 128), blocks_per_stage: int = 2
+    ) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv1d(1, widths[0], 5, padding=2, bias=False),
+            nn.BatchNorm1d(widths[0]),
+            nn.ReLU(inplace=True),
+        )
+        stages: list[nn.Module] = []
+        inplanes = widths[0]
+        for i, planes in enumerate(widths):
+            blocks = [BasicBlock1d(inplanes, planes, stride=1 if i == 0 else 2)]
+            blocks += [BasicBlock1d(planes, planes) for _ in range(blocks_per_stage - 1)]
+            stages.append(nn.Sequential(*blocks))
+            inplanes = planes
+        self.stages = nn.Sequential(*stages)
+        self.pool = nn.AdaptiveAvgPool1d(1)
+        self.fc = nn.Linear(inplanes, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.stages(self.stem(x.unsqueeze(1)))
+        return self.fc(self.pool(x).flatten(1))
+
+
+class MLP(nn.Sequential):
+    """``depth`` hidden layers of ``hidden`` ReLU units with optional dropout, for ``(batch, 40)`` inputs."""
+
+    def __init__(
+        self,
+        in_features: int = 40,
+        num_classes: int = 10,
+        hidden: int = 256,
+        depth: int = 2,
+        dropout: float = 0.0,
+    ) -> None:
+        layers: list[nn.Module] = []
+        for i in range(depth):
+            layers += [nn.Linear(in_features if i == 0 else hidden, hidden), nn.ReLU(inplace=True)]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+        layers.append(nn.Linear(hidden if depth else in_features, num_classes))
+        super().__init__(*layers)
+
+
+class ResNet1dClassifier(ClassifierModule):
+    """MNIST-1D classifier with a :class:`ResNet1d`.
+
+    Args:
+        widths: channels per stage.
+        blocks_per_stage: residual blocks per stage.
+        drop_path_rate: if > 0, :func:`~lightning_reg.add_stochastic_depth` inserts DropPath at the end
+            of every residual branch, rates rising linearly with depth to this value (a
+            :class:`~lightning_reg.StochasticDepthScheduler` can then reschedule them).
+        optimizer: callable ``params -> Optimizer``.
+        lr: learning rate.
+        weight_decay: decay of the decayed parameter groups.
+        lr_scheduler: callable ``optimizer -> scheduler``.
+    """
+
+    def __init__(
+        self,
+        widths: Sequence[int] = (32, 64, 128),
+        blocks_per_stage: int = 2,
+        drop_path_rate: float = 0.0,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        lr_scheduler: LRSchedulerCallable | None = None,
+    ) -> None:
+        super().__init__(optimizer=optimizer, lr=lr, weight_decay=weight_decay, lr_scheduler=lr_scheduler)
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        self.net = ResNet1d(10, tuple(widths), blocks_per_stage)
+        if drop_path_rate > 0:
+            add_stochastic_depth(self.net, drop_path_rate, branch_ends={BasicBlock1d: "bn2"})
+
+
+class MLPClassifier(ClassifierModule):
+    """MNIST-1D classifier with an :class:`MLP`.
+
+    Args:
+        hidden: hidden units per layer.
+        depth: hidden layers.
+        dropout: dropout probability after each hidden layer.
+        optimizer: callable ``params -> Optimizer``.
+        lr: learning rate.
+        weight_decay: decay of the decayed parameter groups.
+        lr_scheduler: callable ``optimizer -> scheduler``.
+    """
+
+    def __init__(
+        self,
+        hidden: int = 256,
+        depth: int = 2,
+        dropout: float = 0.0,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        lr_scheduler: LRSchedulerCallable | None = None,
+    ) -> None:
+        super().__init__(optimizer=optimizer, lr=lr, weight_decay=weight_decay, lr_scheduler=lr_scheduler)
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        self.net = MLP(40, 10, hidden, depth, dropout)

@@ -1,0 +1,8 @@
+"""``python -m lightning_reg.report LOG_DIR [--out DIR]``: write the run's plots as PNG files."""
+
+import sys
+
+from lightning_reg.report import main
+
+if __name__ == "__main__":
+    sys.exit(main())

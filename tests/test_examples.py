@@ -1,0 +1,260 @@
+"""Example projects: data, models, every YAML config (fast_dev_run), the DDP config, the compare demo."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((REPO / "example_projects").glob("*/configs/*.yaml"))
+SINGLE_PROCESS = [c for c in CONFIGS if c.name != "ddp.yaml"]
+
+
+@pytest.fixture
+def data_root(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A per-session data cache (MNIST-1D is generated once), exported as LIGHTNING_REG_DATA."""
+    root = tmp_path_factory.getbasetemp() / "lightning_reg_data"
+    monkeypatch.setenv("LIGHTNING_REG_DATA", str(root))
+    return root
+
+
+# ---------------------------------------------------------------- data
+
+
+def test_mnist1d_generated_locally_cached_and_rng_untouched(data_root: Path, monkeypatch):
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    from example_projects.mnist1d import data as mdata
+
+    np.random.seed(123)
+    random.seed(123)
+    np_before, py_before = np.random.get_state()[1].copy(), random.getstate()
+    d = mdata.load_mnist1d()
+    assert (data_root / "mnist1d" / "mnist1d_seed42.npz").is_file()
+    # the caller's global generators are as they were (make_dataset reseeds them)
+    assert np.array_equal(np.random.get_state()[1], np_before) and random.getstate() == py_before
+    ref = make_dataset(get_dataset_args())  # the reference generator, called directly
+    for k in ("x", "y", "x_test", "y_test"):
+        assert np.array_equal(d[k], ref[k]), k
+    assert d["x"].shape == (4000, 40) and d["x_test"].shape == (1000, 40)
+
+    def boom(seed):
+        raise AssertionError("regenerated although cached")
+
+    monkeypatch.setattr(mdata, "_generate", boom)
+    again = mdata.load_mnist1d()
+    assert np.array_equal(again["x"], d["x"])
+
+
+def test_mnist1d_datamodule_splits(data_root: Path):
+    from example_projects.mnist1d import MNIST1DDataModule, load_mnist1d
+
+    dm = MNIST1DDataModule(train_size=300, val_size=200, batch_size=50)
+    dm.prepare_data()
+    dm.setup("fit")
+    assert len(dm.train_set) == 300 and len(dm.val_set) == 200 and len(dm.test_set) == 1000
+    raw = load_mnist1d()
+    rows = {tuple(r) for r in raw["x"].astype(np.float32).tolist()}
+    train = {tuple(r) for r in dm.train_set.tensors[0].tolist()}
+    val = {tuple(r) for r in dm.val_set.tensors[0].tolist()}
+    assert train <= rows and val <= rows and not train & val
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (50, 40) and x.dtype == torch.float32 and y.dtype == torch.long
+    with pytest.raises(ValueError, match="train_size=3500, val_size=1000"):
+        MNIST1DDataModule(train_size=3500, val_size=1000)
+
+
+def test_digits_datamodule_splits_normalisation_and_augmentation():
+    from sklearn.datasets import load_digits
+
+    from example_projects.digits import DigitsDataModule
+
+    dm = DigitsDataModule(batch_size=32)
+    dm.setup("fit")
+    sets = (dm.train_set, dm.val_set, dm.test_set)
+    assert [len(s) for s in sets] == [1797 - 720, 360, 360]
+    images = torch.cat([s.images for s in sets])
+    assert images.shape == (1797, 1, 8, 8)
+    assert abs(images.mean().item()) < 1e-3 and abs(images.std().item() - 1) < 1e-3
+    ref = torch.as_tensor(load_digits().data, dtype=torch.float32)
+    restored = (images.view(1797, 64) * 0.3760 + 0.3053) * 16
+    assert sorted(map(tuple, restored.round().tolist())) == sorted(map(tuple, ref.tolist()))
+    assert dm.train_set.transform is not None
+    assert dm.val_set.transform is None and dm.test_set.transform is None
+    torch.manual_seed(0)
+    x0, _ = dm.train_set[0]
+    assert x0.shape == (1, 8, 8) and not torch.equal(x0, dm.train_set.images[0])  # augmented
+    assert torch.equal(dm.val_set[0][0], dm.val_set.images[0])
+    small = DigitsDataModule(train_size=100, augment=False)
+    small.setup("fit")
+    assert len(small.train_set) == 100 and small.train_set.transform is None
+    with pytest.raises(ValueError, match="train_size=2000"):
+        DigitsDataModule(train_size=2000)
+
+
+# ---------------------------------------------------------------- models
+
+
+def test_resnet_for_8x8_keeps_resolution_through_the_stem():
+    from example_projects.digits import resnet_for_8x8
+
+    model = resnet_for_8x8()
+    sizes = {}
+    for name in ("layer1", "layer2", "layer3", "layer4"):
+        getattr(model, name).register_forward_hook(lambda m, i, o, n=name: sizes.__setitem__(n, o.shape[-2:]))
+    out = model(torch.zeros(2, 1, 8, 8))
+    assert out.shape == (2, 10)
+    assert {k: tuple(v) for k, v in sizes.items()} == {
+        "layer1": (8, 8),
+        "layer2": (4, 4),
+        "layer3": (2, 2),
+        "layer4": (1, 1),
+    }
+
+
+def test_mnist1d_models_shapes():
+    from example_projects.mnist1d import MLP, ResNet1d
+
+    x = torch.randn(3, 40)
+    assert ResNet1d(widths=(8, 16, 32), blocks_per_stage=2)(x).shape == (3, 10)
+    mlp = MLP(hidden=32, depth=2, dropout=0.5)
+    assert mlp(x).shape == (3, 10)
+    assert sum(isinstance(m, torch.nn.Dropout) for m in mlp) == 2
+
+
+# ---------------------------------------------------------------- configs through the CLI
+
+
+@pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
+@pytest.mark.parametrize("config", SINGLE_PROCESS, ids=lambda p: f"{p.parents[1].name}/{p.stem}")
+def test_every_config_runs_fast_dev_run(config: Path, data_root: Path, tmp_path: Path, monkeypatch):
+    import importlib
+
+    monkeypatch.chdir(tmp_path)
+    project = config.parents[1].name
+    entry = importlib.import_module(f"example_projects.{project}.__main__")
+    cli = entry.main(
+        ["fit", "--config", str(config), "--trainer.fast_dev_run=true", "--trainer.enable_progress_bar=false"]
+    )
+    assert cli.trainer.state.finished
+    assert cli.trainer.global_step == 1
+    assert cli.trainer.callback_metrics["val_loss"].isfinite()
+    import lightning_reg
+
+    ours = sorted(
+        type(cb).__name__ for cb in cli.trainer.callbacks if type(cb).__module__.startswith("lightning_reg")
+    )
+    drop_paths = [m for m in cli.model.modules() if isinstance(m, lightning_reg.DropPath)]
+    groups = {g["name"]: g["weight_decay"] for g in cli.trainer.optimizers[0].param_groups}
+    if config.stem == "baseline":
+        assert ours == [] and drop_paths == [] and set(groups.values()) == {0.0}
+    else:  # regularized / ddp: every piece of the library on
+        assert ours == [
+            "EarlyStopping",
+            "GradientClipping",
+            "GradientMonitor",
+            "OverfittingMonitor",
+            "StochasticDepthScheduler",
+        ]
+        es = next(cb for cb in cli.trainer.callbacks if isinstance(cb, lightning_reg.EarlyStopping))
+        assert es.restore_best_weights
+        assert len(drop_paths) == sum(
+            1 for m in cli.model.modules() if type(m).__name__.startswith("BasicBlock")
+        )
+        assert groups["decay"] > 0 and groups["no_decay"] == 0.0
+
+
+@pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
+def test_compare_tiny(data_root: Path, tmp_path: Path, capsys):
+    from example_projects import compare
+
+    results = compare.main(["--tiny", "--out", str(tmp_path)])
+    assert [r.config for r in results] == ["baseline", "regularized"]
+    printed = capsys.readouterr().out
+    for r in results:
+        assert 0.0 <= r.test_acc <= 1.0 and 0.0 <= r.train_acc <= 1.0
+        assert r.epochs_run == 2
+        assert f"| {r.config} | {100 * r.test_acc:.1f}% |" in printed
+        assert f"{100 * (r.train_acc - r.val_acc):+.1f} pp" in printed
+    base, reg = results
+    assert base.best_epoch is None  # no early stopping in the baseline: its final weights are tested
+    # the regularized run restored the epoch with the lowest logged val_loss (first one on ties)
+    val = {}
+    with open(Path(reg.log_dir) / "metrics.csv", newline="") as fh:
+        for row in csv.DictReader(fh):
+            if row.get("val_loss"):
+                val[int(row["epoch"])] = float(row["val_loss"])
+    assert reg.best_epoch == min(sorted(val), key=lambda e: val[e])
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert [run["test_acc"] for run in summary["runs"]] == [r.test_acc for r in results]
+    assert (tmp_path / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "plots" / "baseline" / "curves.png").is_file()
+    for name in ("curves", "grad_norms", "drop_path"):
+        assert (tmp_path / "plots" / "regularized" / f"{name}.png").is_file(), name
+    assert not (tmp_path / "plots" / "baseline" / "grad_norms.png").exists()  # nothing logged them
+
+
+class RankDump(L.Callback):
+    """Test helper appended to the DDP config from the command line: each rank saves what it ended with."""
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from lightning.pytorch.callbacks import EarlyStopping
+
+        best = [getattr(cb, "best_epoch", None) for cb in trainer.callbacks if isinstance(cb, EarlyStopping)]
+        torch.save(
+            {
+                "state": {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()},
+                "global_step": trainer.global_step,
+                "world_size": trainer.world_size,
+                "best_epoch": best,
+                "callbacks": sorted(type(cb).__name__ for cb in trainer.callbacks),
+            },
+            Path(os.environ["RANK_DUMP_DIR"]) / f"rank{trainer.global_rank}.pt",
+        )
+
+
+@pytest.mark.slow
+def test_ddp_config_two_cpu_processes(data_root: Path, tmp_path: Path):
+    """`ddp.yaml` as a user runs it (Lightning's launcher re-executes `python -m ...` for rank 1)."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), RANK_DUMP_DIR=str(tmp_path), OMP_NUM_THREADS="1")
+    cmd = [
+        sys.executable,
+        "-m",
+        "example_projects.mnist1d",
+        "fit",
+        "--config",
+        str(REPO / "example_projects/mnist1d/configs/ddp.yaml"),
+        "--trainer.max_epochs=2",
+        "--trainer.limit_val_batches=2",
+        "--data.train_size=256",
+        "--data.val_size=128",
+        "--model.init_args.widths=[8, 16]",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.callbacks+=tests.test_examples.RankDump",
+    ]
+    try:
+        proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    except subprocess.TimeoutExpired as err:
+        raise AssertionError(f"DDP example timed out (hung collective?)\n{err.stdout}\n{err.stderr}") from err
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    assert r0["world_size"] == r1["world_size"] == 2
+    # 256 samples split over 2 ranks, batch 64: 2 steps per epoch, 2 epochs
+    assert r0["global_step"] == r1["global_step"] == 4
+    assert r0["best_epoch"] == r1["best_epoch"]
+    assert r0["callbacks"] == r1["callbacks"]
+    assert r0["state"].keys() == r1["state"].keys()
+    for k in r0["state"]:
+        assert torch.equal(r0["state"][k], r1["state"][k]), k
+    csvs = list((tmp_path / "lightning_logs" / "mnist1d" / "ddp").rglob("metrics.csv"))
+    assert len(csvs) == 1 and "val_loss" in csvs[0].read_text().splitlines()[0]
