@@ -305,6 +305,14 @@ class RegularizedModule(PenaltyMixin, BatchMixingMixin, LightningModule):
             # restart the epoch's data from its first batch).
             if getattr(trainer, "ckpt_path", None) is None:
                 total = trainer.estimated_stepping_batches if by_step else trainer.max_epochs
+                if trainer.fast_dev_run and total <= scheduler.warmup_steps:
+                    total = scheduler.warmup_steps + 1  # a smoke test: the schedule's shape does not matter
+                elif 0 < total <= scheduler.warmup_steps:
+                    raise ValueError(
+                        f"WarmupCosineLR: warmup_steps={scheduler.warmup_steps} is not shorter than this run"
+                        f" ({total} {'optimizer steps' if by_step else 'epochs'} estimated by the Trainer);"
+                        " lower warmup_steps or train longer."
+                    )
                 if total != 0:  # 0: a zero-length train dataloader; Lightning warns and trains nothing
                     scheduler.set_total_steps(total)
         config: dict[str, Any] = {"scheduler": scheduler, "interval": cfg["lr_scheduler_interval"]}

@@ -135,6 +135,18 @@ def test_layer_decay_with_warmup_cosine_per_step_by_hand():
     assert len(rec.lrs) == 8
 
 
+def test_warmup_longer_than_the_run_fails_clearly_but_not_under_fast_dev_run():
+    sched = partial(WarmupCosineLR, warmup_steps=100)
+    # fast_dev_run is a smoke test: the warm-up is clamped instead of failing every warm-up config
+    trainer = L.Trainer(fast_dev_run=True, logger=False, enable_progress_bar=False)
+    model = Stack(lr_scheduler=sched)
+    trainer.fit(model)
+    assert model.trainer.lr_scheduler_configs[0].scheduler.total_steps == 101
+    # a real run shorter than its warm-up (4 batches x 2 epochs = 8 steps) is a configuration error
+    with pytest.raises(ValueError, match=r"warmup_steps=100 .*8 optimizer steps"):
+        fast_trainer(max_steps=-1, max_epochs=2).fit(Stack(lr_scheduler=sched))
+
+
 def test_layer_decay_with_the_optimizers_own_lr():
     model = Stack(lr=None, layer_decay=0.5, optimizer=partial(torch.optim.SGD, lr=0.4))
     opt = model.configure_optimizers()["optimizer"]
