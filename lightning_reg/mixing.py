@@ -26,6 +26,7 @@ import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -411,6 +412,16 @@ class BatchMixer:
 _CKPT_KEY = "lightning_reg.batch_mixer"
 
 
+def _mix_after_batch_transfer(module: Any, batch: Any, dataloader_idx: int) -> Any:
+    """``on_after_batch_transfer`` of a module with a mixer: the class's own hook, then mixing in training."""
+    batch = type(module).on_after_batch_transfer(module, batch, dataloader_idx)
+    mixer = module.batch_mixer
+    trainer = getattr(module, "_trainer", None)
+    if mixer is None or trainer is None or not trainer.training:
+        return batch
+    return module.mix_batch(batch, mixer)
+
+
 class BatchMixingMixin:
     """LightningModule mixin: mix training batches on the device with ``self.batch_mixer``.
 
@@ -420,7 +431,8 @@ class BatchMixingMixin:
     ``(mixed x, soft targets, *rest)``; compute the loss with :meth:`mixing_loss`, which also accepts the
     index targets of validation batches. Override :meth:`mix_batch` for other batch structures. The
     mixer's random state is saved into and restored from Lightning checkpoints. If your module overrides
-    ``on_after_batch_transfer``, ``on_save_checkpoint`` or ``on_load_checkpoint``, call ``super()`` in it.
+    ``on_save_checkpoint`` or ``on_load_checkpoint``, call ``super()`` in it. Your own
+    ``on_after_batch_transfer`` (if any) runs first; mixing is applied to its result.
 
     Example:
         >>> import lightning as L
@@ -436,25 +448,34 @@ class BatchMixingMixin:
         torch.Size([])
     """
 
-    batch_mixer: BatchMixer | None = None
+    @property
+    def batch_mixer(self) -> BatchMixer | None:
+        """The mixer applied to training batches, or None (no mixing).
 
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Mix the batch when training and a mixer is set (see the class docstring).
-
-        Args:
-            batch: the batch, already on the device.
-            dataloader_idx: index of the dataloader.
+        Setting a mixer installs this instance's ``on_after_batch_transfer`` hook; setting None removes it.
+        The hook lives on the instance, not the class, so a module without a mixer does not override
+        ``on_after_batch_transfer`` at all (Lightning would otherwise warn about every ``LightningDataModule``
+        it is trained with) and a module that overrides the hook itself gets its batches mixed after its
+        own hook ran, with or without ``super()``.
 
         Example:
-            >>> BatchMixingMixin.on_after_batch_transfer.__name__
-            'on_after_batch_transfer'
+            >>> m = BatchMixingMixin()
+            >>> m.batch_mixer = BatchMixer(num_classes=2)
+            >>> m.batch_mixer.num_classes
+            2
         """
-        batch = super().on_after_batch_transfer(batch, dataloader_idx)  # type: ignore[misc]
-        mixer = self.batch_mixer
-        trainer = getattr(self, "_trainer", None)
-        if mixer is None or trainer is None or not trainer.training:
-            return batch
-        return self.mix_batch(batch, mixer)
+        return self.__dict__.get("_batch_mixer")
+
+    @batch_mixer.setter
+    def batch_mixer(self, mixer: BatchMixer | None) -> None:
+        if mixer is not None and not isinstance(mixer, BatchMixer):
+            raise TypeError(f"batch_mixer must be a BatchMixer or None, got {type(mixer).__name__}.")
+        self.__dict__["_batch_mixer"] = mixer
+        if mixer is None:
+            self.__dict__.pop("on_after_batch_transfer", None)
+        else:
+            # a partial (not a bound method) so the module still pickles and deep-copies with its hook
+            self.__dict__["on_after_batch_transfer"] = partial(_mix_after_batch_transfer, self)
 
     def mix_batch(self, batch: Any, mixer: BatchMixer) -> Any:
         """Mix one training batch; the default handles ``(x, y, *rest)`` tuples and lists.

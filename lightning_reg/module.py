@@ -45,8 +45,8 @@ class RegularizedModule(PenaltyMixin, BatchMixingMixin, LightningModule):
     :class:`~lightning_reg.mixing.BatchMixingMixin`): pass ``weight_penalty=WeightPenalty(...)`` for an
     L1/L2/elastic-net penalty on the same decayed parameters, and ``batch_mixer=BatchMixer(...)`` for
     Mixup/CutMix/label smoothing on the device (compute the loss with :meth:`mixing_loss`). If you override
-    ``on_fit_start``, ``on_before_optimizer_step``, ``on_after_batch_transfer``, ``on_save_checkpoint`` or
-    ``on_load_checkpoint``, call ``super()`` in it.
+    ``on_fit_start``, ``on_before_optimizer_step``, ``on_save_checkpoint`` or ``on_load_checkpoint``, call
+    ``super()`` in it (your ``on_after_batch_transfer`` needs nothing: mixing is applied to its result).
 
     Layer-wise LR decay (``layer_decay``): the layer id of each parameter comes from :meth:`get_layer_id`;
     the default is the BEiT/timm convention of :func:`~lightning_reg.param_groups.block_layer_ids` (stem,

@@ -55,3 +55,34 @@ def test_batch_mixer_through_constructor_mixes_training_batches_only():
         assert t.shape == (8, 2)
         torch.testing.assert_close(t.sum(dim=1), torch.ones(8))
     assert any(((t > 0) & (t < 1)).any() for t in net.seen_targets)
+
+
+def test_no_mixer_means_no_hook_override_and_the_mixer_hook_survives_copy_and_pickle():
+    import copy
+    import pickle
+
+    from lightning.pytorch.utilities.model_helpers import is_overridden
+
+    plain = Net()
+    # without a mixer the module does not override the shared data hook (no DataModule warning)
+    assert not is_overridden("on_after_batch_transfer", plain)
+    mixed = Net(batch_mixer=BatchMixer(num_classes=2, mixup_alpha=1.0, seed=0))
+    assert is_overridden("on_after_batch_transfer", mixed)
+    for clone in (copy.deepcopy(mixed), pickle.loads(pickle.dumps(mixed))):
+        assert clone.on_after_batch_transfer.args[0] is clone
+        assert clone.batch_mixer is not mixed.batch_mixer
+    mixed.batch_mixer = None
+    assert not is_overridden("on_after_batch_transfer", mixed)
+
+
+def test_user_hook_runs_first_and_its_result_is_mixed():
+    class Scaled(Net):
+        def on_after_batch_transfer(self, batch, dataloader_idx):  # no super() call on purpose
+            x, y = batch
+            return x * 0 + 1.0, y
+
+    net = Scaled(batch_mixer=BatchMixer(num_classes=2, mixup_alpha=1.0, seed=0))
+    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    trainer.fit(net, DataLoader(TensorDataset(torch.randn(8, 3), torch.randint(0, 2, (8,))), batch_size=8))
+    assert net.seen_targets[0].shape == (8, 2)  # soft targets: the user's hook ran, then mixing
