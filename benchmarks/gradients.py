@@ -8,7 +8,8 @@ Prints one table of ratios (medians of repeated timings):
 4. end-to-end Lightning training step, both callbacks / plain                     target <= 1.02
 
 Run from the repository root:
-``PYTHONPATH=. python benchmarks/gradients.py [--device cpu|cuda] [--reps 30] [--e2e-steps 15] [--e2e-batch 64]``
+``PYTHONPATH=. python benchmarks/gradients.py [--device cpu|cuda] [--reps 30] [--e2e-steps 15]``
+``[--e2e-batch 64]``
 """
 
 from __future__ import annotations
