@@ -8,7 +8,6 @@ from typing import Any
 import lightning.pytorch as pl
 import pytest
 import torch
-from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -18,31 +17,7 @@ import lightning_reg.gradients as G
 from lightning_reg.callbacks import GradientClipping, GradientMonitor
 from tests.distributed import ddp_gradients
 from tests.distributed.launch import run_ddp_script
-
-
-class MemoryLogger(Logger):
-    """Keeps every ``log_metrics`` call (tensors as given, no conversion, so no host sync)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls: list[tuple[int | None, dict[str, Any]]] = []
-
-    @property
-    def name(self) -> str:
-        return "memory"
-
-    @property
-    def version(self) -> int:
-        return 0
-
-    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
-        self.calls.append((step, dict(metrics)))
-
-    def log_hyperparams(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def series(self, key: str) -> list[tuple[int | None, Any]]:
-        return [(s, m[key]) for s, m in self.calls if key in m]
+from tests.memory_logger import MemoryLogger
 
 
 def _flat_norm(grads: list[torch.Tensor]) -> torch.Tensor:

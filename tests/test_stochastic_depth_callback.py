@@ -13,13 +13,13 @@ import lightning as L
 import pytest
 import torch
 import torchvision
-from lightning.pytorch.loggers import Logger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_reg.callbacks import StochasticDepthScheduler
 from lightning_reg.layers import DropPath, find_drop_rate_modules
 from tests.distributed.launch import run_ddp_script
+from tests.memory_logger import MemoryLogger
 
 
 class ResBlock(nn.Module):
@@ -101,26 +101,6 @@ class Reseed(L.Callback):
         torch.manual_seed(1000 + trainer.global_step)
 
 
-class MemoryLogger(Logger):
-    def __init__(self) -> None:
-        super().__init__()
-        self.metrics: list[tuple[int | None, dict[str, float]]] = []
-
-    @property
-    def name(self) -> str:
-        return "memory"
-
-    @property
-    def version(self) -> int:
-        return 0
-
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        self.metrics.append((step, dict(metrics)))
-
-    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
-        pass
-
-
 def fast_trainer(**kwargs: Any) -> L.Trainer:
     defaults: dict[str, Any] = {
         "max_epochs": 1,
@@ -166,7 +146,7 @@ def test_depth_rule_and_warmup_per_step_logged_and_restored() -> None:
         mult = min(1.0, step / 4)  # warm-up over 4 steps
         assert rates == pytest.approx([0.0, 0.1 * mult, 0.2 * mult, 0.3 * mult], abs=1e-7)
     logged = [
-        (s, m["stochastic_depth/max_rate"]) for s, m in logger.metrics if "stochastic_depth/max_rate" in m
+        (s, m["stochastic_depth/max_rate"]) for s, m in logger.calls if "stochastic_depth/max_rate" in m
     ]
     assert [s for s, _ in logged] == [0, 2, 4, 6]
     assert [v for _, v in logged] == pytest.approx([0.0, 0.15, 0.3, 0.3], abs=1e-7)
@@ -219,7 +199,7 @@ def test_include_dropout_early_constant(dropout_rate: float | None) -> None:
     for step, rates in rec.rows:
         on = 1.0 if step < 3 else 0.0
         assert rates == pytest.approx([0.1 * on, 0.2 * on, target * on])
-    assert logger.metrics[0][1] == pytest.approx(
+    assert logger.calls[0][1] == pytest.approx(
         {"stochastic_depth/max_rate": 0.2, "stochastic_depth/dropout_max_rate": target}
     )
     assert model.dropout.p == 0.5

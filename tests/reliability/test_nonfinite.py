@@ -24,35 +24,12 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
-from lightning.pytorch.loggers.logger import Logger
 
 from lightning_reg import EarlyStopping, GradientClipping, OverfittingMonitor, StochasticDepthScheduler
+from tests.memory_logger import MemoryLogger
 from tests.reliability._setup import Net, all_callbacks, fast_trainer, train_loader, val_loader
 
 FAULT_STEP = 12  # epoch 1 (8 batches per epoch)
-
-
-class MemoryLogger(Logger):
-    def __init__(self) -> None:
-        super().__init__()
-        self.rows: list[tuple[int | None, dict[str, float]]] = []
-
-    @property
-    def name(self) -> str:
-        return "memory"
-
-    @property
-    def version(self) -> int:
-        return 0
-
-    def log_hyperparams(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
-        self.rows.append((step, {k: float(v) for k, v in metrics.items()}))
-
-    def at(self, step: int, key: str) -> list[float]:
-        return [row[key] for s, row in self.rows if s == step and key in row]
 
 
 class Probe(Callback):
