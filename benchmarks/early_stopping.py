@@ -32,7 +32,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_reg import EarlyStopping
-from lightning_reg.distributed import WeightSnapshot, local_snapshot_tensors
+from lightning_reg.early_stopping.snapshot import WeightSnapshot, local_snapshot_tensors
 
 BEST: dict[str, float] = {}
 

@@ -26,8 +26,8 @@ import torchvision
 from lightning.pytorch.utilities import grad_norm
 from torch import nn
 
-from lightning_reg.callbacks import GradientClipping, GradientMonitor
-from lightning_reg.gradients import (
+from lightning_reg import GradientClipping, GradientMonitor
+from lightning_reg.gradients.core import (
     clip_coefficient,
     group_by_module_depth,
     per_tensor_norms,

@@ -28,8 +28,11 @@ from torchvision.ops import StochasticDepth, stochastic_depth
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's lightning_reg
 
-from lightning_reg import DropPath, drop_path  # noqa: E402
-from lightning_reg.callbacks import StochasticDepthScheduler  # noqa: E402
+from lightning_reg import (  # noqa: E402
+    DropPath,
+    StochasticDepthScheduler,  # noqa: E402
+    drop_path,
+)
 
 
 def _best_time(

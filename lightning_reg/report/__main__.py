@@ -2,7 +2,7 @@
 
 import sys
 
-from lightning_reg.report import main
+from lightning_reg.report.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

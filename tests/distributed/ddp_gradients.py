@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from lightning_reg.callbacks import GradientClipping, GradientMonitor
+from lightning_reg import GradientClipping, GradientMonitor
 
 STEPS = 6
 

@@ -77,7 +77,7 @@ def main(out_dir: Path) -> None:
     from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
     from lightning_reg import weight_decay_param_groups
-    from tests.test_module import LMBlock, TinyLMModule
+    from tests.weight_decay.test_module import LMBlock, TinyLMModule
 
     lm = TinyLMModule()
     reference = [

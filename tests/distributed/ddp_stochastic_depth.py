@@ -15,8 +15,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from lightning_reg.callbacks import StochasticDepthScheduler  # noqa: E402
-from tests.test_stochastic_depth_callback import LitClassifier, RateRecorder, ResMLP, loader  # noqa: E402
+from lightning_reg import StochasticDepthScheduler  # noqa: E402
+from tests.stochastic_depth.test_callback import LitClassifier, RateRecorder, ResMLP, loader  # noqa: E402
 
 
 def main(out_dir: Path) -> None:

@@ -18,9 +18,10 @@ from lightning.pytorch.strategies import DDPStrategy
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_reg.callbacks.freeze_batchnorm import FreezeBatchNorm
-from lightning_reg.callbacks.proximal_l1 import ProximalL1
-from lightning_reg.penalties import PenaltyMixin, WeightPenalty
+from lightning_reg.batchnorm.callback import FreezeBatchNorm
+from lightning_reg.penalties.callback import ProximalL1
+from lightning_reg.penalties.core import WeightPenalty
+from lightning_reg.penalties.mixin import PenaltyMixin
 
 
 class Net(PenaltyMixin, L.LightningModule):

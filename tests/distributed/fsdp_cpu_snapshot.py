@@ -2,7 +2,8 @@
 
 Usage: python fsdp_cpu_snapshot.py OUT_DIR
 
-Lightning's FSDP strategies need a GPU, so this drives ``lightning_reg.distributed`` directly: train a few
+Lightning's FSDP strategies need a GPU, so this drives ``lightning_reg.early_stopping.snapshot`` directly:
+train a few
 steps, snapshot each rank's local shard, train more, restore, and compare the gathered full state dict
 with the one at the snapshot. Each rank writes ``fsdp_rank{r}.pt``.
 """
@@ -18,7 +19,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from lightning_reg.distributed import WeightSnapshot, is_sharded_module, local_snapshot_tensors
+from lightning_reg.early_stopping.snapshot import WeightSnapshot, is_sharded_module, local_snapshot_tensors
 
 
 def _full(m: nn.Module) -> dict[str, torch.Tensor]:

@@ -1,0 +1,130 @@
+"""Callback applying proximal L1 (soft-thresholding) after every optimizer step."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.rank_zero import WarningCache
+from torch import Tensor, nn
+from torch.optim import Optimizer
+from torch.utils.hooks import RemovableHandle
+from typing_extensions import override
+
+from lightning_reg.penalties.core import _check_coefficients, decayed_parameters, proximal_l1_, zero_fraction
+
+__all__ = ["ProximalL1"]
+
+_warning_cache = WarningCache()
+
+
+class ProximalL1(Callback):
+    """Soft-threshold the decayed parameters after each optimizer step: ``w <- sign(w) max(|w| - lr l1, 0)``.
+
+    Produces exact zeros. Why proximal and not sub-gradient L1: ``l1 * sign(w)`` in the gradient pushes a
+    small weight past zero and back every step, so it oscillates around zero and is never exactly zero;
+    the proximal step solves the L1 part in closed form and sets every weight within ``lr * l1`` of zero
+    to ``0.0`` (proximal gradient descent / ISTA for SGD; see :mod:`lightning_reg.penalties`).
+    The step runs from a ``torch.optim.Optimizer`` step post-hook, so it follows every *real* optimizer
+    step: once per step under gradient accumulation, not after steps skipped by the AMP grad scaler, and
+    also under manual optimization. Parameters without a gradient at that step (a step skipped by
+    ``GradientClipping(skip_nonfinite=True)``, unused or frozen parameters) are left alone. Each
+    parameter group uses its current ``lr`` (schedulers and layer-wise LR decay included). The
+    parameters are those that get weight decay (same exclusions as
+    :func:`~lightning_reg.weight_decay.groups.weight_decay_param_groups`). The fraction of exact zeros among
+    them is logged as ``proximal_l1/zero_fraction`` on logging steps (no host sync). Under DDP every
+    rank holds the same parameters and learning rates, so the ranks stay identical; under FSDP the
+    optimizer must hold the original (sharded) parameters (``use_orig_params=True``, Lightning's
+    default), the thresholding being element-wise.
+
+    Args:
+        l1: L1 coefficient, ``> 0``.
+        exclude_bias: leave biases out.
+        exclude_norm: leave normalization parameters out.
+        exclude_embeddings: leave embeddings and token/position tables out.
+        exclude: glob patterns of further parameter names to leave out.
+        log_zero_fraction: log the fraction of zeros.
+
+    Example:
+        >>> import lightning as L
+        >>> trainer = L.Trainer(callbacks=[ProximalL1(l1=1e-4)], logger=False)
+    """
+
+    def __init__(
+        self,
+        l1: float,
+        exclude_bias: bool = True,
+        exclude_norm: bool = True,
+        exclude_embeddings: bool = False,
+        exclude: Sequence[str] = (),
+        log_zero_fraction: bool = True,
+    ) -> None:
+        _check_coefficients(l1, 0.0)
+        if l1 == 0:
+            raise ValueError(f"l1={l1!r} must be > 0 (ProximalL1 with l1=0 does nothing).")
+        self.l1 = float(l1)
+        self.exclusions: dict[str, Any] = {
+            "exclude_bias": exclude_bias,
+            "exclude_norm": exclude_norm,
+            "exclude_embeddings": exclude_embeddings,
+            "exclude": [exclude] if isinstance(exclude, str) else list(exclude),
+        }
+        self.log_zero_fraction = log_zero_fraction
+        self._params: list[nn.Parameter] = []
+        self._handles: list[RemovableHandle] = []
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(l1=self.l1, **self.exclusions)
+
+    def _after_step(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
+        # Only parameters the optimizer just stepped: a parameter without a gradient (a step skipped by
+        # GradientClipping(skip_nonfinite=True), an unused or frozen parameter) was not updated and must
+        # not shrink either.
+        stepped = [p for p in self._params if p.grad is not None]
+        if stepped:
+            proximal_l1_(optimizer, self.l1, stepped)
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._remove_hooks()
+        self._params = decayed_parameters(pl_module, **self.exclusions)
+        ids = {id(p) for p in self._params}
+        in_optimizers = {id(p) for opt in trainer.optimizers for g in opt.param_groups for p in g["params"]}
+        if not ids & in_optimizers:
+            _warning_cache.warn(
+                "ProximalL1: none of the decayed parameters is in the optimizers' parameter groups "
+                "(flattened parameters, e.g. FSDP without use_orig_params=True, or DeepSpeed?): nothing is "
+                "thresholded."
+            )
+        self._handles = [opt.register_step_post_hook(self._after_step) for opt in trainer.optimizers]
+
+    @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if not self.log_zero_fraction or not self._params:
+            return
+        if trainer.global_step % max(trainer.log_every_n_steps, 1) == 0:
+            pl_module.log("proximal_l1/zero_fraction", self.zero_fraction(), on_step=True, on_epoch=False)
+
+    def zero_fraction(self) -> Tensor:
+        """Return the fraction of exact zeros among the thresholded parameters.
+
+        Example:
+            >>> ProximalL1(l1=0.1).zero_fraction()
+            tensor(0.)
+        """
+        return zero_fraction(self._params)
+
+    def _remove_hooks(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._remove_hooks()

@@ -1,0 +1,126 @@
+"""``PenaltyMixin``: the L1 / L2 / elastic-net penalty of :mod:`lightning_reg.penalties.core` in a module."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities.rank_zero import WarningCache
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from lightning_reg.penalties.core import (
+    WeightPenalty,
+    add_penalty_grad_,
+    decayed_parameters,
+    elastic_net_penalty,
+)
+
+__all__ = ["PenaltyMixin"]
+
+_warning_cache = WarningCache()
+
+
+class PenaltyMixin:
+    """LightningModule mixin: explicit L1/L2/elastic-net penalty on the decayed parameters.
+
+    Put it before ``LightningModule`` in the bases and set ``self.weight_penalty = WeightPenalty(...)``.
+    Automatic mode (default) adds the penalty gradient in ``on_before_optimizer_step`` (nothing to change
+    in ``training_step``); manual mode (``automatic=False``): ``loss = loss + self.penalty()``. The
+    decayed-parameter list is classified once per fit (at ``on_fit_start``) and cached. If your module
+    overrides ``on_before_optimizer_step`` or ``on_fit_start``, call ``super()`` in it, or the automatic
+    penalty is skipped.
+
+    Example:
+        >>> import lightning as L
+        >>> class Net(PenaltyMixin, L.LightningModule):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.layer = nn.Linear(2, 1)
+        ...         self.weight_penalty = WeightPenalty(l2=0.1, automatic=False)
+        >>> net = Net()
+        >>> with torch.no_grad():
+        ...     _ = net.layer.weight.fill_(2.0)
+        >>> round(net.penalty().item(), 4)  # 0.1 / 2 * (2**2 + 2**2)
+        0.4
+    """
+
+    weight_penalty: WeightPenalty | None = None
+    _penalty_params: list[nn.Parameter] | None = None
+
+    def penalty_parameters(self) -> list[nn.Parameter]:
+        """Return the decayed parameters the penalty applies to (cached; see :func:`decayed_parameters`).
+
+        Example:
+            >>> PenaltyMixin.penalty_parameters.__name__
+            'penalty_parameters'
+        """
+        if self._penalty_params is None:
+            config = self.weight_penalty or WeightPenalty()
+            self._penalty_params = decayed_parameters(self, **config.exclusions(self))  # type: ignore[arg-type]
+        return self._penalty_params
+
+    def penalty(self) -> Tensor:
+        """Return the weighted penalty ``l1 * sum|w| + l2 / 2 * sum w**2`` (0 without ``weight_penalty``).
+
+        Example:
+            >>> PenaltyMixin().penalty()
+            tensor(0.)
+        """
+        config = self.weight_penalty
+        if config is None:
+            return torch.zeros(())
+        trainer = getattr(self, "_trainer", None)
+        if config.automatic and trainer is not None and trainer.training:
+            _warning_cache.warn(
+                "PenaltyMixin.penalty() called during training with WeightPenalty(automatic=True): the "
+                "penalty gradient is already added before each optimizer step; adding penalty() to the loss "
+                "applies it twice. Use automatic=False to add it yourself."
+            )
+        return elastic_net_penalty(self.penalty_parameters(), config.l1, config.l2)
+
+    def on_fit_start(self) -> None:
+        """Re-classify the penalised parameters for this fit (after the strategy wrapped the model).
+
+        Example:
+            >>> PenaltyMixin.on_fit_start.__name__
+            'on_fit_start'
+        """
+        super().on_fit_start()  # type: ignore[misc]
+        self._penalty_params = None
+        self._penalty_params_by_optimizer: dict[int, list[nn.Parameter]] = {}
+
+    def _penalty_parameters_of(self, optimizer: Optimizer) -> list[nn.Parameter]:
+        # only this optimizer's parameters: with several optimizers each parameter is penalised once
+        cache = self.__dict__.setdefault("_penalty_params_by_optimizer", {})
+        key = id(optimizer)
+        if key not in cache:
+            ids = {id(p) for group in optimizer.param_groups for p in group["params"]}
+            cache[key] = [p for p in self.penalty_parameters() if id(p) in ids]
+        return cache[key]
+
+    def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
+        """In automatic mode, add the penalty gradient to ``optimizer``'s parameters; log the value.
+
+        Args:
+            optimizer: the optimizer about to step.
+
+        Example:
+            >>> PenaltyMixin.on_before_optimizer_step.__name__
+            'on_before_optimizer_step'
+        """
+        super().on_before_optimizer_step(optimizer)  # type: ignore[misc]
+        config = self.weight_penalty
+        if config is None or not (config.l1 or config.l2):
+            return
+        params = self._penalty_parameters_of(optimizer)
+        if config.automatic:
+            add_penalty_grad_(params, config.l1, config.l2)
+        trainer: pl.Trainer | None = getattr(self, "_trainer", None)
+        if (
+            config.log
+            and trainer is not None
+            and trainer.global_step % max(trainer.log_every_n_steps, 1) == 0
+        ):
+            with torch.no_grad():
+                value = elastic_net_penalty(params, config.l1, config.l2)
+            self.log("penalty/value", value, on_step=True, on_epoch=False)  # type: ignore[attr-defined]

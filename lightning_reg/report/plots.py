@@ -1,0 +1,387 @@
+r"""Plots of a training run from its logs: train vs validation curves, gradient norms, drop-path rate.
+
+Reads a :class:`~lightning.pytorch.loggers.CSVLogger` directory (``metrics.csv``) or, when there is no CSV,
+TensorBoard event files, and writes PNG files with matplotlib's headless ``Agg`` backend. matplotlib (and
+tensorboard, for event files) are imported only when a report is made, so ``import lightning_reg`` does not
+need them. Every plotting function returns the series it drew, so callers (and tests) can check them.
+
+Command line (:mod:`lightning_reg.report.cli`)::
+
+    python -m lightning_reg.report LOG_DIR [--out DIR] [--best-epoch N] [--pair NAME=TRAIN_KEY,VAL_KEY ...]
+
+Example:
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (d / "metrics.csv").write_text("epoch,step,train_loss,val_loss\n0,9,1.0,\n0,9,,1.2\n")
+    >>> plots = render_report(d)
+    >>> sorted(plots)
+    ['curves']
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lightning_reg.report.data import (
+    DEFAULT_PAIRS,
+    MissingMetricsError,
+    ReportKeys,
+    RunMetrics,
+    best_epoch_of,
+    load_metrics,
+)
+
+__all__ = ["PlotResult", "plot_drop_path", "plot_grad_norms", "plot_train_val", "render_report"]
+
+
+@dataclass
+class PlotResult:
+    """A written figure and exactly the data drawn on it.
+
+    Attributes:
+        path: the PNG file.
+        series: name -> (x values, y values) of every line drawn (for curves also ``"<pair>/gap"``,
+            the shaded validation-minus-train difference on common epochs).
+        markers: name -> x positions of markers (``"alerts"``, ``"best_epoch"``, ``"first_alert"``).
+    """
+
+    path: Path
+    series: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)
+    markers: dict[str, list[float]] = field(default_factory=dict)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+    return path
+
+
+def plot_train_val(
+    metrics: RunMetrics,
+    out_path: str | Path,
+    pairs: Mapping[str, tuple[str, str]] | None = None,
+    alert_key: str | None = "overfit/alert",
+    best_epoch: int | None = None,
+    title: str | None = None,
+) -> PlotResult:
+    r"""Train vs validation curves per epoch, the gap between them shaded, alerts and best epoch marked.
+
+    One panel per pair whose two keys were both logged (at least one pair must be). Values are taken
+    per epoch (the last value logged in each epoch).
+
+    Args:
+        metrics: from :func:`load_metrics`.
+        out_path: PNG file to write.
+        pairs: name -> (train key, validation key); default :data:`DEFAULT_PAIRS`.
+        alert_key: metric that is non-zero at epochs with an overfitting alert (marked with red
+            triangles, the first one with a dotted line); ignored if not logged; ``None`` to skip.
+        best_epoch: the epoch whose weights were restored (a dashed green line); ``None`` for none.
+        title: figure title.
+
+    Returns:
+        The figure's path and the series drawn (``"<train key>"``, ``"<val key>"``, ``"<pair>/gap"``)
+        and markers (``"alerts"``, ``"first_alert"``, ``"best_epoch"``).
+
+    Raises:
+        MissingMetricsError: no pair has both keys logged.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> d = pathlib.Path(tempfile.mkdtemp())
+        >>> csv_text = "epoch,step,train_loss,val_loss\n0,9,1.0,1.5\n1,19,0.5,1.25\n"
+        >>> _ = (d / "metrics.csv").write_text(csv_text)
+        >>> r = plot_train_val(load_metrics(d), d / "curves.png", best_epoch=1)
+        >>> r.series["loss/gap"]
+        ([0.0, 1.0], [0.5, 0.75])
+    """
+    pairs = dict(DEFAULT_PAIRS if pairs is None else pairs)
+    present = {n: kv for n, kv in pairs.items() if kv[0] in metrics.series and kv[1] in metrics.series}
+    if not present:
+        wanted = [k for kv in pairs.values() for k in kv]
+        raise MissingMetricsError(
+            f"cannot plot train/validation curves: no pair {list(pairs.values())} has both keys logged "
+            f"(missing: {[k for k in wanted if k not in metrics.series]}) in "
+            f"{[str(s) for s in metrics.sources]}; found: {sorted(metrics.series) or 'no metrics'}"
+        )
+    plt = _pyplot()
+    result = PlotResult(Path(out_path))
+    alerts: list[float] = []
+    if alert_key and alert_key in metrics.series:
+        ep, vals = metrics.series[alert_key].per_epoch()
+        alerts = [float(e) for e, v in zip(ep, vals) if v > 0]
+        result.markers["alerts"] = alerts
+        result.markers["first_alert"] = alerts[:1]
+    if best_epoch is not None:
+        result.markers["best_epoch"] = [float(best_epoch)]
+
+    fig, axes = plt.subplots(len(present), 1, figsize=(7, 3.2 * len(present)), sharex=True, squeeze=False)
+    for ax, (name, (tk, vk)) in zip(axes[:, 0], present.items()):
+        tx, ty = metrics.series[tk].per_epoch()
+        vx, vy = metrics.series[vk].per_epoch()
+        ax.plot(tx, ty, color="tab:blue", marker=".", label=tk)
+        ax.plot(vx, vy, color="tab:orange", marker=".", label=vk)
+        tmap = dict(zip(tx, ty))
+        common = [e for e in vx if e in tmap]
+        gap = [v - tmap[e] for e, v in zip(vx, vy) if e in tmap]
+        ax.fill_between(
+            common,
+            [tmap[e] for e in common],
+            [v for e, v in zip(vx, vy) if e in tmap],
+            color="tab:red",
+            alpha=0.15,
+            label="train/val gap",
+        )
+        result.series[tk] = ([float(e) for e in tx], list(ty))
+        result.series[vk] = ([float(e) for e in vx], list(vy))
+        result.series[f"{name}/gap"] = ([float(e) for e in common], gap)
+        if alerts:
+            vmap = dict(zip(vx, vy))
+            ax.scatter(
+                [e for e in alerts if e in vmap],
+                [vmap[e] for e in alerts if e in vmap],
+                marker="v",
+                color="red",
+                zorder=5,
+                label=f"overfitting alert ({alert_key})",
+            )
+            ax.axvline(alerts[0], color="red", linestyle=":", linewidth=1)
+        if best_epoch is not None:
+            ax.axvline(
+                best_epoch, color="tab:green", linestyle="--", label=f"restored best epoch {best_epoch}"
+            )
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[-1, 0].set_xlabel("epoch")
+    from matplotlib.ticker import MaxNLocator
+
+    axes[-1, 0].xaxis.set_major_locator(MaxNLocator(integer=True))
+    if title:
+        fig.suptitle(title)
+    _save(fig, result.path)
+    return result
+
+
+def _plot_over_steps(
+    metrics: RunMetrics,
+    out_path: str | Path,
+    keys: Sequence[str],
+    labels: Sequence[str],
+    ylabel: str,
+    purpose: str,
+    logy: bool,
+    title: str | None,
+    mark_clipped: bool = False,
+) -> PlotResult:
+    if not any(k in metrics.series for k in keys):
+        metrics.require(*keys, purpose=purpose)
+    plt = _pyplot()
+    result = PlotResult(Path(out_path))
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for key, label, style in zip(keys, labels, ("-", "--")):
+        if key not in metrics.series:
+            continue
+        s = metrics.series[key]
+        xs, ys = list(s.steps), list(s.values)
+        ax.plot(xs, ys, linestyle=style, label=f"{label} ({key})")
+        result.series[key] = (xs, ys)
+    if mark_clipped and len(result.series) == 2:
+        (px, py), (qx, qy) = result.series.values()
+        post = dict(zip(qx, qy))
+        clipped = [(x, post[x]) for x, y in zip(px, py) if x in post and post[x] < y * (1 - 1e-6)]
+        result.markers["clipped"] = [x for x, _ in clipped]
+        if clipped:
+            ax.scatter(
+                *zip(*clipped), marker="x", color="red", zorder=5, label=f"clipped ({len(clipped)} steps)"
+            )
+    if logy and all(v > 0 for _, ys in result.series.values() for v in ys if not math.isnan(v)):
+        ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    _save(fig, result.path)
+    return result
+
+
+def plot_grad_norms(
+    metrics: RunMetrics,
+    out_path: str | Path,
+    pre_key: str = "grad/clip/norm_pre",
+    post_key: str | None = "grad/clip/norm_post",
+    total_key: str | None = "grad/norm_total",
+    title: str | None = None,
+) -> PlotResult:
+    r"""Total gradient norm over steps, before and after clipping, log scale (if all values are positive).
+
+    Draws ``pre_key`` (or, if it was not logged, ``total_key``: a monitor's norm, which is the
+    pre-clip norm) and, dashed, ``post_key`` when logged; steps where the post-clip norm is smaller are
+    marked with red crosses (``markers["clipped"]``).
+
+    Args:
+        metrics: from :func:`load_metrics`.
+        out_path: PNG file to write.
+        pre_key: norm before clipping.
+        post_key: norm after clipping.
+        total_key: norm from a gradient monitor, the fallback for ``pre_key``.
+        title: figure title.
+
+    Returns:
+        The figure's path and the series drawn, keyed by metric name (x = global step).
+
+    Raises:
+        MissingMetricsError: none of the keys was logged.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> d = pathlib.Path(tempfile.mkdtemp())
+        >>> _ = (d / "metrics.csv").write_text("epoch,step,grad/norm_total\n0,0,3.0\n0,1,2.0\n")
+        >>> plot_grad_norms(load_metrics(d), d / "g.png").series["grad/norm_total"]
+        ([0.0, 1.0], [3.0, 2.0])
+    """
+    first = pre_key if pre_key in metrics.series or not total_key else total_key
+    keys = [first] + ([post_key] if post_key else [])
+    return _plot_over_steps(
+        metrics,
+        out_path,
+        keys,
+        ["before clipping", "after clipping"],
+        "total gradient norm",
+        "gradient norms",
+        True,
+        title,
+        mark_clipped=True,
+    )
+
+
+def plot_drop_path(
+    metrics: RunMetrics,
+    out_path: str | Path,
+    key: str = "stochastic_depth/max_rate",
+    title: str | None = None,
+) -> PlotResult:
+    r"""Drop-path (stochastic depth) rate over steps.
+
+    Args:
+        metrics: from :func:`load_metrics`.
+        out_path: PNG file to write.
+        key: the logged rate.
+        title: figure title.
+
+    Returns:
+        The figure's path and the series drawn (x = global step).
+
+    Raises:
+        MissingMetricsError: ``key`` was not logged.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> d = pathlib.Path(tempfile.mkdtemp())
+        >>> _ = (d / "metrics.csv").write_text("epoch,step,stochastic_depth/max_rate\n0,0,0.0\n0,1,0.1\n")
+        >>> plot_drop_path(load_metrics(d), d / "dp.png").series["stochastic_depth/max_rate"]
+        ([0.0, 1.0], [0.0, 0.1])
+    """
+    return _plot_over_steps(
+        metrics, out_path, [key], ["drop-path rate"], "drop-path rate", "drop-path rate", False, title
+    )
+
+
+def render_report(
+    log_dir: str | Path,
+    out_dir: str | Path | None = None,
+    keys: ReportKeys | None = None,
+    best_epoch: int | None = None,
+    title: str | None = None,
+    skipped: dict[str, str] | None = None,
+    best_from: str | None = None,
+) -> dict[str, PlotResult]:
+    r"""Write every plot the logs allow: ``curves.png``, ``grad_norms.png``, ``drop_path.png``.
+
+    A plot whose metrics were not logged is skipped (and absent from the result); if no plot can be
+    drawn at all, the error lists, per plot, what was missing and what was found.
+
+    Args:
+        log_dir: the run's log directory (see :func:`load_metrics`).
+        out_dir: where to write the PNGs (default: ``<log_dir>/plots``).
+        keys: metric names to look for (default :class:`ReportKeys`).
+        best_epoch: restored best epoch to mark; default: from ``best_from``, else the last value of
+            ``keys.best_epoch`` if that is set and logged, else no mark.
+        title: prefix of every figure title.
+        skipped: if given, filled with plot name -> why it was skipped.
+        best_from: ``"<key>:min"`` or ``"<key>:max"``: mark the epoch :func:`best_epoch_of` finds (what
+            an early-stopping callback with ``min_delta=0`` monitoring that key restores).
+
+    Returns:
+        ``{"curves" | "grad_norms" | "drop_path": PlotResult}`` for the plots written.
+
+    Raises:
+        MissingMetricsError: none of the plots' metrics were logged (the message lists what was found).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> d = pathlib.Path(tempfile.mkdtemp())
+        >>> csv_text = "epoch,step,train_loss,val_loss\n0,9,1.0,1.5\n1,19,0.5,1.25\n"
+        >>> _ = (d / "metrics.csv").write_text(csv_text)
+        >>> sorted(render_report(d))
+        ['curves']
+    """
+    keys = keys or ReportKeys()
+    metrics = load_metrics(log_dir)
+    out = Path(out_dir) if out_dir is not None else Path(log_dir) / "plots"
+    if best_epoch is None and best_from:
+        key, _, mode = best_from.rpartition(":")
+        if mode not in ("min", "max") or not key:
+            raise ValueError(f"best_from must be '<key>:min' or '<key>:max', got {best_from!r}")
+        best_epoch = best_epoch_of(metrics, key, mode)  # type: ignore[arg-type]
+    if best_epoch is None and keys.best_epoch and keys.best_epoch in metrics.series:
+        vals = [v for v in metrics.series[keys.best_epoch].values if not math.isnan(v)]
+        best_epoch = int(vals[-1]) if vals else None
+
+    def _t(what: str) -> str:
+        return f"{title}: {what}" if title else what
+
+    jobs = {
+        "curves": lambda: plot_train_val(
+            metrics, out / "curves.png", keys.pairs, keys.alert, best_epoch, _t("train vs validation")
+        ),
+        "grad_norms": lambda: plot_grad_norms(
+            metrics,
+            out / "grad_norms.png",
+            keys.grad_pre,
+            keys.grad_post,
+            keys.grad_total,
+            _t("gradient norm"),
+        ),
+        "drop_path": lambda: plot_drop_path(
+            metrics, out / "drop_path.png", keys.drop_path, _t("drop-path rate")
+        ),
+    }
+    results: dict[str, PlotResult] = {}
+    reasons: dict[str, str] = {}
+    for name, job in jobs.items():
+        try:
+            results[name] = job()
+        except MissingMetricsError as err:
+            reasons[name] = str(err)
+    if not results:
+        lines = "\n".join(f"- {n}: {r}" for n, r in reasons.items())
+        raise MissingMetricsError(f"nothing to plot in {str(log_dir)!r}:\n{lines}")
+    if skipped is not None:
+        skipped.update(reasons)
+    return results

@@ -1,0 +1,356 @@
+"""Stochastic depth in pure PyTorch: ``drop_path``, ``DropPath`` and model surgery.
+
+* :func:`drop_path` / :class:`DropPath` drop the residual branch per sample (``mode="row"``) or for the
+  whole batch (``mode="batch"``) with inverted scaling. They draw exactly the random numbers
+  ``torchvision.ops.stochastic_depth`` and timm's ``drop_path`` draw, so the same RNG state gives the
+  same result.
+* :func:`add_stochastic_depth` inserts :class:`DropPath` into residual branches of a model built
+  without it (torchvision ``BasicBlock`` / ``Bottleneck`` out of the box, any user block through
+  ``branch_ends``) without adding parameters or buffers: state_dict keys are unchanged, so checkpoints
+  of the unmodified model load, and eval-mode outputs are bitwise unchanged.
+* :func:`attach_drop_path` is the building block: it makes one submodule's output (the last layer of a
+  residual branch) pass through a :class:`DropPath`.
+
+Example:
+    >>> import torch
+    >>> layer = DropPath(0.5)
+    >>> layer.eval()(torch.ones(2, 3)).tolist()
+    [[1.0, 1.0, 1.0], [1.0, 1.0, 1.0]]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from torch import Tensor, nn
+
+from lightning_reg.stochastic_depth.schedules import DepthRule, depth_rates
+
+__all__ = [
+    "DEFAULT_BRANCH_ENDS",
+    "DropPath",
+    "DropRateModule",
+    "add_stochastic_depth",
+    "attach_drop_path",
+    "drop_path",
+    "find_drop_rate_modules",
+]
+
+_MODES = ("row", "batch")
+
+
+def drop_path(
+    x: Tensor,
+    p: float,
+    training: bool = True,
+    mode: Literal["row", "batch"] = "row",
+    scale_by_keep: bool = True,
+) -> Tensor:
+    """Zero the residual-branch output ``x`` per sample (or for the whole batch) with probability ``p``.
+
+    Kept samples are divided by ``1 - p`` (``scale_by_keep=True``) so the expectation is unchanged.
+    Gradients flow only through kept samples. With ``training=False`` or ``p == 0`` the input itself is
+    returned (no copy). Same random draws as ``torchvision.ops.stochastic_depth(x, p, mode, training)``.
+
+    Args:
+        x: tensor of shape ``[N, ...]`` (batch first).
+        p: drop probability in ``[0, 1]``.
+        training: apply dropping only when ``True``.
+        mode: ``"row"``: one draw per sample; ``"batch"``: one draw for the whole batch.
+        scale_by_keep: divide kept values by ``1 - p``.
+
+    Returns:
+        A tensor like ``x``.
+
+    Example:
+        >>> import torch
+        >>> _ = torch.manual_seed(0)
+        >>> y = drop_path(torch.ones(4, 2), 0.5)
+        >>> sorted(set(y.flatten().tolist())) in ([0.0, 2.0], [0.0], [2.0])
+        True
+    """
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"drop probability `p` must be in [0, 1], got {p!r}")
+    if mode not in _MODES:
+        raise ValueError(f"`mode` must be one of {list(_MODES)}, got {mode!r}")
+    if not training or p == 0.0:
+        return x
+    keep = 1.0 - p
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1) if mode == "row" else (1,) * x.ndim
+    noise = x.new_empty(shape).bernoulli_(keep)
+    if scale_by_keep and keep > 0.0:
+        noise.div_(keep)
+    return x * noise
+
+
+class DropPath(nn.Module):
+    """Stochastic depth for a residual branch: ``x -> drop_path(x, self.p, self.training, ...)``.
+
+    ``p`` is a plain attribute: set it at any time (the
+    :class:`~lightning_reg.StochasticDepthScheduler` does so every step). The module has no
+    parameters or buffers.
+
+    Args:
+        p: drop probability in ``[0, 1]``.
+        mode: ``"row"`` (per sample, default) or ``"batch"`` (whole batch at once).
+        scale_by_keep: divide kept values by ``1 - p``.
+
+    Example:
+        >>> import torch
+        >>> m = DropPath(0.2)
+        >>> m
+        DropPath(p=0.2, mode=row)
+        >>> m.p = 0.0
+        >>> torch.equal(m(torch.ones(3, 2)), torch.ones(3, 2))
+        True
+    """
+
+    def __init__(
+        self, p: float = 0.0, mode: Literal["row", "batch"] = "row", scale_by_keep: bool = True
+    ) -> None:
+        super().__init__()
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
+            raise ValueError(f"drop probability `p` must be a float in [0, 1], got {p!r}")
+        if mode not in _MODES:
+            raise ValueError(f"`mode` must be one of {list(_MODES)}, got {mode!r}")
+        self.p = float(p)
+        self.mode = mode
+        self.scale_by_keep = scale_by_keep
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Drop ``x`` per sample with probability ``self.p`` in training mode; identity in eval mode."""
+        return drop_path(x, self.p, self.training, self.mode, self.scale_by_keep)
+
+    def extra_repr(self) -> str:
+        """Describe the rate, mode and (when off) the scaling."""
+        s = f"p={self.p:.4g}, mode={self.mode}"
+        return s if self.scale_by_keep else s + ", scale_by_keep=False"
+
+
+#: Attribute name of the DropPath child that :func:`attach_drop_path` adds to a branch-end module.
+ATTACHED_NAME = "drop_path"
+
+
+def _drop_path_output_hook(module: nn.Module, args: Any, output: Tensor) -> Tensor:
+    # Module-level function (not a closure) so models stay picklable and deep-copyable.
+    return getattr(module, ATTACHED_NAME)(output)
+
+
+def attach_drop_path(module: nn.Module, p: float = 0.0, mode: Literal["row", "batch"] = "row") -> DropPath:
+    """Make ``module``'s output pass through a :class:`DropPath` (the generic way for user blocks).
+
+    Call it on the *last* submodule of a residual branch, the one whose output is added to the skip
+    connection (e.g. the final norm layer of the branch). The :class:`DropPath` becomes the child
+    ``module.drop_path`` and a forward hook applies it to ``module``'s output. No parameter or buffer is
+    added, so ``state_dict`` keys do not change, and in eval mode the output is returned untouched.
+    Calling it again on the same module only updates the rate and mode.
+
+    The module must only be used inside the residual branch (not also on the skip path), and its output
+    must be a tensor with the batch dimension first.
+
+    Args:
+        module: last layer of a residual branch.
+        p: drop probability in ``[0, 1]``.
+        mode: ``"row"`` or ``"batch"``, see :func:`drop_path`.
+
+    Returns:
+        The attached :class:`DropPath`.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> class Block(nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.branch = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4))
+        ...     def forward(self, x):
+        ...         return x + self.branch(x)
+        >>> block = Block()
+        >>> keys = list(block.state_dict())
+        >>> attach_drop_path(block.branch, 0.1)
+        DropPath(p=0.1, mode=row)
+        >>> list(block.state_dict()) == keys
+        True
+    """
+    existing = getattr(module, ATTACHED_NAME, None)
+    if isinstance(existing, DropPath) and _drop_path_output_hook in module._forward_hooks.values():
+        DropPath(p, mode)  # validate
+        existing.p, existing.mode = float(p), mode
+        return existing
+    if existing is not None:
+        raise ValueError(
+            f"{type(module).__name__} already has an attribute {ATTACHED_NAME!r} ({type(existing).__name__});"
+            " attach the DropPath to another submodule of the residual branch"
+        )
+    layer = DropPath(p, mode)
+    module.add_module(ATTACHED_NAME, layer)
+    module.register_forward_hook(_drop_path_output_hook)
+    return layer
+
+
+def _torchvision_branch_ends() -> dict[type[nn.Module], str]:
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+
+    return {BasicBlock: "bn2", Bottleneck: "bn3"}
+
+
+DEFAULT_BRANCH_ENDS: Mapping[type[nn.Module], str] = _torchvision_branch_ends()
+"""Block type -> name of the last submodule of its residual branch (torchvision ResNet blocks)."""
+
+
+def add_stochastic_depth(
+    model: nn.Module,
+    max_rate: float,
+    rule: str | DepthRule = "linear",
+    branch_ends: Mapping[type[nn.Module], str] | None = None,
+    mode: Literal["row", "batch"] = "row",
+) -> list[DropPath]:
+    """Insert :class:`DropPath` into every residual block of ``model``, rates by a depth rule.
+
+    Blocks are found by type, in registration order (shallowest first): torchvision ``BasicBlock``
+    (after ``bn2``) and ``Bottleneck`` (after ``bn3``), plus the types in ``branch_ends``. Each gets
+    :func:`attach_drop_path` on its branch-end submodule, so ``state_dict`` keys are unchanged (a state
+    dict of the unmodified model loads with ``strict=True``) and eval-mode outputs are bitwise unchanged.
+    Applying it twice only updates the rates.
+
+    For your own residual blocks, name the submodule whose output is added to the skip connection:
+    ``add_stochastic_depth(model, 0.1, branch_ends={MyBlock: "bn2"})`` (dotted paths such as
+    ``"branch.3"`` work). Alternatively put a :class:`DropPath` in the block yourself, or call
+    :func:`attach_drop_path` on single submodules.
+
+    Args:
+        model: the model to modify in place.
+        max_rate: the depth rule's maximum rate, in ``[0, 1)``.
+        rule: ``"linear"`` (timm), ``"huang"``, ``"uniform"`` or a callable, see
+            :func:`lightning_reg.stochastic_depth.schedules.depth_rates`.
+        branch_ends: extra (or overriding) ``{block type: branch-end submodule name}`` entries.
+        mode: ``"row"`` (per sample; DDP needs no ``find_unused_parameters``) or ``"batch"``.
+
+    Returns:
+        The DropPath modules, shallowest first.
+
+    Raises:
+        ValueError: no residual block found, or a bad rate, rule or branch name.
+
+    Example:
+        >>> import torch, torchvision
+        >>> model = torchvision.models.resnet18()
+        >>> layers = add_stochastic_depth(model, 0.2)
+        >>> len(layers), layers[0].p, round(layers[-1].p, 6)
+        (8, 0.0, 0.2)
+    """
+    ends: dict[type[nn.Module], str] = {}
+    for block_type, name in (branch_ends or {}).items():
+        if not isinstance(block_type, type) or not isinstance(name, str):
+            raise TypeError(
+                f"`branch_ends` must map block types to submodule names, got {block_type!r}: {name!r}"
+            )
+        ends[block_type] = name
+    for block_type, name in DEFAULT_BRANCH_ENDS.items():  # user entries are matched first
+        ends.setdefault(block_type, name)
+    targets: list[tuple[str, nn.Module]] = []
+    for block_name, block in model.named_modules():
+        for block_type, end_name in ends.items():
+            if isinstance(block, block_type):
+                try:
+                    end = block.get_submodule(end_name)
+                except AttributeError as err:
+                    raise ValueError(
+                        f"Block {block_name!r} ({type(block).__name__}) has no submodule {end_name!r}"
+                        " to end its residual branch"
+                    ) from err
+                targets.append((block_name, end))
+                break
+    if not targets:
+        known = sorted(t.__name__ for t in ends)
+        raise ValueError(
+            f"No residual block found in {type(model).__name__}: looked for {known}. Pass"
+            " `branch_ends={YourBlock: 'name_of_last_branch_layer'}` for your own blocks."
+        )
+    rates = depth_rates(len(targets), max_rate, rule)
+    return [attach_drop_path(end, rate, mode) for (_, end), rate in zip(targets, rates)]
+
+
+@dataclass(frozen=True)
+class DropRateModule:
+    """One module with a schedulable drop rate, as found by :func:`find_drop_rate_modules`.
+
+    Args:
+        name: qualified name in the model (``model.named_modules()``).
+        module: the module.
+        attr: name of its float rate attribute (``"p"``, ``"drop_prob"``, ...).
+        level: depth level (0-based) among drop-path modules; modules with the same parent share a level.
+            ``-1`` for dropout modules.
+        is_dropout: ``True`` for ``nn.Dropout``-family modules.
+
+    Example:
+        >>> m = DropPath(0.1)
+        >>> DropRateModule("blocks.0.drop_path", m, "p", 0, False).attr
+        'p'
+    """
+
+    name: str
+    module: nn.Module
+    attr: str
+    level: int
+    is_dropout: bool
+
+
+def _drop_path_types() -> dict[type[nn.Module], str]:
+    from torchvision.ops import StochasticDepth
+
+    types: dict[type[nn.Module], str] = {DropPath: "p", StochasticDepth: "p"}
+    try:
+        from timm.layers import DropPath as TimmDropPath
+    except ImportError:  # timm is optional
+        pass
+    else:
+        types[TimmDropPath] = "drop_prob"
+    return types
+
+
+def find_drop_rate_modules(model: nn.Module, include_dropout: bool = False) -> list[DropRateModule]:
+    """Find every drop-path module of ``model`` (and optionally every dropout module), in registration order.
+
+    Recognised: :class:`DropPath` and ``torchvision.ops.StochasticDepth`` (rate attribute ``p``), timm
+    ``DropPath`` (``drop_prob``), and the protocol for your own layers: a module class with a class
+    attribute ``drop_rate_attribute`` naming its float rate attribute, e.g.::
+
+        class MyDropPath(nn.Module):
+            drop_rate_attribute = "rate"
+            def __init__(self, rate): super().__init__(); self.rate = rate
+
+    Drop-path modules sharing a parent module (e.g. ``drop_path1`` and ``drop_path2`` of one transformer
+    block) get the same depth ``level``; levels count distinct parents in registration order.
+
+    Args:
+        model: the model to search.
+        include_dropout: also return ``nn.Dropout``, ``Dropout1d/2d/3d``, ``AlphaDropout`` and
+            ``FeatureAlphaDropout`` modules (attribute ``p``, level ``-1``), after the drop-path modules.
+
+    Returns:
+        Drop-path modules by depth, then dropout modules.
+
+    Example:
+        >>> from torch import nn
+        >>> model = nn.Sequential(nn.Linear(2, 2), DropPath(0.1), nn.Dropout(0.5))
+        >>> [(f.name, f.attr, f.level) for f in find_drop_rate_modules(model, include_dropout=True)]
+        [('1', 'p', 0), ('2', 'p', -1)]
+    """
+    known = _drop_path_types()
+    drop_paths: list[DropRateModule] = []
+    dropouts: list[DropRateModule] = []
+    levels: dict[str, int] = {}
+    for name, module in model.named_modules():
+        attr = getattr(type(module), "drop_rate_attribute", None)
+        if not isinstance(attr, str):
+            attr = next((a for t, a in known.items() if isinstance(module, t)), None)
+        if attr is not None:
+            parent = name.rpartition(".")[0]
+            level = levels.setdefault(parent, len(levels))
+            drop_paths.append(DropRateModule(name, module, attr, level, False))
+        elif include_dropout and isinstance(module, nn.modules.dropout._DropoutNd):
+            dropouts.append(DropRateModule(name, module, "p", -1, True))
+    return drop_paths + dropouts

@@ -1,0 +1,482 @@
+"""EarlyStopping with best-weights restore: every end-of-training reason, every snapshot mode, resume.
+
+The reference for "the best weights" is independent of the callback: a recorder deep-copies the
+model's ``state_dict`` after every validation of ``fit`` together with the monitored value; the expected
+best epoch is the first arg-min of those values (worked out here), and after ``fit`` the model must equal
+that copy tensor for tensor (BatchNorm running statistics and ``num_batches_tracked`` included), and
+``trainer.validate`` must reproduce the best score bit for bit.
+"""
+
+from __future__ import annotations
+
+import copy
+import signal
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_reg import EarlyStopping
+from lightning_reg.early_stopping.snapshot import WeightSnapshot, agree_on_score, local_snapshot_tensors
+
+# Training targets are scaled per epoch; validation targets are not. Validation loss is therefore
+# lowest around the epoch trained at scale 1 and worse before and after it.
+SCALES = [3.0, 2.0, 1.2, 1.0, 1.6, 2.4, 3.2, 4.0, 5.0, 6.0]
+
+
+def _data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 4, generator=g)
+    w = torch.tensor([[1.0], [-2.0], [0.5], [1.5]])
+    return x, x @ w
+
+
+class ScaledRegression(L.LightningModule):
+    def __init__(self, nan_from_epoch: int | None = None) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 1))
+        self.nan_from_epoch = nan_from_epoch
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        scale = SCALES[min(self.current_epoch, len(SCALES) - 1)]
+        return nn.functional.mse_loss(self.net(x), y * scale)
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        loss = nn.functional.mse_loss(self.net(x), y)
+        fitting = self.trainer.state.fn == "fit"
+        if fitting and self.nan_from_epoch is not None and self.current_epoch >= self.nan_from_epoch:
+            loss = loss + float("nan")
+        self.log("val_loss", loss)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.03)
+
+    def train_dataloader(self):
+        return DataLoader(TensorDataset(*_data(64, 0)), batch_size=16)
+
+    def val_dataloader(self):
+        return DataLoader(TensorDataset(*_data(32, 1)), batch_size=16)
+
+
+class Recorder(Callback):
+    """Deep copy of the weights and the monitored value after every validation during fit."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[int, float, dict[str, torch.Tensor]]] = []
+
+    def on_validation_end(self, trainer, pl_module):
+        if trainer.sanity_checking:
+            return
+        value = trainer.callback_metrics["val_loss"].item()
+        self.records.append((trainer.current_epoch, value, copy.deepcopy(pl_module.state_dict())))
+
+    def expected_best(self, start_from_epoch: int = 0) -> tuple[int, float, dict[str, torch.Tensor]]:
+        best = None
+        for rec in self.records:  # first strict minimum among finite values
+            if rec[0] < start_from_epoch or rec[1] != rec[1]:
+                continue
+            if best is None or rec[1] < best[1]:
+                best = rec
+        assert best is not None
+        return best
+
+
+class StopAt(Callback):
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch:
+            trainer.should_stop = True
+
+
+class InterruptAt(Callback):
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.current_epoch == self.epoch and batch_idx == 2:
+            raise KeyboardInterrupt
+
+
+def _trainer(callbacks, tmp_path=None, **kwargs) -> L.Trainer:
+    opts = dict(
+        max_epochs=10,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        deterministic=True,
+    )
+    if tmp_path is not None:
+        opts.update(enable_checkpointing=True, default_root_dir=str(tmp_path))
+    opts.update(kwargs)
+    return L.Trainer(callbacks=callbacks, **opts)
+
+
+def _assert_restored(model, trainer, es, rec, start_from_epoch: int = 0) -> None:
+    epoch, value, state = rec.expected_best(start_from_epoch)
+    last_epoch = rec.records[-1][0]
+    assert epoch < last_epoch, "scenario must end after the best epoch, else restore is not exercised"
+    assert es.best_epoch == epoch
+    assert es.best_score.item() == value
+    assert es.restored
+    now = model.state_dict()
+    assert now.keys() == state.keys()
+    for k in state:
+        assert torch.equal(now[k], state[k]), k
+    # the last epoch's weights differ from the best (else the test proves nothing)
+    assert not torch.equal(rec.records[-1][2]["net.0.weight"], state["net.0.weight"])
+    (metrics,) = trainer.validate(model, verbose=False)
+    assert metrics["val_loss"] == value
+
+
+@pytest.mark.parametrize("check_on_train_epoch_end", [None, False, True])
+@pytest.mark.parametrize("snapshot", ["cpu", "device"])
+def test_patience_restores_best(snapshot, check_on_train_epoch_end):
+    L.seed_everything(0)
+    model, rec = ScaledRegression(), Recorder()
+    es = EarlyStopping(
+        "val_loss", patience=2, snapshot=snapshot, check_on_train_epoch_end=check_on_train_epoch_end
+    )
+    trainer = _trainer([rec, es])
+    trainer.fit(model)
+    assert es.stopping_reason == EarlyStoppingReason.PATIENCE_EXHAUSTED
+    assert es.best_step == (es.best_epoch + 1) * 4
+    _assert_restored(model, trainer, es, rec)
+
+
+def test_checkpoint_mode_restores_best(tmp_path):
+    L.seed_everything(0)
+    model, rec = ScaledRegression(), Recorder()
+    es = EarlyStopping("val_loss", patience=2, snapshot="checkpoint")
+    ckpt = ModelCheckpoint(dirpath=tmp_path, monitor="val_loss", mode="min", save_top_k=1)
+    trainer = _trainer([rec, es, ckpt], tmp_path)
+    trainer.fit(model)
+    assert not es._weights.has_value  # no in-memory copy in this mode
+    _assert_restored(model, trainer, es, rec)
+
+
+@pytest.mark.parametrize(
+    ("reason", "kwargs", "extra", "trainer_kwargs"),
+    [
+        ("stopping_threshold", {"stopping_threshold": None}, None, {}),
+        ("divergence_threshold", {"divergence_threshold": None}, None, {}),
+        ("non_finite", {}, None, {}),
+        ("max_epochs", {"patience": 100}, None, {"max_epochs": 6}),
+        ("max_steps", {"patience": 100}, None, {"max_steps": 22}),
+        ("other_callback", {"patience": 100}, StopAt(5), {}),
+        ("keyboard_interrupt", {"patience": 100}, InterruptAt(5), {}),
+    ],
+)
+def test_every_end_reason_restores_best(reason, kwargs, extra, trainer_kwargs):
+    # Reference run without stopping to learn the validation curve (for the thresholds)
+    if reason in ("stopping_threshold", "divergence_threshold"):
+        L.seed_everything(0)
+        probe = Recorder()
+        _trainer([probe], max_epochs=8).fit(ScaledRegression())
+        values = [v for _, v, _ in probe.records]
+        best = min(values)
+        if reason == "stopping_threshold":
+            # threshold just above the best value: reached at the best epoch, which Lightning does not record
+            kwargs = {"stopping_threshold": best + 1e-6, "patience": 100}
+        else:
+            # divergence: a threshold above every value up to the best, below a later one
+            i_best = values.index(best)
+            worst_before = max(values[: i_best + 1])
+            later = next(v for v in values[i_best + 1 :] if v > worst_before)
+            kwargs = {"divergence_threshold": (worst_before + later) / 2, "patience": 100}
+    L.seed_everything(0)
+    model = ScaledRegression(nan_from_epoch=5 if reason == "non_finite" else None)
+    rec = Recorder()
+    es = EarlyStopping("val_loss", **kwargs)
+    callbacks = [rec, es] + ([extra] if extra is not None else [])
+    trainer = _trainer(callbacks, **trainer_kwargs)
+    if reason == "keyboard_interrupt":
+        # Lightning 2.6 runs on_exception, tears down, then exits with status 1 and ignores SIGINT
+        handler = signal.getsignal(signal.SIGINT)
+        try:
+            with pytest.raises(SystemExit):
+                trainer.fit(model)
+        finally:
+            signal.signal(signal.SIGINT, handler)
+    else:
+        trainer.fit(model)
+    expected_reason = {
+        "divergence_threshold": EarlyStoppingReason.DIVERGENCE_THRESHOLD,
+        "non_finite": EarlyStoppingReason.NON_FINITE_METRIC,
+        "stopping_threshold": EarlyStoppingReason.STOPPING_THRESHOLD,
+    }.get(reason, EarlyStoppingReason.NOT_STOPPED)
+    assert es.stopping_reason == expected_reason
+    if reason == "keyboard_interrupt":
+        assert trainer.interrupted
+    if reason == "stopping_threshold":
+        # stopping at the best epoch: nothing after it to restore over; check the record is right instead
+        epoch, value, state = rec.expected_best()
+        assert rec.records[-1][0] == epoch and es.best_epoch == epoch and es.best_score.item() == value
+        assert es.restored
+        (metrics,) = trainer.validate(model, verbose=False)
+        assert metrics["val_loss"] == value
+        return
+    _assert_restored(model, trainer, es, rec)
+
+
+def test_start_from_epoch_and_baseline():
+    L.seed_everything(0)
+    model, rec = ScaledRegression(), Recorder()
+    es = EarlyStopping("val_loss", patience=2, start_from_epoch=4)
+    trainer = _trainer([rec, es])
+    trainer.fit(model)
+    # epoch 3 is the overall best, but checks start at epoch 4: the best counted is the best from epoch 4 on
+    overall = rec.expected_best()
+    assert overall[0] < 4
+    assert es.best_epoch >= 4
+    _assert_restored(model, trainer, es, rec, start_from_epoch=4)
+
+    # a baseline no epoch beats: no improvement, patience counts from the start, nothing restored
+    L.seed_everything(0)
+    model, rec = ScaledRegression(), Recorder()
+    es = EarlyStopping("val_loss", patience=2, baseline=1e-9)
+    before = copy.deepcopy(model.state_dict())
+    trainer = _trainer([rec, es])
+    with pytest.warns(UserWarning, match="no best weights to restore"):
+        trainer.fit(model)
+    assert trainer.current_epoch == 2 and es.best_epoch is None and not es.restored
+    assert not torch.equal(before["net.0.weight"], model.state_dict()["net.0.weight"])
+
+
+def test_no_per_step_hooks():
+    # nothing runs on the per-step hot path: every hook the callback overrides is per epoch / validation / end
+    from lightning.pytorch.callbacks import EarlyStopping as LightningEarlyStopping
+
+    per_step = [n for n in dir(Callback) if "batch" in n or "before_" in n or "after_backward" in n]
+    for name in per_step:
+        assert (
+            getattr(EarlyStopping, name) is getattr(LightningEarlyStopping, name) is getattr(Callback, name)
+        ), name
+
+
+def test_no_restore_when_disabled():
+    L.seed_everything(0)
+    model, rec = ScaledRegression(), Recorder()
+    es = EarlyStopping("val_loss", patience=2, restore_best_weights=False)
+    _trainer([rec, es]).fit(model)
+    assert not es.restored and not es._weights.has_value
+    assert torch.equal(model.state_dict()["net.0.weight"], rec.records[-1][2]["net.0.weight"])
+
+
+class CrashAt(Callback):
+    """Raise at the start of ``epoch`` to simulate a crash."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch:
+            raise RuntimeError("simulated crash")
+
+
+@pytest.mark.parametrize("save_weights", [True, False])
+def test_resume_after_best_restores_the_same_weights(tmp_path, save_weights):
+    # Uninterrupted run
+    L.seed_everything(0)
+    model_a = ScaledRegression()
+    es_a = EarlyStopping("val_loss", patience=3, save_weights_in_checkpoint=save_weights)
+    _trainer([es_a], tmp_path / "a").fit(model_a)
+    best_epoch = es_a.best_epoch
+    assert best_epoch is not None and es_a.stopped_epoch > best_epoch + 1
+
+    # Crashes after the epoch following the best one (last.ckpt holds the end of that epoch), then resumes
+    L.seed_everything(0)
+    model_b = ScaledRegression()
+    es_b = EarlyStopping("val_loss", patience=3, save_weights_in_checkpoint=save_weights)
+    last = ModelCheckpoint(dirpath=tmp_path / "b", save_last=True)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _trainer([es_b, last, CrashAt(best_epoch + 2)], tmp_path / "b").fit(model_b)
+    path = tmp_path / "b" / "last.ckpt"
+    ckpt = torch.load(path, weights_only=False)
+    (es_state,) = [v for k, v in ckpt["callbacks"].items() if k.startswith("EarlyStopping")]
+    assert ("best_weights" in es_state) == save_weights
+
+    model_c = ScaledRegression()
+    es_c = EarlyStopping("val_loss", patience=3, save_weights_in_checkpoint=save_weights)
+    _trainer([es_c], tmp_path / "c").fit(model_c, ckpt_path=path)
+    assert es_c.best_epoch == best_epoch and es_c.stopped_epoch == es_a.stopped_epoch
+    assert torch.equal(es_c.best_score, es_a.best_score)
+    sa, sc = model_a.state_dict(), model_c.state_dict()
+    same = all(torch.equal(sa[k], sc[k]) for k in sa)
+    # without the weights in the checkpoint, the pre-resume best cannot be restored: documented limitation
+    assert same == save_weights
+    assert es_c.restored == save_weights
+
+
+def test_bad_input(tmp_path):
+    with pytest.raises(ValueError, match=r"`start_from_epoch` must be an int >= 0; got -1"):
+        EarlyStopping("val_loss", start_from_epoch=-1)
+    with pytest.raises(ValueError, match=r"one of 'cpu', 'device', 'checkpoint'; got 'disk'"):
+        EarlyStopping("val_loss", snapshot="disk")
+    with pytest.raises(ValueError, match="baseline"):
+        EarlyStopping("val_loss", baseline=float("nan"))
+    with pytest.raises(MisconfigurationException, match="`mode` can be min, max, got avg"):
+        EarlyStopping("val_loss", mode="avg")
+    # checkpoint mode without a matching ModelCheckpoint (wrong mode here)
+    es = EarlyStopping("val_loss", snapshot="checkpoint")
+    wrong = ModelCheckpoint(dirpath=tmp_path, monitor="val_loss", mode="max")
+    with pytest.raises(MisconfigurationException, match="monitor='val_loss', mode='min'"):
+        _trainer([es, wrong], tmp_path, max_epochs=1).fit(ScaledRegression())
+    # monitor never logged: Lightning's message listing the logged keys
+    es = EarlyStopping("val_acc")
+    with pytest.raises(RuntimeError, match="`val_acc` which is not available.*`val_loss`"):
+        _trainer([es], max_epochs=1).fit(ScaledRegression())
+
+
+def test_weight_snapshot_reuses_buffers_and_restores_bn():
+    net = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3))
+    net.train()
+    net(torch.randn(8, 3))
+    ref = copy.deepcopy(net.state_dict())
+    snap = WeightSnapshot("cpu")
+    snap.capture(local_snapshot_tensors(net))
+    ptrs = [b.data_ptr() for b in snap.buffers]
+    assert snap.nbytes == sum(t.numel() * t.element_size() for t in ref.values())
+    for _ in range(3):
+        net(torch.randn(8, 3) * 5)
+        with torch.no_grad():
+            net[0].weight.add_(1.0)
+    snap.restore(local_snapshot_tensors(net))
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, ref[k]), k
+    snap.capture(local_snapshot_tensors(net))
+    assert [b.data_ptr() for b in snap.buffers] == ptrs  # allocated once
+    # tied weights appear once
+    tied = nn.Sequential(nn.Linear(2, 2, bias=False), nn.Linear(2, 2, bias=False))
+    tied[1].weight = tied[0].weight
+    assert list(local_snapshot_tensors(tied)) == ["0.weight"]
+
+
+def test_agree_on_score():
+    # identical values are kept bit for bit; a float32 mean of three copies of 2.9 would round
+    x = torch.tensor(2.9, dtype=torch.float32)
+    same = x.repeat(3)
+    assert not torch.equal(same.mean(), x)
+    assert torch.equal(agree_on_score(same), x)
+    assert agree_on_score(torch.tensor([1.0, 2.0, 4.0])).item() == pytest.approx(7 / 3)
+    assert torch.isnan(agree_on_score(torch.tensor([1.0, float("nan")])))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("snapshot", ["cpu", "device"])
+def test_cuda_snapshot_modes(snapshot):
+    L.seed_everything(0)
+    model, rec = ScaledRegression(), Recorder()
+    es = EarlyStopping("val_loss", patience=2, snapshot=snapshot)
+    trainer = _trainer([rec, es], accelerator="cuda", devices=1, deterministic=False)
+    trainer.fit(model)
+    if snapshot == "cpu":
+        assert all(b.device.type == "cpu" and b.is_pinned() for b in es._weights.buffers)
+    else:
+        assert all(b.device.type == "cuda" for b in es._weights.buffers)
+    _assert_restored(model, trainer, es, rec)
+
+
+def _full_state(trainer) -> dict[str, torch.Tensor]:
+    """The whole model's state through the strategy (gathers FSDP shards), as CPU tensors."""
+    sd = trainer.strategy.lightning_module_state_dict()
+    return {
+        k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().cpu().clone() for k, v in sd.items()
+    }
+
+
+class StrategyRecorder(Recorder):
+    def on_validation_end(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            value = trainer.callback_metrics["val_loss"].item()
+            self.records.append((trainer.current_epoch, value, _full_state(trainer)))
+
+
+class FullyShardedRegression(ScaledRegression):
+    def configure_model(self):
+        from torch.distributed.fsdp import fully_shard
+
+        fully_shard(self.net, mesh=self.device_mesh["data_parallel"])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", ["fsdp1", "fsdp2", "deepspeed3"])
+def test_sharded_strategies_restore_local_shards(kind):
+    from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
+
+    if kind == "fsdp1":
+        strategy, model = FSDPStrategy(), ScaledRegression()
+    elif kind == "fsdp2":
+        strategy = ModelParallelStrategy(
+            data_parallel_size=1, tensor_parallel_size=1, save_distributed_checkpoint=False
+        )
+        model = FullyShardedRegression()
+    else:
+        pytest.importorskip("deepspeed")
+        from lightning.pytorch.strategies import DeepSpeedStrategy
+
+        strategy, model = DeepSpeedStrategy(stage=3), ScaledRegression()
+    L.seed_everything(0)
+    rec = StrategyRecorder()
+    es = EarlyStopping("val_loss", patience=2)
+    trainer = _trainer([rec, es], accelerator="cuda", devices=1, strategy=strategy, deterministic=False)
+    trainer.fit(model)
+    assert es._sharded  # the sharded path (local shards, no gather) was taken
+    epoch, value, state = rec.expected_best()
+    assert epoch < rec.records[-1][0] and es.best_epoch == epoch and es.restored
+    now = _full_state(trainer)
+    for k in state:
+        assert torch.equal(now[k], state[k]), k
+    assert not torch.equal(now["net.0.weight"], rec.records[-1][2]["net.0.weight"])
+    (metrics,) = trainer.validate(model, verbose=False)
+    assert metrics["val_loss"] == pytest.approx(value, rel=1e-6)
+
+
+def test_warns_when_weights_moved_since_validation():
+    # validation after batch 3 of 4, check at the end of the epoch: the weights changed in between
+    L.seed_everything(0)
+    es = EarlyStopping("val_loss", patience=2, check_on_train_epoch_end=True)
+    with pytest.warns(UserWarning, match="last validation ran at step 3"):
+        _trainer([es], max_epochs=2, val_check_interval=3).fit(ScaledRegression())
+
+
+def test_mid_epoch_validation_snapshots_the_validated_weights():
+    # two validations per epoch (after batches 2 and 4): Lightning then checks after validation, and the
+    # snapshot must be the weights of the best validation, even when that one ran mid-epoch
+    L.seed_everything(0)
+    model, rec = ScaledRegression(), Recorder()
+    es = EarlyStopping("val_loss", patience=3)
+    trainer = _trainer([rec, es], val_check_interval=2)
+    trainer.fit(model)
+    assert len(rec.records) > 2 * (rec.records[-1][0])  # two validations per epoch
+    values = [v for _, v, _ in rec.records]
+    i_best = values.index(min(values))
+    assert i_best < len(values) - 1
+    assert es.best_step == 2 * (i_best + 1)
+    state = rec.records[i_best][2]
+    now = model.state_dict()
+    assert all(torch.equal(now[k], state[k]) for k in state)
+    (metrics,) = trainer.validate(model, verbose=False)
+    assert metrics["val_loss"] == values[i_best] == es.best_score.item()
+
+
+def test_configurable_from_jsonargparse():
+    # LightningCLI builds callbacks through jsonargparse from the constructor's type hints
+    jsonargparse = pytest.importorskip("jsonargparse")
+    parser = jsonargparse.ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(EarlyStopping, "es")
+    cfg = parser.parse_args(["--es.monitor=val_loss", "--es.snapshot=device", "--es.start_from_epoch=2"])
+    es = parser.instantiate_classes(cfg).es
+    assert (es.snapshot, es.start_from_epoch, es.restore_best_weights) == ("device", 2, True)
+    with pytest.raises(jsonargparse.ArgumentError):
+        parser.parse_args(["--es.monitor=v", "--es.snapshot=disk"])

@@ -1,0 +1,433 @@
+"""GradientMonitor and GradientClipping inside real Lightning training (CPU)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.data import DataLoader, TensorDataset
+
+import lightning_reg.gradients.core as G
+from lightning_reg import GradientClipping, GradientMonitor
+from tests.distributed import ddp_gradients
+from tests.distributed.launch import run_ddp_script
+from tests.memory_logger import MemoryLogger
+
+
+def _flat_norm(grads: list[torch.Tensor]) -> torch.Tensor:
+    return torch.linalg.vector_norm(torch.cat([g.detach().double().reshape(-1) for g in grads]))
+
+
+class Net(pl.LightningModule):
+    """Tiny regression net that records what the optimizer is about to see."""
+
+    def __init__(self, lr: float = 0.05, optimizer: str = "sgd", nan_batches: tuple[int, ...] = ()) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh())
+        self.head = nn.Linear(16, 1)
+        self.lr = lr
+        self.optimizer_name = optimizer
+        self.nan_batches = nan_batches
+        self.seen_norms: list[torch.Tensor] = []  # norm of the gradients right before optimizer.step
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = nn.functional.mse_loss(self(x).float(), y)
+        if batch_idx in self.nan_batches:
+            loss = loss * float("nan")
+        return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        self.seen_norms.append(_flat_norm(grads) if grads else torch.tensor(float("nan")))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        if self.optimizer_name == "adam":
+            return torch.optim.Adam(self.parameters(), lr=self.lr)
+        return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
+
+
+def _data(n: int = 64, seed: int = 0) -> TensorDataset:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 6, generator=g)
+    y = (x[:, :1] * 3 + x[:, 1:2] ** 2) + 0.1 * torch.randn(n, 1, generator=g)
+    return TensorDataset(x, y)
+
+
+def _trainer(callbacks: list[Any], logger: Any = None, **kw: Any) -> pl.Trainer:
+    args: dict[str, Any] = dict(
+        max_epochs=1,
+        accelerator="cpu",
+        devices=1,
+        logger=logger if logger is not None else False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
+        callbacks=callbacks,
+    )
+    args.update(kw)
+    return pl.Trainer(**args)
+
+
+def _fit(model: Net, callbacks: list[Any], batch_size: int = 8, logger: Any = None, **kw: Any) -> pl.Trainer:
+    trainer = _trainer(callbacks, logger=logger, **kw)
+    trainer.fit(model, DataLoader(_data(), batch_size=batch_size, shuffle=False))
+    return trainer
+
+
+# ------------------------------------------------------------------------------------------------------------
+def test_monitor_groups_and_clip_norm_match_references_under_bf16_autocast() -> None:
+    torch.manual_seed(0)
+    model = Net()
+    logger = MemoryLogger()
+    mon = GradientMonitor(group_by="module", depth=1, log_ratios=True)
+    clip = GradientClipping("norm", max_norm=0.2)
+
+    recorded: dict[str, list[torch.Tensor]] = {"pre": [], "body": [], "head": [], "ratio_head": []}
+
+    class Spy(pl.Callback):  # runs first: sees the unscaled, pre-clip gradients
+        def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
+            body = [p.grad for p in pl_module.body.parameters()]
+            head = [p.grad for p in pl_module.head.parameters()]
+            recorded["pre"].append(_flat_norm(body + head))
+            recorded["body"].append(_flat_norm(body))
+            recorded["head"].append(_flat_norm(head))
+            w = torch.linalg.vector_norm(
+                torch.cat([p.detach().reshape(-1) for p in pl_module.head.parameters()])
+            )
+            recorded["ratio_head"].append(_flat_norm(head) / w)
+
+    _fit(model, [Spy(), clip, mon], logger=logger, precision="bf16-mixed")
+    steps = 8
+    assert len(logger.series("grad/norm_total")) == steps
+    close = dict(rtol=1e-5, atol=1e-7)
+    for i in range(steps):
+        torch.testing.assert_close(
+            logger.series("grad/norm_total")[i][1].double(), recorded["pre"][i], **close
+        )
+        torch.testing.assert_close(
+            logger.series("grad/norm/body")[i][1].double(), recorded["body"][i], **close
+        )
+        torch.testing.assert_close(
+            logger.series("grad/norm/head")[i][1].double(), recorded["head"][i], **close
+        )
+        ratio = logger.series("grad/ratio/head")[i][1].double()
+        torch.testing.assert_close(ratio, recorded["ratio_head"][i].double(), rtol=1e-4, atol=1e-7)
+        # clipping: the optimizer sees the clip_grad_norm_ rule, pre * min(1, max_norm / (pre + 1e-6))
+        pre = float(recorded["pre"][i])
+        expected_post = pre * min(1.0, 0.2 / (pre + 1e-6))
+        assert float(model.seen_norms[i]) == pytest.approx(expected_post, rel=1e-4)
+        assert float(logger.series("grad/clip/norm_post")[i][1]) == pytest.approx(expected_post, rel=1e-4)
+    assert all(float(v) == 0 for _, v in logger.series("grad/nonfinite_count"))
+    assert any(float(c) < 1 for _, c in logger.series("grad/clip/coef"))
+
+
+def test_reads_gradients_once_per_step_when_both_present(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    real = G._foreach_norm
+
+    def counting(tensors: list[torch.Tensor], norm_type: float) -> Any:
+        calls.append(norm_type)
+        return real(tensors, norm_type)
+
+    monkeypatch.setattr(G, "_foreach_norm", counting)
+    mon = GradientMonitor(log_nonfinite=False, log_max_abs=False)
+    _fit(Net(), [mon, GradientClipping("autoclip")], logger=MemoryLogger())
+    assert len(calls) == 8  # 8 optimizer steps, one fused norm pass each (one dtype bucket)
+    calls.clear()
+    _fit(Net(), [GradientClipping("zclip"), mon], logger=MemoryLogger())  # order does not matter
+    assert len(calls) == 8
+
+
+def test_accumulation_one_measurement_per_optimizer_step_of_summed_gradient() -> None:
+    torch.manual_seed(0)
+    model = Net()
+    ref = Net()
+    ref.load_state_dict(model.state_dict())
+    logger = MemoryLogger()
+    _fit(model, [GradientMonitor()], logger=logger, accumulate_grad_batches=4, batch_size=4)
+    series = logger.series("grad/norm_total")
+    assert len(series) == 64 // 4 // 4  # 4 optimizer steps, one measurement each
+    # independent reference for the first optimizer step: sum of the 4 micro-batch gradients of loss / 4
+    data = _data()
+    ref.zero_grad()
+    for k in range(4):
+        x, y = data[k * 4 : (k + 1) * 4]
+        (nn.functional.mse_loss(ref(x), y) / 4).backward()
+    expected = _flat_norm([p.grad for p in ref.parameters()])
+    assert float(series[0][1]) == pytest.approx(float(expected), rel=1e-5)
+
+
+class CountSyncs(TorchDispatchMode):
+    """Counts host-device synchronisation points (see TESTING.md)."""
+
+    SYNC_OPS = ("_local_scalar_dense", "nonzero", "equal", "is_nonzero")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if any(name in str(func) for name in self.SYNC_OPS):
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _count_syncs(callbacks: list[Any], monkeypatch: pytest.MonkeyPatch) -> int:
+    mode = CountSyncs()
+    real_tolist = torch.Tensor.tolist
+    real_tensor = torch.tensor
+
+    def tolist(self: torch.Tensor) -> Any:
+        mode.count += 1
+        return real_tolist(self)
+
+    def tensor(data: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if isinstance(data, (list, tuple)) and any(isinstance(d, torch.Tensor) for d in data):
+            mode.count += 1
+        return real_tensor(data, *args, **kwargs)
+
+    torch.manual_seed(0)
+    model = Net()
+    trainer = _trainer(callbacks, logger=MemoryLogger(), max_steps=4)
+    loader = DataLoader(_data(), batch_size=8)
+    with monkeypatch.context() as m:
+        m.setattr(torch.Tensor, "tolist", tolist)
+        m.setattr(torch, "tensor", tensor)
+        with mode:
+            trainer.fit(model, loader)
+    return mode.count
+
+
+def test_zero_host_syncs_per_step_with_both_callbacks_for_every_algorithm(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    baseline = _count_syncs([], monkeypatch)
+    for algorithm in ("norm", "value", "agc", "autoclip", "zclip"):
+        cbs = [GradientMonitor(group_by="module", log_ratios=True), GradientClipping(algorithm)]
+        assert _count_syncs(cbs, monkeypatch) == baseline, algorithm
+
+    # sanity: the counter does see a sync when one is made
+    class Syncing(pl.Callback):
+        def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
+            float(next(pl_module.parameters()).grad.sum())
+
+    assert _count_syncs([Syncing()], monkeypatch) == baseline + 4
+
+
+@pytest.mark.parametrize("algorithm", ["autoclip", "zclip"])
+def test_resume_continues_adaptive_state_exactly(algorithm: str, tmp_path: Any) -> None:
+    def make_cb() -> GradientClipping:
+        return GradientClipping(
+            algorithm, percentile=50, history_size=5, zclip_warmup_steps=3, zclip_z_thresh=0.5
+        )
+
+    torch.manual_seed(0)
+    init = Net().state_dict()
+
+    full_model, full_cb = Net(), make_cb()
+    full_model.load_state_dict(init)
+    _fit(full_model, [full_cb], max_epochs=2, deterministic=True)
+
+    half_model, half_cb = Net(), make_cb()
+    half_model.load_state_dict(init)
+    trainer = _fit(half_model, [half_cb], max_epochs=1, deterministic=True)
+    ckpt = str(tmp_path / "half.ckpt")
+    trainer.save_checkpoint(ckpt)
+
+    resumed_model, resumed_cb = Net(), make_cb()
+    trainer = _trainer([resumed_cb], max_epochs=2, deterministic=True)
+    trainer.fit(resumed_model, DataLoader(_data(), batch_size=8), ckpt_path=ckpt)
+
+    for a, b in zip(full_model.parameters(), resumed_model.parameters()):
+        assert torch.equal(a, b)
+    full_state = full_cb.state_dict()[algorithm]
+    for k, v in resumed_cb.state_dict()[algorithm].items():
+        assert torch.equal(v, full_state[k]), k
+    assert int(full_state["count"]) == 16  # 2 epochs x 8 optimizer steps, all recorded
+
+
+def test_skip_nonfinite_leaves_weights_and_optimizer_state_untouched() -> None:
+    torch.manual_seed(0)
+    model = Net(optimizer="adam", nan_batches=(3,))
+    snapshots: dict[int, dict[str, torch.Tensor]] = {}
+
+    class Snap(pl.Callback):
+        def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+            snapshots[batch_idx] = {k: v.clone() for k, v in pl_module.state_dict().items()}
+
+        def on_train_batch_end(
+            self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, idx: int
+        ) -> None:
+            if idx == 3:
+                opt = trainer.optimizers[0]
+                steps = {int(s["step"]) for s in opt.state.values()}
+                snapshots[100] = {"adam_steps": torch.tensor(sorted(steps))}
+                snapshots[101] = {k: v.clone() for k, v in pl_module.state_dict().items()}
+
+    logger = MemoryLogger()
+    clip = GradientClipping("norm", max_norm=1.0, skip_nonfinite=True)
+    with pytest.warns(UserWarning, match="non-finite gradients"):
+        _fit(model, [Snap(), clip], logger=logger)
+    for k, v in snapshots[3].items():
+        assert torch.equal(v, snapshots[101][k]), k  # the NaN step changed nothing
+    assert snapshots[100]["adam_steps"].tolist() == [3]  # Adam's step counter did not advance either
+    assert clip.skipped_steps == 1 and clip.consecutive_skips == 0
+    assert int(logger.series("grad/clip/skipped_steps")[-1][1]) == 1
+    assert all(bool(torch.isfinite(v).all()) for v in model.state_dict().values())
+
+
+def test_skip_nonfinite_raises_after_consecutive_skips() -> None:
+    model = Net(nan_batches=tuple(range(8)))
+    with pytest.raises(RuntimeError, match="skipped 3 consecutive"), pytest.warns(UserWarning):
+        _fit(model, [GradientClipping("norm", skip_nonfinite=True, max_consecutive_skips=3)])
+
+
+def test_manual_optimization_helper_does_not_double_clip() -> None:
+    class Manual(Net):
+        def __init__(self, clip: GradientClipping, call_helper: bool) -> None:
+            super().__init__()
+            self.automatic_optimization = False
+            self.clip = clip
+            self.call_helper = call_helper
+
+        def training_step(self, batch: Any, batch_idx: int) -> None:
+            opt = self.optimizers()
+            opt.zero_grad()
+            x, y = batch
+            self.manual_backward(nn.functional.mse_loss(self(x), y))
+            if self.call_helper:
+                self.clip.clip_(self.trainer, self, opt)
+            opt.step()
+
+    for call_helper in (False, True):
+        clip = GradientClipping("autoclip", percentile=0)
+        torch.manual_seed(0)
+        model = Manual(clip, call_helper)
+        _fit(model, [clip])
+        assert int(clip.autoclip_state.count) == 8  # one record per optimizer step, not two
+        # percentile 0: every step is clipped to the smallest norm seen so far (<= its own norm)
+        assert all(float(n) <= float(model.seen_norms[0]) * (1 + 1e-5) for n in model.seen_norms)
+
+
+def test_conflicts_and_bad_input() -> None:
+    with pytest.raises(MisconfigurationException, match="gradient_clip_val=0.5"):
+        _fit(Net(), [GradientClipping()], gradient_clip_val=0.5)
+    with pytest.raises(MisconfigurationException, match="Only one"):
+        _fit(Net(), [GradientClipping(), GradientClipping("value")])
+    with pytest.raises(ValueError, match=r"`algorithm` must be one of .*'zclip'.*got 'l2'"):
+        GradientClipping("l2")
+    with pytest.raises(ValueError, match="`percentile` must be in \\[0, 100\\], got 150"):
+        GradientClipping("autoclip", percentile=150)
+    with pytest.raises(ValueError, match="zclip_alpha"):
+        GradientClipping("zclip", zclip_alpha=1.0)
+    with pytest.raises(ValueError, match="skip_nonfinite"):
+        GradientClipping(None)
+    with pytest.raises(ValueError, match=r"`group_by` must be one of .*got 'layer'"):
+        GradientMonitor(group_by="layer")
+    with pytest.raises(ValueError, match="patterns"):
+        GradientMonitor(group_by="regex")
+    with pytest.raises(ValueError, match="log_every_n_steps"):
+        GradientMonitor(log_every_n_steps=0)
+
+
+def test_logging_interval_and_agc_head_exclusion() -> None:
+    logger = MemoryLogger()
+    torch.manual_seed(0)
+    model = Net()
+    head_before = model.head.weight.detach().clone()
+    seen_head: list[torch.Tensor] = []
+    spy_pre: list[torch.Tensor] = []
+
+    class Spy(pl.Callback):
+        def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
+            spy_pre.append(pl_module.head.weight.grad.clone())
+
+    class After(pl.Callback):
+        def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
+            seen_head.append(pl_module.head.weight.grad.clone())
+
+    clip = GradientClipping("agc", clip_factor=1e-4, agc_exclude=[r"^head\."], log_every_n_steps=3)
+    _fit(model, [Spy(), GradientMonitor(log_every_n_steps=4), clip, After()], logger=logger)
+    assert [s for s, _ in logger.series("grad/norm_total")] == [3, 7]
+    assert [s for s, _ in logger.series("grad/clip/norm_pre")] == [2, 5]
+    for a, b in zip(spy_pre, seen_head):
+        assert torch.equal(a, b)  # the excluded head is not clipped
+    assert not torch.equal(head_before, model.head.weight)
+    post = logger.series("grad/clip/norm_post")
+    pre = logger.series("grad/clip/norm_pre")
+    assert all(float(p) < float(q) for (_, p), (_, q) in zip(post, pre))  # the body was clipped hard
+
+
+# DDP: 2 CPU processes (gloo) vs one process on the full batch
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_ddp_two_processes_match_single_process_on_full_batch(tmp_path: Path) -> None:
+    run_ddp_script(Path(ddp_gradients.__file__), tmp_path, timeout=200)
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=False)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=False)
+    torch.set_num_threads(1)
+    single = ddp_gradients.run(devices=1, batch_size=16)
+    assert len(r0["rows"]) == len(single["rows"]) == ddp_gradients.STEPS
+    keys = ["grad/norm_total", "grad/norm/body", "grad/norm/head", "grad/clip/norm_pre"]
+    keys += ["grad/clip/norm_post"]
+    for row0, row1, ref in zip(r0["rows"], r1["rows"], single["rows"]):
+        for k in keys:
+            assert torch.equal(row0[k], row1[k]), k  # identical on both ranks
+            torch.testing.assert_close(row0[k], ref[k], rtol=1e-5, atol=1e-6)
+    assert any(float(row["grad/clip/coef"]) < 1 for row in single["rows"])  # zclip did clip somewhere
+    for k, v in r0["zclip"].items():
+        assert torch.equal(v, r1["zclip"][k]), k  # adaptive state identical on all ranks
+        torch.testing.assert_close(v, single["zclip"][k], rtol=1e-5, atol=1e-6)
+    for k, v in r0["weights"].items():
+        assert torch.equal(v, r1["weights"][k])
+        torch.testing.assert_close(v, single["weights"][k], rtol=1e-5, atol=1e-6)
+
+
+def test_value_clipping_and_param_group_names_in_training() -> None:
+    class Grouped(Net):
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(
+                [{"params": self.body.parameters(), "name": "enc"}, {"params": self.head.parameters()}],
+                lr=0.05,
+            )
+
+    pre: list[list[torch.Tensor]] = []
+    post: list[list[torch.Tensor]] = []
+
+    class Spy(pl.Callback):
+        def __init__(self, store: list[list[torch.Tensor]]) -> None:
+            self.store = store
+
+        def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
+            self.store.append([p.grad.clone() for p in pl_module.parameters()])
+
+    logger = MemoryLogger()
+    torch.manual_seed(0)
+    model = Grouped()
+    mon = GradientMonitor(group_by="param_groups", log_nonfinite=False, log_max_abs=False)
+    _fit(model, [Spy(pre), mon, GradientClipping("value", clip_value=0.05), Spy(post)], logger=logger)
+    assert len(pre) == len(post) == 8
+    for before, after in zip(pre, post):
+        ref = [g.clone() for g in before]
+        params = [nn.Parameter(torch.zeros_like(g)) for g in ref]
+        for p, g in zip(params, ref):
+            p.grad = g
+        torch.nn.utils.clip_grad_value_(params, 0.05)
+        for p, a in zip(params, after):
+            assert torch.equal(p.grad, a)
+    assert {"grad/norm/enc", "grad/norm/group1"} <= set(logger.calls[0][1])
+    first = logger.series("grad/norm/enc")[0][1]
+    n_body = len(list(model.body.parameters()))
+    assert float(first) == pytest.approx(float(_flat_norm(pre[0][:n_body])), rel=1e-5)

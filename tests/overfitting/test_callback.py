@@ -1,0 +1,588 @@
+"""OverfittingMonitor in real Trainer runs: a module logs scripted train/val values, epochs worked by hand."""
+
+import logging
+import math
+import warnings
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import Logger
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+from torchmetrics.classification import MulticlassAccuracy
+
+from lightning_reg import OverfittingMonitor
+
+# Binary-exact values (float32 logging keeps them exact). Hand-worked checks below.
+TRAIN_LOSS = [1.0, 0.75, 0.5, 0.5, 0.375, 0.25, 0.25, 0.25, 0.25]
+VAL_LOSS = [1.0, 0.75, 0.625, 0.5, 0.53125, 0.5625, 0.5625, 0.5, 0.625]
+TRAIN_ACC = [0.5, 0.625, 0.75, 0.875, 1.0, 1.0, 1.0, 1.0, 1.0]
+VAL_ACC = [0.5, 0.5, 0.5, 0.5, 0.5, 0.75, 0.75, 0.75, 0.75]
+PAIRS = {"loss": ("train_loss", "val_loss"), "acc": ("train_acc", "val_acc", "max")}
+CRITERIA = {
+    "gl": {"loss": 10.0},
+    "pq": {"loss": 0.05},
+    "up": {"loss": 2},
+    "gap": {"acc": 0.25},
+    "rel_gap": {"acc": 0.3},
+}
+# Worked by hand (strip k=3, patience 2):
+#  best val loss 1,.75,.625,.5,.5,.5,.5,.5,.5 -> GL 0,0,0,0,6.25,12.5,12.5,0,25 -> gl>10 at 5,6,8
+#  UP (val worse & train better): counts 0,0,0,0,1,2,0,0,0 -> up>=2 at 5
+#  P_3 at 4: [.5,.5,.375] -> 1000*(.4583/.375-1)=222.2, PQ .028; at 5: [.5,.375,.25] -> 500, PQ .025;
+#  at 6: [.375,.25,.25] -> 166.7, PQ .075; at 8: P=0, GL 25 -> PQ inf  -> pq>.05 at 6, 8
+#  acc gap 0,.125,.25,.375,.5,.25,.25,.25,.25 -> >.25 twice in a row only at 4
+#  acc rel gap 0,.2,.333,.4286,.5,.25,... -> >.3 counts 0,0,1,2,3,0 -> fires (patience 2) at 3, 4
+EXPECTED_FIRED = {
+    "gl": [5, 6, 8],
+    "up": [5],
+    "pq": [6, 8],
+    "gap": [4],
+    "rel_gap": [3, 4],
+}
+
+
+class CaptureLogger(Logger):
+    def __init__(self):
+        super().__init__()
+        self.rows = []
+
+    @property
+    def name(self):
+        return "capture"
+
+    @property
+    def version(self):
+        return 0
+
+    def log_metrics(self, metrics, step=None):
+        self.rows.append(dict(metrics))
+
+    def log_hyperparams(self, params, *args, **kwargs):
+        pass
+
+
+class Scripted(L.LightningModule):
+    """Logs ``train[key][epoch]`` in training_step and ``val(epoch, run)`` in validation_step."""
+
+    def __init__(self, train=None, val=None):
+        super().__init__()
+        self.layer = nn.Linear(2, 1)
+        self.train_script = train if train is not None else {"train_loss": TRAIN_LOSS, "train_acc": TRAIN_ACC}
+        self.val_fn = val or (lambda epoch, run: {"val_loss": VAL_LOSS[epoch], "val_acc": VAL_ACC[epoch]})
+        self.val_runs = 0
+
+    def training_step(self, batch, batch_idx):
+        for key, seq in self.train_script.items():
+            self.log(key, torch.tensor(seq[self.current_epoch]), on_step=False, on_epoch=True)
+        return self.layer(batch[0]).pow(2).mean()
+
+    def validation_step(self, batch, batch_idx):
+        for key, value in self.val_fn(self.current_epoch, self.val_runs).items():
+            self.log(key, torch.tensor(value))
+
+    def on_validation_epoch_end(self):
+        if not self.trainer.sanity_checking:
+            self.val_runs += 1
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def loaders():
+    g = torch.Generator().manual_seed(0)
+    train = DataLoader(TensorDataset(torch.randn(8, 2, generator=g)), batch_size=2)
+    val = DataLoader(TensorDataset(torch.randn(4, 2, generator=g)), batch_size=2)
+    return train, val
+
+
+def trainer(tmp_path, callbacks, max_epochs=9, logger=False, **kw):
+    return L.Trainer(
+        max_epochs=max_epochs,
+        logger=logger,
+        enable_checkpointing=kw.pop("enable_checkpointing", False),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=tmp_path,
+        callbacks=callbacks,
+        **kw,
+    )
+
+
+def fired_epochs(monitor, criterion):
+    return [h["epoch"] for h in monitor.history if any(criterion in r["fired"] for r in h["pairs"].values())]
+
+
+def overfit_warnings(record):
+    return [
+        str(w.message) for w in record if "OverfittingMonitor: the model is overfitting" in str(w.message)
+    ]
+
+
+def test_each_criterion_fires_at_hand_worked_epoch_and_warns_once_per_episode(tmp_path, caplog):
+    monitor = OverfittingMonitor(PAIRS, criteria=CRITERIA, warmup=4, patience=2, strip=3)
+    cap = CaptureLogger()
+    with warnings.catch_warnings(record=True) as record, caplog.at_level(logging.INFO):
+        warnings.simplefilter("always")
+        trainer(tmp_path, [monitor], logger=cap).fit(Scripted(), *loaders())
+    assert [h["epoch"] for h in monitor.history] == list(range(9))
+    for criterion, epochs in EXPECTED_FIRED.items():
+        assert fired_epochs(monitor, criterion) == epochs, criterion
+    # epoch 8: validation worse but training flat -> UP resets
+    assert [h["pairs"]["loss"]["up_count"] for h in monitor.history] == [0, 0, 0, 0, 1, 2, 0, 0, 0]
+    # rel_gap fires at epoch 3, but warm-up (4 checks: epochs 0-3) silences it; episodes start at 4 and 8
+    assert [h["alert"] for h in monitor.history] == [False] * 4 + [True] * 3 + [False, True]
+    msgs = overfit_warnings(record)
+    assert len(msgs) == 2 and monitor.num_episodes == 2
+    assert "at epoch 4" in msgs[0] and "at epoch 8" in msgs[1]
+    assert "acc: train=1 val=0.5 gap=0.5" in msgs[0] and "fired=['gap', 'rel_gap']" in msgs[0]
+    assert "GL=25%" in msgs[1] and "Try more regularization" in msgs[1]
+    # the values seen equal the script
+    assert [h["pairs"]["loss"]["train"] for h in monitor.history] == TRAIN_LOSS
+    assert [h["pairs"]["acc"]["val"] for h in monitor.history] == VAL_ACC
+    # logged every check: gap = val - train (loss), GL, alert
+    rows = [r for r in cap.rows if "overfit/alert" in r]
+    assert len(rows) == 9
+    assert [r["overfit/loss_gap"] for r in rows] == [v - t for t, v in zip(TRAIN_LOSS, VAL_LOSS)]
+    assert [r["overfit/acc_gap"] for r in rows] == [t - v for t, v in zip(TRAIN_ACC, VAL_ACC)]
+    assert [r["overfit/loss_gl"] for r in rows] == [0, 0, 0, 0, 6.25, 12.5, 12.5, 0, 25]
+    assert [r["overfit/alert"] for r in rows] == [0, 0, 0, 0, 1, 1, 1, 0, 1]
+    assert rows[6]["overfit/loss_pq"] == pytest.approx(12.5 / (1000 * ((0.875 / 3) / 0.25 - 1)))
+    assert rows[8]["overfit/loss_pq"] == math.inf  # training flat, GL 25
+    assert "overfit/loss_pq" not in rows[1]  # undefined before `strip` checks
+    # summary table at fit end on rank zero: one row per check and pair
+    table = [line for line in caplog.text.splitlines() if line.strip().startswith(("5 loss", "4 acc"))]
+    assert len(table) == 2 and table[0].endswith("gap,rel_gap") and table[1].endswith("gl,up")
+
+
+def test_check_val_every_n_epoch_checks_only_epochs_with_validation(tmp_path):
+    val_runs = [1.0, 0.5, 0.625]  # validation runs at epochs 1, 3, 5
+    train = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4]
+    monitor = OverfittingMonitor({"loss": ("train_loss", "val_loss")}, criteria={"gl": 20.0})
+    module = Scripted(train={"train_loss": train}, val=lambda epoch, run: {"val_loss": val_runs[run]})
+    trainer(tmp_path, [monitor], max_epochs=6, check_val_every_n_epoch=2).fit(module, *loaders())
+    assert [h["epoch"] for h in monitor.history] == [1, 3, 5]
+    assert [h["pairs"]["loss"]["train"] for h in monitor.history] == pytest.approx([0.8, 0.6, 0.4])
+    assert [h["pairs"]["loss"]["val"] for h in monitor.history] == val_runs
+    # GL at epoch 5: 100 * (0.625 / 0.5 - 1) = 25 > 20; epoch 3 is the best
+    assert [h["pairs"]["loss"]["gl"] for h in monitor.history] == [0.0, 0.0, 25.0]
+    assert [h["alert"] for h in monitor.history] == [False, False, True]
+
+
+def test_val_check_interval_uses_last_validation_of_the_epoch(tmp_path):
+    # 4 train batches, validation after batch 2 and 4: runs 0,1 in epoch 0; 2,3 in epoch 1; ...
+    val_runs = [5.0, 1.0, 0.25, 0.5, 9.0, 0.75]
+    monitor = OverfittingMonitor({"loss": ("train_loss", "val_loss")}, criteria={"gl": 60.0})
+    module = Scripted(
+        train={"train_loss": [0.5, 0.25, 0.125]}, val=lambda e, run: {"val_loss": val_runs[run]}
+    )
+    trainer(tmp_path, [monitor], max_epochs=3, val_check_interval=0.5).fit(module, *loaders())
+    assert module.val_runs == 6
+    assert [h["pairs"]["loss"]["val"] for h in monitor.history] == [1.0, 0.5, 0.75]
+    # best 1.0 -> 0.5 -> 0.5: GL 0, 0, 50 (the mid-epoch 0.25 and 9.0 are not checks)
+    assert [h["pairs"]["loss"]["gl"] for h in monitor.history] == [0.0, 0.0, 50.0]
+    assert not any(h["alert"] for h in monitor.history)
+
+
+def test_stop_action_stops_at_first_alert(tmp_path):
+    monitor = OverfittingMonitor(PAIRS, criteria=CRITERIA, action="stop", warmup=4, patience=2, strip=3)
+    with pytest.warns(UserWarning, match="at epoch 4.*Stopping training"):
+        t = trainer(tmp_path, [monitor])
+        t.fit(Scripted(), *loaders())
+    assert monitor.stopped_epoch == 4
+    assert t.current_epoch == 5 and len(monitor.history) == 5
+
+
+def test_callable_action_called_once_per_episode(tmp_path):
+    calls = []
+
+    def action(trainer, pl_module, report):
+        calls.append(
+            (trainer.current_epoch, sorted(r["pair"] for r in report["pairs"].values() if r["fired"]))
+        )
+
+    monitor = OverfittingMonitor(PAIRS, criteria=CRITERIA, action=action, warmup=4, patience=2, strip=3)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        trainer(tmp_path, [monitor]).fit(Scripted(), *loaders())
+    assert calls == [(4, ["acc"]), (8, ["loss"])]
+    assert overfit_warnings(record) == []
+
+
+def test_resume_keeps_history_and_counters(tmp_path):
+    kw = dict(criteria=CRITERIA, warmup=4, patience=2, strip=3)
+    full = OverfittingMonitor(PAIRS, **kw)
+    trainer(tmp_path / "full", [full]).fit(Scripted(), *loaders())
+
+    first = OverfittingMonitor(PAIRS, **kw)
+    t1 = trainer(tmp_path / "a", [first], max_epochs=5)  # stops inside the first episode, UP count at 1
+    t1.fit(Scripted(), *loaders())
+    ckpt = tmp_path / "a.ckpt"
+    t1.save_checkpoint(ckpt)
+    resumed = OverfittingMonitor(PAIRS, **kw)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        trainer(tmp_path / "b", [resumed]).fit(Scripted(), *loaders(), ckpt_path=ckpt)
+    assert resumed.history == full.history
+    assert resumed.num_episodes == full.num_episodes == 2
+    # the episode open at the checkpoint is not announced again: only the one starting at epoch 8
+    msgs = overfit_warnings(record)
+    assert len(msgs) == 1 and "at epoch 8" in msgs[0]
+
+
+def test_resume_from_checkpoints_written_by_model_checkpoint(tmp_path):
+    kw = dict(criteria=CRITERIA, warmup=4, patience=2, strip=3, verbose=False)
+    full = OverfittingMonitor(PAIRS, **kw)
+    trainer(tmp_path / "full", [full]).fit(Scripted(), *loaders())
+    histories = {}
+    for at_train_end in (True, False):
+        first = OverfittingMonitor(PAIRS, **kw)
+        ckpt_dir = tmp_path / f"ckpt_{at_train_end}"
+        ckpt = ModelCheckpoint(
+            ckpt_dir, "{epoch}", "val_loss", save_top_k=-1, save_on_train_epoch_end=at_train_end
+        )
+        trainer(tmp_path, [first, ckpt], max_epochs=6, enable_checkpointing=True).fit(Scripted(), *loaders())
+        resumed = OverfittingMonitor(PAIRS, **kw)
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            trainer(tmp_path, [resumed]).fit(Scripted(), *loaders(), ckpt_path=ckpt_dir / "epoch=4.ckpt")
+        histories[at_train_end] = resumed.history
+        skipped = [str(w.message) for w in record if "skipping the check of epoch 4" in str(w.message)]
+        assert len(skipped) == (0 if at_train_end else 1)
+    # saved at the end of the training epoch (Lightning's default when validating every epoch): identical
+    assert histories[True] == full.history
+    # saved at validation end: Lightning replays only epoch 4's end hooks without its train metrics, so that
+    # check is skipped (with a warning) instead of failing; the pending validation value is checkpointed
+    assert [h["epoch"] for h in histories[False]] == [0, 1, 2, 3, 5, 6, 7, 8]
+    assert histories[False][:4] == full.history[:4]
+
+
+class Classifier(L.LightningModule):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 3))
+        self.train_modes = []
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        self.train_modes.append(self.net[2].training)
+        loss = nn.functional.cross_entropy(self(batch[0]), batch[1])
+        self.log("train_loss", loss, on_epoch=True, on_step=False)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        logits = self(batch[0])
+        self.log("val_loss", nn.functional.cross_entropy(logits, batch[1]))
+        self.log("val_acc", (logits.argmax(-1) == batch[1]).float().mean())
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.5)
+
+
+def classification_data(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 4, generator=g)
+    return TensorDataset(x, (x[:, 0] > 0).long() + (x[:, 1] > 0.5).long())
+
+
+@pytest.mark.parametrize("probe_kind", ["fraction", "loader"])
+def test_probe_equals_manual_eval_mode_pass(tmp_path, probe_kind):
+    train_set = classification_data(30, 0)
+    # batch 8 -> probe batches of 8, 8, 8, 6: the probe mean must be weighted by batch size
+    probe = 1.0 if probe_kind == "fraction" else DataLoader(TensorDataset(*train_set[:21]), batch_size=8)
+    monitor = OverfittingMonitor(
+        {"loss": ("train_loss", "val_loss"), "acc": ("train_acc", "val_acc", "max")},
+        criteria={"gl": 5.0},
+        probe=probe,
+        probe_metrics={"acc": MulticlassAccuracy(num_classes=3, average="micro")},
+    )
+    module = Classifier()
+    train = DataLoader(train_set, batch_size=8, shuffle=True)
+    val = DataLoader(classification_data(12, 1), batch_size=6)
+    trainer(tmp_path, [monitor], max_epochs=2).fit(module, train, val)
+    assert all(module.train_modes) and len(module.train_modes) == 8  # dropout back on after each probe
+    x, y = train_set[:] if probe_kind == "fraction" else train_set[:21]
+    module.eval()
+    with torch.no_grad():
+        logits = module.net(x)
+    expected_loss = nn.functional.cross_entropy(logits, y, reduction="sum").item() / len(y)
+    expected_acc = (logits.argmax(-1) == y).float().mean().item()
+    last = monitor.history[-1]["pairs"]
+    assert last["loss"]["train"] == pytest.approx(expected_loss, rel=1e-6)
+    assert last["acc"]["train"] == pytest.approx(expected_acc, abs=1e-7)
+    # the dropout (train-mode) value differs from the probe: the probe really ran in eval mode
+    module.train()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        noisy = nn.functional.cross_entropy(module.net(x), y).item()
+    assert not math.isclose(noisy, expected_loss, rel_tol=1e-3)
+
+
+class MetricObjects(Classifier):
+    """Logs torchmetrics objects (the Lightning idiom) for both train and validation accuracy."""
+
+    def __init__(self):
+        super().__init__()
+        self.train_acc = MulticlassAccuracy(num_classes=3, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes=3, average="micro")
+
+    def training_step(self, batch, batch_idx):
+        logits = self(batch[0])
+        self.train_acc(logits, batch[1])
+        self.log("train_acc", self.train_acc, on_step=False, on_epoch=True)
+        return nn.functional.cross_entropy(logits, batch[1])
+
+    def validation_step(self, batch, batch_idx):
+        self.val_acc(self(batch[0]), batch[1])
+        self.log("val_acc", self.val_acc)
+
+
+def test_probe_with_metric_objects_logged_by_the_module_leaves_them_untouched(tmp_path):
+    train_set, val_set = classification_data(30, 0), classification_data(12, 1)
+    runs = {}
+    for with_monitor in (False, True):
+        L.seed_everything(0, verbose=False)
+        monitor = OverfittingMonitor(
+            {"acc": ("train_acc", "val_acc", "max")}, criteria={"gap": 0.5}, probe=1.0
+        )
+        cap = CaptureLogger()
+        module = MetricObjects()
+        trainer(tmp_path, [monitor] if with_monitor else [], max_epochs=3, logger=cap).fit(
+            module, DataLoader(train_set, batch_size=8, shuffle=True), DataLoader(val_set, batch_size=5)
+        )
+        rows = [{k: v for k, v in r.items() if k in ("train_acc", "val_acc")} for r in cap.rows]
+        runs[with_monitor] = ([r for r in rows if r], module, monitor)
+    # the module's own train/val accuracies are exactly those of a run without the probe
+    assert runs[True][0] == runs[False][0] and len(runs[True][0]) == 6
+    module, monitor = runs[True][1], runs[True][2]
+    module.eval()
+    with torch.no_grad():
+        expected = (module(train_set[:][0]).argmax(-1) == train_set[:][1]).float().mean().item()
+    assert monitor.history[-1]["pairs"]["acc"]["train"] == pytest.approx(expected, abs=1e-7)
+
+
+def test_metric_never_logged_lists_logged_keys(tmp_path):
+    monitor = OverfittingMonitor({"loss": ("train_loss", "val_los")})
+    with pytest.raises(MisconfigurationException, match=r"\['val_los'\] were never logged.*'val_loss'"):
+        trainer(tmp_path, [monitor], max_epochs=1).fit(Scripted(), *loaders())
+    monitor = OverfittingMonitor({"loss": ("train_loss_epoch", "val_loss")})
+    with pytest.raises(MisconfigurationException, match=r"\['train_loss_epoch'\].*'train_acc', 'train_loss'"):
+        trainer(tmp_path, [monitor], max_epochs=1).fit(Scripted(), *loaders())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"action": "halt"}, ValueError, r"Unknown action 'halt'.*\['warn', 'stop'\]"),
+        ({"criteria": {"gl": -5.0}}, ValueError, r"'gl'.*> 0.*-5.0"),
+        ({"criteria": {"overfit": 1.0}}, ValueError, r"Unknown criterion 'overfit'"),
+        ({"warmup": -1}, ValueError, r"warmup.*-1"),
+        ({"pairs": {"loss": ("train_loss", "val_loss", "down")}}, ValueError, r"\['min', 'max'\].*'down'"),
+        ({"pairs": {"loss": ("train_loss",)}}, ValueError, r"\(train_key, val_key\)"),
+        ({"pairs": {}}, ValueError, r"non-empty"),
+        ({"probe": 1.5}, ValueError, r"fraction in \(0, 1\].*1.5"),
+        ({"probe_metrics": {"loss": MulticlassAccuracy(num_classes=3)}}, ValueError, r"needs `probe`"),
+        ({"probe": 0.5, "probe_metrics": {"los": MulticlassAccuracy(num_classes=3)}}, ValueError, r"'los'"),
+    ],
+)
+def test_bad_arguments(kwargs, error, match):
+    kwargs = {"pairs": {"loss": ("train_loss", "val_loss")}, **kwargs}
+    with pytest.raises(error, match=match):
+        OverfittingMonitor(**kwargs)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_ddp_stop_stops_all_ranks(tmp_path):
+    from tests.distributed.launch import run_ddp_script
+
+    script = Path(__file__).parents[1] / "distributed" / "ddp_overfitting.py"
+    run_ddp_script(script, tmp_path, timeout=240)
+    for name, stop_epoch in (("synced", 3), ("unsynced", 4)):
+        ranks = [torch.load(tmp_path / f"{name}_rank{r}.pt", weights_only=False) for r in (0, 1)]
+        assert all(d["world_size"] == 2 for d in ranks)
+        # both ranks stop after the same epoch (current_epoch counts completed epochs)
+        assert [d["stopped_epoch"] for d in ranks] == [stop_epoch, stop_epoch], name
+        assert [d["current_epoch"] for d in ranks] == [stop_epoch + 1, stop_epoch + 1], name
+    synced = [torch.load(tmp_path / f"synced_rank{r}.pt", weights_only=False)["history"] for r in (0, 1)]
+    # rank 0 logs val 0.5, rank 1 logs 0.625 at epoch 3: the mean 0.5625 is GL 12.5 > 10 on both ranks
+    assert synced[0] == synced[1]
+    assert synced[0][3]["pairs"]["loss"]["val"] == (0.5 + 0.625) / 2
+    assert synced[0][3]["pairs"]["loss"]["gl"] == 12.5
+    assert [h["alert"] for h in synced[0]] == [False, False, False, True]
+    unsynced = [torch.load(tmp_path / f"unsynced_rank{r}.pt", weights_only=False)["history"] for r in (0, 1)]
+    # without sync only rank 1 sees GL 50 > 30; rank 0 stops because the decision is reduced with "any"
+    assert [h["alert"] for h in unsynced[0]] == [False] * 5
+    assert [h["alert"] for h in unsynced[1]] == [False] * 4 + [True]
+    # probe sharded over the ranks (15 samples each) and reduced: both ranks see the full-set eval-mode value
+    from tests.distributed.ddp_overfitting import Classifier, probe_data
+
+    probe = [torch.load(tmp_path / f"probe_rank{r}.pt", weights_only=False) for r in (0, 1)]
+    assert probe[0]["history"] == probe[1]["history"]
+    model = Classifier()
+    model.load_state_dict(probe[0]["state_dict"])
+    model.eval()
+    x, y = probe_data()[:]
+    with torch.no_grad():
+        logits = model(x)
+    pairs = probe[0]["history"][-1]["pairs"]
+    assert pairs["loss"]["train"] == pytest.approx(nn.functional.cross_entropy(logits, y).item(), rel=1e-6)
+    assert pairs["acc"]["train"] == pytest.approx((logits.argmax(-1) == y).float().mean().item(), abs=1e-7)
+
+
+@pytest.fixture(scope="session")
+def mnist1d_small(tmp_path_factory):
+    """MNIST-1D generated locally (never downloaded): 400 train / 100 validation samples, cached as .npz."""
+    import numpy as np
+
+    cache = tmp_path_factory.getbasetemp() / "mnist1d_500.npz"
+    if not cache.exists():
+        from mnist1d.data import get_dataset_args, make_dataset
+
+        args = get_dataset_args()
+        args.num_samples = 500  # 400 train (train_split 0.8) + 100 test; ~4 s to generate here
+        data = make_dataset(args)
+        np.savez(cache, x=data["x"], y=data["y"], x_test=data["x_test"], y_test=data["y_test"])
+    arrays = np.load(cache)
+    return tuple(torch.as_tensor(arrays[k]) for k in ("x", "y", "x_test", "y_test"))
+
+
+class MLP(L.LightningModule):
+    def __init__(self, hidden, dropout, weight_decay):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(40, hidden),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, 10),
+        )
+        self.weight_decay = weight_decay
+
+    def training_step(self, batch, batch_idx):
+        loss = nn.functional.cross_entropy(self.net(batch[0]), batch[1])
+        self.log("train_loss", loss, on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val_loss", nn.functional.cross_entropy(self.net(batch[0]), batch[1]))
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.parameters(), lr=3e-3, weight_decay=self.weight_decay)
+
+
+def test_mnist1d_alerts_without_regularization_and_later_or_never_with_it(tmp_path, mnist1d_small):
+    x, y, x_test, y_test = mnist1d_small
+    assert len(x) == 400 and len(x_test) == 100
+    first_alert = {}
+    for name, (hidden, dropout, wd) in {"plain": (256, 0.0, 0.0), "regularized": (32, 0.5, 0.1)}.items():
+        L.seed_everything(0, verbose=False)
+        monitor = OverfittingMonitor(
+            {"loss": ("train_loss", "val_loss")}, criteria={"gl": 10.0, "up": 3}, warmup=3, verbose=False
+        )
+        train = DataLoader(TensorDataset(x.float(), y), batch_size=50, shuffle=True)
+        val = DataLoader(TensorDataset(x_test.float(), y_test), batch_size=100)
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            trainer(tmp_path / name, [monitor], max_epochs=25).fit(MLP(hidden, dropout, wd), train, val)
+        alerts = [h["epoch"] for h in monitor.history if h["alert"]]
+        first_alert[name] = alerts[0] if alerts else None
+        assert len(overfit_warnings(record)) == monitor.num_episodes
+        if name == "plain":
+            last = monitor.history[-1]["pairs"]["loss"]
+            assert last["train"] < 0.1 < 1.0 < last["val"]  # it memorized the 400 samples
+    print(f"first alert epoch: {first_alert}")
+    assert first_alert["plain"] is not None
+    assert first_alert["regularized"] is None or first_alert["regularized"] > first_alert["plain"]
+
+
+def test_configurable_from_yaml_like_lightning_cli():
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser()
+    parser.add_class_arguments(OverfittingMonitor, "monitor")
+    cfg = parser.parse_string(
+        """
+        monitor:
+          pairs: {loss: [train_loss, val_loss], acc: [train_acc, val_acc, max]}
+          criteria: {gl: 5.0, up: 3, gap: {acc: 0.15}}
+          action: stop
+          warmup: 2
+          probe: 0.1
+        """
+    )
+    instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes
+    monitor = instantiate(cfg).monitor
+    assert monitor.pairs == {
+        "loss": ("train_loss", "val_loss", "min"),
+        "acc": ("train_acc", "val_acc", "max"),
+    }
+    assert monitor.criteria == {
+        "gl": {"loss": 5.0, "acc": 5.0},
+        "up": {"loss": 3, "acc": 3},
+        "gap": {"acc": 0.15},
+    }
+    assert (monitor.action, monitor.warmup, monitor.probe) == ("stop", 2, 0.1)
+
+
+def test_no_per_step_work():
+    # the monitor must cost nothing on the training hot path: it overrides no per-batch hook
+    from lightning.pytorch.callbacks import Callback
+
+    per_step = [
+        "on_train_batch_start",
+        "on_train_batch_end",
+        "on_before_backward",
+        "on_after_backward",
+        "on_before_optimizer_step",
+        "on_before_zero_grad",
+        "on_validation_batch_end",
+    ]
+    assert [h for h in per_step if getattr(OverfittingMonitor, h) is not getattr(Callback, h)] == []
+
+
+@pytest.mark.gpu
+def test_probe_on_cuda_matches_manual_pass(tmp_path):
+    train_set = classification_data(30, 0)
+    monitor = OverfittingMonitor(
+        {"loss": ("train_loss", "val_loss"), "acc": ("train_acc", "val_acc", "max")},
+        criteria={"gl": 5.0},
+        probe=1.0,
+        probe_metrics={"acc": MulticlassAccuracy(num_classes=3, average="micro")},
+    )
+    module = Classifier()
+    train = DataLoader(train_set, batch_size=8, shuffle=True)
+    trainer(tmp_path, [monitor], max_epochs=2, accelerator="gpu", devices=1).fit(
+        module, train, DataLoader(classification_data(12, 1), batch_size=6)
+    )
+    module.eval().cpu()
+    x, y = train_set[:]
+    with torch.no_grad():
+        logits = module(x)
+    last = monitor.history[-1]["pairs"]
+    assert last["loss"]["train"] == pytest.approx(nn.functional.cross_entropy(logits, y).item(), rel=1e-5)
+    assert last["acc"]["train"] == pytest.approx((logits.argmax(-1) == y).float().mean().item(), abs=1e-6)
+
+
+def test_probe_refused_under_sharded_strategies():
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    monitor = OverfittingMonitor({"loss": ("train_loss", "val_loss")}, probe=0.5)
+    with pytest.raises(MisconfigurationException, match="not supported with FSDPStrategy"):
+        monitor.setup(SimpleNamespace(strategy=FSDPStrategy()), Classifier(), "fit")
+    # without a probe the monitor works with any strategy
+    OverfittingMonitor({"loss": ("train_loss", "val_loss")}).setup(
+        SimpleNamespace(strategy=FSDPStrategy()), Classifier(), "fit"
+    )

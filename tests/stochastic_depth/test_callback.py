@@ -1,0 +1,493 @@
+"""StochasticDepthScheduler: discovery, rules, schedules, logging, restore, resume, real models.
+
+The helpers at the top are also used by ``tests/distributed/ddp_stochastic_depth.py``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import lightning as L
+import pytest
+import torch
+import torchvision
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_reg import StochasticDepthScheduler
+from lightning_reg.stochastic_depth.layers import DropPath, find_drop_rate_modules
+from tests.distributed.launch import run_ddp_script
+from tests.memory_logger import MemoryLogger
+
+
+class ResBlock(nn.Module):
+    def __init__(self, width: int, p: float, mode: str = "row") -> None:
+        super().__init__()
+        self.fc = nn.Linear(width, width)
+        self.drop_path = DropPath(p, mode=mode)  # type: ignore[arg-type]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.drop_path(torch.relu(self.fc(x)))
+
+
+class ResMLP(nn.Module):
+    def __init__(
+        self, rates: list[float], width: int = 8, dropout: float | None = None, modes: list[str] | None = None
+    ):
+        super().__init__()
+        modes = modes or ["row"] * len(rates)
+        self.inp = nn.Linear(4, width)
+        self.blocks = nn.ModuleList([ResBlock(width, p, m) for p, m in zip(rates, modes)])
+        self.dropout = nn.Dropout(dropout) if dropout is not None else nn.Identity()
+        self.out = nn.Linear(width, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.inp(x)
+        for b in self.blocks:
+            h = b(h)
+        return self.out(self.dropout(h))
+
+
+class LitClassifier(L.LightningModule):
+    def __init__(self, model: nn.Module, lr: float = 0.05) -> None:
+        super().__init__()
+        self.model = model
+        self.lr = lr
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        return nn.functional.cross_entropy(self(x), y)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+
+def loader(n: int = 32, batch_size: int = 4, shape: tuple[int, ...] = (4,), classes: int = 2) -> DataLoader:
+    g = torch.Generator().manual_seed(123)
+    x = torch.randn(n, *shape, generator=g)
+    y = torch.randint(0, classes, (n,), generator=g)
+    return DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=False)
+
+
+class RateRecorder(L.Callback):
+    """Record (global_step, every scheduled rate) at each training batch; placed after the scheduler."""
+
+    def __init__(self, include_dropout: bool = False) -> None:
+        self.include_dropout = include_dropout
+        self.rows: list[tuple[int, list[float]]] = []
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, i: int
+    ) -> None:
+        found = find_drop_rate_modules(pl_module, include_dropout=self.include_dropout)
+        self.rows.append((trainer.global_step, [float(getattr(f.module, f.attr)) for f in found]))
+
+
+class Reseed(L.Callback):
+    """Re-seed before every batch so an interrupted and an uninterrupted run draw the same masks.
+
+    (Seeding per epoch is not enough: Lightning creates the dataloader iterator, which draws a base seed
+    from the global RNG, at a different point of the first epoch after a resume.)
+    """
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, i: int
+    ) -> None:
+        torch.manual_seed(1000 + trainer.global_step)
+
+
+def fast_trainer(**kwargs: Any) -> L.Trainer:
+    defaults: dict[str, Any] = {
+        "max_epochs": 1,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
+        "accelerator": "cpu",
+        "devices": 1,
+    }
+    defaults.update(kwargs)
+    return L.Trainer(**defaults)
+
+
+# ====================================================================== tests
+
+
+def _fit(
+    model: nn.Module,
+    cb: StochasticDepthScheduler,
+    *,
+    include_dropout: bool = False,
+    data: DataLoader | None = None,
+    **trainer_kwargs: Any,
+) -> tuple[RateRecorder, L.Trainer]:
+    rec = RateRecorder(include_dropout=include_dropout)
+    trainer = fast_trainer(callbacks=[cb, rec], **trainer_kwargs)
+    trainer.fit(LitClassifier(model), data if data is not None else loader())
+    return rec, trainer
+
+
+def test_depth_rule_and_warmup_per_step_logged_and_restored() -> None:
+    torch.manual_seed(0)
+    model = ResMLP([0.05] * 4)
+    cb = StochasticDepthScheduler(
+        max_rate=0.3, rule="linear", schedule="warmup", cutoff=4, log_every_n_steps=2
+    )
+    logger = MemoryLogger()
+    rec, _ = _fit(model, cb, logger=logger)  # 32 samples / 4 = 8 steps
+    assert [s for s, _ in rec.rows] == list(range(8))
+    for step, rates in rec.rows:
+        mult = min(1.0, step / 4)  # warm-up over 4 steps
+        assert rates == pytest.approx([0.0, 0.1 * mult, 0.2 * mult, 0.3 * mult], abs=1e-7)
+    logged = [
+        (s, m["stochastic_depth/max_rate"]) for s, m in logger.calls if "stochastic_depth/max_rate" in m
+    ]
+    assert [s for s, _ in logged] == [0, 2, 4, 6]
+    assert [v for _, v in logged] == pytest.approx([0.0, 0.15, 0.3, 0.3], abs=1e-7)
+    assert [b.drop_path.p for b in model.blocks] == [0.05] * 4  # original rates restored at fit end
+
+
+def test_model_rates_as_targets_early_schedule_in_epochs_with_accumulation() -> None:
+    model = ResMLP([0.1, 0.2, 0.3, 0.4])
+    cb = StochasticDepthScheduler(schedule="early", cutoff=2, cutoff_unit="epoch", early_mode="linear")
+    # 4 batches per epoch, accumulate 2 -> 2 optimizer steps per epoch; cutoff 2 epochs = 4 steps; 3 epochs.
+    rec, trainer = _fit(model, cb, data=loader(16, 4), max_epochs=3, accumulate_grad_batches=2)
+    assert trainer.global_step == 6
+    assert [s for s, _ in rec.rows] == [b // 2 for b in range(12)]
+    for step, rates in rec.rows:
+        mult = max(0.0, 1 - step / 4)
+        assert rates == pytest.approx([0.1 * mult, 0.2 * mult, 0.3 * mult, 0.4 * mult])
+    assert [b.drop_path.p for b in model.blocks] == [0.1, 0.2, 0.3, 0.4]
+
+
+def test_late_schedule_with_fraction_cutoff_and_huang_rule() -> None:
+    model = ResMLP([0.0] * 3)
+    cb = StochasticDepthScheduler(
+        max_rate=0.3, rule="huang", schedule="late", cutoff=0.5, cutoff_unit="fraction"
+    )
+    rec, _ = _fit(model, cb)  # 8 steps -> cutoff at step 4
+    for step, rates in rec.rows:
+        on = 1.0 if step >= 4 else 0.0
+        assert rates == pytest.approx([0.1 * on, 0.2 * on, 0.3 * on])
+
+
+def test_callable_rule_and_schedule() -> None:
+    def half_then_full(step: int, total: int) -> float:
+        return 0.5 if step < total // 2 else 1.0
+
+    model = ResMLP([0.0] * 2)
+    cb = StochasticDepthScheduler(max_rate=0.2, rule=lambda n, p: [p] * n, schedule=half_then_full)
+    rec, _ = _fit(model, cb)
+    assert [r for _, r in rec.rows] == [[0.1, 0.1]] * 4 + [[0.2, 0.2]] * 4
+
+
+@pytest.mark.parametrize("dropout_rate", [None, 0.2])
+def test_include_dropout_early_constant(dropout_rate: float | None) -> None:
+    model = ResMLP([0.1, 0.2], dropout=0.5)
+    cb = StochasticDepthScheduler(
+        schedule="early", cutoff=3, early_mode="constant", include_dropout=True, dropout_rate=dropout_rate
+    )
+    logger = MemoryLogger()
+    rec, _ = _fit(model, cb, include_dropout=True, logger=logger, log_every_n_steps=1)
+    target = 0.5 if dropout_rate is None else dropout_rate
+    for step, rates in rec.rows:
+        on = 1.0 if step < 3 else 0.0
+        assert rates == pytest.approx([0.1 * on, 0.2 * on, target * on])
+    assert logger.calls[0][1] == pytest.approx(
+        {"stochastic_depth/max_rate": 0.2, "stochastic_depth/dropout_max_rate": target}
+    )
+    assert model.dropout.p == 0.5
+
+
+def test_no_drop_path_module_is_a_clear_error() -> None:
+    timm = pytest.importorskip("timm")
+    vit = timm.models.vision_transformer.VisionTransformer(
+        img_size=16, patch_size=8, embed_dim=16, depth=2, num_heads=2, num_classes=2, drop_path_rate=0.0
+    )
+    with pytest.raises(ValueError, match="found no drop-path module in LitClassifier") as err:
+        fast_trainer(callbacks=[StochasticDepthScheduler(max_rate=0.1)]).fit(
+            LitClassifier(vit), loader(8, 4, (3, 16, 16))
+        )
+    msg = str(err.value)
+    assert (
+        "add_stochastic_depth(model, max_rate)" in msg and "nn.Identity" in msg and "drop_path_rate=0" in msg
+    )
+
+
+def test_cutoff_beyond_training_length_warns() -> None:
+    cb = StochasticDepthScheduler(schedule="warmup", cutoff=100)
+    with pytest.warns(
+        UserWarning, match=r"cutoff \(100 steps\) is beyond the training length \(8 optimizer steps\)"
+    ):
+        _fit(ResMLP([0.1]), cb)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"max_rate": 1.0}, ValueError, r"`max_rate` must be in \[0, 1\), got 1.0"),
+        ({"max_rate": -0.5}, ValueError, r"`max_rate` must be in \[0, 1\), got -0.5"),
+        ({"dropout_rate": 1.2}, ValueError, r"`dropout_rate` must be in \[0, 1\), got 1.2"),
+        (
+            {"rule": "cosine"},
+            ValueError,
+            r"Unknown depth rule 'cosine'; choose one of \['linear', 'huang', 'uniform'\]",
+        ),
+        (
+            {"schedule": "cyclic"},
+            ValueError,
+            r"Unknown time schedule 'cyclic'; choose one of \['constant', 'warmup'",
+        ),
+        ({"schedule": "warmup"}, ValueError, "Schedule 'warmup' needs a numeric `cutoff`, got None"),
+        ({"schedule": "late", "cutoff": 2.5}, ValueError, "must be a non-negative integer, got 2.5"),
+        ({"schedule": "early", "cutoff": 1.5, "cutoff_unit": "fraction"}, ValueError, r"must be in \[0, 1\]"),
+        (
+            {"cutoff_unit": "batch"},
+            ValueError,
+            r"Unknown `cutoff_unit` 'batch'; choose one of \['step', 'epoch'",
+        ),
+        ({"early_mode": "cosine"}, ValueError, "Unknown `early_mode` 'cosine'"),
+        ({"schedule": "early", "cutoff": 0}, ValueError, "Schedule 'early' needs `cutoff` > 0"),
+        ({"rule": 3}, TypeError, "`rule` must be one of"),
+        ({"schedule": "no_such_pkg.fn"}, ValueError, "Cannot import time schedule 'no_such_pkg.fn'"),
+    ],
+)
+def test_bad_constructor_input(kwargs: dict, error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        StochasticDepthScheduler(**kwargs)
+
+
+def test_configurable_from_lightning_cli_style_arguments() -> None:
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser()
+    parser.add_class_arguments(StochasticDepthScheduler, "sd")
+    cfg = parser.parse_args(
+        [
+            "--sd.max_rate=0.1",
+            "--sd.rule=lightning_reg.stochastic_depth.schedules.huang_depth_rates",
+            "--sd.schedule=early",
+            "--sd.cutoff=0.25",
+            "--sd.cutoff_unit=fraction",
+            "--sd.include_dropout=true",
+        ]
+    )
+    cb = StochasticDepthScheduler(**cfg.sd)
+    from lightning_reg.stochastic_depth.schedules import huang_depth_rates
+
+    assert cb.rule is huang_depth_rates
+    assert (cb.max_rate, cb.schedule, cb.cutoff, cb.cutoff_unit, cb.include_dropout) == (
+        0.1,
+        "early",
+        0.25,
+        "fraction",
+        True,
+    )
+
+
+class _CountingDrop(nn.Module):
+    """Protocol module counting writes to its rate."""
+
+    drop_rate_attribute = "rate"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._rate = 0.2
+        self.writes = 0
+
+    @property
+    def rate(self) -> float:
+        return self._rate
+
+    @rate.setter
+    def rate(self, value: float) -> None:
+        self.writes += 1
+        self._rate = value
+
+
+def _fake_trainer(total: int) -> SimpleNamespace:
+    return SimpleNamespace(
+        global_step=0,
+        estimated_stepping_batches=total,
+        log_every_n_steps=50,
+        loggers=[],
+        num_training_batches=total,
+        accumulate_grad_batches=1,
+    )
+
+
+def test_per_step_hook_does_no_tensor_work_and_skips_unchanged_multiplier() -> None:
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class CountOps(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ops: list[str] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+            self.ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    model = nn.Sequential(*[nn.Sequential(nn.Linear(2, 2), _CountingDrop()) for _ in range(5)])
+    counters = [m[1] for m in model]
+    for schedule, cutoff, expected_writes in [("constant", None, 1), ("late", 10, 2), ("warmup", 10, 11)]:
+        for c in counters:
+            c.writes = 0
+        cb = StochasticDepthScheduler(schedule=schedule, cutoff=cutoff)
+        trainer = _fake_trainer(total=20)
+        cb.on_fit_start(trainer, model)  # type: ignore[arg-type]
+        cb.on_train_start(trainer, model)  # type: ignore[arg-type]
+        with CountOps() as mode:
+            for step in range(20):
+                trainer.global_step = step
+                for batch_idx in range(2):  # second call in the same step is a no-op
+                    cb.on_train_batch_start(trainer, model, None, batch_idx)  # type: ignore[arg-type]
+        assert mode.ops == []
+        # writes: 1 at train start, then one per change of the multiplier
+        assert [c.writes for c in counters] == [expected_writes] * 5, schedule
+        cb.on_fit_end(trainer, model)  # type: ignore[arg-type]
+        assert [c.rate for c in counters] == [0.2] * 5
+
+
+def test_loaded_state_is_adopted_and_a_mismatch_warns() -> None:
+    model = ResMLP([0.1, 0.2])
+    names = ["blocks.0.drop_path", "blocks.1.drop_path"]
+    cb = StochasticDepthScheduler()
+    cb.load_state_dict(
+        {"step": 5, "names": names, "original_rates": [0.3, 0.4], "target_rates": [0.05, 0.15]}
+    )
+    trainer = _fake_trainer(total=10)
+    cb.on_fit_start(trainer, model)  # type: ignore[arg-type]
+    cb.on_train_start(trainer, model)  # type: ignore[arg-type]
+    assert [b.drop_path.p for b in model.blocks] == [0.05, 0.15]  # checkpoint's targets
+    cb.on_fit_end(trainer, model)  # type: ignore[arg-type]
+    assert [b.drop_path.p for b in model.blocks] == [0.1, 0.2]  # the rates this model had before fit
+    cb2 = StochasticDepthScheduler()
+    cb2.load_state_dict({"step": 5, "names": names[:1], "original_rates": [0.3], "target_rates": [0.05]})
+    cb2.on_fit_start(trainer, model)  # type: ignore[arg-type]
+    with pytest.warns(UserWarning, match=r"do not match this model's \(1 vs 2\)"):
+        cb2.on_train_start(trainer, model)  # type: ignore[arg-type]
+    assert [b.drop_path.p for b in model.blocks] == [0.1, 0.2]  # constant schedule, own rates
+
+
+def test_rates_restored_when_training_raises() -> None:
+    class Boom(L.Callback):
+        def on_train_batch_start(
+            self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, i: int
+        ) -> None:
+            if trainer.global_step == 2:
+                raise RuntimeError("boom")
+
+    model = ResMLP([0.1, 0.2])
+    cb = StochasticDepthScheduler(max_rate=0.5, rule="uniform")
+    with pytest.raises(RuntimeError, match="boom"):
+        fast_trainer(callbacks=[cb, Boom()]).fit(LitClassifier(model), loader())
+    assert [b.drop_path.p for b in model.blocks] == [0.1, 0.2]
+
+
+def test_torchvision_convnext_tiny_stochastic_depth_modules() -> None:
+    from torchvision.ops import StochasticDepth
+
+    torch.manual_seed(0)
+    model = torchvision.models.convnext_tiny(num_classes=3, stochastic_depth_prob=0.1)
+    # torchvision's own rule: block i of 18 gets 0.1 * i / 17
+    original = [m.p for m in model.modules() if isinstance(m, StochasticDepth)]
+    assert original == pytest.approx([0.1 * i / 17 for i in range(18)])
+    cb = StochasticDepthScheduler(max_rate=0.2, rule="huang", schedule="warmup", cutoff=2)
+    rec, _ = _fit(model, cb, data=loader(6, 2, (3, 32, 32), classes=3), log_every_n_steps=1)
+    assert [s for s, _ in rec.rows] == [0, 1, 2]
+    for step, rates in rec.rows:
+        mult = min(1.0, step / 2)
+        assert rates == pytest.approx([0.2 * (i + 1) / 18 * mult for i in range(18)])
+    assert [m.p for m in model.modules() if isinstance(m, StochasticDepth)] == original
+
+
+def test_timm_vit_drop_path_modules_share_a_rate_per_block() -> None:
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    vit = timm.models.vision_transformer.VisionTransformer(
+        img_size=16, patch_size=8, embed_dim=16, depth=4, num_heads=2, num_classes=2, drop_path_rate=0.3
+    )
+    # timm: linspace(0, 0.3, 4) per block; block 0 (rate 0) gets nn.Identity, blocks 1-3 DropPath x2 each
+    timm_rates = [0.0, 0.1, 0.2, 0.3]
+    cb = StochasticDepthScheduler(schedule="early", cutoff=4)
+    rec, _ = _fit(vit, cb, data=loader(12, 2, (3, 16, 16)))
+    for step, rates in rec.rows:
+        mult = max(0.0, 1 - step / 4)
+        assert rates == pytest.approx([r * mult for r in timm_rates[1:] for _ in (1, 2)])
+    # with an explicit max_rate the 3 found levels are re-ruled (timm's Identity block is invisible)
+    cb2 = StochasticDepthScheduler(max_rate=0.4, rule="uniform")
+    rec2, _ = _fit(vit, cb2, data=loader(4, 2, (3, 16, 16)))
+    assert rec2.rows[0][1] == [0.4] * 6
+    assert [m.drop_prob for m in vit.modules() if isinstance(m, timm.layers.DropPath)] == pytest.approx(
+        [r for r in timm_rates[1:] for _ in (1, 2)]
+    )
+
+
+def test_resume_mid_schedule_continues_exactly(tmp_path: Path) -> None:
+    def run(
+        max_epochs: int, stop_after: int | None = None, ckpt: str | None = None
+    ) -> tuple[RateRecorder, L.Trainer]:
+        L.seed_everything(0)
+        model = ResMLP([0.0] * 3)
+        cb = StochasticDepthScheduler(max_rate=0.5, rule="linear", schedule="early", cutoff=10)
+        rec = RateRecorder()
+        extra: list[L.Callback] = [Reseed()]
+        if stop_after is not None:
+            extra.append(_StopAfter(stop_after))
+        trainer = fast_trainer(callbacks=[cb, rec, *extra], max_epochs=max_epochs, deterministic=True)
+        lit = LitClassifier(model)
+        trainer.fit(lit, loader(16, 4), ckpt_path=ckpt)
+        return rec, trainer
+
+    full, full_trainer = run(4)  # 4 epochs x 4 steps = 16 steps; cutoff 10
+    first, first_trainer = run(4, stop_after=2)
+    assert first_trainer.global_step == 8
+    ckpt = str(tmp_path / "mid.ckpt")
+    first_trainer.save_checkpoint(ckpt)
+    state = torch.load(ckpt, weights_only=False)["callbacks"]
+    (key,) = [k for k in state if k.startswith("StochasticDepthScheduler")]
+    assert state[key]["target_rates"] == pytest.approx([0.0, 0.25, 0.5])
+    resumed, resumed_trainer = run(4, ckpt=ckpt)
+    assert resumed_trainer.global_step == 16
+    assert first.rows + resumed.rows == full.rows
+    for step, rates in full.rows:
+        assert rates == pytest.approx([r * max(0.0, 1 - step / 10) for r in (0.0, 0.25, 0.5)])
+    full_params = dict(full_trainer.lightning_module.named_parameters())
+    for name, param in resumed_trainer.lightning_module.named_parameters():
+        assert torch.equal(param, full_params[name]), name
+
+
+class _StopAfter(L.Callback):
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch + 1 >= self.epochs:
+            trainer.should_stop = True
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_without_find_unused_parameters(tmp_path: Path) -> None:
+    script = Path(__file__).parents[1] / "distributed" / "ddp_stochastic_depth.py"
+    run_ddp_script(script, tmp_path, timeout=240)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
+    assert r0["find_unused_parameters"] is False and r1["find_unused_parameters"] is False
+    assert r0["world_size"] == 2
+    # identical schedule on both ranks, equal to the formula: huang over 3 blocks, max 0.3, warm-up 3 steps
+    assert r0["rates"] == r1["rates"]
+    assert [s for s, _ in r0["rates"]] == list(range(8))
+    for step, rates in r0["rates"]:
+        mult = min(1.0, step / 3)
+        assert rates == pytest.approx([0.1 * mult, 0.2 * mult, 0.3 * mult])
+    # gradients were all-reduced every step: identical weights, which did change
+    for name, w in r0["weights"].items():
+        assert torch.equal(w, r1["weights"][name]), name
+    assert any(not torch.equal(r0["weights"][n], r0["init"][n]) for n in r0["weights"])
+    assert r0["final_rates"] == r1["final_rates"] == [0.05, 0.05, 0.05]
