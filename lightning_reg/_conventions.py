@@ -165,7 +165,9 @@ def _number_rule(low: Any, high: Any, low_open: bool, high_open: bool, finite: b
     if low is not None and high is not None:
         return f"{what} in {'(' if low_open else '['}{g(low)}, {g(high)}{')' if high_open else ']'}"
     if low is not None:
-        return f"{'a finite number' if finite else what} {'>' if low_open else '>='} {g(low)}"
+        if not finite:
+            return f"a number {'>' if low_open else '>='} {g(low)} (inf allowed)"
+        return f"a finite number {'>' if low_open else '>='} {g(low)}"
     if high is not None:
         return f"{'a finite number' if finite else what} {'<' if high_open else '<='} {g(high)}"
     return what

@@ -19,6 +19,9 @@ from typing import Any
 
 __all__: list[str] = []
 
+#: package -> (core modules, Lightning modules), as declared by each package's ``export`` call.
+DECLARED: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
+
 
 def module_all(module_name: str) -> list[str]:
     """Return the literal ``__all__`` of a module, read from its source without importing it.
@@ -67,6 +70,7 @@ def export(
         >>> "linear_depth_rates" in names
         True
     """
+    DECLARED[package] = (tuple(core), tuple(lightning))
     where: dict[str, str] = {}
     for module in [*core, *lightning]:
         for name in module_all(f"{package}.{module}"):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import lightning.pytorch as pl
@@ -13,6 +12,22 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor
 from typing_extensions import override
 
+from lightning_reg._conventions import (
+    Keys,
+    NameSelector,
+    check_bool,
+    check_choice,
+    check_int,
+    check_log_every_n_steps,
+    check_number,
+    check_str,
+    check_str_list,
+    check_verbose,
+    is_logging_step,
+    log_interval,
+    log_step_metrics,
+    say,
+)
 from lightning_reg.gradients.core import (
     AutoClipState,
     ZClipState,
@@ -28,17 +43,16 @@ from lightning_reg.gradients.monitor import (
     _STEP_CACHE,
     GradientMonitor,
     _check_strategy,
-    _is_logging_step,
     _is_sharded,
     _read_step_grads,
     _reduce_fn,
     _step_key,
-    _write_to_loggers,
 )
+from lightning_reg.weight_decay.groups import strip_wrapper_prefixes
 
 __all__ = ["GradientClipping"]
 
-_ALGORITHMS = ("norm", "value", "agc", "autoclip", "zclip")
+_ALGORITHMS = ("norm", "value", "agc", "autoclip", "zclip", None)
 
 
 class GradientClipping(Callback):
@@ -56,9 +70,10 @@ class GradientClipping(Callback):
     - ``"norm"``: total ``norm_type``-norm clipped to ``max_norm`` (``clip_grad_norm_`` semantics).
     - ``"value"``: element-wise clamp to ``[-clip_value, clip_value]`` (also a true clamp under FSDP).
     - ``"agc"``: Brock et al. 2021, unit-wise (dim 0) ``||G_i|| <= clip_factor * max(||W_i||, agc_eps)``;
-      ``agc_exclude`` regexes (e.g. ``["^fc\\.", "head"]``) leave the classifier head unclipped.
-    - ``"autoclip"``: Seetharaman et al. 2020, threshold = ``percentile``-th percentile of the last
-      ``history_size`` total norms (including the current one).
+      ``agc_exclude`` names (the library's selector syntax, e.g. ``["fc"]`` or ``["head", "*.cls_token"]``)
+      leave the classifier head unclipped.
+    - ``"autoclip"``: Seetharaman et al. 2020, threshold = ``percentile``-th percentile (in percent, e.g.
+      ``10.0``) of the last ``history_size`` total norms (including the current one).
     - ``"zclip"``: Kumar et al. 2025, EMA mean/variance (``zclip_alpha``) of the total norm after
       ``zclip_warmup_steps``; a norm with z-score above ``zclip_z_thresh`` is clipped to
       ``mean + z_thresh**2 / z * std``; the EMA is fed the clipped norm.
@@ -69,9 +84,10 @@ class GradientClipping(Callback):
     exactly **one host sync per optimizer step** (reading one boolean), and only when this option is on; the
     count is logged as ``grad/clip/skipped_steps`` and ``max_consecutive_skips`` consecutive skips raise.
 
-    Logged on logging steps (as tensors, straight to ``trainer.loggers``): ``grad/clip/norm_pre``,
-    ``grad/clip/norm_post``, ``grad/clip/coef`` (norm-based algorithms), ``grad/clip/threshold``
-    (``autoclip``/``zclip``) and ``grad/clip/skipped_steps``.
+    Logged on logging steps (Lightning's rule; written to the loggers and to ``trainer.callback_metrics``,
+    so they can be monitored): ``grad/clip/norm_pre``, ``grad/clip/norm_post``, ``grad/clip/coef``
+    (norm-based algorithms), ``grad/clip/threshold`` (``autoclip``/``zclip``) and
+    ``grad/clip/skipped_steps`` (``grad`` is ``prefix``).
 
     Strategies: single device and DDP (gradients are replicated, so adaptive state is identical on all ranks);
     FSDP/ModelParallel for ``norm``, ``value``, ``autoclip`` and ``zclip`` (the total norm is the root of the
@@ -86,15 +102,19 @@ class GradientClipping(Callback):
         clip_value: bound for ``"value"``.
         clip_factor: AGC's lambda.
         agc_eps: AGC's floor on the weight norm.
-        agc_exclude: regexes of parameter names AGC leaves alone (e.g. the classifier head).
-        percentile: AutoClip's percentile in ``[0, 100]``.
+        agc_exclude: parameter names AGC leaves alone (e.g. the classifier head), in the library's name
+            selector syntax: a dotted name or prefix, a glob, or ``re:<regex>``.
+        percentile: AutoClip's percentile, in percent: ``0`` or a number in ``[1, 100]`` (a value in
+            ``(0, 1)`` looks like a fraction and is refused).
         history_size: AutoClip's bounded history length.
         zclip_alpha: ZClip's EMA decay in ``(0, 1)``.
         zclip_z_thresh: ZClip's z-score threshold.
         zclip_warmup_steps: ZClip's warm-up steps (no clipping; they initialise mean and variance).
         skip_nonfinite: skip optimizer steps with NaN/Inf gradients (one host sync per step).
         max_consecutive_skips: raise after this many consecutive skipped steps.
-        log_every_n_steps: log every N optimizer steps (default: the Trainer's); ``0`` disables logging.
+        log_every_n_steps: logging interval in optimizer steps; ``None``: the Trainer's; ``0``: never.
+        prefix: first component of every key (as :class:`GradientMonitor`'s ``prefix``).
+        verbose: 0 quiet; 1 one line at fit start; 2 details.
 
     Example:
         >>> import lightning.pytorch as pl
@@ -119,50 +139,39 @@ class GradientClipping(Callback):
         skip_nonfinite: bool = False,
         max_consecutive_skips: int = 10,
         log_every_n_steps: int | None = None,
+        prefix: str = "grad",
+        verbose: int | bool = 1,
     ) -> None:
         super().__init__()
-        if algorithm is not None and algorithm not in _ALGORITHMS:
-            raise ValueError(f"`algorithm` must be one of {_ALGORITHMS} or None, got {algorithm!r}.")
+        check_choice("algorithm", algorithm, _ALGORITHMS)
+        self.skip_nonfinite = check_bool("skip_nonfinite", skip_nonfinite)
         if algorithm is None and not skip_nonfinite:
             raise ValueError("`algorithm=None` only makes sense with `skip_nonfinite=True`.")
-        checks: list[tuple[str, Any, bool, str]] = [
-            ("max_norm", max_norm, max_norm > 0, "> 0"),
-            ("norm_type", norm_type, float(norm_type) > 0, "> 0 (or inf)"),
-            ("clip_value", clip_value, clip_value > 0, "> 0"),
-            ("clip_factor", clip_factor, clip_factor > 0, "> 0"),
-            ("agc_eps", agc_eps, agc_eps >= 0, ">= 0"),
-            ("percentile", percentile, 0 <= percentile <= 100, "in [0, 100]"),
-            ("history_size", history_size, history_size >= 1, ">= 1"),
-            ("zclip_alpha", zclip_alpha, 0 < zclip_alpha < 1, "in (0, 1)"),
-            ("zclip_z_thresh", zclip_z_thresh, zclip_z_thresh > 0, "> 0"),
-            ("zclip_warmup_steps", zclip_warmup_steps, zclip_warmup_steps >= 1, ">= 1"),
-            ("max_consecutive_skips", max_consecutive_skips, max_consecutive_skips >= 1, ">= 1"),
-            ("log_every_n_steps", log_every_n_steps, log_every_n_steps is None or log_every_n_steps >= 0,
-             ">= 0 or None"),
-        ]
-        for name, value, ok, rule in checks:
-            if not ok:
-                raise ValueError(f"`{name}` must be {rule}, got {value!r}.")
         self.algorithm = algorithm
-        self.max_norm = float(max_norm)
-        self.norm_type = float(norm_type)
-        self.clip_value = float(clip_value)
-        self.clip_factor = float(clip_factor)
-        self.agc_eps = float(agc_eps)
-        self.agc_exclude = list(agc_exclude or [])
-        try:
-            self._agc_exclude_rx = [re.compile(rx) for rx in self.agc_exclude]
-        except re.error as err:
-            msg = f"`agc_exclude` must hold valid regexes, got {self.agc_exclude!r}: {err}."
-            raise ValueError(msg) from err
-        self.percentile = float(percentile)
-        self.history_size = int(history_size)
-        self.zclip_alpha = float(zclip_alpha)
-        self.zclip_z_thresh = float(zclip_z_thresh)
-        self.zclip_warmup_steps = int(zclip_warmup_steps)
-        self.skip_nonfinite = skip_nonfinite
-        self.max_consecutive_skips = int(max_consecutive_skips)
-        self.log_every_n_steps = log_every_n_steps
+        self.max_norm = check_number("max_norm", max_norm, low=0, low_open=True)
+        self.norm_type = check_number("norm_type", norm_type, low=0, low_open=True, finite=False)
+        self.clip_value = check_number("clip_value", clip_value, low=0, low_open=True)
+        self.clip_factor = check_number("clip_factor", clip_factor, low=0, low_open=True)
+        self.agc_eps = check_number("agc_eps", agc_eps, low=0)
+        self.agc_exclude = check_str_list("agc_exclude", agc_exclude, none_ok=True) or []
+        self._agc_selector = NameSelector(self.agc_exclude, name="agc_exclude")
+        self.percentile = check_number("percentile", percentile, low=0, high=100)
+        if 0 < self.percentile < 1:
+            raise ValueError(
+                f"`percentile` is in percent (0 to 100); got {percentile!r}, which looks like a fraction:"
+                f" pass {self.percentile * 100:g} for the {self.percentile * 100:g}th percentile (values in"
+                " (0, 1) are refused)."
+            )
+        self.history_size = check_int("history_size", history_size, low=1)
+        self.zclip_alpha = check_number(
+            "zclip_alpha", zclip_alpha, low=0, high=1, low_open=True, high_open=True
+        )
+        self.zclip_z_thresh = check_number("zclip_z_thresh", zclip_z_thresh, low=0, low_open=True)
+        self.zclip_warmup_steps = check_int("zclip_warmup_steps", zclip_warmup_steps, low=1)
+        self.max_consecutive_skips = check_int("max_consecutive_skips", max_consecutive_skips, low=1)
+        self.log_every_n_steps = check_log_every_n_steps(log_every_n_steps)
+        self.prefix = check_str("prefix", prefix)
+        self.verbose = check_verbose(verbose)
         self.autoclip_state: AutoClipState | None = None
         self.zclip_state: ZClipState | None = None
         self.skipped_steps = 0
@@ -194,18 +203,27 @@ class GradientClipping(Callback):
                 f"`GradientClipping(algorithm='agc')` needs whole parameter rows and is not supported under"
                 f" `{type(trainer.strategy).__name__}`; use 'norm', 'value', 'autoclip' or 'zclip'."
             )
-        self._excluded = {
-            id(p)
-            for name, p in pl_module.named_parameters()
-            if any(rx.search(name) for rx in self._agc_exclude_rx)
-        }
-        if self.algorithm == "agc" and self.agc_exclude and not self._excluded:
-            rank_zero_warn(f"`agc_exclude={self.agc_exclude!r}` matched no parameter name; nothing excluded.")
+        names = {strip_wrapper_prefixes(name): p for name, p in pl_module.named_parameters()}
+        self._excluded = {id(p) for name, p in names.items() if self._agc_selector.matches(name)}
+        unmatched = self._agc_selector.unmatched(names)
+        if self.algorithm == "agc" and unmatched:
+            rank_zero_warn(f"GradientClipping: `agc_exclude` pattern(s) {unmatched} match no parameter name.")
 
-    def _log_every(self, trainer: pl.Trainer) -> bool:
-        if self.log_every_n_steps == 0:
-            return False
-        return _is_logging_step(trainer, self.log_every_n_steps)
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        n = log_interval(trainer, self.log_every_n_steps)
+        rule = {
+            "norm": f"total L{self.norm_type:g} norm <= {self.max_norm:g}",
+            "value": f"|g| <= {self.clip_value:g}",
+            "agc": f"AGC clip_factor={self.clip_factor:g}"
+            + (f", {len(self._excluded)} tensors excluded" if self.agc_exclude else ""),
+            "autoclip": f"AutoClip {self.percentile:g}th percentile of the last {self.history_size} norms",
+            "zclip": f"ZClip z > {self.zclip_z_thresh:g} after {self.zclip_warmup_steps} warm-up steps",
+            None: "no clipping",
+        }[self.algorithm]
+        skip = ", non-finite steps skipped" if self.skip_nonfinite else ""
+        logs = "not logged" if n == 0 else f"logged every {n} optimizer steps"
+        say(self.verbose, 1, f"GradientClipping: {rule}{skip}; {self.prefix}/clip/* {logs}.")
 
     def clip_(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
@@ -235,7 +253,7 @@ class GradientClipping(Callback):
         for cb in trainer.callbacks:
             if isinstance(cb, GradientMonitor) and cb.norm_type == self.norm_type:
                 cb.observe(trainer, pl_module, optimizer)
-        log = self._log_every(trainer)
+        log = is_logging_step(trainer, self.log_every_n_steps)
         needs_total = log or self.skip_nonfinite or self.algorithm in ("norm", "autoclip", "zclip")
         step = None
         if needs_total:
@@ -295,9 +313,9 @@ class GradientClipping(Callback):
             self._log(trainer, metrics)
 
     def _log(self, trainer: pl.Trainer, metrics: dict[str, Tensor]) -> None:
-        metrics = {f"grad/clip/{k}": v for k, v in metrics.items()}
+        metrics = {Keys.grad(f"clip/{k}", self.prefix): v for k, v in metrics.items()}
         self.last_metrics = metrics
-        _write_to_loggers(trainer, metrics)
+        log_step_metrics(trainer, metrics)
 
     def _skip_if_nonfinite(self, total: Tensor, params: list[Tensor], trainer: pl.Trainer) -> bool:
         # The one host sync of skip_nonfinite=True: every rank reads the same (all-reduced) total norm.

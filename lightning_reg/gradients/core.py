@@ -20,12 +20,13 @@ Example:
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+
+from lightning_reg._conventions import NameSelector, check_int, default_group_name
 
 __all__ = [
     "AutoClipState",
@@ -40,7 +41,7 @@ __all__ = [
     "grad_norms",
     "group_by_module_depth",
     "group_by_param_groups",
-    "group_by_regex",
+    "group_by_patterns",
     "nonfinite_count",
     "per_tensor_norms",
     "reduce_norms",
@@ -540,6 +541,16 @@ class ParamGrouping:
     names: list[str]
     index: dict[int, int]
 
+    def empty_groups(self) -> list[str]:
+        """Names of the groups that hold no parameter.
+
+        Example:
+            >>> group_by_patterns(torch.nn.Linear(2, 2), {"w": "weight", "x": "missing"}).empty_groups()
+            ['x']
+        """
+        used = set(self.index.values())
+        return [name for i, name in enumerate(self.names) if i not in used]
+
     def ids_for(self, params: Sequence[Tensor], device: torch.device | None = None) -> Tensor:
         """Group index of every parameter (``len(names)`` for an ungrouped one), for :func:`grad_norms`.
 
@@ -549,7 +560,7 @@ class ParamGrouping:
 
         Example:
             >>> m = torch.nn.Linear(2, 2)
-            >>> group_by_regex(m, {"b": "bias"}).ids_for(list(m.parameters())).tolist()
+            >>> group_by_patterns(m, {"b": "bias"}).ids_for(list(m.parameters())).tolist()
             [1, 0]
         """
         rest = len(self.names)
@@ -566,13 +577,15 @@ def group_by_module_depth(model: nn.Module, depth: int = 1, separator: str = "."
             name, e.g. ``weight`` of the root, forms its own group).
         separator: name separator.
 
+    Returns:
+        The grouping, groups in registration order.
+
     Example:
         >>> m = torch.nn.Sequential(torch.nn.Linear(2, 2))
         >>> group_by_module_depth(m, depth=2).names
         ['0.weight', '0.bias']
     """
-    if depth < 1:
-        raise ValueError(f"`depth` must be >= 1, got {depth!r}.")
+    check_int("depth", depth, low=1)
     names: list[str] = []
     index: dict[int, int] = {}
     lookup: dict[str, int] = {}
@@ -586,42 +599,61 @@ def group_by_module_depth(model: nn.Module, depth: int = 1, separator: str = "."
 
 
 def group_by_param_groups(optimizer: torch.optim.Optimizer) -> ParamGrouping:
-    """One group per optimizer param group, named by its ``"name"`` key (else ``"group{i}"``).
+    """One group per optimizer param group, named by its ``"name"`` key (else ``group_<i>``).
 
     Args:
         optimizer: the optimizer.
 
+    Returns:
+        The grouping, one group per param group.
+
     Example:
-        >>> p = torch.nn.Parameter(torch.zeros(1))
-        >>> group_by_param_groups(torch.optim.SGD([{"params": [p], "name": "all"}], lr=0.1)).names
-        ['all']
+        >>> p, q = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
+        >>> opt = torch.optim.SGD([{"params": [p], "name": "decay"}, {"params": [q]}], lr=0.1)
+        >>> group_by_param_groups(opt).names
+        ['decay', 'group_1']
     """
     names: list[str] = []
     index: dict[int, int] = {}
     for i, group in enumerate(optimizer.param_groups):
-        names.append(str(group.get("name", f"group{i}")))
+        names.append(str(group.get("name", default_group_name(i))))
         for p in group["params"]:
             index.setdefault(id(p), i)
     return ParamGrouping(names, index)
 
 
-def group_by_regex(model: nn.Module, patterns: Mapping[str, str]) -> ParamGrouping:
-    """Group parameters by the first regular expression (``re.search``) matching their qualified name.
+def group_by_patterns(
+    model: nn.Module, patterns: Mapping[str, str | Sequence[str]], strip: Callable[[str], str] | None = None
+) -> ParamGrouping:
+    """Group parameters by the first group whose name selector matches their qualified name.
+
+    Patterns use the library's one selector syntax (:class:`~lightning_reg._conventions.NameSelector`):
+    a dotted name (and everything below it), a glob, or ``re:<regex>``.
 
     Args:
         model: the module.
-        patterns: ``{group_name: regex}``, tried in order; unmatched parameters are not grouped.
+        patterns: ``{group_name: pattern or [patterns]}``, tried in order; unmatched parameters are not
+            grouped (they count towards the total only).
+        strip: optional function applied to each parameter name first (e.g. to remove wrapper prefixes).
+
+    Returns:
+        The grouping; :meth:`ParamGrouping.empty_groups` names the groups that matched nothing.
 
     Example:
-        >>> m = torch.nn.Linear(2, 2)
-        >>> group_by_regex(m, {"w": r"weight$", "b": r"bias$"}).index[id(m.bias)]
-        1
+        >>> m = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.LayerNorm(2))
+        >>> g = group_by_patterns(m, {"norm": "1", "bias": "*.bias"})
+        >>> g.names, g.index[id(m[0].bias)], g.index[id(m[1].bias)]
+        (['norm', 'bias'], 1, 0)
     """
-    compiled = [(name, re.compile(rx)) for name, rx in patterns.items()]
+    selectors = [
+        (name, NameSelector([spec] if isinstance(spec, str) else list(spec), name=f"patterns[{name!r}]"))
+        for name, spec in patterns.items()
+    ]
     index: dict[int, int] = {}
     for pname, p in model.named_parameters():
-        for gi, (_, rx) in enumerate(compiled):
-            if rx.search(pname):
+        pname = strip(pname) if strip is not None else pname
+        for gi, (_, selector) in enumerate(selectors):
+            if selector.matches(pname):
                 index[id(p)] = gi
                 break
-    return ParamGrouping([name for name, _ in compiled], index)
+    return ParamGrouping([name for name, _ in selectors], index)

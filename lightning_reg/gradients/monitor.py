@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
-import re
 import weakref
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,23 +12,39 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
+from lightning_reg._conventions import (
+    Keys,
+    check_bool,
+    check_choice,
+    check_int,
+    check_log_every_n_steps,
+    check_number,
+    check_str,
+    check_verbose,
+    is_logging_step,
+    log_interval,
+    log_step_metrics,
+    say,
+)
 from lightning_reg.gradients.core import (
     ParamGrouping,
     ReduceFn,
     group_by_module_depth,
     group_by_param_groups,
-    group_by_regex,
+    group_by_patterns,
     nonfinite_count,
     per_tensor_norms,
     reduce_norms,
 )
+from lightning_reg.weight_decay.groups import strip_wrapper_prefixes
 
 __all__ = ["GradientMonitor"]
 
-_GROUP_BY = ("module", "param_groups", "regex")
+_GROUP_BY = ("module", "param_groups", "patterns")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -110,28 +126,15 @@ def _read_step_grads(
     return _StepGrads(key, params, grads, per, total), True
 
 
-def _log_every(trainer: pl.Trainer, n: int | None) -> int:
-    return n if n is not None else max(1, int(trainer.log_every_n_steps))
-
-
-def _is_logging_step(trainer: pl.Trainer, n: int | None) -> bool:
-    return (trainer.global_step + 1) % _log_every(trainer, n) == 0
-
-
-def _write_to_loggers(trainer: pl.Trainer, metrics: dict[str, Tensor]) -> None:
-    """Write tensors straight to the loggers (cheapest path, see DESIGN.md; loggers are rank-zero-only)."""
-    for logger in trainer.loggers:
-        logger.log_metrics(metrics, step=trainer.global_step)
-
-
 class GradientMonitor(Callback):
-    """Log total, per-group and (optionally) grad/weight norms every ``log_every_n_steps`` optimizer steps.
+    """Log total, per-group and (optionally) grad/weight norms on logging steps.
 
     Gradients are read in ``on_before_optimizer_step``: after AMP unscaling, after DDP's all-reduce and once
     per optimizer step under gradient accumulation. One ``torch._foreach_norm`` pass per device/dtype bucket
-    gives all per-tensor norms; per-group and total norms are on-device index/sum ops; nothing is synchronised
-    with the host and nothing is computed on steps that do not log. Metrics are written as tensors straight to
-    ``trainer.loggers`` (rank zero) and kept in :attr:`last_metrics`.
+    gives all per-tensor norms; per-group and total norms are on-device index/sum ops; nothing is computed
+    on steps that do not log. On logging steps (Lightning's rule, see the conventions page) the values are
+    written to the loggers with one host sync and put into ``trainer.callback_metrics``, so
+    ``EarlyStopping`` or ``ModelCheckpoint`` can monitor them; they are also kept in :attr:`last_metrics`.
 
     Logged keys (``prefix`` defaults to ``"grad"``): ``grad/norm_total``, ``grad/norm/<group>``,
     ``grad/ratio/<group>`` (``||g|| / ||w||``, if ``log_ratios``), ``grad/nonfinite_count`` and
@@ -142,21 +145,26 @@ class GradientMonitor(Callback):
     all-reduced sum of local ``|g|^p`` (one collective). DeepSpeed is not supported (clear error at setup).
 
     Args:
-        log_every_n_steps: log every N optimizer steps (default: the Trainer's ``log_every_n_steps``).
+        log_every_n_steps: logging interval in optimizer steps; ``None``: the Trainer's; ``0``: never.
         norm_type: p of the p-norm (``float("inf")`` allowed).
         group_by: ``"module"`` (name prefix of ``depth`` components), ``"param_groups"`` (the optimizer's
-            param groups, named by their ``"name"`` key) or ``"regex"`` (``patterns``).
+            param groups, named by their ``"name"`` key, else ``group_<i>``) or ``"patterns"``.
         depth: name depth for ``group_by="module"``.
-        patterns: ``{group_name: regex}`` for ``group_by="regex"`` (setting it implies ``"regex"``).
+        patterns: ``{group_name: pattern or [patterns]}`` in the library's name-selector syntax (a dotted
+            name or prefix, a glob, or ``re:<regex>``); setting it implies ``group_by="patterns"``. A group
+            that matches no parameter is not logged, and a warning names it.
         log_ratios: also log ``||g|| / ||w||`` per group (one more pass, over the weights).
         log_nonfinite: log the number of NaN/Inf gradient elements (one more pass).
         log_max_abs: log the largest absolute gradient element (one more pass).
-        prefix: key prefix.
+        prefix: first component of every key.
+        verbose: 0 quiet; 1 one line at fit start; 2 also the groups.
 
     Example:
-        >>> import lightning.pytorch as pl
-        >>> from lightning_reg import GradientMonitor
-        >>> trainer = pl.Trainer(callbacks=[GradientMonitor(group_by="module", depth=1)], logger=False)
+        >>> import lightning as L
+        >>> monitor = GradientMonitor(patterns={"attention": "*.attn", "mlp": ["*.fc1", "*.fc2"]})
+        >>> trainer = L.Trainer(callbacks=[monitor], logger=False, enable_checkpointing=False)
+        >>> monitor.group_by
+        'patterns'
     """
 
     def __init__(
@@ -165,43 +173,39 @@ class GradientMonitor(Callback):
         norm_type: float = 2.0,
         group_by: str = "module",
         depth: int = 1,
-        patterns: dict[str, str] | None = None,
+        patterns: Mapping[str, str | Sequence[str]] | None = None,
         log_ratios: bool = False,
         log_nonfinite: bool = True,
         log_max_abs: bool = True,
         prefix: str = "grad",
+        verbose: int | bool = 1,
     ) -> None:
         super().__init__()
         if patterns is not None:
-            group_by = "regex"
-        if group_by not in _GROUP_BY:
-            raise ValueError(f"`group_by` must be one of {_GROUP_BY}, got {group_by!r}.")
-        if group_by == "regex" and not patterns:
-            raise ValueError("`group_by='regex'` needs `patterns={group_name: regex, ...}`.")
-        for name, rx in (patterns or {}).items():
-            try:
-                re.compile(rx)
-            except (re.error, TypeError) as err:
-                raise ValueError(f"`patterns[{name!r}]` must be a valid regex, got {rx!r}: {err}.") from err
-        if log_every_n_steps is not None and log_every_n_steps < 1:
-            raise ValueError(f"`log_every_n_steps` must be a positive int or None, got {log_every_n_steps!r}")
-        norm_type = float(norm_type)
-        if not (norm_type > 0):
-            raise ValueError(f"`norm_type` must be > 0 (or inf), got {norm_type!r}.")
-        if depth < 1:
-            raise ValueError(f"`depth` must be >= 1, got {depth!r}.")
-        self.log_every_n_steps = log_every_n_steps
-        self.norm_type = norm_type
+            group_by = "patterns"
+        check_choice("group_by", group_by, _GROUP_BY)
+        if group_by == "patterns":
+            if not isinstance(patterns, Mapping) or not patterns:
+                raise ValueError(
+                    "`group_by='patterns'` needs `patterns={group_name: pattern or [patterns], ...}`; got"
+                    f" {patterns!r}."
+                )
+            # compile once to report bad patterns at construction (same syntax as everywhere else)
+            group_by_patterns(torch.nn.Module(), patterns)
+        self.log_every_n_steps = check_log_every_n_steps(log_every_n_steps)
+        self.norm_type = check_number("norm_type", norm_type, low=0, low_open=True, finite=False)
         self.group_by = group_by
-        self.depth = depth
+        self.depth = check_int("depth", depth, low=1)
         self.patterns = dict(patterns) if patterns else None
-        self.log_ratios = log_ratios
-        self.log_nonfinite = log_nonfinite
-        self.log_max_abs = log_max_abs
-        self.prefix = prefix
+        self.log_ratios = check_bool("log_ratios", log_ratios)
+        self.log_nonfinite = check_bool("log_nonfinite", log_nonfinite)
+        self.log_max_abs = check_bool("log_max_abs", log_max_abs)
+        self.prefix = check_str("prefix", prefix)
+        self.verbose = check_verbose(verbose)
         self.last_metrics: dict[str, Tensor] = {}
         self._groupings: dict[int, ParamGrouping] = {}
         self._ids_cache: dict[tuple[int, ...], Tensor] = {}
+        self._shown: dict[int, list[int]] = {}
         self._observed_key: tuple[int, int, float] | None = None
 
     @override
@@ -211,17 +215,47 @@ class GradientMonitor(Callback):
         self._observed_key = None
         self._groupings.clear()
         self._ids_cache.clear()
+        self._shown.clear()
+        self.last_metrics = {}
+        if stage == "fit" and self.group_by == "patterns":
+            empty = self._grouping(pl_module, None).empty_groups()
+            if empty:
+                rank_zero_warn(
+                    f"GradientMonitor: pattern group(s) {empty} match no parameter of"
+                    f" {type(pl_module).__name__} and are not logged; check the names with"
+                    " [n for n, _ in model.named_parameters()]."
+                )
 
-    def _grouping(self, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer) -> ParamGrouping:
-        g = self._groupings.get(id(optimizer))
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        n = log_interval(trainer, self.log_every_n_steps)
+        if self.verbose < 1:
+            return
+        when = "never (log_every_n_steps=0)" if n == 0 else f"every {n} optimizer steps"
+        groups = [g for opt in trainer.optimizers for g in self._grouping(pl_module, opt).names]
+        how = {"module": f"depth {self.depth}", "param_groups": "param groups", "patterns": "patterns"}
+        say(
+            self.verbose,
+            1,
+            f"GradientMonitor: {self.prefix}/norm_total and {len(groups)} group norms ({how[self.group_by]}),"
+            f" L{self.norm_type:g}, {when}.",
+        )
+        say(self.verbose, 2, f"GradientMonitor groups: {groups}")
+
+    def _grouping(
+        self, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer | None
+    ) -> ParamGrouping:
+        key = id(optimizer) if self.group_by == "param_groups" else 0
+        g = self._groupings.get(key)
         if g is None:
             if self.group_by == "param_groups":
+                assert optimizer is not None
                 g = group_by_param_groups(optimizer)
-            elif self.group_by == "regex":
-                g = group_by_regex(pl_module, self.patterns or {})
+            elif self.group_by == "patterns":
+                g = group_by_patterns(pl_module, self.patterns or {}, strip=strip_wrapper_prefixes)
             else:
                 g = group_by_module_depth(pl_module, self.depth)
-            self._groupings[id(optimizer)] = g
+            self._groupings[key] = g
         return g
 
     def _group_ids(self, grouping: ParamGrouping, params: list[Tensor], device: torch.device) -> Tensor:
@@ -235,25 +269,25 @@ class GradientMonitor(Callback):
     def observe(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> dict[str, Tensor] | None:
-        """Measure (and log) this step's gradients if it is a logging step; idempotent within a step.
+        """Measure and log this step's gradients if it is a logging step; idempotent within a step.
 
         Called from ``on_before_optimizer_step``; :class:`GradientClipping` calls it first so the monitor
-        always sees pre-clip gradients. Returns the metrics logged, or ``None`` on non-logging steps.
+        always sees pre-clip gradients. In manual optimization you can call it yourself before
+        ``opt.step()``.
 
         Args:
             trainer: the trainer.
             pl_module: the module.
             optimizer: the optimizer about to step.
 
-        Example:
-            >>> GradientMonitor().observe  # doctest: +ELLIPSIS
-            <bound method GradientMonitor.observe of ...>
+        Returns:
+            The metrics logged, or ``None`` on steps that do not log.
         """
         key = _step_key(trainer, optimizer, self.norm_type)
         if self._observed_key == key:
             return None
         self._observed_key = key
-        if not _is_logging_step(trainer, self.log_every_n_steps):
+        if not is_logging_step(trainer, self.log_every_n_steps):
             return None
         step, _ = _read_step_grads(trainer, optimizer, self.norm_type)
         if not step.grads:
@@ -263,28 +297,32 @@ class GradientMonitor(Callback):
         ids = self._group_ids(grouping, step.params, device)
         reduce_fn = _reduce_fn(trainer, self.norm_type)
         _, groups = reduce_norms(step.per_tensor, self.norm_type, ids, len(grouping.names), reduce_fn)
-        p = self.prefix
-        metrics: dict[str, Tensor] = {f"{p}/norm_total": step.total}
         assert groups is not None
-        metrics.update({f"{p}/norm/{name}": groups[i] for i, name in enumerate(grouping.names)})
+        shown = self._shown.get(id(grouping))
+        if shown is None:  # groups that hold a parameter (an empty pattern group is not logged)
+            empty = set(grouping.empty_groups())
+            shown = self._shown[id(grouping)] = [i for i, n in enumerate(grouping.names) if n not in empty]
+        p = self.prefix
+        metrics: dict[str, Tensor] = {Keys.grad("norm_total", p): step.total}
+        metrics.update({Keys.grad(f"norm/{grouping.names[i]}", p): groups[i] for i in shown})
         if self.log_ratios:
             w_per = per_tensor_norms([_local(q.detach()) for q in step.params], self.norm_type, device)
             _, w_groups = reduce_norms(w_per, self.norm_type, ids, len(grouping.names), reduce_fn)
             assert w_groups is not None
             ratio = groups / w_groups.clamp_min(1e-12)
-            metrics.update({f"{p}/ratio/{name}": ratio[i] for i, name in enumerate(grouping.names)})
+            metrics.update({Keys.grad(f"ratio/{grouping.names[i]}", p): ratio[i] for i in shown})
         if self.log_nonfinite:
             count = nonfinite_count(step.grads)
             if reduce_fn is not None:
                 count = trainer.strategy.reduce(count, reduce_op="sum")
-            metrics[f"{p}/nonfinite_count"] = count
+            metrics[Keys.grad("nonfinite_count", p)] = count
         if self.log_max_abs:
             mx = per_tensor_norms(step.grads, math.inf, device).amax()
             if reduce_fn is not None:
                 mx = trainer.strategy.reduce(mx, reduce_op=torch.distributed.ReduceOp.MAX)
-            metrics[f"{p}/max_abs"] = mx
+            metrics[Keys.grad("max_abs", p)] = mx
         self.last_metrics = metrics
-        _write_to_loggers(trainer, metrics)
+        log_step_metrics(trainer, metrics)
         return metrics
 
     @override

@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lightning_reg._conventions import check_choice, check_int, check_number
+
 __all__ = [
     "BatchMixer",
     "MixParams",
@@ -68,10 +70,16 @@ def soft_targets(
         tensor([[0.8000, 0.1000, 0.1000],
                 [0.1000, 0.1000, 0.8000]])
     """
-    if not 0.0 <= label_smoothing < 1.0:
-        raise ValueError(f"label_smoothing={label_smoothing!r} must be in [0, 1).")
+    check_number("label_smoothing", label_smoothing, low=0, high=1, high_open=True)
     off = label_smoothing / num_classes
     if target.ndim == 1 and not target.dtype.is_floating_point:
+        # Checked on the device without a host sync (raises at once on CPU, a device assert on GPU);
+        # without it an out-of-range label is a raw scatter index error or silent garbage.
+        torch._assert_async(
+            ((target >= 0) & (target < num_classes)).all(),
+            f"class indices must be in [0, num_classes={num_classes}); a target is out of range: set"
+            " num_classes to the number of classes of your data (labels 0 .. K-1).",
+        )
         out = torch.full((target.shape[0], num_classes), off, dtype=dtype, device=target.device)
         return out.scatter_(1, target.unsqueeze(1), 1.0 - label_smoothing + off)
     if target.ndim == 2 and target.shape[1] == num_classes:
@@ -197,8 +205,7 @@ def soft_target_cross_entropy(
         ...                    F.cross_entropy(logits, torch.tensor([0]))))
         True
     """
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"reduction={reduction!r} is not one of {_REDUCTIONS}.")
+    check_choice("reduction", reduction, _REDUCTIONS)
     if not target.dtype.is_floating_point:
         return F.cross_entropy(logits, target, label_smoothing=label_smoothing, reduction=reduction)
     loss = torch.sum(-target * F.log_softmax(logits, dim=-1), dim=-1)
@@ -269,25 +276,14 @@ class BatchMixer:
         stop_epoch: int | None = None,
         seed: int | None = None,
     ) -> None:
-        if not isinstance(num_classes, int) or num_classes < 2:
-            raise ValueError(f"num_classes={num_classes!r} must be an int >= 2.")
-        for name, value in (("mixup_alpha", mixup_alpha), ("cutmix_alpha", cutmix_alpha)):
-            if not value >= 0.0:
-                raise ValueError(f"{name}={value!r} must be >= 0 (0 disables it).")
-        for name, value in (("prob", prob), ("switch_prob", switch_prob)):
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name}={value!r} must be in [0, 1].")
-        if not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing={label_smoothing!r} must be in [0, 1).")
-        if stop_epoch is not None and stop_epoch < 0:
-            raise ValueError(f"stop_epoch={stop_epoch!r} must be None or >= 0.")
-        self.num_classes = num_classes
-        self.mixup_alpha = float(mixup_alpha)
-        self.cutmix_alpha = float(cutmix_alpha)
-        self.prob = float(prob)
-        self.switch_prob = float(switch_prob)
-        self.label_smoothing = float(label_smoothing)
-        self.stop_epoch = stop_epoch
+        self.num_classes = check_int("num_classes", num_classes, low=2)
+        self.mixup_alpha = check_number("mixup_alpha", mixup_alpha, low=0)
+        self.cutmix_alpha = check_number("cutmix_alpha", cutmix_alpha, low=0)
+        self.prob = check_number("prob", prob, low=0, high=1)
+        self.switch_prob = check_number("switch_prob", switch_prob, low=0, high=1)
+        self.label_smoothing = check_number("label_smoothing", label_smoothing, low=0, high=1, high_open=True)
+        self.stop_epoch = check_int("stop_epoch", stop_epoch, low=0, none_ok=True)
+        check_int("seed", seed, none_ok=True)
         if seed is None:
             seed = int(torch.randint(0, 2**62, (), device="cpu"))
         self.seed = seed

@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from lightning_reg.mixing.core import BatchMixer, soft_target_cross_entropy

@@ -114,15 +114,15 @@ def test_monitor_groups_and_clip_norm_match_references_under_bf16_autocast() -> 
     close = dict(rtol=1e-5, atol=1e-7)
     for i in range(steps):
         torch.testing.assert_close(
-            logger.series("grad/norm_total")[i][1].double(), recorded["pre"][i], **close
+            torch.tensor(float(logger.series("grad/norm_total")[i][1]), dtype=torch.float64), recorded["pre"][i], **close
         )
         torch.testing.assert_close(
-            logger.series("grad/norm/body")[i][1].double(), recorded["body"][i], **close
+            torch.tensor(float(logger.series("grad/norm/body")[i][1]), dtype=torch.float64), recorded["body"][i], **close
         )
         torch.testing.assert_close(
-            logger.series("grad/norm/head")[i][1].double(), recorded["head"][i], **close
+            torch.tensor(float(logger.series("grad/norm/head")[i][1]), dtype=torch.float64), recorded["head"][i], **close
         )
-        ratio = logger.series("grad/ratio/head")[i][1].double()
+        ratio = torch.tensor(float(logger.series("grad/ratio/head")[i][1]), dtype=torch.float64)
         torch.testing.assert_close(ratio, recorded["ratio_head"][i].double(), rtol=1e-4, atol=1e-7)
         # clipping: the optimizer sees the clip_grad_norm_ rule, pre * min(1, max_norm / (pre + 1e-6))
         pre = float(recorded["pre"][i])
@@ -184,7 +184,7 @@ class CountSyncs(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def _count_syncs(callbacks: list[Any], monkeypatch: pytest.MonkeyPatch) -> int:
+def _count_syncs(callbacks: list[Any], monkeypatch: pytest.MonkeyPatch, log_every_n_steps: int = 1) -> int:
     mode = CountSyncs()
     real_tolist = torch.Tensor.tolist
     real_tensor = torch.tensor
@@ -200,7 +200,7 @@ def _count_syncs(callbacks: list[Any], monkeypatch: pytest.MonkeyPatch) -> int:
 
     torch.manual_seed(0)
     model = Net()
-    trainer = _trainer(callbacks, logger=MemoryLogger(), max_steps=4)
+    trainer = _trainer(callbacks, logger=MemoryLogger(), max_steps=4, log_every_n_steps=log_every_n_steps)
     loader = DataLoader(_data(), batch_size=8)
     with monkeypatch.context() as m:
         m.setattr(torch.Tensor, "tolist", tolist)
@@ -210,13 +210,16 @@ def _count_syncs(callbacks: list[Any], monkeypatch: pytest.MonkeyPatch) -> int:
     return mode.count
 
 
-def test_zero_host_syncs_per_step_with_both_callbacks_for_every_algorithm(
+def test_host_syncs_only_on_logging_steps_one_per_callback_for_every_algorithm(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """Clipping and measuring never sync; writing the logged values costs one sync per logging step."""
     baseline = _count_syncs([], monkeypatch)
     for algorithm in ("norm", "value", "agc", "autoclip", "zclip"):
         cbs = [GradientMonitor(group_by="module", log_ratios=True), GradientClipping(algorithm)]
-        assert _count_syncs(cbs, monkeypatch) == baseline, algorithm
+        assert _count_syncs(cbs, monkeypatch, log_every_n_steps=0) == baseline, algorithm
+        cbs = [GradientMonitor(group_by="module", log_ratios=True), GradientClipping(algorithm)]
+        assert _count_syncs(cbs, monkeypatch, log_every_n_steps=2) == baseline + 2 * 2, algorithm
 
     # sanity: the counter does see a sync when one is made
     class Syncing(pl.Callback):
@@ -328,18 +331,27 @@ def test_conflicts_and_bad_input() -> None:
         _fit(Net(), [GradientClipping(), GradientClipping("value")])
     with pytest.raises(ValueError, match=r"`algorithm` must be one of .*'zclip'.*got 'l2'"):
         GradientClipping("l2")
-    with pytest.raises(ValueError, match="`percentile` must be in \\[0, 100\\], got 150"):
+    with pytest.raises(ValueError, match="`percentile` must be a number in \\[0, 100\\]; got 150"):
         GradientClipping("autoclip", percentile=150)
+    with pytest.raises(ValueError, match="`percentile` is in percent.*0.1.*pass 10 "):
+        GradientClipping("autoclip", percentile=0.1)
+    assert GradientClipping("autoclip", percentile=0).percentile == 0.0  # the minimum is a valid choice
+    with pytest.raises(ValueError, match=r"agc_exclude.*\^head.*looks like a regular expression.*'re:\^head"):
+        GradientClipping("agc", agc_exclude=[r"^head\."])
+    with pytest.raises(TypeError, match=r"`agc_exclude` must be a list of str.*\['head'\]"):
+        GradientClipping("agc", agc_exclude="head")
     with pytest.raises(ValueError, match="zclip_alpha"):
         GradientClipping("zclip", zclip_alpha=1.0)
     with pytest.raises(ValueError, match="skip_nonfinite"):
         GradientClipping(None)
     with pytest.raises(ValueError, match=r"`group_by` must be one of .*got 'layer'"):
         GradientMonitor(group_by="layer")
-    with pytest.raises(ValueError, match="patterns"):
-        GradientMonitor(group_by="regex")
-    with pytest.raises(ValueError, match="log_every_n_steps"):
-        GradientMonitor(log_every_n_steps=0)
+    with pytest.raises(ValueError, match="`group_by='patterns'` needs `patterns="):
+        GradientMonitor(group_by="patterns")
+    with pytest.raises(ValueError, match=r"`log_every_n_steps` must be an int >= 0 or None; got -1"):
+        GradientMonitor(log_every_n_steps=-1)
+    with pytest.raises(TypeError, match=r"`log_every_n_steps` must be an int >= 0 or None; got 2\.5"):
+        GradientClipping(log_every_n_steps=2.5)
 
 
 def test_logging_interval_and_agc_head_exclusion() -> None:
@@ -358,7 +370,7 @@ def test_logging_interval_and_agc_head_exclusion() -> None:
         def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
             seen_head.append(pl_module.head.weight.grad.clone())
 
-    clip = GradientClipping("agc", clip_factor=1e-4, agc_exclude=[r"^head\."], log_every_n_steps=3)
+    clip = GradientClipping("agc", clip_factor=1e-4, agc_exclude=["head"], log_every_n_steps=3)
     _fit(model, [Spy(), GradientMonitor(log_every_n_steps=4), clip, After()], logger=logger)
     assert [s for s, _ in logger.series("grad/norm_total")] == [3, 7]
     assert [s for s, _ in logger.series("grad/clip/norm_pre")] == [2, 5]
@@ -427,7 +439,21 @@ def test_value_clipping_and_param_group_names_in_training() -> None:
         torch.nn.utils.clip_grad_value_(params, 0.05)
         for p, a in zip(params, after):
             assert torch.equal(p.grad, a)
-    assert {"grad/norm/enc", "grad/norm/group1"} <= set(logger.calls[0][1])
+    assert {"grad/norm/enc", "grad/norm/group_1"} <= set(logger.calls[0][1])
     first = logger.series("grad/norm/enc")[0][1]
     n_body = len(list(model.body.parameters()))
     assert float(first) == pytest.approx(float(_flat_norm(pre[0][:n_body])), rel=1e-5)
+
+
+def test_pattern_groups_use_the_selector_syntax_and_an_empty_group_warns_and_is_not_logged() -> None:
+    logger = MemoryLogger()
+    monitor = GradientMonitor(patterns={"body": "body", "head": ["head.weight", "re:^head\\.bias$"],
+                                        "typo": "haed"}, log_every_n_steps=1)
+    with pytest.warns(UserWarning, match=r"pattern group\(s\) \['typo'\] match no parameter"):
+        _fit(Net(), [monitor], logger=logger)
+    keys = set(logger.calls[0][1])
+    assert {"grad/norm/body", "grad/norm/head"} <= keys and "grad/norm/typo" not in keys
+    # the group norms are the norms of exactly the selected gradients
+    total = float(logger.calls[-1][1]["grad/norm_total"])
+    body, head = (float(logger.calls[-1][1][f"grad/norm/{g}"]) for g in ("body", "head"))
+    assert total == pytest.approx((body**2 + head**2) ** 0.5, rel=1e-6)

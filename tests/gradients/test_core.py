@@ -19,7 +19,7 @@ from lightning_reg.gradients.core import (
     grad_norms,
     group_by_module_depth,
     group_by_param_groups,
-    group_by_regex,
+    group_by_patterns,
     nonfinite_count,
     reduce_norms,
     zclip_step,
@@ -88,12 +88,17 @@ def test_grouping_helpers() -> None:
         [{"params": [m[0].weight], "name": "enc"}, {"params": list(m[1].parameters())}], lr=0.1
     )
     gp = group_by_param_groups(opt)
-    assert gp.names == ["enc", "group1"] and gp.index[id(m[1][0].weight)] == 1
-    gr = group_by_regex(m, {"norm": r"^1\.1\.", "bias": r"bias$"})
-    assert gr.index[id(m[1][1].bias)] == 0  # first matching pattern wins
-    assert gr.index[id(m[0].bias)] == 1
-    assert id(m[0].weight) not in gr.index
-    assert gr.ids_for([m[0].weight, m[0].bias]).tolist() == [2, 1]
+    assert gp.names == ["enc", "group_1"] and gp.index[id(m[1][0].weight)] == 1
+    # the three selector forms: a dotted prefix, a glob, a regex; the first matching group wins
+    for norm, bias in (("1.1", "*.bias"), ("1.1.*", "re:bias$"), ("re:^1\\.1\\.", "*bias")):
+        gr = group_by_patterns(m, {"norm": norm, "bias": bias, "none": "nothing.here"})
+        assert gr.index[id(m[1][1].bias)] == 0
+        assert gr.index[id(m[0].bias)] == 1
+        assert id(m[0].weight) not in gr.index
+        assert gr.ids_for([m[0].weight, m[0].bias]).tolist() == [3, 1]
+        assert gr.empty_groups() == ["none"]
+    with pytest.raises(ValueError, match="looks like a regular expression"):
+        group_by_patterns(m, {"bias": "bias$"})
     with pytest.raises(ValueError, match="depth"):
         group_by_module_depth(m, 0)
 

@@ -32,7 +32,7 @@ def test_soft_targets_by_hand():
     assert torch.equal(soft_targets(y, 4), F.one_hot(y, 4).float())
     with pytest.raises(ValueError, match="neither class indices"):
         soft_targets(torch.zeros(2, 3), 4)
-    with pytest.raises(ValueError, match="label_smoothing=1.0"):
+    with pytest.raises(ValueError, match=r"`label_smoothing` must be a number in \[0, 1\); got 1\.0"):
         soft_targets(y, 4, label_smoothing=1.0)
 
 
@@ -63,7 +63,7 @@ def test_soft_target_cross_entropy_matches_torch():
         soft_target_cross_entropy(logits, y, label_smoothing=0.1),
         F.cross_entropy(logits, y, label_smoothing=0.1),
     )
-    with pytest.raises(ValueError, match="reduction='avg'"):
+    with pytest.raises(ValueError, match="`reduction` must be one of 'mean', 'sum', 'none'; got 'avg'"):
         soft_target_cross_entropy(logits, probs, reduction="avg")
 
 
@@ -172,12 +172,12 @@ def test_batch_mixer_lambda_distribution_and_state():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"num_classes": 1}, "num_classes=1"),
-        ({"num_classes": 3, "mixup_alpha": -1.0}, "mixup_alpha=-1.0"),
-        ({"num_classes": 3, "prob": 1.5}, "prob=1.5"),
-        ({"num_classes": 3, "switch_prob": -0.1}, "switch_prob=-0.1"),
-        ({"num_classes": 3, "label_smoothing": 1.0}, "label_smoothing=1.0"),
-        ({"num_classes": 3, "stop_epoch": -1}, "stop_epoch=-1"),
+        ({"num_classes": 1}, r"`num_classes` must be an int >= 2; got 1\."),
+        ({"num_classes": 3, "mixup_alpha": -1.0}, r"`mixup_alpha` must be a finite number >= 0; got -1\.0"),
+        ({"num_classes": 3, "prob": 1.5}, r"`prob` must be a number in \[0, 1\]; got 1\.5"),
+        ({"num_classes": 3, "switch_prob": -0.1}, r"`switch_prob` must be a number in \[0, 1\]; got -0\.1"),
+        ({"num_classes": 3, "label_smoothing": 1.0}, r"`label_smoothing` must be a number in \[0, 1\); got 1\.0"),
+        ({"num_classes": 3, "stop_epoch": -1}, r"`stop_epoch` must be an int >= 0 or None; got -1"),
     ],
 )
 def test_batch_mixer_validation(kwargs, match):
@@ -302,3 +302,12 @@ def test_mixing_does_not_sync():
             xm, ym = mixer(x, y)
             soft_target_cross_entropy(logits, ym)
     assert counter.syncs == []
+
+
+def test_labels_outside_num_classes_are_a_clear_error_not_an_index_error():
+    mixer = BatchMixer(num_classes=5, mixup_alpha=0.4, seed=0)
+    with pytest.raises(RuntimeError, match=r"class indices must be in \[0, num_classes=5\).*num_classes"):
+        mixer(torch.randn(4, 3), torch.tensor([0, 4, 9, 1]))
+    with pytest.raises(RuntimeError, match=r"class indices must be in \[0, num_classes=5\)"):
+        soft_targets(torch.tensor([-1, 2]), 5)
+    assert soft_targets(torch.tensor([0, 4]), 5).argmax(1).tolist() == [0, 4]  # the edges are valid

@@ -1,0 +1,270 @@
+"""Guard tests: the conventions of lightning_reg/_conventions.py hold for every package and every callback.
+
+* every core module imports with Lightning blocked, and so does the flat API until a Lightning name is used;
+* every module of a package is declared (core or Lightning) or private, and every module's ``__all__`` is
+  exported flat; public classes and functions a module defines are in its ``__all__``;
+* the test tree mirrors the package;
+* every callback that logs step metrics logs them on Lightning's own rows for ``log_every_n_steps`` in
+  (0, None, n), and every key it logs is monitorable (in ``trainer.callback_metrics``, usable by
+  ``ModelCheckpoint(monitor=...)``);
+* the shared validators, selector syntax and logging rule behave as documented.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import lightning_reg
+from lightning_reg import _conventions as C
+from lightning_reg import _lazy
+from tests.memory_logger import MemoryLogger
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE_DIR = ROOT / "lightning_reg"
+
+
+def _declared() -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
+    for pkg in lightning_reg.PACKAGES:
+        importlib.import_module(f"lightning_reg.{pkg}")
+    return {name.split(".", 1)[1]: mods for name, mods in _lazy.DECLARED.items()}
+
+
+# ------------------------------------------------------------------------------------------ import guards
+_BLOCK_LIGHTNING = """
+import importlib.abc, json, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("lightning", "pytorch_lightning", "lightning_fabric", "torchmetrics"):
+            raise ImportError(f"blocked: {name}")
+        return None
+sys.meta_path.insert(0, Block())
+import lightning_reg
+modules = json.loads(sys.argv[1])
+for m in modules:
+    importlib.import_module(m)
+# a flat name from a core module resolves without Lightning too
+assert callable(lightning_reg.weight_decay_param_groups) and callable(lightning_reg.grad_norms)
+print("imported", len(modules))
+"""
+
+
+def test_core_modules_and_the_flat_api_import_without_lightning() -> None:
+    core = [f"lightning_reg.{pkg}.{m}" for pkg, (mods, _) in _declared().items() for m in mods]
+    core += ["lightning_reg._conventions", "lightning_reg._lazy"]
+    proc = subprocess.run(
+        [sys.executable, "-c", _BLOCK_LIGHTNING, json.dumps(core)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"imported {len(core)}" in proc.stdout
+
+
+def test_every_module_is_declared_or_private_and_every_all_is_exported() -> None:
+    declared = _declared()
+    assert sorted(declared) == sorted(lightning_reg.PACKAGES)
+    flat = set(lightning_reg.__all__)
+    for pkg, (core, shell) in declared.items():
+        files = {p.stem for p in (PACKAGE_DIR / pkg).glob("*.py") if p.stem != "__init__"}
+        undeclared = {f for f in files - set(core) - set(shell) if not f.startswith("_") and f != "__main__"}
+        assert not undeclared, f"{pkg}: modules neither declared in export() nor private: {undeclared}"
+        package = importlib.import_module(f"lightning_reg.{pkg}")
+        for mod in (*core, *shell):
+            module = importlib.import_module(f"lightning_reg.{pkg}.{mod}")
+            names = list(module.__all__)
+            assert set(names) <= set(package.__all__) <= flat | {"__version__"}, (pkg, mod)
+            for name in names:
+                assert getattr(lightning_reg, name) is getattr(module, name), name
+            # public classes/functions defined here are in __all__ (else: prefix them with _)
+            defined = {
+                n
+                for n, obj in vars(module).items()
+                if not n.startswith("_")
+                and (inspect.isclass(obj) or inspect.isfunction(obj))
+                and getattr(obj, "__module__", None) == module.__name__
+            }
+            assert defined <= set(names), f"{pkg}.{mod}: public but not in __all__: {defined - set(names)}"
+        # the TYPE_CHECKING star imports list exactly the declared modules
+        source = (PACKAGE_DIR / pkg / "__init__.py").read_text()
+        starred = {line.split(".")[-1].split()[0] for line in source.splitlines() if "import *" in line}
+        assert starred == set(core) | set(shell), pkg
+
+
+def test_test_tree_mirrors_the_package() -> None:
+    for pkg in lightning_reg.PACKAGES:
+        tests = list((ROOT / "tests" / pkg).glob("test_*.py"))
+        assert tests, f"tests/{pkg}/ has no test file"
+        assert (ROOT / "tests" / pkg / "__init__.py").exists()
+    stray = [p.name for p in (ROOT / "tests").glob("test_*.py") if p.stem[5:] in lightning_reg.PACKAGES]
+    assert not stray, f"package tests outside their folder: {stray}"
+
+
+# ------------------------------------------------------------------------------------------ shared rules
+def test_validators_raise_type_error_for_types_and_value_error_for_values() -> None:
+    with pytest.raises(TypeError, match=r"^`n` must be an int >= 1; got '3' of type str\.$"):
+        C.check_int("n", "3", low=1)
+    with pytest.raises(TypeError, match=r"`n` must be an int"):
+        C.check_int("n", True)  # a bool is not an int here
+    with pytest.raises(ValueError, match=r"^`n` must be an int >= 1; got 0\.$"):
+        C.check_int("n", 0, low=1)
+    with pytest.raises(ValueError, match=r"^`p` must be a number in \[0, 1\); got nan\.$"):
+        C.check_rate("p", float("nan"))
+    with pytest.raises(TypeError, match=r"not a tensor"):
+        C.check_number("lr", torch.tensor(0.1))
+    with pytest.raises(ValueError, match=r"^`mode` must be one of 'min', 'max'; got 'up'\.$"):
+        C.check_choice("mode", "up", ("min", "max"))
+    with pytest.raises(TypeError, match=r"write \['head'\]"):
+        C.check_str_list("exclude", "head")
+    assert C.check_number("t", float("inf"), low=0, finite=False) == float("inf")
+    assert [C.check_verbose(v) for v in (False, True, 0, 1, 2)] == [0, 2, 0, 1, 2]
+
+
+def test_one_selector_syntax() -> None:
+    names = ["stem.weight", "blocks.0.attn.qkv.weight", "blocks.0.norm1.bias", "blocks.1.attn.proj.bias"]
+    cases = {
+        "blocks.0": names[1:3],  # a dotted prefix
+        "blocks.*.attn": [names[1], names[3]],  # a glob on any dotted prefix
+        "*.bias": [names[2], names[3]],
+        "re:norm\\d": [names[2]],  # a regex after re:
+        "stem.weight": [names[0]],  # an exact name
+        "blocks.0.att": [],  # a prefix only at a dot boundary
+    }
+    for pattern, expected in cases.items():
+        assert [n for n in names if C.NameSelector([pattern]).matches(n)] == expected, pattern
+    with pytest.raises(ValueError, match=r"looks like a regular expression; write 're:\^stem'"):
+        C.NameSelector(["^stem"], name="exclude")
+    with pytest.raises(ValueError, match=r"not a valid regex"):
+        C.NameSelector(["re:("])
+
+
+def test_is_logging_step_equals_lightnings_rule_at_every_batch() -> None:
+    seen: list[tuple[int, bool, bool, bool]] = []
+
+    class Probe(L.Callback):
+        def on_train_batch_start(self, trainer: Any, *args: Any) -> None:
+            seen.append(
+                (
+                    C.logger_step(trainer),
+                    C.is_logging_step(trainer, None),
+                    trainer._logger_connector.should_update_logs,
+                    C.is_logging_step(trainer, 0),
+                )
+            )
+
+    trainer = L.Trainer(max_epochs=2, log_every_n_steps=3, logger=False, callbacks=[Probe()], **_QUIET)
+    trainer.fit(_Module(), _loader(), _loader())
+    assert len(seen) == 14
+    assert [ours for _, ours, _, _ in seen] == [lightning for _, _, lightning, _ in seen]
+    assert [s for s, ours, _, _ in seen if ours] == [2, 5, 8, 11]
+    assert not any(off for *_, off in seen)
+
+
+# ------------------------------------------------------------------------------------------ every callback
+_QUIET = dict(
+    accelerator="cpu",
+    enable_progress_bar=False,
+    enable_model_summary=False,
+    enable_checkpointing=False,
+    num_sanity_val_steps=0,
+)
+
+
+class _Module(lightning_reg.RegularizedModule):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(lr=0.05, **kwargs)
+        self.stem = nn.Linear(4, 8)
+        self.block = nn.Sequential(nn.Linear(8, 8), nn.Dropout(0.1))
+        self.drop_path = lightning_reg.DropPath(0.1)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.stem(x))
+        return self.head(h + self.drop_path(self.block(h)))
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        loss = nn.functional.cross_entropy(self(batch[0]), batch[1])
+        self.log("reference", loss, on_step=True, on_epoch=False)  # Lightning's own step metric
+        self.log("train_loss", loss, on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self.log("val_loss", nn.functional.cross_entropy(self(batch[0]), batch[1]))
+
+
+def _loader() -> DataLoader:
+    g = torch.Generator().manual_seed(0)
+    return DataLoader(TensorDataset(torch.randn(28, 4, generator=g), torch.randint(0, 2, (28,), generator=g)),
+                      batch_size=4)
+
+
+def _step_callbacks(n: int | None) -> list[Any]:
+    """Every callback (and mixin feature) that logs step metrics, with ``log_every_n_steps=n`` if it can."""
+    made = [
+        lightning_reg.GradientMonitor(log_every_n_steps=n, verbose=0),
+        lightning_reg.GradientClipping("norm", log_every_n_steps=n, verbose=0),
+        lightning_reg.StochasticDepthScheduler(max_rate=0.2, log_every_n_steps=n),
+        lightning_reg.ProximalL1(l1=1e-4),
+    ]
+    for cb in made:
+        if "log_every_n_steps" in inspect.signature(type(cb)).parameters:
+            cb.log_every_n_steps = n
+    return made
+
+
+_STEP_KEY_PREFIXES = ("grad/", "stochastic_depth/", "proximal_l1/", "penalty/")
+
+
+@pytest.mark.parametrize("n", [0, None, 2], ids=["off", "trainer", "n2"])
+def test_every_step_key_lands_on_lightnings_rows_and_is_monitorable(n: int | None) -> None:
+    torch.manual_seed(0)
+    logger = MemoryLogger()
+    module = _Module(weight_penalty=lightning_reg.WeightPenalty(l2=1e-3))
+    trainer_n = 3 if n is None else n if n else 3
+    callbacks = _step_callbacks(n)
+    trainer = L.Trainer(
+        max_epochs=2, log_every_n_steps=trainer_n, logger=logger, callbacks=callbacks, **_QUIET
+    )
+    trainer.fit(module, _loader(), _loader())
+    rows: dict[str, list[int]] = {}
+    for step, metrics in logger.calls:
+        for key in metrics:
+            rows.setdefault(key, []).append(step)
+    ours = {k: v for k, v in rows.items() if k.startswith(_STEP_KEY_PREFIXES)}
+    if n == 0:
+        # callbacks with a log_every_n_steps argument log nothing; the others follow the Trainer
+        quiet = {"grad/", "stochastic_depth/"}
+        assert not [k for k in ours if k.startswith(tuple(quiet))], ours
+        return
+    reference = rows["reference"]  # Lightning's own step metric: the rows every step key must share
+    assert reference == [s for s in range(14) if (s + 1) % trainer_n == 0]
+    expected_keys = {"grad/norm_total", "grad/clip/norm_pre", "stochastic_depth/max_rate",
+                     "proximal_l1/zero_fraction", "penalty/value"}
+    assert expected_keys <= set(ours), sorted(ours)
+    for key, steps in ours.items():
+        assert steps == reference, (key, steps, reference)
+        assert key in trainer.callback_metrics, key  # monitorable
+        assert isinstance(trainer.callback_metrics[key], torch.Tensor), key
+
+
+def test_a_step_key_can_drive_model_checkpoint(tmp_path: Path) -> None:
+    ckpt = ModelCheckpoint(dirpath=tmp_path, monitor="grad/norm_total", mode="min", save_top_k=1)
+    args = dict(_QUIET, enable_checkpointing=True)
+    trainer = L.Trainer(max_epochs=2, log_every_n_steps=1, logger=False, callbacks=[
+        lightning_reg.GradientMonitor(verbose=0), ckpt], **args)
+    trainer.fit(_Module(), _loader(), _loader())
+    assert ckpt.best_model_path and ckpt.best_model_score is not None
