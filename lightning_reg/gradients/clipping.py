@@ -241,8 +241,30 @@ class GradientClipping(Callback):
             optimizer: the (unwrapped or Lightning-wrapped) optimizer.
 
         Example:
-            >>> GradientClipping().clip_  # doctest: +ELLIPSIS
-            <bound method GradientClipping.clip_ of ...>
+            Manual optimization, clipping before the step and reading the post-clip norm:
+
+            >>> import lightning as L
+            >>> clipper = GradientClipping("norm", max_norm=0.5, log_every_n_steps=1, verbose=0)
+            >>> class Manual(L.LightningModule):
+            ...     def __init__(self):
+            ...         super().__init__()
+            ...         self.automatic_optimization = False
+            ...         self.layer = torch.nn.Linear(4, 1)
+            ...     def training_step(self, batch, batch_idx):
+            ...         opt = self.optimizers()
+            ...         opt.zero_grad()
+            ...         self.manual_backward(self.layer(batch[0]).pow(2).mean() * 100)
+            ...         clipper.clip_(self.trainer, self, opt)
+            ...         opt.step()
+            ...     def configure_optimizers(self):
+            ...         return torch.optim.SGD(self.parameters(), lr=0.1)
+            >>> from torch.utils.data import DataLoader, TensorDataset
+            >>> data = DataLoader(TensorDataset(torch.ones(8, 4)), batch_size=4)
+            >>> trainer = L.Trainer(max_steps=2, callbacks=[clipper], logger=False, enable_progress_bar=False,
+            ...                     enable_checkpointing=False, enable_model_summary=False)
+            >>> trainer.fit(Manual(), data)
+            >>> round(float(clipper.last_metrics["grad/clip/norm_post"]), 4)
+            0.5
         """
         optimizer = getattr(optimizer, "_optimizer", optimizer)  # LightningOptimizer -> torch optimizer
         key = _step_key(trainer, optimizer, self.norm_type)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from lightning_reg.mixing.core import BatchMixer, soft_target_cross_entropy
@@ -38,6 +37,7 @@ class BatchMixingMixin:
     ``on_after_batch_transfer`` (if any) runs first; mixing is applied to its result.
 
     Example:
+        >>> import torch
         >>> import lightning as L
         >>> class Net(BatchMixingMixin, L.LightningModule):
         ...     def __init__(self):
@@ -91,6 +91,7 @@ class BatchMixingMixin:
             The batch with ``x`` mixed and ``y`` replaced by ``(B, K)`` soft targets.
 
         Example:
+            >>> import torch
             >>> m = BatchMixingMixin()
             >>> x, y = m.mix_batch((torch.ones(2, 3), torch.tensor([0, 1])), BatchMixer(2, mixup_alpha=0.0))
             >>> y
@@ -117,6 +118,7 @@ class BatchMixingMixin:
             reduction: ``"mean"``, ``"sum"`` or ``"none"``.
 
         Example:
+            >>> import torch
             >>> BatchMixingMixin().mixing_loss(torch.zeros(1, 2), torch.tensor([[0.5, 0.5]])).item()
             0.6931471824645996
         """
@@ -130,8 +132,18 @@ class BatchMixingMixin:
             checkpoint: the checkpoint dict being written.
 
         Example:
-            >>> BatchMixingMixin.on_save_checkpoint.__name__
-            'on_save_checkpoint'
+            >>> import torch
+            >>> import lightning as L
+            >>> class Net(BatchMixingMixin, L.LightningModule):
+            ...     pass
+            >>> a, b = Net(), Net()
+            >>> a.batch_mixer, b.batch_mixer = BatchMixer(3, seed=1), BatchMixer(3, seed=2)
+            >>> checkpoint = {}
+            >>> a.on_save_checkpoint(checkpoint)
+            >>> b.on_load_checkpoint(checkpoint)  # b now continues a's random stream
+            >>> x = torch.zeros(4, 2)
+            >>> a.batch_mixer.sample(x) == b.batch_mixer.sample(x)
+            True
         """
         super().on_save_checkpoint(checkpoint)  # type: ignore[misc]
         if self.batch_mixer is not None:
@@ -144,8 +156,7 @@ class BatchMixingMixin:
             checkpoint: the checkpoint dict being loaded.
 
         Example:
-            >>> BatchMixingMixin.on_load_checkpoint.__name__
-            'on_load_checkpoint'
+            See :meth:`on_save_checkpoint`.
         """
         super().on_load_checkpoint(checkpoint)  # type: ignore[misc]
         if self.batch_mixer is not None and _CKPT_KEY in checkpoint:
