@@ -298,3 +298,32 @@ def test_callback_ddp_sync_batchnorm(tmp_path):
         for k in (k for k in r["final"] if k.startswith("net.1.")):
             assert torch.equal(r0["epoch0"][k], r["final"][k]), k
         assert not torch.equal(r["epoch0"]["net.0.weight"], r["final"]["net.0.weight"])
+
+
+def test_children_of_a_frozen_layer_follow_train_and_eval():
+    # add_stochastic_depth puts each DropPath inside the BatchNorm that ends the residual branch
+    # (layer1[0].bn2.drop_path): freezing the norm must not pin its children's mode.
+    from lightning_reg.stochastic_depth.layers import add_stochastic_depth
+
+    torch.manual_seed(0)
+    m = resnet18(num_classes=10)
+    add_stochastic_depth(m, 0.5)
+    m.train()
+    freeze_batchnorm(m)
+    m.eval()
+    drop_paths = [mod for name, mod in m.named_modules() if name.endswith("drop_path")]
+    assert len(drop_paths) == 8
+    assert not any(d.training for d in drop_paths)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(m(x), m(x))  # eval: deterministic
+    m.train()
+    assert all(d.training for d in drop_paths)  # training: DropPath active again, the norms stay frozen
+    assert not any(bn.training for bn in batchnorm_layers(m))
+    # a direct ``training = True`` on the norm (Lightning's _ModuleMode.restore) leaves its children alone
+    bn = m.layer1[0].bn2
+    m.eval()
+    bn.training = True
+    with torch.no_grad():
+        m(x)
+    assert not bn.training and not bn.drop_path.training
