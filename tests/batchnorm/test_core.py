@@ -247,9 +247,9 @@ def test_callback_modules_restricts_the_freeze(tmp_path):
 
 
 def test_callback_validation():
-    with pytest.raises(ValueError, match="epoch=-1"):
+    with pytest.raises(ValueError, match=r"`epoch` must be an int >= 0; got -1"):
         FreezeBatchNorm(epoch=-1)
-    with pytest.raises(ValueError, match="modules='backbone'"):
+    with pytest.raises(TypeError, match=r"`modules` must be a list of str.*\['backbone'\]"):
         FreezeBatchNorm(modules="backbone")
     assert FreezeBatchNorm(epoch=1).state_key != FreezeBatchNorm(epoch=2).state_key
 
@@ -327,3 +327,53 @@ def test_children_of_a_frozen_layer_follow_train_and_eval():
     with torch.no_grad():
         m(x)
     assert not bn.training and not bn.drop_path.training
+
+
+def _bn_fit(model, callback, caplog=None):
+    data = DataLoader(TensorDataset(torch.randn(16, 4), torch.randint(0, 2, (16,))), batch_size=8)
+    trainer = L.Trainer(
+        max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, callbacks=[callback],
+    )
+    trainer.fit(model, data)
+    return trainer
+
+
+class _Parts(L.LightningModule):
+    def __init__(self, bn: bool = True):
+        super().__init__()
+        norm = nn.BatchNorm1d if bn else nn.LayerNorm
+        self.backbone = nn.Sequential(nn.Linear(4, 4), norm(4))
+        self.head = nn.Sequential(nn.Linear(4, 4), norm(4), nn.Linear(4, 2))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.cross_entropy(self.head(self.backbone(x)), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_callback_refuses_a_model_or_selection_without_batchnorm():
+    with pytest.raises(ValueError, match=r"_Parts has no BatchNorm layer .*nothing to freeze"):
+        _bn_fit(_Parts(bn=False), FreezeBatchNorm())
+    with pytest.raises(ValueError, match=r"`modules` pattern\(s\) \['neck'\] select no module"):
+        _bn_fit(_Parts(), FreezeBatchNorm(modules=["neck"]))
+    with pytest.raises(ValueError, match=r"has no BatchNorm layer under `modules`=\['backbone.0'\]"):
+        _bn_fit(_Parts(), FreezeBatchNorm(modules=["backbone.0"]))
+
+
+def test_callback_modules_take_the_selector_syntax_and_verbose(caplog):
+    import logging
+
+    for patterns in (["head.*"], ["re:^head\\."], ["head.1"]):
+        model = _Parts()
+        with caplog.at_level(logging.INFO):
+            _bn_fit(model, FreezeBatchNorm(modules=patterns, verbose=2))
+        assert is_frozen_batchnorm(model.head[1]) and not is_frozen_batchnorm(model.backbone[1]), patterns
+    assert "FreezeBatchNorm: froze 1 BatchNorm layers at epoch 0." in caplog.text
+    assert "FreezeBatchNorm: head.1" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        _bn_fit(_Parts(), FreezeBatchNorm(verbose=0))
+    assert "FreezeBatchNorm" not in caplog.text

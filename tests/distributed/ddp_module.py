@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_reg import RegularizedModule
+from lightning_reg import DecayRule, RegularizedModule
 
 LR, WD, STEPS = 0.01, 0.1, 8
 
@@ -81,12 +81,12 @@ def main(out_dir: Path) -> None:
 
     lm = TinyLMModule()
     reference = [
-        (g["name"], g["param_names"]) for g in weight_decay_param_groups(lm, 0.1, exclude_embeddings=True)
+        (g["name"], g["param_names"]) for g in weight_decay_param_groups(lm, 0.1, rule=DecayRule(embeddings=True))
     ]
     fsdp = FSDP(
         lm, use_orig_params=True, auto_wrap_policy=ModuleWrapPolicy({LMBlock}), device_id=torch.device("cpu")
     )
-    sharded = weight_decay_param_groups(fsdp, 0.1, exclude_embeddings=True)
+    sharded = weight_decay_param_groups(fsdp, 0.1, rule=DecayRule(embeddings=True))
     torch.save(
         {
             "fsdp_reference": reference,
