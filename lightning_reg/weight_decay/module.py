@@ -346,8 +346,8 @@ class RegularizedModule(PenaltyMixin, BatchMixingMixin, LightningModule):
                     f"`{key}` is set twice: {optimizer_name}({key}={bound[key]!r}) in the optimizer's "
                     f"arguments and {key}={ours!r} on {type(self).__name__}, whose value goes into every "
                     "parameter group and would silently override the optimizer's. Set it in one place: on "
-                    f"the module (model.init_args.{key} in a LightningCLI config), or set the module's `{key}` to None "
-                    "(null) to use the optimizer's."
+                    f"the module (model.init_args.{key} in a LightningCLI config), or set the module's "
+                    f"`{key}` to None (null) to use the optimizer's."
                 )
         self.regularization_config: dict[str, Any] = {
             "optimizer": optimizer,

@@ -80,9 +80,8 @@ def main(out_dir: Path) -> None:
     from tests.weight_decay.test_module import LMBlock, TinyLMModule
 
     lm = TinyLMModule()
-    reference = [
-        (g["name"], g["param_names"]) for g in weight_decay_param_groups(lm, 0.1, rule=DecayRule(embeddings=True))
-    ]
+    rule = DecayRule(embeddings=True)
+    reference = [(g["name"], g["param_names"]) for g in weight_decay_param_groups(lm, 0.1, rule=rule)]
     fsdp = FSDP(
         lm, use_orig_params=True, auto_wrap_policy=ModuleWrapPolicy({LMBlock}), device_id=torch.device("cpu")
     )

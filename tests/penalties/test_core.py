@@ -273,7 +273,7 @@ def test_penalty_mixin_follows_regularized_module_exclusions():
     assert {id(p) for p in net.penalty_parameters()} == {id(net.lin.weight), id(net.lin.bias)}
     torch.testing.assert_close(net.penalty(), 0.5 * (net.lin.weight.pow(2).sum() + net.lin.bias.pow(2).sum()))
     net2 = Net()
-    net2.weight_penalty = WeightPenalty(l2=1.0, rule=DecayRule(bias=True))  # explicit beats the module's setting
+    net2.weight_penalty = WeightPenalty(l2=1.0, rule=DecayRule(bias=True))  # explicit beats the module's
     assert [id(p) for p in net2.penalty_parameters()] == [id(net2.lin.weight)]
 
 

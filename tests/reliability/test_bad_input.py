@@ -15,8 +15,8 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
 
 from lightning_reg import (
-    DecayRule,
     BatchMixer,
+    DecayRule,
     DropPath,
     EarlyStopping,
     FreezeBatchNorm,

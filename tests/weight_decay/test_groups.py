@@ -127,7 +127,8 @@ def test_torchvision_parity_with_hand_classification(tv_models, key):
     names = _names(model)
     expected = _expected_no_decay(key, names)
     assert no_weight_decay_names(model) == expected
-    assert no_weight_decay_names(model, rule=DecayRule(embeddings=True)) == _expected_no_decay(key, names, True)
+    with_embeddings = no_weight_decay_names(model, rule=DecayRule(embeddings=True))
+    assert with_embeddings == _expected_no_decay(key, names, True)
     groups = weight_decay_param_groups(model, 0.05)
     assert sorted(groups[0]["param_names"]) == sorted(set(names) - expected)
     assert sorted(groups[1]["param_names"]) == sorted(expected)
@@ -161,8 +162,8 @@ def test_norm_class_name_rule():
 
     yes = ("LlamaRMSNorm", "T5LayerNorm", "LayerNorm2d", "BatchNormAct2d", "RmsNorm", "LayerNormFp32",
            # names the old suffix rule missed: gated RMSNorms, timm EvoNorm / FilterResponseNorm variants
-           "MambaRMSNormGated", "Qwen3NextRMSNormGated", "EvoNorm2dB0", "EvoNorm2dS0a", "FilterResponseNormTlu2d",
-           "NemotronLayerNorm1P", "GroupNormAct")
+           "MambaRMSNormGated", "Qwen3NextRMSNormGated", "EvoNorm2dB0", "EvoNorm2dS0a",
+           "FilterResponseNormTlu2d", "NemotronLayerNorm1P", "GroupNormAct")
     for name in yes:
         assert is_norm_module(named(name)), name
     for name in ("Normalize", "NormalizedLinear", "Linear", "Norman"):
@@ -393,7 +394,7 @@ def test_bad_values_name_the_value():
     for bad in (-0.1, float("nan"), float("inf")):
         with pytest.raises(ValueError, match=re.escape(repr(bad))):
             weight_decay_param_groups(m, bad)
-    with pytest.raises(TypeError, match=r"`weight_decay` must be a finite number >= 0; got '0.1' of type str"):
+    with pytest.raises(TypeError, match=r"`weight_decay` must be a finite number >= 0; got '0.1' of type"):
         weight_decay_param_groups(m, "0.1")
     for bad in (0.0, 1.5, -1.0):
         with pytest.raises(ValueError, match=rf"\(0, 1\].*{bad}"):

@@ -239,7 +239,7 @@ def test_groups_added_later_get_the_decay_split_names_and_settings():
         assert [g["name"] for g in added] == ["blocks_decay", "blocks_no_decay"]
         by_hand = {  # Linear weights decayed; biases and LayerNorm parameters not
             "blocks_decay": [f"blocks.{i}.1.weight" for i in range(3)],
-            "blocks_no_decay": [f"blocks.{i}.{j}" for i in range(3) for j in ("0.weight", "0.bias", "1.bias")],
+            "blocks_no_decay": [f"blocks.{i}.{j}" for i in range(3) for j in ("0.weight", "0.bias", "1.bias")]
         }
         for g in added:
             names = {id(p): n for n, p in model.named_parameters()}
@@ -286,7 +286,8 @@ def test_backbone_finetuning_fit_with_param_names_and_lr_monitor(tmp_path):
     trainer.fit(model)
     groups = {g["name"]: g for g in trainer.optimizers[0].param_groups}
     assert set(groups) == {"decay", "no_decay", "backbone_decay", "backbone_no_decay"}
-    assert groups["backbone_decay"]["weight_decay"] == 0.2 and groups["backbone_no_decay"]["weight_decay"] == 0
+    assert groups["backbone_decay"]["weight_decay"] == 0.2
+    assert groups["backbone_no_decay"]["weight_decay"] == 0
     assert sorted(groups["backbone_decay"]["param_names"]) == ["backbone.0.weight", "backbone.2.weight"]
     assert groups["backbone_decay"]["lr"] == groups["backbone_no_decay"]["lr"]
     keys = {k for _, row in logger.calls for k in row}
