@@ -10,8 +10,10 @@ A parameter is left out of weight decay when, under *any* of the names it is rea
 have several), one of these rules of :class:`DecayRule` holds (``word`` = a run of letters in the own
 name, e.g. ``bias_ih_l0_reverse`` has the words ``bias``, ``ih``, ``l``, ``reverse``):
 
-* ``bias``: its own name has the word ``bias`` (``bias``, ``in_proj_bias``, RNN ``bias_ih_l0`` /
-  ``bias_hh_l0_reverse``, Mamba ``dt_bias``, ``relative_position_bias_table``);
+* ``bias``: its own name has the word ``bias`` or ``beta`` (``bias``, ``in_proj_bias``, RNN ``bias_ih_l0``
+  / ``bias_hh_l0_reverse``, Mamba ``dt_bias``, ``relative_position_bias_table``, timm ``Affine.beta``),
+  or it is the table of an embedding whose own name has the word ``bias`` (T5's
+  ``relative_attention_bias``: a learned attention bias stored as an ``nn.Embedding``);
 * ``norm``: its owner is a torch normalization layer (``_NormBase`` incl. BatchNorm/SyncBatchNorm/
   InstanceNorm, ``LayerNorm``, ``GroupNorm``, ``RMSNorm``, ``LocalResponseNorm``), or a module whose class
   name has the word ``Norm`` (``Norm`` not followed by a lower-case letter: ``LlamaRMSNorm``,
@@ -19,10 +21,13 @@ name, e.g. ``bias_ih_l0_reverse`` has the words ``bias``, ``ih``, ``l``, ``rever
   ``FilterResponseNormTlu2d``; not ``Normalize``) and none of whose submodules hold parameters (so a
   ``PreNormBlock`` is a block, not a norm);
 * ``scale``: a per-channel gain: its owner's class name has the word ``Scale`` and none of its submodules
-  hold parameters (timm ``LayerScale``, HF ``Dinov2LayerScale``), or its own name has the word ``scale``
-  or ``gamma`` (ConvNeXt ``gamma``, CaiT ``gamma_1``, HF ``layer_scale_parameter``, CLIP ``logit_scale``);
+  hold parameters (timm ``LayerScale``, MetaFormer ``Scale``, HF ``Dinov2LayerScale``), or its own name
+  has the word ``scale``, ``gamma``, ``gain``, ``alpha`` or ``ls`` (ConvNeXt ``gamma``, CaiT ``gamma_1``,
+  HF ``layer_scale_parameter``, CLIP ``logit_scale``, NF-Net ``gain``, ResMLP ``ls1`` and ``Affine.alpha``);
 * ``declared``: some module's ``no_weight_decay()`` (the timm convention) lists it, relative to that
-  module, or the parameter has the attribute ``_no_weight_decay = True`` (the ``mamba_ssm`` convention);
+  module; the parameter has the attribute ``_no_weight_decay = True`` (the ``mamba_ssm`` convention); or
+  its own name is ``A_log`` or ``D``, the state-space parameters ``mamba_ssm`` marks that way (the Hugging
+  Face ports of Mamba, Mamba2, Jamba ... keep the names but not the mark);
 * ``embedding`` (only with ``DecayRule(embeddings=True)``): its owner is ``nn.Embedding`` /
   ``nn.EmbeddingBag``, or its own name has the word ``embed``, ``embedding(s)`` or ``token(s)``
   (``pos_embed``, ``position_embeddings``, ``class_embedding``, ``cls_token``, ``distillation_token``,
@@ -86,8 +91,11 @@ _TORCH_NORMS: tuple[type[nn.Module], ...] = tuple(
 _NORM_WORD = re.compile(r"Norm(?![a-z])")
 _SCALE_WORD = re.compile(r"Scale(?![a-z])")
 _WORDS = re.compile(r"[a-z]+")
-_BIAS_WORDS = frozenset({"bias"})
-_SCALE_WORDS = frozenset({"scale", "gamma"})
+_BIAS_WORDS = frozenset({"bias", "beta"})
+_SCALE_WORDS = frozenset({"scale", "gamma", "gain", "alpha", "ls"})
+#: own names of state-space dynamics parameters that ``mamba_ssm`` marks ``_no_weight_decay`` (its ports,
+#: e.g. the Hugging Face Mamba / Mamba2 / Jamba models, keep the names but drop the mark)
+_SSM_NAMES = frozenset({"A_log", "D"})
 _EMBEDDING_WORDS = frozenset({"embed", "embeds", "embedding", "embeddings", "token", "tokens"})
 _FLAT_PARAM = "_flat_param"
 REASONS = ("bias", "norm", "scale", "declared", "embedding", "pattern")
@@ -332,6 +340,7 @@ def classify_parameters(
             norm = rule.norm and is_norm_module(module)
             scale_module = rule.scale and is_scale_module(module)
             embedding_module = isinstance(module, (nn.Embedding, nn.EmbeddingBag))
+            bias_table = embedding_module and bool(_words(mod_name.rpartition(".")[2]) & _BIAS_WORDS)
         for local, p in own:
             key = name_of.get(id(p))
             if key is None:
@@ -339,13 +348,13 @@ def classify_parameters(
             full = _join(mod_name, local)
             aliases[key].update((strip(full), full))
             words = _words(local)
-            if rule.bias and words & _BIAS_WORDS:
+            if rule.bias and (words & _BIAS_WORDS or bias_table):
                 reasons[key].add("bias")
             if norm:
                 reasons[key].add("norm")
             if scale_module or (rule.scale and words & _SCALE_WORDS):
                 reasons[key].add("scale")
-            if getattr(p, "_no_weight_decay", False) is True:
+            if getattr(p, "_no_weight_decay", False) is True or local in _SSM_NAMES:
                 reasons[key].add("declared")
             if rule.embeddings and (embedding_module or words & _EMBEDDING_WORDS):
                 reasons[key].add("embedding")

@@ -426,3 +426,63 @@ def test_describe_lists_every_group():
     assert lines[1].split() == ["decay", "2", "20", "0.1", "0.01"]  # fc.weight 16 + nrm.weight 4
     assert lines[2].split() == ["no_decay", "4", "16", "0", "0.01"]  # fc.bias, bn.weight, bn.bias, rms.weight
     assert lines[3].split() == ["total", "6", "36"]
+
+
+# ------------------------------------------------------------------------- models nobody here wrote
+
+
+def test_rnn_biases_gated_norms_and_learned_tokens_by_hand():
+    class RMSNormGated(nn.Module):  # the shape of transformers' *RMSNormGated classes
+        def __init__(self, d: int) -> None:
+            super().__init__()
+            self.weight = nn.Parameter(torch.ones(d))
+
+    class Model(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lstm = nn.LSTM(4, 8, num_layers=2, bidirectional=True)
+            self.gru = nn.GRU(4, 8)
+            self.norm = RMSNormGated(8)
+            self.class_embedding = nn.Parameter(torch.zeros(8))
+            self.distillation_token = nn.Parameter(torch.zeros(1, 1, 8))
+            self.register_tokens = nn.Parameter(torch.zeros(1, 4, 8))
+            self.head = nn.Linear(8, 2)
+
+    m = Model()
+    biases = {n for n, _ in m.named_parameters() if n.split(".")[-1].startswith("bias")}
+    assert len(biases) == 2 * 2 * 2 + 2 + 1  # LSTM: 2 layers x 2 directions x (ih, hh); GRU (ih, hh); head
+    assert any(n.endswith("_reverse") for n in biases)
+    assert no_weight_decay_names(m) == biases | {"norm.weight"}
+    tokens = {"class_embedding", "distillation_token", "register_tokens"}
+    assert no_weight_decay_names(m, DecayRule(embeddings=True)) == biases | {"norm.weight"} | tokens
+
+
+def test_a_submodule_named_module_next_to_own_parameters_keeps_unique_names():
+    class Model(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.module = nn.Linear(2, 2)
+            self.weight = nn.Parameter(torch.ones(2, 2))
+
+    m = Model()
+    groups = weight_decay_param_groups(m, 0.1)
+    names = [n for g in groups for n in g["param_names"]]
+    assert sorted(names) == ["module.bias", "module.weight", "weight"]  # no two parameters called 'weight'
+    for g in groups:
+        assert all(p is m.get_parameter(n) for p, n in zip(g["params"], g["param_names"]))
+    # a real wrapper (one child called `module`, no parameters of its own) is still stripped
+    wrapped = _Wrap("module", Model())
+    assert [g["param_names"] for g in weight_decay_param_groups(wrapped, 0.1)] == [g["param_names"] for g in groups]
+    # user patterns may use either spelling
+    assert "module.weight" in no_weight_decay_names(wrapped, DecayRule(exclude=["module.module.weight"]))
+
+
+def test_no_weight_decay_attribute_and_exclude_selector_syntax():
+    m = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2))
+    m[1].weight._no_weight_decay = True  # the mamba_ssm convention
+    assert no_weight_decay_names(m) == {"0.bias", "1.bias", "2.bias", "1.weight"}
+    for patterns in (["2"], ["2.*"], ["re:^2\\."], ["*.weight"]):
+        got = no_weight_decay_names(m, DecayRule(exclude=patterns))
+        assert "2.weight" in got and (("0.weight" in got) == (patterns == ["*.weight"])), patterns
+    with pytest.raises(ValueError, match="looks like a regular expression"):
+        DecayRule(exclude=["^2"])
