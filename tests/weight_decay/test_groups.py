@@ -472,7 +472,8 @@ def test_a_submodule_named_module_next_to_own_parameters_keeps_unique_names():
         assert all(p is m.get_parameter(n) for p, n in zip(g["params"], g["param_names"]))
     # a real wrapper (one child called `module`, no parameters of its own) is still stripped
     wrapped = _Wrap("module", Model())
-    assert [g["param_names"] for g in weight_decay_param_groups(wrapped, 0.1)] == [g["param_names"] for g in groups]
+    wrapped_groups = weight_decay_param_groups(wrapped, 0.1)
+    assert [g["param_names"] for g in wrapped_groups] == [g["param_names"] for g in groups]
     # user patterns may use either spelling
     assert "module.weight" in no_weight_decay_names(wrapped, DecayRule(exclude=["module.module.weight"]))
 
