@@ -7,7 +7,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, StochasticWeightAveraging
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, FSDPStrategy
 from lightning.pytorch.utilities.rank_zero import WarningCache
 from torch import nn
@@ -71,6 +71,8 @@ class FreezeBatchNorm(Callback):
         self.verbose = check_verbose(verbose)
         self.frozen = False
         self._drop_grads: list[nn.Parameter] = []
+        self._stats: list[tuple[nn.Module, torch.Tensor | None, torch.Tensor | None, int | None]] = []
+        self._swa = False
 
     @property
     @override
@@ -96,8 +98,11 @@ class FreezeBatchNorm(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        # StochasticWeightAveraging recomputes BatchNorm statistics after training: frozen ones are kept
+        self._swa = any(isinstance(cb, StochasticWeightAveraging) for cb in trainer.callbacks)
         self.frozen = False  # a new fit starts fresh (a resumed one gets its state back after setup)
         self._drop_grads = []
+        self._stats = []
         if self.selector is not None:
             names = [strip_wrapper_prefixes(n) for n, _ in pl_module.named_modules()]
             unmatched = self.selector.unmatched(names)
@@ -145,12 +150,53 @@ class FreezeBatchNorm(Callback):
         keep_grad = isinstance(strategy, DDPStrategy) or flat
         for layer in layers:
             freeze_batchnorm(layer, affine=self.freeze_affine and not keep_grad)
+            tracked = layer.num_batches_tracked
+            self._stats.append(
+                (layer, layer.running_mean, layer.running_var, None if tracked is None else int(tracked))
+            )
         if self.freeze_affine and not flat:
             self._drop_grads += [p for layer in layers for p in layer.parameters(recurse=False)]
         self.frozen = True
         epoch = trainer.current_epoch
         say(self.verbose, 1, f"FreezeBatchNorm: froze {len(layers)} BatchNorm layers at epoch {epoch}.")
         say(self.verbose, 2, "FreezeBatchNorm: " + ", ".join(n for n, _ in named))
+
+    def _restore_frozen_stats(self) -> None:
+        """Put back frozen statistics that someone replaced, without a host sync.
+
+        ``StochasticWeightAveraging`` resets every BatchNorm before recomputing its statistics in train
+        mode: new zeros / ones tensors for ``running_mean`` / ``running_var`` and ``num_batches_tracked``
+        zeroed. Frozen layers stay in eval mode, so they would end with zeros and ones. A buffer moved to
+        another device or dtype is left alone.
+        """
+        for layer, mean, var, tracked in self._stats:
+            replaced = False
+            for name, saved in (("running_mean", mean), ("running_var", var)):
+                current = getattr(layer, name)
+                if saved is None or current is None or current is saved:
+                    continue
+                if (current.device, current.dtype, current.shape) == (saved.device, saved.dtype, saved.shape):
+                    setattr(layer, name, saved)
+                    replaced = True
+            if replaced and tracked is not None and layer.num_batches_tracked is not None:
+                layer.num_batches_tracked.fill_(tracked)
+
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self._stats and self._swa:
+            self._restore_frozen_stats()
+
+    @override
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._stats and self._swa:
+            self._restore_frozen_stats()
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._stats and self._swa:
+            self._restore_frozen_stats()
 
     @staticmethod
     def _broadcast_running_stats(trainer: pl.Trainer, layers: list[nn.Module]) -> None:

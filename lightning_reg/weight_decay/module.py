@@ -364,6 +364,25 @@ class RegularizedModule(PenaltyMixin, BatchMixingMixin, LightningModule):
         self._layer_ids: dict[str, int] | None = None
 
     @property
+    def lr(self) -> float | None:
+        """The base learning rate of the groups (``None``: the optimizer's own); settable.
+
+        The Tuner's learning-rate finder (``Tuner.lr_find``) writes its suggestion here, so the next
+        ``configure_optimizers`` uses it.
+
+        Example:
+            >>> m = RegularizedModule(lr=0.1)
+            >>> m.lr = 0.02
+            >>> m.regularization_config["lr"]
+            0.02
+        """
+        return self.regularization_config["lr"]
+
+    @lr.setter
+    def lr(self, value: float | None) -> None:
+        self.regularization_config["lr"] = check_lr(value)
+
+    @property
     def decay_rule(self) -> DecayRule:
         """The :class:`~lightning_reg.DecayRule` in force (penalties and ``ProximalL1`` default to it).
 

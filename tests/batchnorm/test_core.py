@@ -377,3 +377,30 @@ def test_callback_modules_take_the_selector_syntax_and_verbose(caplog):
     with caplog.at_level(logging.INFO):
         _bn_fit(_Parts(), FreezeBatchNorm(verbose=0))
     assert "FreezeBatchNorm" not in caplog.text
+
+
+def test_callback_keeps_frozen_statistics_through_stochastic_weight_averaging(tmp_path):
+    """SWA resets every BatchNorm to zeros / ones and recomputes the statistics in train mode; frozen
+    layers stay in eval mode, so they ended with zeros and ones."""
+    from lightning.pytorch.callbacks import Callback, StochasticWeightAveraging
+
+    class AtFreeze(Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            if trainer.current_epoch == 1:
+                bn = pl_module.backbone[1]
+                self.stats = (bn.running_mean.clone(), bn.running_var.clone(), int(bn.num_batches_tracked))
+
+    torch.manual_seed(0)
+    model = _Parts()
+    at_freeze = AtFreeze()
+    data = DataLoader(TensorDataset(torch.randn(16, 4) * 3 + 1, torch.randint(0, 2, (16,))), batch_size=8)
+    trainer = L.Trainer(
+        max_epochs=4, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, default_root_dir=tmp_path,
+        callbacks=[FreezeBatchNorm(epoch=1, verbose=0), at_freeze, StochasticWeightAveraging(0.05, 2)],
+    )
+    trainer.fit(model, data)
+    bn = model.backbone[1]
+    assert not torch.equal(bn.running_mean, torch.zeros(4))
+    assert torch.equal(bn.running_mean, at_freeze.stats[0]) and torch.equal(bn.running_var, at_freeze.stats[1])
+    assert int(bn.num_batches_tracked) == at_freeze.stats[2] == 2  # epoch 0 only: 2 batches
