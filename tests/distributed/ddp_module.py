@@ -96,7 +96,7 @@ def main(out_dir: Path) -> None:
             "groups": groups,
             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "idle0": idle0,
-            "tables": [m for m in collect.messages if "parameter groups" in m],
+            "tables": [m for m in collect.messages if m.startswith("Net: AdamW")],  # the one-line report
         },
         out_dir / f"rank{trainer.global_rank}.pt",
     )
