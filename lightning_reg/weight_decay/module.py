@@ -125,7 +125,7 @@ class _AddParamGroup:
             members = buckets[(lid, decayed)]
             scale = 1.0
             if layer_decay is not None and lid >= 0:
-                n_layers = module._num_layers()
+                n_layers = module._n_layers or module._num_layers()
                 scale = float(layer_decay) ** (n_layers - 1 - lid) / ref_scale
             kind = "decay" if decayed else "no_decay"
             name = f"{prefix}_{kind}" if lid < 0 else f"{prefix}_layer_{lid}_{kind}"
@@ -362,6 +362,7 @@ class RegularizedModule(PenaltyMixin, BatchMixingMixin, LightningModule):
             "verbose": check_verbose(verbose),
         }
         self._layer_ids: dict[str, int] | None = None
+        self._n_layers: int | None = None
 
     @property
     def lr(self) -> float | None:
@@ -417,7 +418,8 @@ class RegularizedModule(PenaltyMixin, BatchMixingMixin, LightningModule):
         return self._layer_ids[name]
 
     def _num_layers(self) -> int:
-        ids = [self.get_layer_id(n) for n, _ in _parameters(self, include_frozen=True)]
+        """``L`` of the layer-decay formula: the largest id among the trainable parameters, plus one."""
+        ids = [self.get_layer_id(n) for n, _ in _parameters(self)]
         return max(ids, default=0) + 1
 
     def param_groups(self) -> list[dict[str, Any]]:
@@ -435,6 +437,7 @@ class RegularizedModule(PenaltyMixin, BatchMixingMixin, LightningModule):
         cfg = self.regularization_config
         self._layer_ids = None
         layer_decay = cfg["layer_decay"]
+        self._n_layers = self._num_layers() if layer_decay is not None else None
         with warnings.catch_warnings(record=True) as caught:  # relay on rank zero only (not once per rank)
             warnings.simplefilter("always")
             groups = weight_decay_param_groups(
@@ -446,7 +449,7 @@ class RegularizedModule(PenaltyMixin, BatchMixingMixin, LightningModule):
                 # layer decay with the optimizer's own lr: build with lr=1 and rescale after construction
                 lr=cfg["lr"] if cfg["lr"] is not None or layer_decay is None else 1.0,
                 layer_id_fn=self.get_layer_id if layer_decay is not None else None,
-                num_layers=self._num_layers() if layer_decay is not None else None,
+                num_layers=self._n_layers if layer_decay is not None else None,
             )
         for w in caught:
             rank_zero_warn(str(w.message), category=w.category)

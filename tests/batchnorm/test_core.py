@@ -402,5 +402,6 @@ def test_callback_keeps_frozen_statistics_through_stochastic_weight_averaging(tm
     trainer.fit(model, data)
     bn = model.backbone[1]
     assert not torch.equal(bn.running_mean, torch.zeros(4))
-    assert torch.equal(bn.running_mean, at_freeze.stats[0]) and torch.equal(bn.running_var, at_freeze.stats[1])
+    assert torch.equal(bn.running_mean, at_freeze.stats[0])
+    assert torch.equal(bn.running_var, at_freeze.stats[1])
     assert int(bn.num_batches_tracked) == at_freeze.stats[2] == 2  # epoch 0 only: 2 batches

@@ -508,3 +508,32 @@ def test_layer_decay_warns_when_one_layer_id_holds_most_decayed_tensors():
     with warnings.catch_warnings():  # a block list (Stack: 3 blocks + stem + head) is not degenerate
         warnings.simplefilter("error")
         Stack(layer_decay=0.5).configure_optimizers()
+
+
+def test_groups_added_later_with_layer_decay_keep_the_layer_ratios():
+    """BackboneFinetuning derives the backbone's lr from param_groups[0], the lowest layer's rate: each added
+    layer gets that lr times its layer's scale relative to group 0's, i.e. its own layer-decayed rate
+    times BackboneFinetuning's ratio."""
+    from lightning.pytorch.callbacks import BaseFinetuning
+
+    model = Stack(lr=1.0, layer_decay=0.5)
+    model.blocks.requires_grad_(False)
+    opt = model.configure_optimizers()["optimizer"]
+    # stem: layer 0, blocks: 1-3, head: 4 (L = 5, ids over every parameter, frozen ones included)
+    assert [g["layer_id"] for g in opt.param_groups] == [0, 0, 4, 4]
+    assert opt.param_groups[0]["lr"] == 0.5**4
+    n = len(opt.param_groups)
+    with pytest.warns(UserWarning, match=r"param_groups\[0\]"):
+        BaseFinetuning.unfreeze_and_add_param_group(model.blocks, opt, lr=0.1 * 0.5**4)  # stem rate / 10
+    added = opt.param_groups[n:]
+    assert [g["name"] for g in added] == [
+        f"blocks_layer_{i}_{kind}" for i in (1, 2, 3) for kind in ("decay", "no_decay")
+    ]
+    for g, i in zip(added, (1, 1, 2, 2, 3, 3)):
+        assert g["lr"] == pytest.approx(0.1 * 0.5 ** (4 - i))  # its layer's rate / 10
+    opt.param_groups[-1]["lr"] *= 0.5  # what BackboneFinetuning does each epoch
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    for g, i in zip(added, (1, 1, 2, 2, 3, 3)):
+        assert g["lr"] == pytest.approx(0.05 * 0.5 ** (4 - i))
