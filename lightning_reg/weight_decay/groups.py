@@ -39,6 +39,7 @@ name, e.g. ``bias_ih_l0_reverse`` has the words ``bias``, ``ih``, ``l``, ``rever
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -227,8 +228,11 @@ def _leaf_of_parameters(module: nn.Module) -> bool:
     return not any(True for child in module.children() for _ in child.parameters())
 
 
-def _class_names(module: nn.Module) -> list[str]:
-    return [cls.__name__ for cls in type(module).__mro__ if cls not in (nn.Module, object)]
+@functools.lru_cache(maxsize=1024)
+def _class_words(cls: type) -> tuple[bool, bool]:
+    """Whether the class (or a base class) name has the word ``Norm``, and the word ``Scale``."""
+    names = [c.__name__ for c in cls.__mro__ if c not in (nn.Module, object)]
+    return any(_NORM_WORD.search(n) for n in names), any(_SCALE_WORD.search(n) for n in names)
 
 
 def is_norm_module(module: nn.Module) -> bool:
@@ -251,7 +255,7 @@ def is_norm_module(module: nn.Module) -> bool:
     """
     if isinstance(module, _TORCH_NORMS):
         return True
-    return any(_NORM_WORD.search(n) for n in _class_names(module)) and _leaf_of_parameters(module)
+    return _class_words(type(module))[0] and _leaf_of_parameters(module)
 
 
 def is_scale_module(module: nn.Module) -> bool:
@@ -269,7 +273,7 @@ def is_scale_module(module: nn.Module) -> bool:
         >>> is_scale_module(LayerScale()), is_scale_module(torch.nn.Linear(2, 2))
         (True, False)
     """
-    return any(_SCALE_WORD.search(n) for n in _class_names(module)) and _leaf_of_parameters(module)
+    return _class_words(type(module))[1] and _leaf_of_parameters(module)
 
 
 def _words(name: str) -> set[str]:
