@@ -20,7 +20,7 @@ from lightning_reg._conventions import (
     log_step_metrics,
     say,
 )
-from lightning_reg.penalties.core import check_l1, decayed_parameters, proximal_l1_, zero_fraction
+from lightning_reg.penalties.core import _check_l1, decayed_parameters, proximal_l1_, zero_fraction
 from lightning_reg.weight_decay.groups import DecayRule, _check_rule
 
 __all__ = ["ProximalL1"]
@@ -71,7 +71,7 @@ class ProximalL1(Callback):
         log_every_n_steps: int | None = None,
         verbose: int | bool = 1,
     ) -> None:
-        self.l1 = check_l1(l1)
+        self.l1 = _check_l1(l1)
         self.rule = None if rule is None else _check_rule(rule)
         self.log_every_n_steps = check_log_every_n_steps(log_every_n_steps)
         self.verbose = check_verbose(verbose)

@@ -34,7 +34,6 @@ from lightning_reg.weight_decay.groups import DecayRule, _check_rule, weight_dec
 __all__ = [
     "WeightPenalty",
     "add_penalty_grad_",
-    "check_l1",
     "decayed_parameters",
     "elastic_net_penalty",
     "l1_penalty",
@@ -166,11 +165,11 @@ def _check_coefficients(l1: float, l2: float) -> tuple[float, float]:
     return check_number("l1", l1, low=0.0), check_number("l2", l2, low=0.0)
 
 
-def check_l1(l1: Any) -> float:
+def _check_l1(l1: Any) -> float:
     """Validate the coefficient of a proximal L1 step: a finite number ``> 0`` (``0`` would do nothing).
 
     Example:
-        >>> check_l1(1e-4)
+        >>> _check_l1(1e-4)
         0.0001
     """
     return check_number("l1", l1, low=0.0, low_open=True)

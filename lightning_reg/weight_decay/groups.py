@@ -55,9 +55,6 @@ __all__ = [
     "DecayRule",
     "WRAPPER_PREFIXES",
     "block_layer_ids",
-    "check_layer_decay",
-    "check_lr",
-    "check_weight_decay",
     "classify_parameters",
     "describe_param_groups",
     "is_norm_module",
@@ -507,9 +504,9 @@ def weight_decay_param_groups(
         [('decay', ['0.weight'], 0.05), ('no_decay', ['0.bias', '1.weight', '1.bias'], 0.0)]
         >>> opt = torch.optim.AdamW(groups, lr=1e-3)
     """
-    weight_decay = check_weight_decay(weight_decay)
-    layer_decay = check_layer_decay(layer_decay)
-    lr = check_lr(lr)
+    weight_decay = _check_weight_decay(weight_decay)
+    layer_decay = _check_layer_decay(layer_decay)
+    lr = _check_lr(lr)
     if layer_decay is not None and lr is None:
         raise ValueError(
             "`layer_decay` needs the base `lr` (weight_decay_param_groups(..., lr=...)) so every group "
@@ -588,31 +585,31 @@ def _warn_if_degenerate(model: nn.Module, decayed_layer_of: dict[str, int]) -> N
         )
 
 
-def check_weight_decay(weight_decay: Any) -> float:
+def _check_weight_decay(weight_decay: Any) -> float:
     """Validate ``weight_decay``: a finite number ``>= 0`` (TypeError / ValueError otherwise).
 
     Example:
-        >>> check_weight_decay(0.05)
+        >>> _check_weight_decay(0.05)
         0.05
     """
     return check_number("weight_decay", weight_decay, low=0.0)
 
 
-def check_layer_decay(layer_decay: Any) -> float | None:
+def _check_layer_decay(layer_decay: Any) -> float | None:
     """Validate ``layer_decay``: a number in ``(0, 1]`` or ``None``.
 
     Example:
-        >>> check_layer_decay(0.75), check_layer_decay(None)
+        >>> _check_layer_decay(0.75), _check_layer_decay(None)
         (0.75, None)
     """
     return check_number("layer_decay", layer_decay, low=0.0, high=1.0, low_open=True, none_ok=True)
 
 
-def check_lr(lr: Any) -> float | None:
+def _check_lr(lr: Any) -> float | None:
     """Validate a base learning rate: a finite number ``>= 0`` or ``None``.
 
     Example:
-        >>> check_lr(1e-3)
+        >>> _check_lr(1e-3)
         0.001
     """
     return check_number("lr", lr, low=0.0, none_ok=True)

@@ -29,12 +29,12 @@ from lightning_reg.penalties.core import WeightPenalty
 from lightning_reg.penalties.mixin import PenaltyMixin
 from lightning_reg.weight_decay.groups import (
     DecayRule,
+    _check_layer_decay,
+    _check_lr,
     _check_rule,
+    _check_weight_decay,
     _parameters,
     block_layer_ids,
-    check_layer_decay,
-    check_lr,
-    check_weight_decay,
     classify_parameters,
     describe_param_groups,
     validate_param_groups,
@@ -331,9 +331,9 @@ class RegularizedModule(PenaltyMixin, BatchMixingMixin, LightningModule):
             >>> m = RegularizedModule()
             >>> m.configure_regularization(optimizer=torch.optim.SGD, lr=0.1, weight_decay=1e-4)
         """
-        weight_decay = None if weight_decay is None else check_weight_decay(weight_decay)
-        lr = check_lr(lr)
-        layer_decay = check_layer_decay(layer_decay)
+        weight_decay = None if weight_decay is None else _check_weight_decay(weight_decay)
+        lr = _check_lr(lr)
+        layer_decay = _check_layer_decay(layer_decay)
         if lr_scheduler_interval is not None:
             check_choice("lr_scheduler_interval", lr_scheduler_interval, ("step", "epoch"))
         check_callable("optimizer", optimizer, "a callable params -> Optimizer")
@@ -381,7 +381,7 @@ class RegularizedModule(PenaltyMixin, BatchMixingMixin, LightningModule):
 
     @lr.setter
     def lr(self, value: float | None) -> None:
-        self.regularization_config["lr"] = check_lr(value)
+        self.regularization_config["lr"] = _check_lr(value)
 
     @property
     def decay_rule(self) -> DecayRule:
