@@ -7,15 +7,16 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, StochasticWeightAveraging
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, FSDPStrategy
-from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.rank_zero import WarningCache
 from torch import nn
 from torch.optim import Optimizer
 from typing_extensions import override
 
-from lightning_reg.batchnorm.core import batchnorm_layers, freeze_batchnorm, is_frozen_batchnorm
+from lightning_reg._conventions import NameSelector, check_bool, check_int, check_verbose, say
+from lightning_reg.batchnorm.core import freeze_batchnorm, is_frozen_batchnorm
+from lightning_reg.weight_decay.groups import strip_wrapper_prefixes
 
 __all__ = ["FreezeBatchNorm"]
 
@@ -41,8 +42,15 @@ class FreezeBatchNorm(Callback):
     Args:
         epoch: first (0-based) epoch trained with frozen BatchNorm; 0 freezes from the start.
         freeze_affine: also stop updating the affine parameters.
-        modules: names of submodules of the LightningModule to freeze in (e.g. ``["backbone"]``);
-            ``None`` freezes every BatchNorm layer of the model.
+        modules: which BatchNorm layers to freeze, as name selectors on the LightningModule's module
+            names (dotted name or prefix, glob, ``re:<regex>``; e.g. ``["backbone"]`` freezes every layer
+            under ``backbone``); ``None`` freezes every BatchNorm layer of the model.
+        verbose: ``0`` quiet, ``1`` one line when freezing, ``2`` also the names of the frozen layers.
+
+    Raises:
+        TypeError: a value of the wrong type (e.g. ``modules="backbone"``: write ``["backbone"]``).
+        ValueError: a negative ``epoch`` or an invalid pattern; at fit start, a model (or selection)
+            without any BatchNorm layer, where the callback would silently do nothing.
 
     Example:
         >>> import lightning as L
@@ -50,17 +58,21 @@ class FreezeBatchNorm(Callback):
     """
 
     def __init__(
-        self, epoch: int = 0, freeze_affine: bool = True, modules: Sequence[str] | None = None
+        self,
+        epoch: int = 0,
+        freeze_affine: bool = True,
+        modules: Sequence[str] | None = None,
+        verbose: int | bool = 1,
     ) -> None:
-        if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
-            raise ValueError(f"epoch={epoch!r} must be an int >= 0 (the first epoch with frozen BatchNorm).")
-        if modules is not None and (isinstance(modules, str) or not all(isinstance(m, str) for m in modules)):
-            raise ValueError(f"modules={modules!r} must be None or a list of submodule names.")
-        self.epoch = epoch
-        self.freeze_affine = freeze_affine
-        self.modules = None if modules is None else list(modules)
+        self.epoch = check_int("epoch", epoch, low=0)
+        self.freeze_affine = check_bool("freeze_affine", freeze_affine)
+        self.selector = None if modules is None else NameSelector(modules, name="modules")
+        self.modules = None if self.selector is None else list(self.selector.patterns)
+        self.verbose = check_verbose(verbose)
         self.frozen = False
         self._drop_grads: list[nn.Parameter] = []
+        self._stats: list[tuple[nn.Module, torch.Tensor | None, torch.Tensor | None, int | None]] = []
+        self._swa = False
 
     @property
     @override
@@ -69,10 +81,43 @@ class FreezeBatchNorm(Callback):
             epoch=self.epoch, freeze_affine=self.freeze_affine, modules=self.modules
         )
 
-    def _roots(self, pl_module: pl.LightningModule) -> list[nn.Module]:
-        if self.modules is None:
-            return [pl_module]
-        return [pl_module.get_submodule(name) for name in self.modules]
+    def _layers(self, pl_module: pl.LightningModule) -> list[tuple[str, nn.Module]]:
+        """Return the selected BatchNorm layers with their (wrapper-stripped) names."""
+        from torch.nn.modules.batchnorm import _BatchNorm
+
+        layers = [
+            (strip_wrapper_prefixes(name), m)
+            for name, m in pl_module.named_modules()
+            if isinstance(m, _BatchNorm)
+        ]
+        if self.selector is not None:
+            layers = [(n, m) for n, m in layers if self.selector.matches(n)]
+        return layers
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        # StochasticWeightAveraging recomputes BatchNorm statistics after training: frozen ones are kept
+        self._swa = any(isinstance(cb, StochasticWeightAveraging) for cb in trainer.callbacks)
+        self.frozen = False  # a new fit starts fresh (a resumed one gets its state back after setup)
+        self._drop_grads = []
+        self._stats = []
+        if self.selector is not None:
+            names = [strip_wrapper_prefixes(n) for n, _ in pl_module.named_modules()]
+            unmatched = self.selector.unmatched(names)
+            if unmatched:
+                raise ValueError(
+                    f"FreezeBatchNorm: `modules` pattern(s) {unmatched} select no module of "
+                    f"{type(pl_module).__name__}; check the names with [n for n, _ in model.named_modules()]."
+                )
+        if not self._layers(pl_module):
+            where = "" if self.selector is None else f" under `modules`={self.modules}"
+            raise ValueError(
+                f"FreezeBatchNorm: {type(pl_module).__name__} has no BatchNorm layer{where} "
+                "(BatchNorm1d/2d/3d, SyncBatchNorm), so there is nothing to freeze; remove the callback or "
+                "check the model."
+            )
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -86,10 +131,8 @@ class FreezeBatchNorm(Callback):
     def _freeze_if_due(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.current_epoch < self.epoch:
             return
-        roots = self._roots(pl_module)
-        layers = [
-            layer for root in roots for layer in batchnorm_layers(root) if not is_frozen_batchnorm(layer)
-        ]
+        named = [(n, m) for n, m in self._layers(pl_module) if not is_frozen_batchnorm(m)]
+        layers = [m for _, m in named]
         if not layers:
             self.frozen = True
             return
@@ -105,14 +148,55 @@ class FreezeBatchNorm(Callback):
         # Under DDP the affine parameters must keep requires_grad (the reducer waits for their gradients):
         # their gradients are dropped before each optimizer step instead.
         keep_grad = isinstance(strategy, DDPStrategy) or flat
-        for root in roots:
-            freeze_batchnorm(root, affine=self.freeze_affine and not keep_grad)
+        for layer in layers:
+            freeze_batchnorm(layer, affine=self.freeze_affine and not keep_grad)
+            tracked = layer.num_batches_tracked
+            self._stats.append(
+                (layer, layer.running_mean, layer.running_var, None if tracked is None else int(tracked))
+            )
         if self.freeze_affine and not flat:
-            self._drop_grads = [p for layer in layers for p in layer.parameters(recurse=False)]
+            self._drop_grads += [p for layer in layers for p in layer.parameters(recurse=False)]
         self.frozen = True
-        rank_zero_info(
-            f"FreezeBatchNorm: froze {len(layers)} BatchNorm layers at epoch {trainer.current_epoch}."
-        )
+        epoch = trainer.current_epoch
+        say(self.verbose, 1, f"FreezeBatchNorm: froze {len(layers)} BatchNorm layers at epoch {epoch}.")
+        say(self.verbose, 2, "FreezeBatchNorm: " + ", ".join(n for n, _ in named))
+
+    def _restore_frozen_stats(self) -> None:
+        """Put back frozen statistics that someone replaced, without a host sync.
+
+        ``StochasticWeightAveraging`` resets every BatchNorm before recomputing its statistics in train
+        mode: new zeros / ones tensors for ``running_mean`` / ``running_var`` and ``num_batches_tracked``
+        zeroed. Frozen layers stay in eval mode, so they would end with zeros and ones. A buffer moved to
+        another device or dtype is left alone.
+        """
+        for layer, mean, var, tracked in self._stats:
+            replaced = False
+            for name, saved in (("running_mean", mean), ("running_var", var)):
+                current = getattr(layer, name)
+                if saved is None or current is None or current is saved:
+                    continue
+                if (current.device, current.dtype, current.shape) == (saved.device, saved.dtype, saved.shape):
+                    setattr(layer, name, saved)
+                    replaced = True
+            if replaced and tracked is not None and layer.num_batches_tracked is not None:
+                layer.num_batches_tracked.fill_(tracked)
+
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self._stats and self._swa:
+            self._restore_frozen_stats()
+
+    @override
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._stats and self._swa:
+            self._restore_frozen_stats()
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._stats and self._swa:
+            self._restore_frozen_stats()
 
     @staticmethod
     def _broadcast_running_stats(trainer: pl.Trainer, layers: list[nn.Module]) -> None:

@@ -63,8 +63,13 @@ def is_frozen_batchnorm(layer: nn.Module) -> bool:
 
 
 def _frozen_train(layer: nn.Module, mode: bool = True) -> nn.Module:
-    # Replaces ``layer.train``: whatever the requested mode, the frozen layer stays in eval mode.
+    # Replaces ``layer.train``: whatever the requested mode, the frozen layer itself stays in eval mode;
+    # its children (e.g. a DropPath that ``attach_drop_path`` placed inside it) follow ``mode`` as usual.
+    if not isinstance(mode, bool):
+        raise ValueError("training mode is expected to be boolean")
     layer.training = False
+    for child in layer.children():
+        child.train(mode)
     return layer
 
 
@@ -78,7 +83,9 @@ def freeze_batchnorm(module: nn.Module, *, affine: bool = True) -> list[_BatchNo
     """Freeze every BatchNorm layer in ``module``: eval mode pinned, statistics and (optionally) affine fixed.
 
     After this, each layer normalises with its running statistics in ``train()`` and ``eval()`` alike
-    (identical outputs), never updates them, and stays in eval mode after ``module.train()``. With
+    (identical outputs), never updates them, and stays in eval mode after ``module.train()``; modules
+    placed inside a layer (such as the ``DropPath`` of :func:`~lightning_reg.add_stochastic_depth`) still
+    follow ``train()``/``eval()``. With
     ``affine=True`` its ``weight``/``bias`` get ``requires_grad=False`` and their ``.grad`` is cleared, so
     optimizers skip them entirely: no gradient step, no weight decay, no momentum carried over (PyTorch
     optimizers skip parameters whose ``.grad`` is ``None``). Gradients still flow *through* the layers.

@@ -60,18 +60,27 @@ def _buckets(tensors: Sequence[Tensor]) -> dict[tuple[torch.device, torch.dtype]
 
 
 def _foreach_norm(tensors: list[Tensor], norm_type: float) -> tuple[Tensor, ...]:
-    # Low-precision gradients (bf16/fp16) are reduced with float32 accumulation and output.
+    # Low-precision gradients (bf16/fp16) are reduced with float32 accumulation and output; float32 and
+    # float64 in their own precision.
     if tensors[0].dtype in (torch.float16, torch.bfloat16):
         return torch._foreach_norm(tensors, norm_type, dtype=torch.float32)
     return torch._foreach_norm(tensors, norm_type)
 
 
+def _norm_dtype(tensors: Sequence[Tensor]) -> torch.dtype:
+    """float64 when any tensor is float64 (wider than float32), else float32."""
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
 def per_tensor_norms(
     tensors: Sequence[Tensor], norm_type: float = 2.0, device: torch.device | None = None
 ) -> Tensor:
-    """Compute the norm of every tensor as one float32 vector (one ``_foreach_norm`` per device/dtype bucket).
+    """Compute the norm of every tensor as one vector (one ``_foreach_norm`` per device/dtype bucket).
 
-    bf16/fp16 tensors are reduced with float32 accumulation.
+    The vector is float32, or float64 when any tensor is float64: norms are accumulated and kept in the
+    gradients' precision where it is wider than float32 (two float64 gradients of ``1e23`` have a finite
+    total, as in Lightning's float64 ``grad_norm``); bf16/fp16 tensors are reduced with float32
+    accumulation.
 
     Args:
         tensors: the tensors (e.g. gradients).
@@ -81,18 +90,21 @@ def per_tensor_norms(
     Example:
         >>> per_tensor_norms([torch.ones(4), torch.ones(9)]).tolist()
         [2.0, 3.0]
+        >>> per_tensor_norms([torch.full((2,), 1e23, dtype=torch.float64)]).dtype
+        torch.float64
     """
     if not tensors:
         return torch.zeros(0, dtype=torch.float32, device=device)
     device = tensors[0].device if device is None else device
+    dtype = _norm_dtype(tensors)
     buckets = _buckets(tensors)
     if len(buckets) == 1:
-        return torch.stack(_foreach_norm(list(tensors), norm_type)).to(device, torch.float32)
-    out = torch.empty(len(tensors), dtype=torch.float32, device=device)
+        return torch.stack(_foreach_norm(list(tensors), norm_type)).to(device, dtype)
+    out = torch.empty(len(tensors), dtype=dtype, device=device)
     for idx in buckets.values():
         norms = _foreach_norm([tensors[i] for i in idx], norm_type)
         index = torch.tensor(idx, device=device)
-        out.index_copy_(0, index, torch.stack(norms).to(device, torch.float32))
+        out.index_copy_(0, index, torch.stack(norms).to(device, dtype))
     return out
 
 

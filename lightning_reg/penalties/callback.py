@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import lightning.pytorch as pl
@@ -13,7 +12,16 @@ from torch.optim import Optimizer
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
-from lightning_reg.penalties.core import _check_coefficients, decayed_parameters, proximal_l1_, zero_fraction
+from lightning_reg._conventions import (
+    Keys,
+    check_log_every_n_steps,
+    check_verbose,
+    is_logging_step,
+    log_step_metrics,
+    say,
+)
+from lightning_reg.penalties.core import _check_l1, decayed_parameters, proximal_l1_, zero_fraction
+from lightning_reg.weight_decay.groups import DecayRule, _check_rule
 
 __all__ = ["ProximalL1"]
 
@@ -32,7 +40,7 @@ class ProximalL1(Callback):
     also under manual optimization. Parameters without a gradient at that step (a step skipped by
     ``GradientClipping(skip_nonfinite=True)``, unused or frozen parameters) are left alone. Each
     parameter group uses its current ``lr`` (schedulers and layer-wise LR decay included). The
-    parameters are those that get weight decay (same exclusions as
+    parameters are those that get weight decay (same :class:`~lightning_reg.DecayRule` as
     :func:`~lightning_reg.weight_decay.groups.weight_decay_param_groups`). The fraction of exact zeros among
     them is logged as ``proximal_l1/zero_fraction`` on logging steps (no host sync). Under DDP every
     rank holds the same parameters and learning rates, so the ranks stay identical; under FSDP the
@@ -41,11 +49,15 @@ class ProximalL1(Callback):
 
     Args:
         l1: L1 coefficient, ``> 0``.
-        exclude_bias: leave biases out.
-        exclude_norm: leave normalization parameters out.
-        exclude_embeddings: leave embeddings and token/position tables out.
-        exclude: glob patterns of further parameter names to leave out.
-        log_zero_fraction: log the fraction of zeros.
+        rule: which parameters are left alone (:class:`~lightning_reg.DecayRule`); ``None``: the
+            module's weight-decay rule (``decay_rule`` of ``RegularizedModule``), else ``DecayRule()``.
+        log_every_n_steps: log ``proximal_l1/zero_fraction`` on Lightning's logging steps; ``None``: the
+            Trainer's interval, ``0``: never.
+        verbose: ``0`` quiet, ``1`` one line at fit start, ``2`` also the names of the thresholded tensors.
+
+    Raises:
+        TypeError: a value of the wrong type.
+        ValueError: ``l1 <= 0`` or not finite.
 
     Example:
         >>> import lightning as L
@@ -55,30 +67,21 @@ class ProximalL1(Callback):
     def __init__(
         self,
         l1: float,
-        exclude_bias: bool = True,
-        exclude_norm: bool = True,
-        exclude_embeddings: bool = False,
-        exclude: Sequence[str] = (),
-        log_zero_fraction: bool = True,
+        rule: DecayRule | None = None,
+        log_every_n_steps: int | None = None,
+        verbose: int | bool = 1,
     ) -> None:
-        _check_coefficients(l1, 0.0)
-        if l1 == 0:
-            raise ValueError(f"l1={l1!r} must be > 0 (ProximalL1 with l1=0 does nothing).")
-        self.l1 = float(l1)
-        self.exclusions: dict[str, Any] = {
-            "exclude_bias": exclude_bias,
-            "exclude_norm": exclude_norm,
-            "exclude_embeddings": exclude_embeddings,
-            "exclude": [exclude] if isinstance(exclude, str) else list(exclude),
-        }
-        self.log_zero_fraction = log_zero_fraction
+        self.l1 = _check_l1(l1)
+        self.rule = None if rule is None else _check_rule(rule)
+        self.log_every_n_steps = check_log_every_n_steps(log_every_n_steps)
+        self.verbose = check_verbose(verbose)
         self._params: list[nn.Parameter] = []
         self._handles: list[RemovableHandle] = []
 
     @property
     @override
     def state_key(self) -> str:
-        return self._generate_state_key(l1=self.l1, **self.exclusions)
+        return self._generate_state_key(l1=self.l1, rule=self.rule)
 
     def _after_step(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
         # Only parameters the optimizer just stepped: a parameter without a gradient (a step skipped by
@@ -91,7 +94,8 @@ class ProximalL1(Callback):
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._remove_hooks()
-        self._params = decayed_parameters(pl_module, **self.exclusions)
+        rule = self.rule if self.rule is not None else getattr(pl_module, "decay_rule", None)
+        self._params = decayed_parameters(pl_module, rule)
         ids = {id(p) for p in self._params}
         in_optimizers = {id(p) for opt in trainer.optimizers for g in opt.param_groups for p in g["params"]}
         if not ids & in_optimizers:
@@ -101,15 +105,19 @@ class ProximalL1(Callback):
                 "thresholded."
             )
         self._handles = [opt.register_step_post_hook(self._after_step) for opt in trainer.optimizers]
+        numel = sum(p.numel() for p in self._params)
+        say(self.verbose, 1, f"ProximalL1: l1={self.l1:g} on {len(self._params)} tensors ({numel} weights).")
+        if self.verbose >= 2:
+            names = {id(p): n for n, p in pl_module.named_parameters()}
+            listed = ", ".join(names.get(id(p), "?") for p in self._params)
+            say(self.verbose, 2, f"ProximalL1 thresholds: {listed}")
 
     @override
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if not self.log_zero_fraction or not self._params:
-            return
-        if trainer.global_step % max(trainer.log_every_n_steps, 1) == 0:
-            pl_module.log("proximal_l1/zero_fraction", self.zero_fraction(), on_step=True, on_epoch=False)
+        if self._params and is_logging_step(trainer, self.log_every_n_steps):
+            log_step_metrics(trainer, {Keys.PROXIMAL_ZERO_FRACTION: self.zero_fraction()})
 
     def zero_fraction(self) -> Tensor:
         """Return the fraction of exact zeros among the thresholded parameters.

@@ -28,7 +28,8 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from lightning_reg.weight_decay.groups import weight_decay_param_groups
+from lightning_reg._conventions import check_bool, check_log_every_n_steps, check_number
+from lightning_reg.weight_decay.groups import DecayRule, _check_rule, weight_decay_param_groups
 
 __all__ = [
     "WeightPenalty",
@@ -44,36 +45,19 @@ __all__ = [
 
 
 
-def decayed_parameters(
-    model: nn.Module,
-    *,
-    exclude_bias: bool = True,
-    exclude_norm: bool = True,
-    exclude_embeddings: bool = False,
-    exclude: Sequence[str] = (),
-) -> list[nn.Parameter]:
+def decayed_parameters(model: nn.Module, rule: DecayRule | None = None) -> list[nn.Parameter]:
     """List the trainable parameters that weight decay applies to (same classification; tied once).
 
     Args:
         model: the model (possibly wrapped, see :func:`~lightning_reg.weight_decay_param_groups`).
-        exclude_bias: leave biases out.
-        exclude_norm: leave normalization-layer parameters out.
-        exclude_embeddings: leave embeddings and learned token/position tables out.
-        exclude: glob patterns of further parameter names to leave out.
+        rule: which parameters are left out (:class:`~lightning_reg.DecayRule`; default ``DecayRule()``).
 
     Example:
         >>> m = nn.Sequential(nn.Linear(3, 2), nn.LayerNorm(2))
         >>> [p.shape for p in decayed_parameters(m)]
         [torch.Size([2, 3])]
     """
-    groups = weight_decay_param_groups(
-        model,
-        1.0,
-        exclude_bias=exclude_bias,
-        exclude_norm=exclude_norm,
-        exclude_embeddings=exclude_embeddings,
-        exclude=exclude,
-    )
+    groups = weight_decay_param_groups(model, 1.0, rule=rule)
     return [p for g in groups if g["weight_decay"] > 0 for p in g["params"]]
 
 
@@ -177,10 +161,18 @@ def elastic_net_penalty(params: Iterable[Tensor], l1: float = 0.0, l2: float = 0
     return _ElasticNet.apply(float(l1), float(l2), *params)
 
 
-def _check_coefficients(l1: float, l2: float) -> None:
-    for name, value in (("l1", l1), ("l2", l2)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-            raise ValueError(f"{name}={value!r} must be a number >= 0.")
+def _check_coefficients(l1: float, l2: float) -> tuple[float, float]:
+    return check_number("l1", l1, low=0.0), check_number("l2", l2, low=0.0)
+
+
+def _check_l1(l1: Any) -> float:
+    """Validate the coefficient of a proximal L1 step: a finite number ``> 0`` (``0`` would do nothing).
+
+    Example:
+        >>> _check_l1(1e-4)
+        0.0001
+    """
+    return check_number("l1", l1, low=0.0, low_open=True)
 
 
 @torch.no_grad()
@@ -231,8 +223,7 @@ def soft_threshold_(params: Iterable[Tensor], threshold: float) -> None:
         >>> w
         tensor([ 0.4000,  0.0000, -0.2000,  0.0000])
     """
-    if not threshold >= 0:
-        raise ValueError(f"threshold={threshold!r} must be >= 0.")
+    threshold = check_number("threshold", threshold, low=0.0)
     params = _as_list(params)
     if not params or threshold == 0:
         return
@@ -286,18 +277,21 @@ class WeightPenalty:
 
     Args:
         l1: L1 coefficient (``>= 0``).
-        l2: L2 coefficient (``>= 0``); the penalty is ``l1 * sum|w| + l2 / 2 * sum w**2``.
+        l2: L2 coefficient (``>= 0``); the penalty is ``l1 * sum|w| + l2 / 2 * sum w**2``. At least one of
+            ``l1`` and ``l2`` must be ``> 0`` (a penalty of zero would silently do nothing).
         automatic: add the penalty's gradient to the decayed parameters' gradients in
             the module's ``on_before_optimizer_step`` (once per optimizer step: after AMP unscaling, after
             gradient accumulation; after callbacks such as ``GradientClipping``, which Lightning calls
             first, so the penalty gradient is not clipped), which equals adding it to the loss. ``False``: add
             ``self.penalty()`` to your loss yourself.
-        log: log the penalty value as ``penalty/value`` on logging steps.
-        exclude_bias: leave biases out; ``None``: as the module's weight decay
-            (``regularization_config`` of ``RegularizedModule``) or ``True``.
-        exclude_norm: leave normalization parameters out; ``None``: as weight decay or ``True``.
-        exclude_embeddings: leave embeddings out; ``None``: as weight decay or ``False``.
-        exclude: further glob patterns to leave out; ``None``: as weight decay or none.
+        log_every_n_steps: log the penalty value as ``penalty/value`` on Lightning's logging steps;
+            ``None``: the Trainer's interval, ``0``: never.
+        rule: which parameters are left out (:class:`~lightning_reg.DecayRule`); ``None``: the module's
+            weight-decay rule (``decay_rule`` of ``RegularizedModule``), else ``DecayRule()``.
+
+    Raises:
+        TypeError: a value of the wrong type.
+        ValueError: a negative or non-finite coefficient, or both coefficients zero.
 
     Example:
         >>> WeightPenalty(l1=1e-5, l2=1e-4).automatic
@@ -309,38 +303,35 @@ class WeightPenalty:
         l1: float = 0.0,
         l2: float = 0.0,
         automatic: bool = True,
-        log: bool = True,
-        exclude_bias: bool | None = None,
-        exclude_norm: bool | None = None,
-        exclude_embeddings: bool | None = None,
-        exclude: Sequence[str] | None = None,
+        log_every_n_steps: int | None = None,
+        rule: DecayRule | None = None,
     ) -> None:
-        _check_coefficients(l1, l2)
-        if isinstance(exclude, str):
-            exclude = [exclude]
-        self.l1 = float(l1)
-        self.l2 = float(l2)
-        self.automatic = automatic
-        self.log = log
-        self.exclude_bias = exclude_bias
-        self.exclude_norm = exclude_norm
-        self.exclude_embeddings = exclude_embeddings
-        self.exclude = None if exclude is None else list(exclude)
+        l1, l2 = _check_coefficients(l1, l2)
+        if l1 == 0 and l2 == 0:
+            raise ValueError(
+                "`l1` and `l2` are both 0: a WeightPenalty of zero does nothing; set l1 > 0 and/or l2 > 0 "
+                "(or pass weight_penalty=None)."
+            )
+        self.l1 = l1
+        self.l2 = l2
+        self.automatic = check_bool("automatic", automatic)
+        self.log_every_n_steps = check_log_every_n_steps(log_every_n_steps)
+        self.rule = None if rule is None else _check_rule(rule)
 
-    def exclusions(self, module: nn.Module) -> dict[str, Any]:
-        """Resolve the exclusion arguments (``None`` -> the module's weight-decay settings or defaults).
+    def resolve_rule(self, module: nn.Module) -> DecayRule:
+        """Return the rule in force: this penalty's own, else the module's ``decay_rule``, else the default.
 
         Args:
-            module: the LightningModule (its ``regularization_config`` is read if present).
+            module: the LightningModule (its ``decay_rule`` attribute is read if present).
 
         Example:
-            >>> WeightPenalty().exclusions(nn.Linear(2, 2))["exclude_norm"]
-            True
+            >>> WeightPenalty(l2=1e-4).resolve_rule(nn.Linear(2, 2))
+            DecayRule(bias=True, norm=True, scale=True, embeddings=False, exclude=())
         """
-        config = getattr(module, "regularization_config", None) or {}
-        defaults = {"exclude_bias": True, "exclude_norm": True, "exclude_embeddings": False, "exclude": []}
-        out = {}
-        for key, default in defaults.items():
-            value = getattr(self, key)
-            out[key] = value if value is not None else config.get(key, default)
-        return out
+        if self.rule is not None:
+            return self.rule
+        rule = getattr(module, "decay_rule", None)
+        return rule if isinstance(rule, DecayRule) else DecayRule()
+
+    def __repr__(self) -> str:
+        return f"WeightPenalty(l1={self.l1:g}, l2={self.l2:g}, automatic={self.automatic})"

@@ -8,6 +8,7 @@ from lightning.pytorch.utilities.rank_zero import WarningCache
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from lightning_reg._conventions import Keys, is_logging_step, log_step_metrics
 from lightning_reg.penalties.core import (
     WeightPenalty,
     add_penalty_grad_,
@@ -27,8 +28,9 @@ class PenaltyMixin:
     Automatic mode (default) adds the penalty gradient in ``on_before_optimizer_step`` (nothing to change
     in ``training_step``); manual mode (``automatic=False``): ``loss = loss + self.penalty()``. The
     decayed-parameter list is classified once per fit (at ``on_fit_start``) and cached. If your module
-    overrides ``on_before_optimizer_step`` or ``on_fit_start``, call ``super()`` in it, or the automatic
-    penalty is skipped.
+    overrides ``on_before_optimizer_step`` or ``on_fit_start``, call ``super()`` in it: an
+    ``on_before_optimizer_step`` override that never calls ``super()`` would skip the automatic penalty,
+    so fit refuses to start with it (``RuntimeError`` at ``on_fit_start``).
 
     Example:
         >>> import lightning as L
@@ -55,8 +57,9 @@ class PenaltyMixin:
             'penalty_parameters'
         """
         if self._penalty_params is None:
-            config = self.weight_penalty or WeightPenalty()
-            self._penalty_params = decayed_parameters(self, **config.exclusions(self))  # type: ignore[arg-type]
+            config = self.weight_penalty
+            rule = config.resolve_rule(self) if config is not None else getattr(self, "decay_rule", None)
+            self._penalty_params = decayed_parameters(self, rule)  # type: ignore[arg-type]
         return self._penalty_params
 
     def penalty(self) -> Tensor:
@@ -86,8 +89,35 @@ class PenaltyMixin:
             'on_fit_start'
         """
         super().on_fit_start()  # type: ignore[misc]
+        self._check_penalty_hook_chain()
         self._penalty_params = None
         self._penalty_params_by_optimizer: dict[int, list[nn.Parameter]] = {}
+
+    def _check_penalty_hook_chain(self) -> None:
+        """Refuse an ``on_before_optimizer_step`` override that never calls ``super()`` (automatic penalty).
+
+        The override's code must mention ``super`` or ``on_before_optimizer_step`` (an explicit
+        ``Base.on_before_optimizer_step(self, optimizer)``); otherwise the chain to this mixin is cut and
+        the automatic penalty would silently never be added.
+        """
+        config = self.weight_penalty
+        if config is None or not config.automatic:
+            return
+        for cls in type(self).__mro__:
+            if cls is PenaltyMixin:
+                return
+            fn = cls.__dict__.get("on_before_optimizer_step")
+            code = getattr(fn, "__code__", None)
+            if code is None:
+                continue
+            if "super" in code.co_names or "on_before_optimizer_step" in code.co_names:
+                continue
+            raise RuntimeError(
+                f"{cls.__qualname__}.on_before_optimizer_step does not call super().on_before_optimizer_step"
+                "(optimizer): the automatic WeightPenalty is added there and would silently never apply. "
+                "Call super() in your override (or use WeightPenalty(automatic=False) and add "
+                "self.penalty() to the loss)."
+            )
 
     def _penalty_parameters_of(self, optimizer: Optimizer) -> list[nn.Parameter]:
         # only this optimizer's parameters: with several optimizers each parameter is penalised once
@@ -116,11 +146,7 @@ class PenaltyMixin:
         if config.automatic:
             add_penalty_grad_(params, config.l1, config.l2)
         trainer: pl.Trainer | None = getattr(self, "_trainer", None)
-        if (
-            config.log
-            and trainer is not None
-            and trainer.global_step % max(trainer.log_every_n_steps, 1) == 0
-        ):
+        if trainer is not None and is_logging_step(trainer, config.log_every_n_steps):
             with torch.no_grad():
                 value = elastic_net_penalty(params, config.l1, config.l2)
-            self.log("penalty/value", value, on_step=True, on_epoch=False)  # type: ignore[attr-defined]
+            log_step_metrics(trainer, {Keys.PENALTY_VALUE: value})

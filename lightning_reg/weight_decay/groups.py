@@ -1,43 +1,64 @@
 """Which parameters get weight decay, layer-wise learning-rate decay, and a readable report of the groups.
 
 Pure PyTorch: nothing here needs Lightning. Parameters are classified by the type of the module that owns
-them and by their name, never by ``ndim``: FSDP (``use_orig_params=True``) and other wrappers hand over
-flattened or sharded 1-D tensors whose shape says nothing about what they are. Wrapper components of the
-names (``_fsdp_wrapped_module.``, ``_checkpoint_wrapped_module.``, ``_orig_mod.``, a leading ``module.``)
-are stripped before any name is matched or reported.
+them and by their own (last) name, never by ``ndim``: FSDP (``use_orig_params=True``) and other wrappers
+hand over flattened or sharded 1-D tensors whose shape says nothing about what they are. Wrapper
+components of the names (``_fsdp_wrapped_module.``, ``_checkpoint_wrapped_module.``, ``_orig_mod.``, and
+the ``module.`` of a DDP / DataParallel wrapper) are stripped before any name is matched or reported.
 
 A parameter is left out of weight decay when, under *any* of the names it is reachable by (tied weights
-have several), one of these rules holds:
+have several), one of these rules of :class:`DecayRule` holds (``word`` = a run of letters in the own
+name, e.g. ``bias_ih_l0_reverse`` has the words ``bias``, ``ih``, ``l``, ``reverse``):
 
-* ``bias``: its own name is ``bias`` or ends with ``_bias`` (e.g. ``nn.MultiheadAttention.in_proj_bias``);
+* ``bias``: its own name has the word ``bias`` or ``beta`` (``bias``, ``in_proj_bias``, RNN ``bias_ih_l0``
+  / ``bias_hh_l0_reverse``, Mamba ``dt_bias``, ``relative_position_bias_table``, timm ``Affine.beta``),
+  or it is the table of an embedding whose own name has the word ``bias`` (T5's
+  ``relative_attention_bias``: a learned attention bias stored as an ``nn.Embedding``);
 * ``norm``: its owner is a torch normalization layer (``_NormBase`` incl. BatchNorm/SyncBatchNorm/
-  InstanceNorm, ``LayerNorm``, ``GroupNorm``, ``RMSNorm``, ``LocalResponseNorm``) or a class whose name
-  ends in ``Norm`` plus an optional ``Act``/``2d``/``Fp32``-style suffix (``LlamaRMSNorm``, timm
-  ``LayerNorm2d``, ``BatchNormAct2d``, ``RmsNorm``; but not ``Normalize`` or ``PreNormBlock``);
-* ``declared``: some module's ``no_weight_decay()`` (the timm convention) lists it, relative to that module;
-* ``embedding`` (only with ``exclude_embeddings=True``): its owner is ``nn.Embedding``/``nn.EmbeddingBag``
-  or its own name is a learned token/position table (:data:`EMBEDDING_PARAM_PATTERNS`);
-* ``pattern``: its name matches one of the user's ``exclude`` glob patterns.
+  InstanceNorm, ``LayerNorm``, ``GroupNorm``, ``RMSNorm``, ``LocalResponseNorm``), or a module whose class
+  name has the word ``Norm`` (``Norm`` not followed by a lower-case letter: ``LlamaRMSNorm``,
+  ``MambaRMSNormGated``, timm ``LayerNorm2d``, ``BatchNormAct2d``, ``EvoNorm2dS0``,
+  ``FilterResponseNormTlu2d``; not ``Normalize``) and none of whose submodules hold parameters (so a
+  ``PreNormBlock`` is a block, not a norm);
+* ``scale``: a per-channel gain: its owner's class name has the word ``Scale`` and none of its submodules
+  hold parameters (timm ``LayerScale``, MetaFormer ``Scale``, HF ``Dinov2LayerScale``), or its own name
+  has the word ``scale``, ``gamma``, ``gain``, ``alpha`` or ``ls`` (ConvNeXt ``gamma``, CaiT ``gamma_1``,
+  HF ``layer_scale_parameter``, CLIP ``logit_scale``, NF-Net ``gain``, ResMLP ``ls1`` and ``Affine.alpha``);
+* ``declared``: some module's ``no_weight_decay()`` (the timm convention) lists it, relative to that
+  module; the parameter has the attribute ``_no_weight_decay = True`` (the ``mamba_ssm`` convention); or
+  its own name is ``A_log`` or ``D``, the state-space parameters ``mamba_ssm`` marks that way (the Hugging
+  Face ports of Mamba, Mamba2, Jamba ... keep the names but not the mark);
+* ``embedding`` (only with ``DecayRule(embeddings=True)``): its owner is ``nn.Embedding`` /
+  ``nn.EmbeddingBag``, or its own name has the word ``embed``, ``embedding(s)`` or ``token(s)``
+  (``pos_embed``, ``position_embeddings``, ``class_embedding``, ``cls_token``, ``distillation_token``,
+  ``register_tokens``, ``mask_token``);
+* ``pattern``: one of the rule's ``exclude`` selectors (:class:`~lightning_reg._conventions.NameSelector`:
+  dotted name or prefix, glob, ``re:<regex>``) selects its full name.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
 import warnings
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
+from lightning_reg._conventions import NameSelector, check_bool, check_number, default_group_name
+
 __all__ = [
-    "EMBEDDING_PARAM_PATTERNS",
+    "DecayRule",
     "WRAPPER_PREFIXES",
     "block_layer_ids",
     "classify_parameters",
     "describe_param_groups",
     "is_norm_module",
+    "is_scale_module",
     "no_weight_decay_names",
     "strip_wrapper_prefixes",
     "validate_param_groups",
@@ -53,21 +74,6 @@ WRAPPER_PREFIXES: tuple[str, ...] = (
 )
 _ANYWHERE = tuple(p[:-1] for p in WRAPPER_PREFIXES if p != "module.")
 
-#: Own names of learned tokens / position tables treated as embeddings when ``exclude_embeddings=True``
-#: (the names torchvision's reference script and timm use).
-EMBEDDING_PARAM_PATTERNS: tuple[str, ...] = (
-    "pos_embed",
-    "pos_embedding",
-    "position_embedding*",
-    "absolute_pos_embed",
-    "cls_token",
-    "class_token",
-    "dist_token",
-    "reg_token",
-    "mask_token",
-    "relative_position_bias_table",
-)
-
 _TORCH_NORMS: tuple[type[nn.Module], ...] = tuple(
     t
     for t in (
@@ -80,8 +86,79 @@ _TORCH_NORMS: tuple[type[nn.Module], ...] = tuple(
     )
     if t is not None
 )
-_NORM_CLASS_NAME = re.compile(r"Norm(Act)?(\d*[dD])?(Fp32|Fp16|\d*)$")
+_NORM_WORD = re.compile(r"Norm(?![a-z])")
+_SCALE_WORD = re.compile(r"Scale(?![a-z])")
+_WORDS = re.compile(r"[a-z]+")
+_BIAS_WORDS = frozenset({"bias", "beta"})
+_SCALE_WORDS = frozenset({"scale", "gamma", "gain", "alpha", "ls"})
+#: own names of state-space dynamics parameters that ``mamba_ssm`` marks ``_no_weight_decay`` (its ports,
+#: e.g. the Hugging Face Mamba / Mamba2 / Jamba models, keep the names but drop the mark)
+_SSM_NAMES = frozenset({"A_log", "D"})
+_EMBEDDING_WORDS = frozenset({"embed", "embeds", "embedding", "embeddings", "token", "tokens"})
 _FLAT_PARAM = "_flat_param"
+REASONS = ("bias", "norm", "scale", "declared", "embedding", "pattern")
+
+
+@dataclass(frozen=True)
+class DecayRule:
+    """Which parameters are kept out of weight decay (and out of the explicit penalties).
+
+    One object shared by :func:`weight_decay_param_groups`, :class:`~lightning_reg.RegularizedModule`
+    (``decay_rule=``), :class:`~lightning_reg.WeightPenalty` and :class:`~lightning_reg.ProximalL1`; in a
+    LightningCLI config it is a plain mapping (``decay_rule: {embeddings: true, exclude: [head]}``). The
+    rules are described in :mod:`lightning_reg.weight_decay.groups`; parameters declared by a module's
+    ``no_weight_decay()`` or marked ``_no_weight_decay`` are always excluded.
+
+    Args:
+        bias: exclude parameters whose own name has the word ``bias``.
+        norm: exclude the parameters of normalization layers.
+        scale: exclude per-channel gains (layer scales, ``gamma``, ``logit_scale``).
+        embeddings: exclude embedding tables and learned tokens / position embeddings.
+        exclude: further names to exclude, with the library's selector syntax (dotted name or prefix,
+            glob, ``re:<regex>``) on the full parameter names (wrapper prefixes stripped).
+
+    Raises:
+        TypeError: a flag that is not a bool, or ``exclude`` that is not a list of str.
+        ValueError: an empty or invalid pattern in ``exclude``.
+
+    Example:
+        >>> rule = DecayRule(embeddings=True, exclude=["head"])
+        >>> rule.exclude
+        ('head',)
+    """
+
+    bias: bool = True
+    norm: bool = True
+    scale: bool = True
+    embeddings: bool = False
+    exclude: Sequence[str] = ()
+    _selector: NameSelector = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for name in ("bias", "norm", "scale", "embeddings"):
+            check_bool(name, getattr(self, name))
+        patterns = list(self.exclude) if isinstance(self.exclude, tuple) else self.exclude
+        selector = NameSelector(patterns, name="exclude")
+        object.__setattr__(self, "exclude", tuple(selector.patterns))
+        object.__setattr__(self, "_selector", selector)
+
+    @property
+    def selector(self) -> NameSelector:
+        """The ``exclude`` patterns as a :class:`~lightning_reg._conventions.NameSelector`.
+
+        Example:
+            >>> DecayRule(exclude=["*.gate"]).selector.matches("blocks.0.gate")
+            True
+        """
+        return self._selector
+
+
+def _check_rule(rule: Any, name: str = "rule") -> DecayRule:
+    if rule is None:
+        return DecayRule()
+    if not isinstance(rule, DecayRule):
+        raise TypeError(f"`{name}` must be a DecayRule or None; got {rule!r} of type {type(rule).__name__}.")
+    return rule
 
 
 def strip_wrapper_prefixes(name: str) -> str:
@@ -89,7 +166,8 @@ def strip_wrapper_prefixes(name: str) -> str:
 
     ``_fsdp_wrapped_module``, ``_checkpoint_wrapped_module`` and ``_orig_mod`` are removed wherever they
     occur; ``module`` only as leading components (DDP / DataParallel), so a user's own submodule called
-    ``module`` deeper in the model keeps its name.
+    ``module`` deeper in the model keeps its name. (With the model at hand, the classification functions
+    strip a leading ``module`` only where the model really is such a wrapper.)
 
     Args:
         name: a name as produced by ``named_parameters()`` / ``named_modules()`` of a wrapped model.
@@ -109,15 +187,64 @@ def strip_wrapper_prefixes(name: str) -> str:
     return ".".join(parts)
 
 
+def _wrapper_depth(model: nn.Module) -> int:
+    """How many leading ``module`` components belong to wrappers (DDP, DataParallel, DeepSpeed-style).
+
+    A wrapper holds no parameter of its own and exactly one child, named ``module``. A model with a
+    submodule called ``module`` next to its own parameters or other children is not a wrapper.
+    """
+    depth, m = 0, model
+    while True:
+        children = dict(m.named_children())
+        if len(children) != 1 or next(m.parameters(recurse=False), None) is not None:
+            return depth
+        (child_name, child), = children.items()
+        if child_name == "module":
+            depth += 1
+        elif child_name not in _ANYWHERE:
+            return depth
+        m = child
+
+
+class _Names:
+    """Model-aware name stripping: anywhere-wrapper components, and the leading ``module`` of wrappers."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.depth = _wrapper_depth(model)
+
+    def __call__(self, name: str) -> str:
+        parts = [p for p in name.split(".") if p not in _ANYWHERE]
+        for _ in range(self.depth):
+            if len(parts) > 1 and parts[0] == "module":
+                parts.pop(0)
+        return ".".join(parts)
+
+
+def _leaf_of_parameters(module: nn.Module) -> bool:
+    """No submodule of ``module`` holds a parameter (its own parameters, if any, are all there is)."""
+    return not any(True for child in module.children() for _ in child.parameters())
+
+
+@functools.lru_cache(maxsize=1024)
+def _class_words(cls: type) -> tuple[bool, bool]:
+    """Whether the class (or a base class) name has the word ``Norm``, and the word ``Scale``."""
+    names = [c.__name__ for c in cls.__mro__ if c not in (nn.Module, object)]
+    return any(_NORM_WORD.search(n) for n in names), any(_SCALE_WORD.search(n) for n in names)
+
+
 def is_norm_module(module: nn.Module) -> bool:
-    """Whether ``module`` is a normalization layer (torch type or a ``*Norm*`` class name).
+    """Whether ``module`` is a normalization layer (a torch norm type, or a ``*Norm*`` class).
+
+    A torch norm (``_NormBase``, ``LayerNorm``, ``GroupNorm``, ``RMSNorm``, ...), or a module whose class
+    name (or a base class's) has the word ``Norm`` (not followed by a lower-case letter) and none of whose
+    submodules hold parameters.
 
     Args:
         module: any module.
 
     Returns:
-        True for torch norms (``_NormBase``, ``LayerNorm``, ``GroupNorm``, ``RMSNorm``, ...) and classes
-        such as ``LlamaRMSNorm`` or timm ``LayerNorm2d``; False for e.g. ``Normalize`` or ``Linear``.
+        True for e.g. ``LlamaRMSNorm``, ``MambaRMSNormGated``, timm ``LayerNorm2d``, ``EvoNorm2dS0`` or
+        ``FilterResponseNormTlu2d``; False for ``Normalize``, ``Linear`` or a ``PreNormBlock`` of layers.
 
     Example:
         >>> is_norm_module(torch.nn.SyncBatchNorm(4)), is_norm_module(torch.nn.Linear(2, 2))
@@ -125,7 +252,29 @@ def is_norm_module(module: nn.Module) -> bool:
     """
     if isinstance(module, _TORCH_NORMS):
         return True
-    return any(_NORM_CLASS_NAME.search(cls.__name__) for cls in type(module).__mro__ if cls is not nn.Module)
+    return _class_words(type(module))[0] and _leaf_of_parameters(module)
+
+
+def is_scale_module(module: nn.Module) -> bool:
+    """Whether ``module`` is a per-channel gain such as a layer scale (class name with the word ``Scale``).
+
+    Args:
+        module: any module.
+
+    Returns:
+        True for e.g. timm ``LayerScale`` / ``LayerScale2d`` or HF ``Dinov2LayerScale`` (with no
+        parameter-holding submodules); False for ``ScaledStdConv2d`` or ``Linear``.
+
+    Example:
+        >>> LayerScale = type("LayerScale", (torch.nn.Module,), {})
+        >>> is_scale_module(LayerScale()), is_scale_module(torch.nn.Linear(2, 2))
+        (True, False)
+    """
+    return _class_words(type(module))[1] and _leaf_of_parameters(module)
+
+
+def _words(name: str) -> set[str]:
+    return set(_WORDS.findall(name.lower()))
 
 
 def _join(prefix: str, name: str) -> str:
@@ -133,15 +282,16 @@ def _join(prefix: str, name: str) -> str:
 
 
 def _matches(name: str, pattern: str) -> bool:
-    """Exact name, a module prefix of it, or an fnmatch glob."""
+    """Timm's ``no_weight_decay()`` convention: exact name, a module prefix of it, or an fnmatch glob."""
     return name == pattern or name.startswith(pattern + ".") or fnmatch.fnmatchcase(name, pattern)
 
 
-def _trainable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
-    """Canonical (first-seen, stripped) name of each distinct trainable parameter, in registration order."""
+def _parameters(model: nn.Module, include_frozen: bool = False) -> list[tuple[str, nn.Parameter]]:
+    """Canonical (first-seen, stripped) name of each distinct (trainable) parameter, in registration order."""
+    strip = _Names(model)
     out = []
     for name, p in model.named_parameters():  # remove_duplicate=True: tied parameters once
-        if not p.requires_grad:
+        if not (p.requires_grad or include_frozen):
             continue
         if name.rsplit(".", 1)[-1] == _FLAT_PARAM:
             raise ValueError(
@@ -149,32 +299,28 @@ def _trainable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
                 "model with FSDP(use_orig_params=True) (Lightning: FSDPStrategy(use_orig_params=True)) or "
                 "build the groups before wrapping."
             )
-        out.append((strip_wrapper_prefixes(name), p))
+        out.append((strip(name), p))
     return out
 
 
+def _trainable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    return _parameters(model)
+
+
 def classify_parameters(
-    model: nn.Module,
-    *,
-    exclude_bias: bool = True,
-    exclude_norm: bool = True,
-    exclude_embeddings: bool = False,
-    exclude: Sequence[str] = (),
+    model: nn.Module, rule: DecayRule | None = None, *, include_frozen: bool = False
 ) -> dict[str, set[str]]:
     """Give every trainable parameter the set of reasons it is excluded from weight decay.
 
     Args:
         model: the model (possibly wrapped by DDP, FSDP with ``use_orig_params=True``, activation
             checkpointing or ``torch.compile``).
-        exclude_bias: exclude parameters named ``bias`` / ``*_bias``.
-        exclude_norm: exclude parameters owned by normalization layers.
-        exclude_embeddings: exclude ``nn.Embedding``/``nn.EmbeddingBag`` weights and learned token or
-            position tables (:data:`EMBEDDING_PARAM_PATTERNS`).
-        exclude: glob patterns matched against the (stripped) full parameter names; a pattern that matches
-            no trainable parameter triggers one ``UserWarning`` naming it.
+        rule: the :class:`DecayRule` (default ``DecayRule()``). An ``exclude`` pattern that matches no
+            parameter triggers one ``UserWarning`` naming it.
+        include_frozen: also classify parameters with ``requires_grad=False``.
 
     Returns:
-        Canonical (stripped) parameter name -> reasons (subset of ``{"bias", "norm", "declared",
+        Canonical (stripped) parameter name -> reasons (subset of ``{"bias", "norm", "scale", "declared",
         "embedding", "pattern"}``); an empty set means the parameter is decayed.
 
     Example:
@@ -182,27 +328,36 @@ def classify_parameters(
         >>> sorted((k, sorted(v)) for k, v in classify_parameters(m).items())
         [('0.bias', ['bias']), ('0.weight', []), ('1.bias', ['bias', 'norm']), ('1.weight', ['norm'])]
     """
-    if isinstance(exclude, str):
-        exclude = (exclude,)
-    canonical = _trainable_parameters(model)
+    rule = _check_rule(rule)
+    strip = _Names(model)
+    canonical = _parameters(model, include_frozen)
     name_of = {id(p): n for n, p in canonical}
     reasons: dict[str, set[str]] = {n: set() for n, _ in canonical}
     aliases: dict[str, set[str]] = {n: {n} for n, _ in canonical}
 
     for mod_name, module in model.named_modules(remove_duplicate=False):
-        for local, p in module.named_parameters(recurse=False, remove_duplicate=False):
+        own = list(module.named_parameters(recurse=False, remove_duplicate=False))
+        if own:
+            norm = rule.norm and is_norm_module(module)
+            scale_module = rule.scale and is_scale_module(module)
+            embedding_module = isinstance(module, (nn.Embedding, nn.EmbeddingBag))
+            bias_table = embedding_module and bool(_words(mod_name.rpartition(".")[2]) & _BIAS_WORDS)
+        for local, p in own:
             key = name_of.get(id(p))
             if key is None:
                 continue
-            aliases[key].add(strip_wrapper_prefixes(_join(mod_name, local)))
-            if exclude_bias and (local == "bias" or local.endswith("_bias")):
+            full = _join(mod_name, local)
+            aliases[key].update((strip(full), full))
+            words = _words(local)
+            if rule.bias and (words & _BIAS_WORDS or bias_table):
                 reasons[key].add("bias")
-            if exclude_norm and is_norm_module(module):
+            if norm:
                 reasons[key].add("norm")
-            if exclude_embeddings and (
-                isinstance(module, (nn.Embedding, nn.EmbeddingBag))
-                or any(fnmatch.fnmatchcase(local, pat) for pat in EMBEDDING_PARAM_PATTERNS)
-            ):
+            if scale_module or (rule.scale and words & _SCALE_WORDS):
+                reasons[key].add("scale")
+            if getattr(p, "_no_weight_decay", False) is True or local in _SSM_NAMES:
+                reasons[key].add("declared")
+            if rule.embeddings and (embedding_module or words & _EMBEDDING_WORDS):
                 reasons[key].add("embedding")
         declared = getattr(module, "no_weight_decay", None)
         if callable(declared):
@@ -214,41 +369,29 @@ def classify_parameters(
                 if key is not None and any(_matches(strip_wrapper_prefixes(rel), pat) for pat in names):
                     reasons[key].add("declared")
 
-    unmatched = []
-    for pattern in exclude:
-        hit = False
+    selector = rule.selector
+    if selector.patterns:
         for key, names in aliases.items():
-            if any(_matches(n, pattern) for n in names):
+            if any(selector.matches(n) for n in names):
                 reasons[key].add("pattern")
-                hit = True
-        if not hit:
-            unmatched.append(pattern)
-    if unmatched:
-        warnings.warn(
-            f"exclude pattern(s) {unmatched} matched no trainable parameter of {type(model).__name__}; "
-            "check the names with [n for n, _ in model.named_parameters()].",
-            UserWarning,
-            stacklevel=3,
-        )
+        unmatched = selector.unmatched(n for names in aliases.values() for n in names)
+        if unmatched:
+            warnings.warn(
+                f"exclude pattern(s) {unmatched} matched no {'' if include_frozen else 'trainable '}"
+                f"parameter of {type(model).__name__}; check the names with "
+                "[n for n, _ in model.named_parameters()].",
+                UserWarning,
+                stacklevel=3,
+            )
     return reasons
 
 
-def no_weight_decay_names(
-    model: nn.Module,
-    *,
-    exclude_bias: bool = True,
-    exclude_norm: bool = True,
-    exclude_embeddings: bool = False,
-    exclude: Sequence[str] = (),
-) -> set[str]:
+def no_weight_decay_names(model: nn.Module, rule: DecayRule | None = None) -> set[str]:
     """Names (wrapper prefixes stripped, tied parameters once) of trainable parameters without weight decay.
 
     Args:
         model: the model, possibly wrapped (see :func:`classify_parameters`).
-        exclude_bias: exclude biases.
-        exclude_norm: exclude normalization-layer parameters.
-        exclude_embeddings: exclude embeddings and learned token/position tables.
-        exclude: extra glob patterns on the full parameter names.
+        rule: the :class:`DecayRule` (default ``DecayRule()``).
 
     Returns:
         The set of canonical parameter names that must not be decayed.
@@ -258,17 +401,10 @@ def no_weight_decay_names(
         >>> sorted(no_weight_decay_names(m))
         ['0.bias', '1.bias', '1.weight']
     """
-    reasons = classify_parameters(
-        model,
-        exclude_bias=exclude_bias,
-        exclude_norm=exclude_norm,
-        exclude_embeddings=exclude_embeddings,
-        exclude=exclude,
-    )
-    return {name for name, why in reasons.items() if why}
+    return {name for name, why in classify_parameters(model, rule).items() if why}
 
 
-def block_layer_ids(model: nn.Module) -> dict[str, int]:
+def block_layer_ids(model: nn.Module, *, include_frozen: bool = False) -> dict[str, int]:
     """Default layer ids for layer-wise LR decay, following the BEiT / timm convention.
 
     The model's "block list" is the ``nn.Sequential`` / ``nn.ModuleList`` with the most children that hold
@@ -279,9 +415,11 @@ def block_layer_ids(model: nn.Module) -> dict[str, int]:
 
     Args:
         model: the model, possibly wrapped.
+        include_frozen: also give ids to (and find the block list among) frozen parameters, so the ids do
+            not depend on what is frozen at the time (e.g. a backbone unfrozen later).
 
     Returns:
-        Canonical (stripped) parameter name -> layer id, for every trainable parameter.
+        Canonical (stripped) parameter name -> layer id, for every trainable (or every) parameter.
 
     Example:
         >>> blocks = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU(), torch.nn.Linear(2, 2))
@@ -292,7 +430,7 @@ def block_layer_ids(model: nn.Module) -> dict[str, int]:
         >>> block_layer_ids(m)["stem.weight"], block_layer_ids(m)["head.weight"]
         (0, 3)
     """
-    canonical = _trainable_parameters(model)
+    canonical = _parameters(model, include_frozen)
     trainable = {id(p) for _, p in canonical}
     best: tuple[int, str, list[set[int]]] | None = None
     for mod_name, module in model.named_modules():
@@ -324,10 +462,7 @@ def weight_decay_param_groups(
     model: nn.Module,
     weight_decay: float,
     *,
-    exclude_bias: bool = True,
-    exclude_norm: bool = True,
-    exclude_embeddings: bool = False,
-    exclude: Sequence[str] = (),
+    rule: DecayRule | None = None,
     layer_decay: float | None = None,
     lr: float | None = None,
     layer_id_fn: Callable[[str], int] | None = None,
@@ -341,15 +476,14 @@ def weight_decay_param_groups(
     ``name`` (shown by ``LearningRateMonitor``). With ``lr`` the groups carry ``lr``. With ``layer_decay``
     each group also carries ``layer_id``, ``lr_scale = layer_decay ** (L - 1 - layer_id)``, and a real
     ``lr = lr * lr_scale`` plus ``initial_lr`` (so standard ``torch.optim.lr_scheduler`` schedulers, which
-    ignore ``lr_scale``, scale each layer correctly).
+    ignore ``lr_scale``, scale each layer correctly). A layering that puts more than half of the decayed
+    tensors into one layer id (e.g. the default ids on a torchvision ResNet, whose stages are separate
+    containers) triggers a ``UserWarning``: layer decay then barely differs from one learning rate.
 
     Args:
         model: the model, possibly wrapped (DDP, FSDP ``use_orig_params=True``, checkpointing, compile).
         weight_decay: decay for the decayed groups; ``>= 0``.
-        exclude_bias: keep biases out of weight decay.
-        exclude_norm: keep normalization-layer parameters out of weight decay.
-        exclude_embeddings: keep embeddings and learned token/position tables out of weight decay.
-        exclude: glob patterns of further parameter names to keep out of weight decay.
+        rule: which parameters are kept out of weight decay (:class:`DecayRule`; default ``DecayRule()``).
         layer_decay: per-layer LR decay factor in ``(0, 1]``; needs ``lr``.
         lr: base learning rate (the rate of the last layer with ``layer_decay``).
         layer_id_fn: maps a stripped parameter name to its layer id; default :func:`block_layer_ids`.
@@ -359,7 +493,8 @@ def weight_decay_param_groups(
         A list of parameter-group dicts for any ``torch.optim.Optimizer``.
 
     Raises:
-        ValueError: for a negative/non-finite ``weight_decay``, ``layer_decay`` outside ``(0, 1]``,
+        TypeError: a value of the wrong type (e.g. ``weight_decay="0.1"``).
+        ValueError: a negative/non-finite ``weight_decay``, ``layer_decay`` outside ``(0, 1]``,
             ``layer_decay`` without ``lr``, a layer id outside ``[0, num_layers)``, or an FSDP FlatParameter.
 
     Example:
@@ -370,33 +505,20 @@ def weight_decay_param_groups(
         >>> opt = torch.optim.AdamW(groups, lr=1e-3)
     """
     weight_decay = _check_weight_decay(weight_decay)
-    if layer_decay is not None:
-        if not isinstance(layer_decay, (int, float)) or not 0.0 < float(layer_decay) <= 1.0:
-            raise ValueError(f"layer_decay must be in (0, 1] (or None to disable), got {layer_decay!r}.")
-        if lr is None:
-            raise ValueError(
-                "layer_decay needs the base lr (weight_decay_param_groups(..., lr=...)) so every group "
-                "carries a real `lr`; standard schedulers ignore `lr_scale`."
-            )
-    if lr is not None and (not isinstance(lr, (int, float)) or not float(lr) >= 0.0):
-        raise ValueError(f"lr must be a number >= 0, got {lr!r}.")
-
-    reasons = classify_parameters(
-        model,
-        exclude_bias=exclude_bias,
-        exclude_norm=exclude_norm,
-        exclude_embeddings=exclude_embeddings,
-        exclude=exclude,
-    )
+    layer_decay = _check_layer_decay(layer_decay)
+    lr = _check_lr(lr)
+    if layer_decay is not None and lr is None:
+        raise ValueError(
+            "`layer_decay` needs the base `lr` (weight_decay_param_groups(..., lr=...)) so every group "
+            "carries a real `lr`; standard schedulers ignore `lr_scale`."
+        )
+    reasons = classify_parameters(model, rule)
     canonical = _trainable_parameters(model)
 
     if layer_decay is None:
-        buckets: dict[tuple[int, bool], list[tuple[str, nn.Parameter]]] = {}
-        for name, p in canonical:
-            buckets.setdefault((0, not reasons[name]), []).append((name, p))
         groups = []
         for decayed in (True, False):
-            members = buckets.get((0, decayed))
+            members = [(n, p) for n, p in canonical if (not reasons[n]) == decayed]
             if not members:
                 continue
             group: dict[str, Any] = {
@@ -406,7 +528,7 @@ def weight_decay_param_groups(
                 "weight_decay": weight_decay if decayed else 0.0,
             }
             if lr is not None:
-                group["lr"] = float(lr)
+                group["lr"] = lr
             groups.append(group)
         return groups
 
@@ -419,7 +541,8 @@ def weight_decay_param_groups(
     for name, lid in layer_of.items():
         if not 0 <= lid < n_layers:
             raise ValueError(f"Layer id {lid} of parameter {name!r} is outside [0, num_layers={n_layers}).")
-    buckets = {}
+    _warn_if_degenerate(model, {n: lid for n, lid in layer_of.items() if not reasons[n]})
+    buckets: dict[tuple[int, bool], list[tuple[str, nn.Parameter]]] = {}
     for name, p in canonical:
         buckets.setdefault((layer_of[name], not reasons[name]), []).append((name, p))
     groups = []
@@ -441,12 +564,55 @@ def weight_decay_param_groups(
     return groups
 
 
-def _check_weight_decay(weight_decay: float) -> float:
-    if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)):
-        raise ValueError(f"weight_decay must be a number >= 0, got {weight_decay!r}.")
-    if not float(weight_decay) >= 0.0 or weight_decay == float("inf"):
-        raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}.")
-    return float(weight_decay)
+def _warn_if_degenerate(model: nn.Module, decayed_layer_of: dict[str, int]) -> None:
+    """Warn when one layer id holds more than half of the decayed tensors (and there are >= 3 of them)."""
+    n = len(decayed_layer_of)
+    if n < 3 or len(set(decayed_layer_of.values())) < 2:
+        return
+    counts: dict[int, int] = {}
+    for lid in decayed_layer_of.values():
+        counts[lid] = counts.get(lid, 0) + 1
+    lid, most = max(counts.items(), key=lambda kv: kv[1])
+    if most * 2 > n:
+        example = next(name for name, i in decayed_layer_of.items() if i == lid)
+        warnings.warn(
+            f"layer_decay: layer id {lid} holds {most} of the {n} decayed tensors of {type(model).__name__}"
+            f" (e.g. {example!r}), so most of the model shares one learning rate. The default layer ids "
+            "follow one block list (timm/BEiT); for models built of stages give your own ids "
+            "(RegularizedModule.get_layer_id, or layer_id_fn=...).",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def _check_weight_decay(weight_decay: Any) -> float:
+    """Validate ``weight_decay``: a finite number ``>= 0`` (TypeError / ValueError otherwise).
+
+    Example:
+        >>> _check_weight_decay(0.05)
+        0.05
+    """
+    return check_number("weight_decay", weight_decay, low=0.0)
+
+
+def _check_layer_decay(layer_decay: Any) -> float | None:
+    """Validate ``layer_decay``: a number in ``(0, 1]`` or ``None``.
+
+    Example:
+        >>> _check_layer_decay(0.75), _check_layer_decay(None)
+        (0.75, None)
+    """
+    return check_number("layer_decay", layer_decay, low=0.0, high=1.0, low_open=True, none_ok=True)
+
+
+def _check_lr(lr: Any) -> float | None:
+    """Validate a base learning rate: a finite number ``>= 0`` or ``None``.
+
+    Example:
+        >>> _check_lr(1e-3)
+        0.001
+    """
+    return check_number("lr", lr, low=0.0, none_ok=True)
 
 
 def validate_param_groups(groups: Iterable[dict[str, Any]], model: nn.Module | None = None) -> None:
@@ -472,7 +638,7 @@ def validate_param_groups(groups: Iterable[dict[str, Any]], model: nn.Module | N
         names = {id(p): n for n, p in _trainable_parameters(model)}
     owner: dict[int, str] = {}
     for gi, group in enumerate(groups):
-        gname = str(group.get("name", f"group {gi}"))
+        gname = str(group.get("name", default_group_name(gi)))
         params = group["params"]
         params = [params] if isinstance(params, torch.Tensor) else list(params)
         pnames = list(group.get("param_names", []))
@@ -519,7 +685,7 @@ def describe_param_groups(groups: Iterable[dict[str, Any]]) -> str:
         lr = g.get("lr")
         rows.append(
             (
-                str(g.get("name", f"group_{gi}")),
+                str(g.get("name", default_group_name(gi))),
                 str(len(params)),
                 str(count),
                 f"{g.get('weight_decay', '-'):g}" if "weight_decay" in g else "-",

@@ -2,23 +2,40 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import warnings
-from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.rank_zero import WarningCache, rank_zero_warn
+from torch import Tensor, nn
+from torch.optim import Optimizer
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
+from lightning_reg._conventions import (
+    check_bool,
+    check_callable,
+    check_choice,
+    check_str,
+    check_verbose,
+    say,
+)
 from lightning_reg.mixing.core import BatchMixer
 from lightning_reg.mixing.mixin import BatchMixingMixin
 from lightning_reg.penalties.core import WeightPenalty
 from lightning_reg.penalties.mixin import PenaltyMixin
 from lightning_reg.weight_decay.groups import (
+    DecayRule,
+    _check_layer_decay,
+    _check_lr,
+    _check_rule,
     _check_weight_decay,
+    _parameters,
     block_layer_ids,
+    classify_parameters,
     describe_param_groups,
     validate_param_groups,
     weight_decay_param_groups,
@@ -26,6 +43,138 @@ from lightning_reg.weight_decay.groups import (
 from lightning_reg.weight_decay.schedulers import WarmupCosineLR
 
 __all__ = ["RegularizedModule"]
+
+_warning_cache = WarningCache()
+
+
+def _bound_optimizer_arguments(optimizer: Any) -> tuple[str, dict[str, Any]]:
+    """Return the optimizer class name and the arguments a ``functools.partial`` binds to non-defaults.
+
+    LightningCLI (jsonargparse) hands an ``OptimizerCallable`` over as a partial holding *every* argument
+    of the class, defaults included; only values that differ from the class's defaults were configured.
+    """
+    if not isinstance(optimizer, functools.partial):
+        return getattr(optimizer, "__name__", type(optimizer).__name__), {}
+    cls = next(
+        (a for a in (optimizer.func, *optimizer.args) if isinstance(a, type) and issubclass(a, Optimizer)),
+        None,
+    )
+    if cls is None:
+        return "optimizer", {}
+    try:
+        defaults = {k: p.default for k, p in inspect.signature(cls).parameters.items()}
+    except (TypeError, ValueError):  # pragma: no cover - builtin signatures
+        defaults = {}
+    bound = {k: v for k, v in optimizer.keywords.items() if k in defaults and v != defaults[k]}
+    return cls.__name__, bound
+
+
+class _AddParamGroup:
+    """Replaces ``optimizer.add_param_group`` on the instance: later-added parameters get the decay split.
+
+    A group added after ``configure_optimizers`` (e.g. by ``BackboneFinetuning`` unfreezing a backbone)
+    is split like the configured groups (decay / no decay by the module's :class:`DecayRule`, per layer
+    id with layer decay), named after its parameters' common module prefix, given ``param_names`` when
+    the optimizer keeps them, the configured ``weight_decay`` and the group's own settings (``lr`` ...).
+    The sub-groups of one added group keep their ratios to the last one (the group such callbacks update
+    later through ``param_groups[-1]``): see :func:`_follow_leader_lrs`.
+    """
+
+    def __init__(self, module: RegularizedModule, optimizer: Optimizer) -> None:
+        self.module = module
+        self.original = type(optimizer).add_param_group.__get__(optimizer)
+        self.optimizer = optimizer
+
+    def __call__(self, param_group: dict[str, Any]) -> None:
+        params = param_group["params"]
+        params = [params] if isinstance(params, Tensor) else list(params)
+        if "param_names" in param_group or not params:  # built deliberately (or Lightning's own restore)
+            self.original(param_group)
+            return
+        module, cfg = self.module, self.module.regularization_config
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "exclude matched nothing" was said at configure time
+            reasons = classify_parameters(module, cfg["decay_rule"], include_frozen=True)
+        names = {id(p): n for n, p in _parameters(module, include_frozen=True)}
+        known = set(names.values())
+        named = [(names.get(id(p), f"param_{i}"), p) for i, p in enumerate(params)]
+        layer_decay = cfg["layer_decay"]
+        base = {k: v for k, v in param_group.items() if k not in ("params", "name")}
+        weight_decay = cfg["weight_decay"]
+        if weight_decay is None:
+            weight_decay = float(self.optimizer.defaults.get("weight_decay", 0.0))
+        lr = float(base.get("lr", self.optimizer.defaults.get("lr", 0.0)))
+        ref_scale = 1.0
+        if layer_decay is not None:
+            _warning_cache.warn(
+                "RegularizedModule(layer_decay=...): a parameter group added during training (e.g. by "
+                "BackboneFinetuning) gets its lr from the caller, which BackboneFinetuning derives from "
+                "param_groups[0] (the lowest layer's rate); the added parameters get that lr times the ratio"
+                " of their layer's scale to that group's."
+            )
+            ref_scale = float(self.optimizer.param_groups[0].get("lr_scale", 1.0))
+        buckets: dict[tuple[int, bool], list[tuple[str, nn.Parameter]]] = {}
+        for name, p in named:
+            lid = module.get_layer_id(name) if layer_decay is not None and name in known else -1
+            buckets.setdefault((lid, not reasons.get(name)), []).append((name, p))
+        prefix = _common_prefix([n for n, _ in named]) or f"added_{len(self.optimizer.param_groups)}"
+        taken = {g.get("name") for g in self.optimizer.param_groups}
+        order = sorted(buckets, key=lambda k: (k[0], not k[1]))
+        subgroups = []
+        for lid, decayed in order:
+            members = buckets[(lid, decayed)]
+            scale = 1.0
+            if layer_decay is not None and lid >= 0:
+                n_layers = module._n_layers or module._num_layers()
+                scale = float(layer_decay) ** (n_layers - 1 - lid) / ref_scale
+            kind = "decay" if decayed else "no_decay"
+            name = f"{prefix}_{kind}" if lid < 0 else f"{prefix}_layer_{lid}_{kind}"
+            while name in taken:
+                name += "_"
+            taken.add(name)
+            group = dict(base)
+            group.update(
+                name=name,
+                params=[p for _, p in members],
+                weight_decay=float(base.get("weight_decay", weight_decay)) if decayed else 0.0,
+                lr=lr * scale,
+                initial_lr=lr * scale,
+            )
+            if cfg["keep_param_names"]:
+                group["param_names"] = [n for n, _ in members]
+            subgroups.append(group)
+        leader = subgroups[-1]
+        for group in subgroups[:-1]:  # followers keep their ratio to the leader's lr
+            group["lr_follows"] = leader["name"]
+            group["lr_ratio"] = group["lr"] / leader["lr"] if leader["lr"] else 1.0
+        for group in subgroups:
+            self.original(group)
+
+
+def _common_prefix(names: list[str]) -> str:
+    parts = [n.split(".")[:-1] for n in names]
+    if not parts:
+        return ""
+    prefix = []
+    for components in zip(*parts):
+        if len(set(components)) != 1:
+            break
+        prefix.append(components[0])
+    return ".".join(prefix)
+
+
+def _follow_leader_lrs(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
+    """Optimizer step pre-hook: sub-groups of one added group follow the lr of their leader (host floats)."""
+    by_name = None
+    for group in optimizer.param_groups:
+        leader_name = group.get("lr_follows")
+        if leader_name is None:
+            continue
+        if by_name is None:
+            by_name = {g.get("name"): g for g in optimizer.param_groups}
+        leader = by_name.get(leader_name)
+        if leader is not None:
+            group["lr"] = leader["lr"] * group["lr_ratio"]
 
 
 class RegularizedModule(PenaltyMixin, BatchMixingMixin, LightningModule):
@@ -35,12 +184,28 @@ class RegularizedModule(PenaltyMixin, BatchMixingMixin, LightningModule):
     regularization arguments to ``super().__init__``; the default :meth:`configure_optimizers` then builds
     the groups of :func:`~lightning_reg.weight_decay_param_groups` from the model's own parameters (after
     the strategy wrapped it: DDP, DeepSpeed, FSDP with ``use_orig_params=True``), creates the optimizer and
-    the optional scheduler, and logs :func:`~lightning_reg.describe_param_groups` once on rank zero.
+    the optional scheduler, and reports the groups once on rank zero (``verbose``).
     Modules that cannot take constructor arguments call :meth:`configure_regularization` instead.
+
+    **One source of truth for ``lr`` and ``weight_decay``.** Every group carries the module's ``lr`` and
+    ``weight_decay``, so the same values given to the optimizer (a ``functools.partial`` or, in a
+    LightningCLI config, ``optimizer.init_args``) would be silently overridden: a conflicting value there
+    is refused with a ``ValueError``. Set them on the module, or set the module's ``lr`` / ``weight_decay``
+    to ``None`` to take the optimizer's. The optimizer's ``defaults`` are set to the configured values.
+
+    **Parameter groups added later** (``BackboneFinetuning`` unfreezing a backbone, or any
+    ``optimizer.add_param_group`` without ``param_names``) get the same treatment as the configured ones:
+    a decay / no-decay split by the same :class:`~lightning_reg.DecayRule`, the configured
+    ``weight_decay``, names (``<module prefix>_decay`` / ``_no_decay``) and ``param_names``. The sub-groups
+    of one added group keep their lr ratios to the last one, which is the group ``BackboneFinetuning``
+    updates each epoch. With ``layer_decay``, ``BackboneFinetuning`` derives the backbone's rate from
+    ``param_groups[0]``, the lowest layer's rate; the added parameters get that rate times the ratio of
+    their layer's scale to that group's scale.
 
     LightningCLI: type the same arguments in the subclass ``__init__`` and forward them; ``optimizer`` and
     ``lr_scheduler`` are ``OptimizerCallable`` / ``LRSchedulerCallable`` so YAML can choose any class
-    (``class_path`` + ``init_args`` without ``params``/``optimizer``). Do not also use the CLI's automatic
+    (``class_path`` + ``init_args`` without ``params``/``optimizer``), and ``decay_rule`` is a mapping
+    (``decay_rule: {embeddings: true, exclude: [head]}``). Do not also use the CLI's automatic
     ``--optimizer``: that replaces ``configure_optimizers`` and with it the groups.
 
     Explicit penalties and batch mixing come with it (:class:`~lightning_reg.penalties.PenaltyMixin`,
@@ -48,7 +213,8 @@ class RegularizedModule(PenaltyMixin, BatchMixingMixin, LightningModule):
     L1/L2/elastic-net penalty on the same decayed parameters, and ``batch_mixer=BatchMixer(...)`` for
     Mixup/CutMix/label smoothing on the device (compute the loss with :meth:`mixing_loss`). If you override
     ``on_fit_start``, ``on_before_optimizer_step``, ``on_save_checkpoint`` or ``on_load_checkpoint``, call
-    ``super()`` in it (your ``on_after_batch_transfer`` needs nothing: mixing is applied to its result).
+    ``super()`` in it (your ``on_after_batch_transfer`` needs nothing: mixing is applied to its result); an
+    ``on_before_optimizer_step`` that never calls ``super()`` is refused when a penalty is set.
 
     Layer-wise LR decay (``layer_decay``): the layer id of each parameter comes from :meth:`get_layer_id`;
     the default is the BEiT/timm convention of
@@ -61,21 +227,22 @@ class RegularizedModule(PenaltyMixin, BatchMixingMixin, LightningModule):
         optimizer: callable ``params -> Optimizer``; default ``torch.optim.AdamW``.
         lr: base learning rate put in every group; None keeps the optimizer's own ``lr`` (its default or
             its ``init_args``), which layer decay then scales.
-        weight_decay: decay of the decayed groups (``>= 0``); the no-decay groups get 0.
-        exclude_bias: keep biases out of weight decay.
-        exclude_norm: keep normalization parameters out of weight decay.
-        exclude_embeddings: keep embeddings and class/position tokens out of weight decay.
-        exclude: glob patterns of further parameter names (wrapper prefixes stripped) to keep out.
+        weight_decay: decay of the decayed groups (``>= 0``); the no-decay groups get 0. None takes the
+            optimizer's own ``weight_decay`` (its default or its ``init_args``).
+        decay_rule: which parameters are kept out of weight decay (:class:`~lightning_reg.DecayRule`;
+            default ``DecayRule()``: biases, norms, per-channel scales, declared names).
         layer_decay: layer-wise LR decay factor in ``(0, 1]``; None disables it.
         lr_scheduler: callable ``optimizer -> scheduler`` (e.g. :class:`~lightning_reg.WarmupCosineLR`); a
             ``WarmupCosineLR`` without ``total_steps`` gets ``trainer.estimated_stepping_batches``.
-        lr_scheduler_interval: ``"step"`` (default) or ``"epoch"``.
+        lr_scheduler_interval: ``"step"`` or ``"epoch"``; None (default): ``"epoch"`` for
+            ``ReduceLROnPlateau`` (its metric exists only after validation), ``"step"`` otherwise.
         lr_scheduler_monitor: metric a ``ReduceLROnPlateau`` watches.
         keep_param_names: keep each group's ``param_names`` in the optimizer (torch stores them in its
-            ``state_dict``). torch then refuses ``add_param_group`` calls without names, e.g. Lightning's
-            ``BackboneFinetuning`` unfreezing a frozen backbone: set False for those.
+            ``state_dict``; groups added later get them too).
         weight_penalty: explicit L1/L2 penalty on the decayed parameters (None: none).
         batch_mixer: Mixup/CutMix/label-smoothing mixer for training batches (None: no mixing).
+        verbose: ``0`` quiet, ``1`` one line per fit naming the optimizer and the groups, ``2`` the group
+            table.
         **kwargs: passed on to the next ``__init__`` in the MRO.
 
     Example:
@@ -98,18 +265,16 @@ class RegularizedModule(PenaltyMixin, BatchMixingMixin, LightningModule):
         *args: Any,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr: float | None = 1e-3,
-        weight_decay: float = 0.05,
-        exclude_bias: bool = True,
-        exclude_norm: bool = True,
-        exclude_embeddings: bool = False,
-        exclude: Sequence[str] = (),
+        weight_decay: float | None = 0.05,
+        decay_rule: DecayRule | None = None,
         layer_decay: float | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
-        lr_scheduler_interval: Literal["step", "epoch"] = "step",
+        lr_scheduler_interval: Literal["step", "epoch"] | None = None,
         lr_scheduler_monitor: str = "val_loss",
         keep_param_names: bool = True,
         weight_penalty: WeightPenalty | None = None,
         batch_mixer: BatchMixer | None = None,
+        verbose: int | bool = 1,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -119,15 +284,13 @@ class RegularizedModule(PenaltyMixin, BatchMixingMixin, LightningModule):
             optimizer=optimizer,
             lr=lr,
             weight_decay=weight_decay,
-            exclude_bias=exclude_bias,
-            exclude_norm=exclude_norm,
-            exclude_embeddings=exclude_embeddings,
-            exclude=exclude,
+            decay_rule=decay_rule,
             layer_decay=layer_decay,
             lr_scheduler=lr_scheduler,
             lr_scheduler_interval=lr_scheduler_interval,
             lr_scheduler_monitor=lr_scheduler_monitor,
             keep_param_names=keep_param_names,
+            verbose=verbose,
         )
 
     def configure_regularization(
@@ -135,77 +298,100 @@ class RegularizedModule(PenaltyMixin, BatchMixingMixin, LightningModule):
         *,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr: float | None = 1e-3,
-        weight_decay: float = 0.05,
-        exclude_bias: bool = True,
-        exclude_norm: bool = True,
-        exclude_embeddings: bool = False,
-        exclude: Sequence[str] = (),
+        weight_decay: float | None = 0.05,
+        decay_rule: DecayRule | None = None,
         layer_decay: float | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
-        lr_scheduler_interval: Literal["step", "epoch"] = "step",
+        lr_scheduler_interval: Literal["step", "epoch"] | None = None,
         lr_scheduler_monitor: str = "val_loss",
         keep_param_names: bool = True,
+        verbose: int | bool = 1,
     ) -> None:
         """Set (or change) the regularization settings; same arguments as the constructor.
 
         Args:
             optimizer: callable ``params -> Optimizer``.
             lr: base learning rate, or None for the optimizer's own.
-            weight_decay: decay of the decayed groups, ``>= 0``.
-            exclude_bias: keep biases out of weight decay.
-            exclude_norm: keep normalization parameters out of weight decay.
-            exclude_embeddings: keep embeddings and tokens out of weight decay.
-            exclude: further glob patterns of parameter names to keep out.
+            weight_decay: decay of the decayed groups, ``>= 0``, or None for the optimizer's own.
+            decay_rule: which parameters are kept out of weight decay.
             layer_decay: layer-wise LR decay factor in ``(0, 1]`` or None.
             lr_scheduler: callable ``optimizer -> scheduler`` or None.
-            lr_scheduler_interval: ``"step"`` or ``"epoch"``.
+            lr_scheduler_interval: ``"step"``, ``"epoch"`` or None (by scheduler type).
             lr_scheduler_monitor: metric for ``ReduceLROnPlateau``.
             keep_param_names: keep ``param_names`` in the optimizer's groups.
+            verbose: ``0``, ``1`` or ``2`` (see the class).
 
         Raises:
-            ValueError: naming the bad value and the valid range or choices.
+            TypeError: a value of the wrong type.
+            ValueError: a value out of range, or ``lr`` / ``weight_decay`` set both here and (to another
+                value) in the optimizer's bound arguments.
 
         Example:
             >>> import torch
             >>> m = RegularizedModule()
             >>> m.configure_regularization(optimizer=torch.optim.SGD, lr=0.1, weight_decay=1e-4)
         """
-        _check_weight_decay(weight_decay)
-        if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr >= 0):
-            raise ValueError(f"lr must be a number >= 0 or None, got {lr!r}.")
-        if layer_decay is not None and (
-            isinstance(layer_decay, bool)
-            or not isinstance(layer_decay, (int, float))
-            or not 0 < layer_decay <= 1
-        ):
-            raise ValueError(f"layer_decay must be in (0, 1] (or None to disable), got {layer_decay!r}.")
-        if lr_scheduler_interval not in ("step", "epoch"):
-            raise ValueError(
-                f"lr_scheduler_interval must be 'step' or 'epoch', got {lr_scheduler_interval!r}."
-            )
-        if not callable(optimizer):
-            raise ValueError(f"optimizer must be a callable params -> Optimizer, got {optimizer!r}.")
-        if lr_scheduler is not None and not callable(lr_scheduler):
-            raise ValueError(
-                f"lr_scheduler must be a callable optimizer -> scheduler or None, got {lr_scheduler!r}."
-            )
-        if isinstance(exclude, str):
-            exclude = [exclude]
+        weight_decay = None if weight_decay is None else _check_weight_decay(weight_decay)
+        lr = _check_lr(lr)
+        layer_decay = _check_layer_decay(layer_decay)
+        if lr_scheduler_interval is not None:
+            check_choice("lr_scheduler_interval", lr_scheduler_interval, ("step", "epoch"))
+        check_callable("optimizer", optimizer, "a callable params -> Optimizer")
+        check_callable("lr_scheduler", lr_scheduler, "a callable optimizer -> scheduler", none_ok=True)
+        check_str("lr_scheduler_monitor", lr_scheduler_monitor)
+        optimizer_name, bound = _bound_optimizer_arguments(optimizer)
+        for key, ours in (("lr", lr), ("weight_decay", weight_decay)):
+            if key in bound and ours is not None and float(bound[key]) != ours:
+                raise ValueError(
+                    f"`{key}` is set twice: {optimizer_name}({key}={bound[key]!r}) in the optimizer's "
+                    f"arguments and {key}={ours!r} on {type(self).__name__}, whose value goes into every "
+                    "parameter group and would silently override the optimizer's. Set it in one place: on "
+                    f"the module (model.init_args.{key} in a LightningCLI config), or set the module's "
+                    f"`{key}` to None (null) to use the optimizer's."
+                )
         self.regularization_config: dict[str, Any] = {
             "optimizer": optimizer,
-            "lr": None if lr is None else float(lr),
-            "weight_decay": float(weight_decay),
-            "exclude_bias": bool(exclude_bias),
-            "exclude_norm": bool(exclude_norm),
-            "exclude_embeddings": bool(exclude_embeddings),
-            "exclude": list(exclude),
-            "layer_decay": None if layer_decay is None else float(layer_decay),
+            "lr": lr,
+            "weight_decay": weight_decay,
+            "decay_rule": _check_rule(decay_rule, "decay_rule"),
+            "layer_decay": layer_decay,
             "lr_scheduler": lr_scheduler,
             "lr_scheduler_interval": lr_scheduler_interval,
             "lr_scheduler_monitor": lr_scheduler_monitor,
-            "keep_param_names": bool(keep_param_names),
+            "keep_param_names": check_bool("keep_param_names", keep_param_names),
+            "verbose": check_verbose(verbose),
         }
         self._layer_ids: dict[str, int] | None = None
+        self._n_layers: int | None = None
+
+    @property
+    def lr(self) -> float | None:
+        """The base learning rate of the groups (``None``: the optimizer's own); settable.
+
+        The Tuner's learning-rate finder (``Tuner.lr_find``) writes its suggestion here, so the next
+        ``configure_optimizers`` uses it.
+
+        Example:
+            >>> m = RegularizedModule(lr=0.1)
+            >>> m.lr = 0.02
+            >>> m.regularization_config["lr"]
+            0.02
+        """
+        return self.regularization_config["lr"]
+
+    @lr.setter
+    def lr(self, value: float | None) -> None:
+        self.regularization_config["lr"] = _check_lr(value)
+
+    @property
+    def decay_rule(self) -> DecayRule:
+        """The :class:`~lightning_reg.DecayRule` in force (penalties and ``ProximalL1`` default to it).
+
+        Example:
+            >>> RegularizedModule(decay_rule=DecayRule(embeddings=True)).decay_rule.embeddings
+            True
+        """
+        return self.regularization_config["decay_rule"]
 
     def get_layer_id(self, name: str) -> int:
         """Return the layer id (for layer-wise LR decay) of parameter ``name`` (wrapper prefixes stripped).
@@ -228,8 +414,13 @@ class RegularizedModule(PenaltyMixin, BatchMixingMixin, LightningModule):
             [0, 1, 2, 3]
         """
         if self._layer_ids is None:
-            self._layer_ids = block_layer_ids(self)
+            self._layer_ids = block_layer_ids(self, include_frozen=True)
         return self._layer_ids[name]
+
+    def _num_layers(self) -> int:
+        """``L`` of the layer-decay formula: the largest id among the trainable parameters, plus one."""
+        ids = [self.get_layer_id(n) for n, _ in _parameters(self)]
+        return max(ids, default=0) + 1
 
     def param_groups(self) -> list[dict[str, Any]]:
         """Build the parameter groups from :attr:`regularization_config` (override to add your own edits).
@@ -246,19 +437,19 @@ class RegularizedModule(PenaltyMixin, BatchMixingMixin, LightningModule):
         cfg = self.regularization_config
         self._layer_ids = None
         layer_decay = cfg["layer_decay"]
+        self._n_layers = self._num_layers() if layer_decay is not None else None
         with warnings.catch_warnings(record=True) as caught:  # relay on rank zero only (not once per rank)
             warnings.simplefilter("always")
             groups = weight_decay_param_groups(
                 self,
-                cfg["weight_decay"],
-                exclude_bias=cfg["exclude_bias"],
-                exclude_norm=cfg["exclude_norm"],
-                exclude_embeddings=cfg["exclude_embeddings"],
-                exclude=cfg["exclude"],
+                # weight_decay=None: the optimizer's own; built with 0 and set after construction
+                cfg["weight_decay"] if cfg["weight_decay"] is not None else 0.0,
+                rule=cfg["decay_rule"],
                 layer_decay=layer_decay,
                 # layer decay with the optimizer's own lr: build with lr=1 and rescale after construction
                 lr=cfg["lr"] if cfg["lr"] is not None or layer_decay is None else 1.0,
                 layer_id_fn=self.get_layer_id if layer_decay is not None else None,
+                num_layers=self._n_layers if layer_decay is not None else None,
             )
         for w in caught:
             rank_zero_warn(str(w.message), category=w.category)
@@ -281,6 +472,7 @@ class RegularizedModule(PenaltyMixin, BatchMixingMixin, LightningModule):
             'AdamW'
         """
         cfg = self.regularization_config
+        self._check_penalty_hook_chain()
         groups = self.param_groups()
         validate_param_groups(groups, self)
         if not cfg["keep_param_names"]:
@@ -290,18 +482,31 @@ class RegularizedModule(PenaltyMixin, BatchMixingMixin, LightningModule):
             base = optimizer.defaults["lr"]
             for group in optimizer.param_groups:
                 group["lr"] = group["initial_lr"] = float(base) * group["lr_scale"]
+        if cfg["weight_decay"] is None:
+            own = float(optimizer.defaults.get("weight_decay", 0.0))
+            for group in optimizer.param_groups:
+                if not str(group.get("name", "")).endswith("no_decay"):
+                    group["weight_decay"] = own
+        else:
+            optimizer.defaults["weight_decay"] = cfg["weight_decay"]
+        if cfg["lr"] is not None:
+            optimizer.defaults["lr"] = cfg["lr"]
+        # groups added later (BackboneFinetuning) get the same split, names and settings
+        object.__setattr__(optimizer, "add_param_group", _AddParamGroup(self, optimizer))
+        optimizer.register_step_pre_hook(_follow_leader_lrs)
         self.param_group_report = describe_param_groups(optimizer.param_groups)
-        rank_zero_info(
-            f"{type(self).__name__}: {type(optimizer).__name__} parameter groups\n{self.param_group_report}"
-        )
+        self._report_groups(optimizer)
         if cfg["lr_scheduler"] is None:
             return {"optimizer": optimizer}
         scheduler = cfg["lr_scheduler"](optimizer)
+        interval = cfg["lr_scheduler_interval"]
+        if interval is None:
+            interval = "epoch" if isinstance(scheduler, ReduceLROnPlateau) else "step"
         if isinstance(scheduler, WarmupCosineLR) and scheduler.total_steps is None:
             trainer = self._trainer
             if trainer is None:
                 raise RuntimeError("WarmupCosineLR without total_steps needs a Trainer attached")
-            by_step = cfg["lr_scheduler_interval"] == "step"
+            by_step = interval == "step"
             # When resuming, the checkpoint's scheduler state brings total_steps. Do not ask for
             # estimated_stepping_batches then: it builds the train dataloader before Lightning restores the
             # loops, and Lightning then never loads a stateful dataloader's state (mid-epoch resume would
@@ -318,7 +523,21 @@ class RegularizedModule(PenaltyMixin, BatchMixingMixin, LightningModule):
                     )
                 if total != 0:  # 0: a zero-length train dataloader; Lightning warns and trains nothing
                     scheduler.set_total_steps(total)
-        config: dict[str, Any] = {"scheduler": scheduler, "interval": cfg["lr_scheduler_interval"]}
+        config: dict[str, Any] = {"scheduler": scheduler, "interval": interval}
         if isinstance(scheduler, ReduceLROnPlateau):
             config["monitor"] = cfg["lr_scheduler_monitor"]
         return {"optimizer": optimizer, "lr_scheduler": config}
+
+    def _report_groups(self, optimizer: Optimizer) -> None:
+        verbose = self.regularization_config["verbose"]
+        if verbose >= 2:
+            say(verbose, 2, f"{type(self).__name__}: {type(optimizer).__name__} parameter groups\n"
+                f"{self.param_group_report}")
+            return
+        parts = []
+        for g in optimizer.param_groups:
+            wd = g.get("weight_decay", 0.0)
+            parts.append(f"{g.get('name', '?')} {len(g['params'])} tensors (wd {wd:g})")
+        shown = parts if len(parts) <= 4 else [*parts[:3], f"... {len(parts)} groups"]
+        say(verbose, 1, f"{type(self).__name__}: {type(optimizer).__name__}, " + "; ".join(shown)
+            + " (verbose=2: the table).")

@@ -158,7 +158,9 @@ class WarmupCosineLR(LRScheduler):
         """Compute the learning rate of every param group at the current step.
 
         Returns:
-            ``initial_lr * lr_factor(last_epoch)`` per group.
+            ``initial_lr * lr_factor(last_epoch)`` per group; groups added to the optimizer after the
+            scheduler was built (e.g. by ``BackboneFinetuning``) keep their current ``lr``: whoever added
+            them sets it (torch's schedulers fail on such groups instead).
 
         Example:
             >>> import torch
@@ -167,4 +169,6 @@ class WarmupCosineLR(LRScheduler):
             [2.0]
         """
         factor = self.lr_factor(self.last_epoch)
-        return [float(base) * factor for base in self.base_lrs]
+        scheduled = [float(base) * factor for base in self.base_lrs]
+        added = self.optimizer.param_groups[len(scheduled):]
+        return scheduled + [float(group["lr"]) for group in added]

@@ -247,9 +247,9 @@ def test_callback_modules_restricts_the_freeze(tmp_path):
 
 
 def test_callback_validation():
-    with pytest.raises(ValueError, match="epoch=-1"):
+    with pytest.raises(ValueError, match=r"`epoch` must be an int >= 0; got -1"):
         FreezeBatchNorm(epoch=-1)
-    with pytest.raises(ValueError, match="modules='backbone'"):
+    with pytest.raises(TypeError, match=r"`modules` must be a list of str.*\['backbone'\]"):
         FreezeBatchNorm(modules="backbone")
     assert FreezeBatchNorm(epoch=1).state_key != FreezeBatchNorm(epoch=2).state_key
 
@@ -298,3 +298,110 @@ def test_callback_ddp_sync_batchnorm(tmp_path):
         for k in (k for k in r["final"] if k.startswith("net.1.")):
             assert torch.equal(r0["epoch0"][k], r["final"][k]), k
         assert not torch.equal(r["epoch0"]["net.0.weight"], r["final"]["net.0.weight"])
+
+
+def test_children_of_a_frozen_layer_follow_train_and_eval():
+    # add_stochastic_depth puts each DropPath inside the BatchNorm that ends the residual branch
+    # (layer1[0].bn2.drop_path): freezing the norm must not pin its children's mode.
+    from lightning_reg.stochastic_depth.layers import add_stochastic_depth
+
+    torch.manual_seed(0)
+    m = resnet18(num_classes=10)
+    add_stochastic_depth(m, 0.5)
+    m.train()
+    freeze_batchnorm(m)
+    m.eval()
+    drop_paths = [mod for name, mod in m.named_modules() if name.endswith("drop_path")]
+    assert len(drop_paths) == 8
+    assert not any(d.training for d in drop_paths)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(m(x), m(x))  # eval: deterministic
+    m.train()
+    assert all(d.training for d in drop_paths)  # training: DropPath active again, the norms stay frozen
+    assert not any(bn.training for bn in batchnorm_layers(m))
+    # a direct ``training = True`` on the norm (Lightning's _ModuleMode.restore) leaves its children alone
+    bn = m.layer1[0].bn2
+    m.eval()
+    bn.training = True
+    with torch.no_grad():
+        m(x)
+    assert not bn.training and not bn.drop_path.training
+
+
+def _bn_fit(model, callback, caplog=None):
+    data = DataLoader(TensorDataset(torch.randn(16, 4), torch.randint(0, 2, (16,))), batch_size=8)
+    trainer = L.Trainer(
+        max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, callbacks=[callback],
+    )
+    trainer.fit(model, data)
+    return trainer
+
+
+class _Parts(L.LightningModule):
+    def __init__(self, bn: bool = True):
+        super().__init__()
+        norm = nn.BatchNorm1d if bn else nn.LayerNorm
+        self.backbone = nn.Sequential(nn.Linear(4, 4), norm(4))
+        self.head = nn.Sequential(nn.Linear(4, 4), norm(4), nn.Linear(4, 2))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.cross_entropy(self.head(self.backbone(x)), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_callback_refuses_a_model_or_selection_without_batchnorm():
+    with pytest.raises(ValueError, match=r"_Parts has no BatchNorm layer .*nothing to freeze"):
+        _bn_fit(_Parts(bn=False), FreezeBatchNorm())
+    with pytest.raises(ValueError, match=r"`modules` pattern\(s\) \['neck'\] select no module"):
+        _bn_fit(_Parts(), FreezeBatchNorm(modules=["neck"]))
+    with pytest.raises(ValueError, match=r"has no BatchNorm layer under `modules`=\['backbone.0'\]"):
+        _bn_fit(_Parts(), FreezeBatchNorm(modules=["backbone.0"]))
+
+
+def test_callback_modules_take_the_selector_syntax_and_verbose(caplog):
+    import logging
+
+    for patterns in (["head.*"], ["re:^head\\."], ["head.1"]):
+        model = _Parts()
+        with caplog.at_level(logging.INFO):
+            _bn_fit(model, FreezeBatchNorm(modules=patterns, verbose=2))
+        assert is_frozen_batchnorm(model.head[1]) and not is_frozen_batchnorm(model.backbone[1]), patterns
+    assert "FreezeBatchNorm: froze 1 BatchNorm layers at epoch 0." in caplog.text
+    assert "FreezeBatchNorm: head.1" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        _bn_fit(_Parts(), FreezeBatchNorm(verbose=0))
+    assert "FreezeBatchNorm" not in caplog.text
+
+
+def test_callback_keeps_frozen_statistics_through_stochastic_weight_averaging(tmp_path):
+    """SWA resets every BatchNorm to zeros / ones and recomputes the statistics in train mode; frozen
+    layers stay in eval mode, so they ended with zeros and ones."""
+    from lightning.pytorch.callbacks import Callback, StochasticWeightAveraging
+
+    class AtFreeze(Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            if trainer.current_epoch == 1:
+                bn = pl_module.backbone[1]
+                self.stats = (bn.running_mean.clone(), bn.running_var.clone(), int(bn.num_batches_tracked))
+
+    torch.manual_seed(0)
+    model = _Parts()
+    at_freeze = AtFreeze()
+    data = DataLoader(TensorDataset(torch.randn(16, 4) * 3 + 1, torch.randint(0, 2, (16,))), batch_size=8)
+    trainer = L.Trainer(
+        max_epochs=4, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, default_root_dir=tmp_path,
+        callbacks=[FreezeBatchNorm(epoch=1, verbose=0), at_freeze, StochasticWeightAveraging(0.05, 2)],
+    )
+    trainer.fit(model, data)
+    bn = model.backbone[1]
+    assert not torch.equal(bn.running_mean, torch.zeros(4))
+    assert torch.equal(bn.running_mean, at_freeze.stats[0])
+    assert torch.equal(bn.running_var, at_freeze.stats[1])
+    assert int(bn.num_batches_tracked) == at_freeze.stats[2] == 2  # epoch 0 only: 2 batches

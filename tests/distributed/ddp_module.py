@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_reg import RegularizedModule
+from lightning_reg import DecayRule, RegularizedModule
 
 LR, WD, STEPS = 0.01, 0.1, 8
 
@@ -80,13 +80,12 @@ def main(out_dir: Path) -> None:
     from tests.weight_decay.test_module import LMBlock, TinyLMModule
 
     lm = TinyLMModule()
-    reference = [
-        (g["name"], g["param_names"]) for g in weight_decay_param_groups(lm, 0.1, exclude_embeddings=True)
-    ]
+    rule = DecayRule(embeddings=True)
+    reference = [(g["name"], g["param_names"]) for g in weight_decay_param_groups(lm, 0.1, rule=rule)]
     fsdp = FSDP(
         lm, use_orig_params=True, auto_wrap_policy=ModuleWrapPolicy({LMBlock}), device_id=torch.device("cpu")
     )
-    sharded = weight_decay_param_groups(fsdp, 0.1, exclude_embeddings=True)
+    sharded = weight_decay_param_groups(fsdp, 0.1, rule=DecayRule(embeddings=True))
     torch.save(
         {
             "fsdp_reference": reference,
@@ -97,7 +96,7 @@ def main(out_dir: Path) -> None:
             "groups": groups,
             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "idle0": idle0,
-            "tables": [m for m in collect.messages if "parameter groups" in m],
+            "tables": [m for m in collect.messages if m.startswith("Net: AdamW")],  # the one-line report
         },
         out_dir / f"rank{trainer.global_rank}.pt",
     )

@@ -21,6 +21,7 @@ from lightning_reg.gradients.core import (
     group_by_param_groups,
     group_by_patterns,
     nonfinite_count,
+    per_tensor_norms,
     reduce_norms,
     zclip_step,
 )
@@ -195,3 +196,30 @@ def test_zclip_matches_formula_stepped_by_hand() -> None:
             assert float(state.var) == pytest.approx(var, rel=1e-4)
         clipped += exp_coef < 1
     assert clipped == 2  # 5.0 and 8.0 are spikes
+
+
+def test_float64_gradients_are_reduced_in_float64_like_lightning() -> None:
+    """Two float64 gradients of 1e23: the total is 1.414e23 (Lightning's grad_norm computes it in float64);
+    float32 accumulation gave inf, and norm clipping would then have zeroed the gradients."""
+    from lightning.pytorch.utilities import grad_norm
+
+    m = nn.Module()
+    m.a = nn.Parameter(torch.zeros(1, dtype=torch.float64))
+    m.b = nn.Parameter(torch.zeros(1, dtype=torch.float64))
+    m.a.grad = torch.tensor([1e23], dtype=torch.float64)
+    m.b.grad = torch.tensor([1e23], dtype=torch.float64)
+    lightning_total = grad_norm(m, 2)["grad_2.0_norm_total"]
+    stats = grad_norms([m.a.grad, m.b.grad])
+    assert stats.per_tensor.dtype == torch.float64
+    assert torch.isfinite(stats.total)
+    assert float(stats.total) == pytest.approx(float(lightning_total), rel=1e-12)
+    _, groups = reduce_norms(stats.per_tensor, 2.0, torch.tensor([0, 0]), 1)
+    assert float(groups[0]) == pytest.approx(math.sqrt(2) * 1e23, rel=1e-12)
+    total, coef = clip_grads_by_norm_([m.a, m.b], max_norm=1.0)
+    assert float(total) == pytest.approx(math.sqrt(2) * 1e23, rel=1e-12)
+    assert float(m.a.grad) == pytest.approx(1 / math.sqrt(2), rel=1e-5)  # clipped, not zeroed
+    # mixed float32 / float64 buckets: the wider precision wins; bf16 alone still accumulates in float32
+    mixed = per_tensor_norms([torch.full((4,), 1e10), torch.full((1,), 1e300, dtype=torch.float64)])
+    assert mixed.dtype == torch.float64 and float(mixed[1]) == 1e300
+    assert float(mixed[0]) == pytest.approx(2e10)
+    assert per_tensor_norms([torch.ones(4, dtype=torch.bfloat16)]).dtype == torch.float32

@@ -7,6 +7,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_reg import (
+    DecayRule,
     PenaltyMixin,
     WeightPenalty,
     add_penalty_grad_,
@@ -38,7 +39,7 @@ def test_decayed_parameters_same_classification_as_weight_decay():
     got = decayed_parameters(m)
     # by hand: weights of Linear layers and the (tied, counted once) embedding; no bias, no norm parameters
     assert [id(p) for p in got] == [id(m.emb.weight), id(m.lin.weight)]
-    got = decayed_parameters(m, exclude_embeddings=True, exclude_bias=False, exclude=["lin.weight"])
+    got = decayed_parameters(m, DecayRule(embeddings=True, bias=False, exclude=["lin.weight"]))
     assert [id(p) for p in got] == [id(m.lin.bias)]
     m.lin.weight.requires_grad_(False)  # frozen parameters are never penalised
     assert [id(p) for p in decayed_parameters(m)] == [id(m.emb.weight)]
@@ -65,7 +66,7 @@ def test_penalty_values_vs_formulas():
     half = [p.to(torch.bfloat16) for p in ps]
     assert l1_penalty(half).dtype == torch.float32
     torch.testing.assert_close(l1_penalty(half), sum(p.float().abs().sum() for p in half))
-    with pytest.raises(ValueError, match="l1=-1"):
+    with pytest.raises(ValueError, match=r"`l1` must be a finite number >= 0; got -1"):
         elastic_net_penalty(ps, l1=-1)
 
 
@@ -118,7 +119,7 @@ def test_soft_threshold_vs_hand_exact_zeros():
     unchanged = w.clone()
     soft_threshold_([unchanged], 0.0)
     assert torch.equal(unchanged, w)
-    with pytest.raises(ValueError, match="threshold=-0.1"):
+    with pytest.raises(ValueError, match=r"`threshold`.*>= 0; got -0.1"):
         soft_threshold_([w], -0.1)
 
 
@@ -263,7 +264,7 @@ def test_penalty_mixin_two_optimizers_penalise_each_parameter_once():
 def test_penalty_mixin_follows_regularized_module_exclusions():
     class Net(RegularizedModule):  # RegularizedModule includes PenaltyMixin
         def __init__(self):
-            super().__init__(exclude_bias=False, weight_decay=0.0)
+            super().__init__(decay_rule=DecayRule(bias=False), weight_decay=0.0)
             self.lin = nn.Linear(2, 2)
             self.norm = nn.LayerNorm(2)
             self.weight_penalty = WeightPenalty(l2=1.0, automatic=False)
@@ -272,7 +273,7 @@ def test_penalty_mixin_follows_regularized_module_exclusions():
     assert {id(p) for p in net.penalty_parameters()} == {id(net.lin.weight), id(net.lin.bias)}
     torch.testing.assert_close(net.penalty(), 0.5 * (net.lin.weight.pow(2).sum() + net.lin.bias.pow(2).sum()))
     net2 = Net()
-    net2.weight_penalty = WeightPenalty(l2=1.0, exclude_bias=True)  # explicit beats the module's setting
+    net2.weight_penalty = WeightPenalty(l2=1.0, rule=DecayRule(bias=True))  # explicit beats the module's
     assert [id(p) for p in net2.penalty_parameters()] == [id(net2.lin.weight)]
 
 
@@ -334,7 +335,7 @@ def test_proximal_l1_callback_vs_plain_loop():
     )
     assert trainer.global_step == epochs * 4 // accumulate
     assert cb._handles == []  # hooks removed after fit
-    with pytest.raises(ValueError, match="l1=0"):
+    with pytest.raises(ValueError, match=r"`l1` must be a finite number > 0; got 0"):
         ProximalL1(l1=0)
 
 
@@ -369,3 +370,57 @@ def test_hot_paths_do_not_sync():
     with _SyncCounter() as counter:  # the reference per-element check does sync: the counter works
         bool((params[0] == 0).any())
     assert counter.syncs
+
+
+@pytest.mark.parametrize("every", [None, 0, 3])
+def test_penalty_and_proximal_keys_follow_lightnings_logging_rule(every):
+    """Both keys land on Lightning's own logging rows ((step + 1) % n == 0; None = Trainer's interval,
+    0 = off), not on `global_step % n == 0` as before, and are monitorable."""
+    from tests.memory_logger import MemoryLogger
+
+    class Logged(_PenNet):
+        def training_step(self, batch, batch_idx):
+            loss = super().training_step(batch, batch_idx)
+            self.log("train_loss", loss, on_step=True)  # Lightning's own step metric: the reference rows
+            return loss
+
+    logger = MemoryLogger()
+    model = Logged(WeightPenalty(l2=0.01, log_every_n_steps=every))
+    trainer = L.Trainer(
+        max_epochs=2, logger=logger, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, log_every_n_steps=2, accelerator="cpu",
+        callbacks=[ProximalL1(l1=0.01, log_every_n_steps=every, verbose=0)],
+    )
+    trainer.fit(model, _data())  # 8 optimizer steps
+    rows = {}
+    for step, metrics in logger.calls:
+        for key in metrics:
+            rows.setdefault(key, []).append(step)
+    n = 2 if every is None else every
+    expected = [s for s in range(8) if n and (s + 1) % n == 0]
+    assert rows.get("penalty/value", []) == expected
+    assert rows.get("proximal_l1/zero_fraction", []) == expected
+    if every is None:
+        assert rows["train_loss"] == expected  # the same rows as Lightning's own
+    if expected:
+        assert {"penalty/value", "proximal_l1/zero_fraction"} <= set(trainer.callback_metrics)
+
+
+def test_proximal_l1_verbose_and_rule_from_the_module(caplog):
+    import logging
+
+    class Module(RegularizedModule):
+        def __init__(self):
+            super().__init__(decay_rule=DecayRule(exclude=["net.2"]), lr=0.1)
+            torch.manual_seed(0)
+            self.net = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return nn.functional.cross_entropy(self.net(x), y)
+
+    cb = ProximalL1(l1=0.1)
+    with caplog.at_level(logging.INFO):
+        _trainer(max_epochs=1, callbacks=[cb]).fit(Module(), _data())
+    assert cb._params and all(p.shape == (16, 6) for p in cb._params)  # net.2 excluded by the module's rule
+    assert "ProximalL1: l1=0.1 on 1 tensors (96 weights)." in caplog.text

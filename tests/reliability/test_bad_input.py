@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from torch import nn
 
 from lightning_reg import (
     BatchMixer,
+    DecayRule,
     DropPath,
     EarlyStopping,
     FreezeBatchNorm,
@@ -114,22 +116,35 @@ CASES: list[tuple[str, Callable[[], Any], type[Exception], str]] = [
     ("gl-mode", lambda: generalization_loss(1.0, 0.5, mode="up"), ValueError, r"`mode`.*'min', 'max'.*'up'"),
     ("gap-mode", lambda: overfitting_gap(1.0, 0.5, mode="x"), ValueError, r"`mode`.*'min', 'max'"),
     # FreezeBatchNorm, ProximalL1, penalties
-    ("fbn-epoch", lambda: FreezeBatchNorm(epoch=-1), ValueError, r"epoch=-1.*int >= 0"),
-    ("fbn-modules-str", lambda: FreezeBatchNorm(modules="stem"), ValueError, r"modules='stem'.*None or a list"),
-    ("prox-l1-zero", lambda: ProximalL1(l1=0.0), ValueError, r"l1=0\.0.*> 0"),
-    ("prox-l1-negative", lambda: ProximalL1(l1=-1.0), ValueError, r"l1=-1\.0.*>= 0"),
-    ("penalty-l1", lambda: WeightPenalty(l1=-1.0), ValueError, r"l1=-1\.0.*>= 0"),
-    ("penalty-l2-nan", lambda: WeightPenalty(l2=float("nan")), ValueError, r"l2=nan.*>= 0"),
-    ("elastic-net-l1", lambda: elastic_net_penalty([torch.zeros(2)], l1=-1.0), ValueError, r"l1=-1\.0.*>= 0"),
-    ("soft-threshold", lambda: soft_threshold_([torch.zeros(2)], -1.0), ValueError, r"threshold=-1\.0.*>= 0"),
+    ("fbn-epoch", lambda: FreezeBatchNorm(epoch=-1), ValueError, r"`epoch` must be an int >= 0; got -1"),
+    ("fbn-modules-str", lambda: FreezeBatchNorm(modules="stem"), TypeError, r"`modules` must be a list of str.*\['stem'\]"),
+    ("fbn-modules-regex", lambda: FreezeBatchNorm(modules=["^stem"]), ValueError, r"`modules`.*looks like a regular expression.*'re:\^stem'"),
+    ("fbn-verbose", lambda: FreezeBatchNorm(verbose=3), ValueError, r"`verbose` must be an int in \[0, 2\]; got 3"),
+    ("prox-l1-zero", lambda: ProximalL1(l1=0.0), ValueError, r"`l1` must be a finite number > 0; got 0\.0"),
+    ("prox-l1-negative", lambda: ProximalL1(l1=-1.0), ValueError, r"`l1` must be a finite number > 0; got -1\.0"),
+    ("prox-l1-type", lambda: ProximalL1(l1="0.1"), TypeError, r"`l1` must be a finite number > 0; got '0\.1' of type str"),
+    ("prox-rule-type", lambda: ProximalL1(l1=0.1, rule={"bias": False}), TypeError, r"`rule` must be a DecayRule or None"),
+    ("penalty-l1", lambda: WeightPenalty(l1=-1.0), ValueError, r"`l1` must be a finite number >= 0; got -1\.0"),
+    ("penalty-l2-nan", lambda: WeightPenalty(l2=float("nan")), ValueError, r"`l2` must be a finite number >= 0; got nan"),
+    ("penalty-both-zero", lambda: WeightPenalty(), ValueError, r"`l1` and `l2` are both 0"),
+    ("penalty-log-every", lambda: WeightPenalty(l2=0.1, log_every_n_steps=-1), ValueError, r"`log_every_n_steps`.*>= 0.*-1"),
+    ("elastic-net-l1", lambda: elastic_net_penalty([torch.zeros(2)], l1=-1.0), ValueError, r"`l1`.*>= 0; got -1\.0"),
+    ("soft-threshold", lambda: soft_threshold_([torch.zeros(2)], -1.0), ValueError, r"`threshold`.*>= 0; got -1\.0"),
+    ("decay-rule-flag", lambda: DecayRule(bias="yes"), TypeError, r"`bias` must be a bool.*'yes'"),
+    ("decay-rule-exclude-str", lambda: DecayRule(exclude="head"), TypeError, r"`exclude` must be a list of str.*\['head'\]"),
+    ("decay-rule-exclude-regex", lambda: DecayRule(exclude=["head$"]), ValueError, r"`exclude`.*looks like a regular expression"),
     # RegularizedModule, parameter groups, WarmupCosineLR
     ("rm-weight-decay", lambda: RegularizedModule(weight_decay=-0.1), ValueError, r"weight_decay.*finite number >= 0.*-0\.1"),
     ("rm-weight-decay-nan", lambda: RegularizedModule(weight_decay=float("nan")), ValueError, r"weight_decay.*finite.*nan"),
     ("rm-lr", lambda: RegularizedModule(lr=-1.0), ValueError, r"lr.*>= 0 or None.*-1\.0"),
     ("rm-layer-decay", lambda: RegularizedModule(layer_decay=1.5), ValueError, r"layer_decay.*\(0, 1\].*1\.5"),
-    ("rm-interval", lambda: RegularizedModule(lr_scheduler_interval="batch"), ValueError, r"lr_scheduler_interval.*'step' or 'epoch'.*'batch'"),
-    ("rm-optimizer", lambda: RegularizedModule(optimizer="adam"), ValueError, r"optimizer.*callable.*'adam'"),
-    ("param-groups-wd", lambda: weight_decay_param_groups(nn.Linear(2, 2), weight_decay=-1.0), ValueError, r"weight_decay.*>= 0"),
+    ("rm-interval", lambda: RegularizedModule(lr_scheduler_interval="batch"), ValueError, r"`lr_scheduler_interval` must be one of 'step', 'epoch'; got 'batch'"),
+    ("rm-optimizer", lambda: RegularizedModule(optimizer="adam"), TypeError, r"`optimizer` must be a callable params -> Optimizer; got 'adam'"),
+    ("rm-lr-twice", lambda: RegularizedModule(optimizer=partial(torch.optim.SGD, lr=0.1)), ValueError, r"`lr` is set twice: SGD\(lr=0\.1\).*lr=0\.001"),
+    ("rm-decay-rule", lambda: RegularizedModule(decay_rule={"embeddings": True}), TypeError, r"`decay_rule` must be a DecayRule or None"),
+    ("rm-verbose", lambda: RegularizedModule(verbose="loud"), TypeError, r"`verbose` must be an int in \[0, 2\]"),
+    ("param-groups-wd", lambda: weight_decay_param_groups(nn.Linear(2, 2), weight_decay=-1.0), ValueError, r"`weight_decay` must be a finite number >= 0; got -1\.0"),
+    ("param-groups-wd-type", lambda: weight_decay_param_groups(nn.Linear(2, 2), weight_decay="0.1"), TypeError, r"`weight_decay`.*got '0\.1' of type str"),
     ("param-groups-ld", lambda: weight_decay_param_groups(nn.Linear(2, 2), 0.1, layer_decay=0.0), ValueError, r"layer_decay.*\(0, 1\]"),
     ("wcl-warmup", lambda: WarmupCosineLR(_opt(), warmup_steps=-1), ValueError, r"warmup_steps.*int >= 0"),
     ("wcl-start-factor", lambda: WarmupCosineLR(_opt(), warmup_steps=2, warmup_start_factor=2.0), ValueError, r"warmup_start_factor.*\[0, 1\]"),

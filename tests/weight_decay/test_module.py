@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from functools import partial
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_reg import RegularizedModule, WarmupCosineLR
+from lightning_reg import DecayRule, RegularizedModule, WarmupCosineLR, weight_decay_param_groups
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 
@@ -82,8 +83,8 @@ class Stack(RegularizedModule):
         self,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr: float | None = 1e-3,
-        weight_decay: float = 0.05,
-        exclude: list[str] | None = None,
+        weight_decay: float | None = 0.05,
+        decay_rule: DecayRule | None = None,
         layer_decay: float | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
@@ -91,7 +92,7 @@ class Stack(RegularizedModule):
             optimizer=optimizer,
             lr=lr,
             weight_decay=weight_decay,
-            exclude=exclude or (),
+            decay_rule=decay_rule,
             layer_decay=layer_decay,
             lr_scheduler=lr_scheduler,
         )
@@ -176,8 +177,20 @@ def test_lightning_cli_yaml_configures_optimizer_and_scheduler(monkeypatch):
     assert [x[0] for x in rec.lrs] == pytest.approx([v * 0.5**4 for v in head], abs=1e-12)  # stem
 
 
-def test_group_table_logged_once_at_fit_start(caplog):
+def test_group_report_one_line_by_default_table_at_verbose_2(caplog):
     model = Stack(lr=0.01)
+    with caplog.at_level(logging.INFO):
+        fast_trainer(max_steps=2).fit(model)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Stack:")]
+    assert lines == [
+        "Stack: AdamW, decay 5 tensors (wd 0.05); no_decay 11 tensors (wd 0) (verbose=2: the table)."
+    ]
+    caplog.clear()
+    model.configure_regularization(lr=0.01, verbose=0)
+    with caplog.at_level(logging.INFO):
+        fast_trainer(max_steps=2).fit(model)
+    assert not [r for r in caplog.records if r.getMessage().startswith("Stack:")]
+    model.configure_regularization(lr=0.01, verbose=2)
     with caplog.at_level(logging.INFO):
         fast_trainer(max_steps=2).fit(model)
     tables = [r.getMessage() for r in caplog.records if "parameter groups" in r.getMessage()]
@@ -209,22 +222,76 @@ def test_mixin_with_another_lightning_base():
     ]
 
 
-def test_backbone_finetuning_needs_groups_without_names():
+def test_groups_added_later_get_the_decay_split_names_and_settings():
+    """BaseFinetuning.unfreeze_and_add_param_group adds one unnamed group carrying the optimizer's built-in
+    defaults (AdamW: weight_decay=0.01; SGD: 0): it must be split like the configured groups."""
     from lightning.pytorch.callbacks import BaseFinetuning
 
-    for keep in (True, False):
-        model = Stack()
-        model.configure_regularization(lr=0.01, keep_param_names=keep)
-        model.stem.requires_grad_(False)
+    for optimizer, keep in ((torch.optim.AdamW, True), (torch.optim.SGD, False), (torch.optim.AdamW, False)):
+        model = Stack(optimizer=optimizer, weight_decay=0.3)
+        model.configure_regularization(optimizer=optimizer, lr=0.01, weight_decay=0.3, keep_param_names=keep)
+        model.blocks.requires_grad_(False)
         opt = model.configure_optimizers()["optimizer"]
-        assert "stem.weight" not in [n for g in opt.param_groups for n in g.get("param_names", [])]
-        assert all(("param_names" in g) is keep for g in opt.param_groups)
-        if keep:  # torch refuses a group without names next to named ones
-            with pytest.raises(ValueError, match="with/without names"):
-                BaseFinetuning.unfreeze_and_add_param_group(model.stem, opt, lr=0.01)
-        else:
-            BaseFinetuning.unfreeze_and_add_param_group(model.stem, opt, lr=0.01)
-            assert opt.param_groups[-1]["params"] == [model.stem.weight, model.stem.bias]
+        assert opt.defaults["weight_decay"] == 0.3 and opt.defaults["lr"] == 0.01
+        n_before = len(opt.param_groups)
+        BaseFinetuning.unfreeze_and_add_param_group(model.blocks, opt, lr=0.001)  # keep=True crashed before
+        added = opt.param_groups[n_before:]
+        assert [g["name"] for g in added] == ["blocks_decay", "blocks_no_decay"]
+        by_hand = {  # Linear weights decayed; biases and LayerNorm parameters not
+            "blocks_decay": [f"blocks.{i}.1.weight" for i in range(3)],
+            "blocks_no_decay": [f"blocks.{i}.{j}" for i in range(3) for j in ("0.weight", "0.bias", "1.bias")]
+        }
+        for g in added:
+            names = {id(p): n for n, p in model.named_parameters()}
+            assert sorted(names[id(p)] for p in g["params"]) == sorted(by_hand[g["name"]])
+            assert g["weight_decay"] == (0.3 if g["name"] == "blocks_decay" else 0.0)
+            assert g["lr"] == 0.001
+            assert ("param_names" in g) is keep
+            if keep:
+                assert sorted(g["param_names"]) == sorted(by_hand[g["name"]])
+        # BackboneFinetuning later sets param_groups[-1]["lr"] only: the sibling follows at the next step
+        opt.param_groups[-1]["lr"] = 0.004
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)
+        opt.step()
+        assert [g["lr"] for g in opt.param_groups[n_before:]] == [0.004, 0.004]
+
+
+class Backboned(RegularizedModule):
+    def __init__(self, **kw) -> None:
+        super().__init__(**kw)
+        self.backbone = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 8))
+        self.head = nn.Linear(8, 4)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.mse_loss(self.head(self.backbone(x)), y)
+
+    def train_dataloader(self):
+        return loader()
+
+
+def test_backbone_finetuning_fit_with_param_names_and_lr_monitor(tmp_path):
+    from lightning.pytorch.callbacks import BackboneFinetuning, LearningRateMonitor
+
+    from tests.memory_logger import MemoryLogger
+
+    model = Backboned(lr=0.01, weight_decay=0.2)  # AdamW; its built-in default would be 0.01
+    logger = MemoryLogger()
+    trainer = L.Trainer(
+        max_epochs=3, logger=logger, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, log_every_n_steps=1, default_root_dir=tmp_path,
+        callbacks=[BackboneFinetuning(unfreeze_backbone_at_epoch=1), LearningRateMonitor()],
+    )
+    trainer.fit(model)
+    groups = {g["name"]: g for g in trainer.optimizers[0].param_groups}
+    assert set(groups) == {"decay", "no_decay", "backbone_decay", "backbone_no_decay"}
+    assert groups["backbone_decay"]["weight_decay"] == 0.2
+    assert groups["backbone_no_decay"]["weight_decay"] == 0
+    assert sorted(groups["backbone_decay"]["param_names"]) == ["backbone.0.weight", "backbone.2.weight"]
+    assert groups["backbone_decay"]["lr"] == groups["backbone_no_decay"]["lr"]
+    keys = {k for _, row in logger.calls for k in row}
+    assert {"lr-AdamW/backbone_decay", "lr-AdamW/backbone_no_decay"} <= keys
 
 
 def test_edited_groups_are_validated():
@@ -243,10 +310,10 @@ def test_bad_arguments_name_the_value():
         Stack(weight_decay=-1.0)
     with pytest.raises(ValueError, match=r"\(0, 1\].*1\.5"):
         Stack(layer_decay=1.5)
-    with pytest.raises(ValueError, match=r"'step' or 'epoch'.*'batch'"):
+    with pytest.raises(ValueError, match=r"'step', 'epoch'.*'batch'"):
         RegularizedModule(lr_scheduler_interval="batch")
     with pytest.warns(UserWarning, match=r"\['nope\*'\] matched no trainable parameter") as rec:
-        Stack(exclude=["nope*", "head.*"]).configure_optimizers()
+        Stack(decay_rule=DecayRule(exclude=["nope*", "head.*"])).configure_optimizers()
     assert len([w for w in rec if "matched no" in str(w.message)]) == 1
     with pytest.raises(ValueError, match="warmup_steps=5.*got 3"):
         WarmupCosineLR(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0), warmup_steps=5, total_steps=3)
@@ -322,7 +389,7 @@ class LMBlock(nn.Module):
 
 class TinyLMModule(RegularizedModule):
     def __init__(self) -> None:
-        super().__init__(lr=1e-3, weight_decay=0.1, exclude_embeddings=True)
+        super().__init__(lr=1e-3, weight_decay=0.1, decay_rule=DecayRule(embeddings=True))
         self.tok = nn.Embedding(32, 16)
         self.blocks = nn.ModuleList(LMBlock(16) for _ in range(2))
         self.norm = nn.RMSNorm(16)
@@ -364,3 +431,109 @@ def test_fsdp_use_orig_params_groups_match_unsharded_classification():
     groups = trainer.optimizers[0].param_groups
     assert [(g["name"], g["param_names"]) for g in groups] == reference
     assert "tok.weight" in groups[1]["param_names"]  # tied embedding excluded once
+
+
+def test_optimizer_arguments_in_yaml_are_one_source_of_truth(monkeypatch):
+    """`model.optimizer.init_args: {lr, weight_decay}` used to be silently overridden by the module's own."""
+    from lightning.pytorch.cli import LightningCLI
+
+    monkeypatch.setattr("sys.argv", ["cli"])
+    base = ["--trainer.logger=false", "--trainer.max_steps=1", "--trainer.enable_progress_bar=false"]
+    sgd = '{"class_path": "torch.optim.SGD", "init_args": {"lr": 0.1, "weight_decay": 0.0005}}'
+    with pytest.raises(ValueError, match=r"`lr` is set twice: SGD\(lr=0\.1\).*lr=0\.001 on Stack"):
+        LightningCLI(Stack, run=False, args=[*base, f"--model.optimizer={sgd}"], save_config_callback=None)
+    # the module's lr=None / weight_decay=None: the optimizer's values are the only source
+    args = [*base, f"--model.optimizer={sgd}", "--model.lr=null", "--model.weight_decay=null"]
+    cli = LightningCLI(Stack, run=False, args=args, save_config_callback=None)
+    opt = cli.model.configure_optimizers()["optimizer"]
+    assert {(g["name"], g["lr"], g["weight_decay"]) for g in opt.param_groups} == {
+        ("decay", 0.1, 0.0005),
+        ("no_decay", 0.1, 0.0),
+    }
+    # the same value in both places is no conflict; the optimizer's defaults alone are none either
+    Stack(optimizer=partial(torch.optim.SGD, lr=1e-3))
+    with pytest.raises(ValueError, match=r"`weight_decay` is set twice"):
+        Stack(optimizer=partial(torch.optim.AdamW, weight_decay=0.1))
+
+
+def test_reduce_lr_on_plateau_under_the_default_interval():
+    """The default per-step interval failed: 'ReduceLROnPlateau conditioned on metric val_loss which is not
+    available'. With interval None the module steps it per epoch, after validation."""
+
+    class Plateau(Stack):
+        def validation_step(self, batch, batch_idx):
+            self.log("val_loss", torch.tensor(1.0))  # never improves: patience 0 halves the lr every epoch
+
+        def val_dataloader(self):
+            return loader(8)
+
+    model = Plateau(lr=0.1, lr_scheduler=partial(torch.optim.lr_scheduler.ReduceLROnPlateau, patience=0))
+    trainer = fast_trainer(max_steps=-1, max_epochs=3, limit_train_batches=2)
+    trainer.fit(model)
+    config = trainer.lr_scheduler_configs[0]
+    assert config.interval == "epoch" and config.monitor == "val_loss"
+    # epoch 0 sets the best (1.0); epochs 1 and 2 do not improve: two reductions by 0.1
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.1 * 0.1 * 0.1)
+
+
+def test_on_before_optimizer_step_without_super_is_refused_when_a_penalty_is_set():
+    from lightning_reg import WeightPenalty
+
+    class NoSuper(Stack):
+        def on_before_optimizer_step(self, optimizer):
+            self.seen = True
+
+    class WithSuper(Stack):
+        def on_before_optimizer_step(self, optimizer):
+            super().on_before_optimizer_step(optimizer)
+
+    model = NoSuper()
+    model.weight_penalty = WeightPenalty(l2=0.1)
+    with pytest.raises(RuntimeError, match=r"NoSuper.on_before_optimizer_step does not call super"):
+        fast_trainer(max_steps=1).fit(model)
+    model.weight_penalty = WeightPenalty(l2=0.1, automatic=False)  # nothing to skip: fine
+    fast_trainer(max_steps=1).fit(model)
+    model = WithSuper()
+    model.weight_penalty = WeightPenalty(l2=0.1)
+    fast_trainer(max_steps=1).fit(model)
+
+
+def test_layer_decay_warns_when_one_layer_id_holds_most_decayed_tensors():
+    from torchvision.models import resnet18
+
+    with torch.device("meta"):
+        m = resnet18()
+    with pytest.warns(UserWarning, match=r"layer id 3 holds 16 of the 21 decayed tensors of ResNet"):
+        weight_decay_param_groups(m, 0.05, layer_decay=0.7, lr=1e-3)
+    with warnings.catch_warnings():  # a block list (Stack: 3 blocks + stem + head) is not degenerate
+        warnings.simplefilter("error")
+        Stack(layer_decay=0.5).configure_optimizers()
+
+
+def test_groups_added_later_with_layer_decay_keep_the_layer_ratios():
+    """BackboneFinetuning derives the backbone's lr from param_groups[0], the lowest layer's rate: each added
+    layer gets that lr times its layer's scale relative to group 0's, i.e. its own layer-decayed rate
+    times BackboneFinetuning's ratio."""
+    from lightning.pytorch.callbacks import BaseFinetuning
+
+    model = Stack(lr=1.0, layer_decay=0.5)
+    model.blocks.requires_grad_(False)
+    opt = model.configure_optimizers()["optimizer"]
+    # stem: layer 0, blocks: 1-3, head: 4 (L = 5, ids over every parameter, frozen ones included)
+    assert [g["layer_id"] for g in opt.param_groups] == [0, 0, 4, 4]
+    assert opt.param_groups[0]["lr"] == 0.5**4
+    n = len(opt.param_groups)
+    with pytest.warns(UserWarning, match=r"param_groups\[0\]"):
+        BaseFinetuning.unfreeze_and_add_param_group(model.blocks, opt, lr=0.1 * 0.5**4)  # stem rate / 10
+    added = opt.param_groups[n:]
+    assert [g["name"] for g in added] == [
+        f"blocks_layer_{i}_{kind}" for i in (1, 2, 3) for kind in ("decay", "no_decay")
+    ]
+    for g, i in zip(added, (1, 1, 2, 2, 3, 3)):
+        assert g["lr"] == pytest.approx(0.1 * 0.5 ** (4 - i))  # its layer's rate / 10
+    opt.param_groups[-1]["lr"] *= 0.5  # what BackboneFinetuning does each epoch
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    for g, i in zip(added, (1, 1, 2, 2, 3, 3)):
+        assert g["lr"] == pytest.approx(0.05 * 0.5 ** (4 - i))
