@@ -292,8 +292,8 @@ def is_logging_step(trainer: Any, log_every_n_steps: int | None) -> bool:
         >>> class Loop: _batches_that_stepped = 49
         >>> class Fit: epoch_loop = Loop()
         >>> class T: log_every_n_steps = 50; fit_loop = Fit(); should_stop = False
-        >>> is_logging_step(T(), None), is_logging_step(T(), 0), is_logging_step(T(), 7), is_logging_step(T(), 25)
-        (True, False, False, True)
+        >>> [is_logging_step(T(), n) for n in (None, 0, 7, 25)]
+        [True, False, False, True]
     """
     n = log_interval(trainer, log_every_n_steps)
     if n <= 0:

@@ -148,7 +148,8 @@ class GradientMonitor(Callback):
         log_every_n_steps: logging interval in optimizer steps; ``None``: the Trainer's; ``0``: never.
         norm_type: p of the p-norm (``float("inf")`` allowed).
         group_by: ``"module"`` (name prefix of ``depth`` components), ``"param_groups"`` (the optimizer's
-            param groups, named by their ``"name"`` key, else ``group_<i>``) or ``"patterns"``.
+            param groups, named by their ``"name"`` key, else ``group_<i>``; groups added during training,
+            e.g. by ``BackboneFinetuning``, are picked up) or ``"patterns"``.
         depth: name depth for ``group_by="module"``.
         patterns: ``{group_name: pattern or [patterns]}`` in the library's name-selector syntax (a dotted
             name or prefix, a glob, or ``re:<regex>``); setting it implies ``group_by="patterns"``. A group
@@ -247,6 +248,11 @@ class GradientMonitor(Callback):
     ) -> ParamGrouping:
         key = id(optimizer) if self.group_by == "param_groups" else 0
         g = self._groupings.get(key)
+        if g is not None and optimizer is not None and self.group_by == "param_groups":
+            if len(g.names) != len(optimizer.param_groups):  # a group was added (e.g. BackboneFinetuning)
+                g = None
+                self._ids_cache.clear()
+                self._shown.clear()
         if g is None:
             if self.group_by == "param_groups":
                 assert optimizer is not None

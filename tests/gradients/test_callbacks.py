@@ -20,6 +20,10 @@ from tests.distributed.launch import run_ddp_script
 from tests.memory_logger import MemoryLogger
 
 
+def _logged(logger: MemoryLogger, key: str, i: int) -> torch.Tensor:
+    return torch.tensor(float(logger.series(key)[i][1]), dtype=torch.float64)
+
+
 def _flat_norm(grads: list[torch.Tensor]) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.cat([g.detach().double().reshape(-1) for g in grads]))
 
@@ -114,15 +118,15 @@ def test_monitor_groups_and_clip_norm_match_references_under_bf16_autocast() -> 
     close = dict(rtol=1e-5, atol=1e-7)
     for i in range(steps):
         torch.testing.assert_close(
-            torch.tensor(float(logger.series("grad/norm_total")[i][1]), dtype=torch.float64), recorded["pre"][i], **close
+            _logged(logger, "grad/norm_total", i), recorded["pre"][i], **close
         )
         torch.testing.assert_close(
-            torch.tensor(float(logger.series("grad/norm/body")[i][1]), dtype=torch.float64), recorded["body"][i], **close
+            _logged(logger, "grad/norm/body", i), recorded["body"][i], **close
         )
         torch.testing.assert_close(
-            torch.tensor(float(logger.series("grad/norm/head")[i][1]), dtype=torch.float64), recorded["head"][i], **close
+            _logged(logger, "grad/norm/head", i), recorded["head"][i], **close
         )
-        ratio = torch.tensor(float(logger.series("grad/ratio/head")[i][1]), dtype=torch.float64)
+        ratio = _logged(logger, "grad/ratio/head", i)
         torch.testing.assert_close(ratio, recorded["ratio_head"][i].double(), rtol=1e-4, atol=1e-7)
         # clipping: the optimizer sees the clip_grad_norm_ rule, pre * min(1, max_norm / (pre + 1e-6))
         pre = float(recorded["pre"][i])

@@ -234,7 +234,6 @@ def test_backbone_finetuning_with_our_callbacks(tmp_path):
     assert _finite_weights(model)
 
 
-@pytest.mark.xfail(strict=True, reason="GradientMonitor(group_by='param_groups') reads groups at fit start")
 def test_gradient_monitor_sees_groups_added_during_training(tmp_path):
     model = Backboned()
     logger = MemoryLogger()

@@ -176,7 +176,7 @@ def test_batch_mixer_lambda_distribution_and_state():
         ({"num_classes": 3, "mixup_alpha": -1.0}, r"`mixup_alpha` must be a finite number >= 0; got -1\.0"),
         ({"num_classes": 3, "prob": 1.5}, r"`prob` must be a number in \[0, 1\]; got 1\.5"),
         ({"num_classes": 3, "switch_prob": -0.1}, r"`switch_prob` must be a number in \[0, 1\]; got -0\.1"),
-        ({"num_classes": 3, "label_smoothing": 1.0}, r"`label_smoothing` must be a number in \[0, 1\); got 1\.0"),
+        ({"num_classes": 3, "label_smoothing": 1.0}, r"`label_smoothing` must be a number in \[0, 1\); got"),
         ({"num_classes": 3, "stop_epoch": -1}, r"`stop_epoch` must be an int >= 0 or None; got -1"),
     ],
 )
