@@ -109,15 +109,20 @@ def drop_path(
         ...
         TypeError: drop_path() takes 2 positional arguments but 3 were given
     """
-    check_bool("training", training)
-    check_choice("mode", mode, _MODES)
-    check_bool("scale_by_keep", scale_by_keep)
+    # the validators' fast paths: plain comparisons, ~0.2 us per call instead of a few (runs every forward)
+    if training is not True and training is not False:
+        check_bool("training", training)
+    if mode != "row" and mode != "batch":
+        check_choice("mode", mode, _MODES)
+    if scale_by_keep is not True and scale_by_keep is not False:
+        check_bool("scale_by_keep", scale_by_keep)
     if isinstance(p, Tensor):
         _check_rate_tensor(p)
         if not training:
             return x
         return _drop_path_tensor_rate(x, p, mode, scale_by_keep)
-    p = check_number("p", p, low=0.0, high=1.0)
+    if type(p) is not float or not 0.0 <= p <= 1.0:
+        p = check_number("p", p, low=0.0, high=1.0)
     if not training or p == 0.0:
         return x
     keep = 1.0 - p
@@ -184,9 +189,12 @@ class DropPath(nn.Module):
 
     @p.setter
     def p(self, value: float) -> None:
-        self._p = check_number("p", value, low=0.0, high=1.0)
-        if self._rate is not None:
-            self._rate.fill_(self._p)
+        if type(value) is not float or not 0.0 <= value <= 1.0:
+            value = check_number("p", value, low=0.0, high=1.0)
+        self.__dict__["_p"] = value
+        rate = self.__dict__.get("_rate")
+        if rate is not None:
+            rate.fill_(value)
 
     def forward(self, x: Tensor) -> Tensor:
         """Drop ``x`` per sample with probability ``p`` in training mode; identity in eval mode."""

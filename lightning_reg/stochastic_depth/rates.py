@@ -295,8 +295,8 @@ class ScheduledRates:
         self.rates = torch.zeros(len(found), dtype=dtype, device=device)
         self._views = list(self.rates.unbind()) if len(found) else []
         self._kind: list[int] = []
-        self._on: list[bool | None] = [None] * len(found)
         self._multipliers: tuple[float, float] | None = None
+        self._all_off: bool | None = None
         for f in self._found:
             module = f.module
             if isinstance(module, DropPath) and type(module).forward is DropPath.forward:
@@ -309,6 +309,17 @@ class ScheduledRates:
                 self._kind.append(_SWAPPED)
             else:
                 self._kind.append(_ATTRIBUTE)
+        # per-step write plans, built once
+        self._float_plan: list[tuple[dict[str, Any], str, float]] = []
+        self._setattr_plan: list[tuple[nn.Module, str, float]] = []
+        self._slot_plan: list[tuple[dict[str, Any], str, Tensor, float]] = []
+        for f, kind, target, view in zip(self._found, self._kind, self._targets_list, self._views):
+            attrs = f.module.__dict__
+            if kind == _ATTRIBUTE:
+                self._setattr_plan.append((f.module, f.attr, target))
+            else:
+                self._float_plan.append((attrs, "_p" if kind == _OURS else f.attr, target))
+                self._slot_plan.append((attrs, "_rate" if kind == _OURS else _RATE, view, target))
 
     @property
     def tensor_bound(self) -> int:
@@ -341,22 +352,18 @@ class ScheduledRates:
             return
         changed = self._multipliers is None or self._multipliers[0] != multiplier
         self._multipliers = (multiplier, next_multiplier)
-        if changed and self._views:
-            torch.mul(self.targets, multiplier, out=self.rates)
-        zero_now, zero_next = multiplier == 0.0, next_multiplier == 0.0
-        for i, (f, kind, target) in enumerate(zip(self._found, self._kind, self._targets_list)):
-            rate = target * multiplier
-            module = f.module
-            if kind == _ATTRIBUTE:
-                if changed:
-                    setattr(module, f.attr, rate)
-                continue
-            if changed:
-                module.__dict__["_p" if kind == _OURS else f.attr] = rate
-            on = not (target == 0.0 or (zero_now and zero_next))
-            if on != self._on[i]:
-                self._on[i] = on
-                module.__dict__["_rate" if kind == _OURS else _RATE] = self._views[i] if on else None
+        if changed:
+            if self._views:
+                torch.mul(self.targets, multiplier, out=self.rates)
+            for attrs, key, target in self._float_plan:  # plain instance attributes: dict writes
+                attrs[key] = target * multiplier
+            for module, key, target in self._setattr_plan:  # properties and the like: setattr
+                setattr(module, key, target * multiplier)
+        all_off = multiplier == 0.0 and next_multiplier == 0.0
+        if all_off != self._all_off:
+            self._all_off = all_off
+            for attrs, key, view, target in self._slot_plan:
+                attrs[key] = None if (all_off or target == 0.0) else view
 
     def release(self) -> None:
         """Unbind every module: original classes back, no tensor slot; float rates left as they are.
@@ -372,5 +379,6 @@ class ScheduledRates:
                 module.__dict__.pop(_RATE, None)
                 module.__class__ = type(module)._lr_original  # type: ignore[attr-defined]
         self._kind = [_ATTRIBUTE] * len(self._kind)  # nothing left to release
+        self._float_plan, self._slot_plan, self._setattr_plan = [], [], []
         self._multipliers = None
 
