@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import WarningCache
 from torch import Tensor, nn
@@ -109,7 +110,13 @@ class ProximalL1(Callback):
         if not self.log_zero_fraction or not self._params:
             return
         if trainer.global_step % max(trainer.log_every_n_steps, 1) == 0:
-            pl_module.log("proximal_l1/zero_fraction", self.zero_fraction(), on_step=True, on_epoch=False)
+            value = self.zero_fraction()
+            if _flat_sharded(trainer):  # FSDP1: each rank holds views of its own flat shard
+                zeros = torch.stack([(p == 0).sum() for p in self._params]).sum().to(value.dtype)
+                counts = torch.stack([zeros, value.new_tensor(float(sum(p.numel() for p in self._params)))])
+                zeros, total = trainer.strategy.reduce(counts, reduce_op="sum").unbind()
+                value = zeros / total.clamp_min(1.0)
+            pl_module.log("proximal_l1/zero_fraction", value, on_step=True, on_epoch=False)
 
     def zero_fraction(self) -> Tensor:
         """Return the fraction of exact zeros among the thresholded parameters.
@@ -128,3 +135,10 @@ class ProximalL1(Callback):
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._remove_hooks()
+
+
+def _flat_sharded(trainer: pl.Trainer) -> bool:
+    """FSDPStrategy (FSDP1, ``use_orig_params=True``): parameters are views of this rank's flat shard."""
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    return isinstance(trainer.strategy, FSDPStrategy)

@@ -123,4 +123,8 @@ class PenaltyMixin:
         ):
             with torch.no_grad():
                 value = elastic_net_penalty(params, config.l1, config.l2)
+            from lightning.pytorch.strategies import FSDPStrategy
+
+            if isinstance(trainer.strategy, FSDPStrategy):  # FSDP1: views of this rank's flat shard only
+                value = trainer.strategy.reduce(value, reduce_op="sum")
             self.log("penalty/value", value, on_step=True, on_epoch=False)  # type: ignore[attr-defined]

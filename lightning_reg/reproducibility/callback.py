@@ -46,9 +46,11 @@ class ReproducibleResume(Callback):
     rank's own states when training resumes, at the point that continues the saved sequence:
 
     * a checkpoint taken at an **epoch boundary** (the usual ``ModelCheckpoint`` at epoch end) is restored
-      at ``on_fit_start``, before Lightning creates the next epoch's data iterator, which is where the
-      uninterrupted run draws next (iterator seed, shuffling); the sanity check in between runs inside
-      Lightning's ``isolate_rng`` and does not disturb it;
+      at ``on_fit_start`` (or, for strategies that load checkpoints after setup, FSDP, ModelParallel and
+      DeepSpeed, when Lightning hands over the state, just before the training stage), before Lightning
+      creates the next epoch's data iterator, which is where the uninterrupted run draws next (iterator
+      seed, shuffling); the sanity check in between runs inside Lightning's ``isolate_rng`` and does not
+      disturb it;
     * a **mid-epoch** checkpoint (``every_n_train_steps``, a validation in the middle of an epoch) is
       restored at ``on_train_start``, after the resumed run has rebuilt its iterator (the uninterrupted run
       had drawn for it before the save). For the data to continue too, the loader must be stateful
@@ -97,6 +99,9 @@ class ReproducibleResume(Callback):
         self.verbose = check_verbose(verbose)
         self._loaded: dict[str, Any] | None = None
         self._pending: dict[str, Any] | None = None
+        self._trainer: pl.Trainer | None = None
+        self._fit_started = False
+        self._announced = False
         self.restored_at: str | None = None  # "on_fit_start" / "on_train_start" after a restore
 
     # ------------------------------------------------------------------ hooks
@@ -134,22 +139,32 @@ class ReproducibleResume(Callback):
         return {}  # written by on_save_checkpoint, which can gather the ranks
 
     @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._trainer = trainer
+        self._fit_started = False
+
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._loaded = dict(state_dict)
+        if self._fit_started and self._trainer is not None:
+            # strategies that restore after setup (FSDP, ModelParallel, DeepSpeed) load callback states after
+            # on_fit_start, right before the training stage starts: apply them now
+            self._apply(self._trainer)
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._fit_started = True
         self._pending = None
         self.restored_at = None
+        self._announced = False
+        if self._loaded is not None:
+            self._apply(trainer)
+
+    def _apply(self, trainer: pl.Trainer) -> None:
         loaded, self._loaded = self._loaded, None
         if loaded is None or "ranks" not in loaded:
-            if trainer.ckpt_path is not None:
-                rank_zero_warn(
-                    "ReproducibleResume: the checkpoint holds no RNG states (it was saved without this"
-                    " callback); the resumed run draws from the generators as seeded, not as they were."
-                )
-            say(self.verbose, 1, "ReproducibleResume: every rank's RNG states are saved in checkpoints.")
             return
+        self._announced = True
         if loaded.get("world_size") != trainer.world_size or len(loaded["ranks"]) != trainer.world_size:
             rank_zero_warn(
                 f"ReproducibleResume: the checkpoint holds the RNG states of {len(loaded['ranks'])} ranks and"
@@ -157,14 +172,14 @@ class ReproducibleResume(Callback):
             )
             return
         states = loaded["ranks"][trainer.global_rank]
-        where = "mid-epoch" if loaded.get("mid_epoch") else "at an epoch boundary"
+        mid_epoch = bool(loaded.get("mid_epoch"))
         say(
             self.verbose,
             1,
-            f"ReproducibleResume: restoring the RNG states of {trainer.world_size} rank(s) saved {where}"
-            f" ({'on_train_start' if loaded.get('mid_epoch') else 'now, at fit start'}).",
+            f"ReproducibleResume: restoring the RNG states of {trainer.world_size} rank(s) saved"
+            f" {'mid-epoch (at train start)' if mid_epoch else 'at an epoch boundary (at fit start)'}.",
         )
-        if loaded.get("mid_epoch"):
+        if mid_epoch:
             self._pending = states
         else:
             restore_rng_states(states)
@@ -176,3 +191,17 @@ class ReproducibleResume(Callback):
             restore_rng_states(self._pending)
             self._pending = None
             self.restored_at = "on_train_start"
+        if self._announced:
+            return
+        self._announced = True
+        if trainer.ckpt_path is not None:
+            rank_zero_warn(
+                "ReproducibleResume: the checkpoint holds no RNG states (it was saved without this"
+                " callback); the resumed run draws from the generators as seeded, not as they were."
+            )
+        say(self.verbose, 1, "ReproducibleResume: every rank's RNG states are saved in checkpoints.")
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._trainer = None
+        self._fit_started = False
