@@ -83,3 +83,14 @@ def test_bad_arguments(kwargs: dict, error: type[Exception], match: str) -> None
 def test_two_instances_are_refused(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="more than one stateful callback of type `ReproducibleResume`"):
         run(tmp_path, max_epochs=1, callbacks_extra=[ReproducibleResume()])
+
+
+@pytest.mark.gpu
+def test_resume_on_cuda_restores_the_device_generator(tmp_path: Path) -> None:
+    full, trainer = run(tmp_path / "full", save=True, accelerator="gpu")
+    (cb,) = [c for c in trainer.callbacks if isinstance(c, ReproducibleResume)]
+    saved = torch.load(tmp_path / "full" / "ep2.ckpt", weights_only=True)["callbacks"]["ReproducibleResume"]
+    assert list(saved["ranks"][0]["cuda"]) == [torch.cuda.current_device()]
+    for ckpt in ("ep2.ckpt", f"st{MID_STEP}.ckpt"):
+        model, _ = run(tmp_path / ckpt, ckpt_path=str(tmp_path / "full" / ckpt), accelerator="gpu")
+        _assert_equal(weights(model), weights(full))

@@ -317,3 +317,55 @@ def test_protocol_and_subclass_modules_get_attribute_writes_and_a_compile_warnin
     with pytest.warns(UserWarning, match="2 scheduled modules keep their rate in a float attribute"):
         fast_trainer(callbacks=[cb], max_steps=1).fit(Lit(), loader(4, 4))
     torch._dynamo.reset()
+
+
+class SideBySide(nn.Module):
+    """Every kind applied to the same input, outputs stacked: each module's mask is visible."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.drops = nn.ModuleList(
+            [
+                DropPath(0.0),
+                torchvision.ops.StochasticDepth(0.0, "row"),
+                timm.layers.DropPath(0.0),
+                nn.Dropout(0.0),
+                nn.Dropout1d(0.0),
+            ]
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.stack([d(x) for d in self.drops])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fallback_random", [True, False])
+def test_cuda_inductor_schedule_compiles_once_and_draws_the_eager_masks(fallback_random: bool) -> None:
+    import torch._inductor.config
+
+    model = SideBySide().cuda()
+    found = find_drop_rate_modules(model, include_dropout=True)
+    x = torch.rand(16, 4, 8, device="cuda") + 0.5  # strictly positive: an output of 0 means dropped
+
+    def masks(forward: Callable[[Tensor], Tensor]) -> list[Tensor]:
+        table = ScheduledRates(found, TARGETS, "cuda")
+        torch.manual_seed(7)
+        out = []
+        for step in range(6):
+            table.apply((step + 1) / 6, (step + 2) / 6)
+            out.append((forward(x) == 0).cpu())
+        table.release()
+        return out
+
+    eager = masks(model)
+    torch._inductor.config.fallback_random = fallback_random
+    try:
+        with dynamo_counts() as c:
+            compiled = masks(torch.compile(model))
+            assert c["stats"]["unique_graphs"] == 1 and dict(c["graph_break"]) == {}
+    finally:
+        torch._inductor.config.fallback_random = False
+    # with fallback_random every draw is ATen's; without, inductor may generate its own numbers on CUDA
+    # (on CPU it keeps ATen's bernoulli for a tensor probability: see benchmarks/compile_schedule.py)
+    if fallback_random:
+        assert all(torch.equal(a, b) for a, b in zip(eager, compiled))
