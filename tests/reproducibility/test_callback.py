@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 
@@ -94,3 +95,20 @@ def test_resume_on_cuda_restores_the_device_generator(tmp_path: Path) -> None:
     for ckpt in ("ep2.ckpt", f"st{MID_STEP}.ckpt"):
         model, _ = run(tmp_path / ckpt, ckpt_path=str(tmp_path / "full" / ckpt), accelerator="gpu")
         _assert_equal(weights(model), weights(full))
+
+
+def test_configurable_from_lightning_cli_yaml(tmp_path: Path) -> None:
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser()
+    parser.add_argument("--callbacks", type=list[L.Callback])
+    config = tmp_path / "trainer.yaml"
+    config.write_text(
+        "callbacks:\n"
+        "  - class_path: lightning_reg.ReproducibleResume\n"
+        "    init_args: {cuda_devices: [0], python: false, verbose: 0}\n"
+    )
+    cfg = parser.instantiate_classes(parser.parse_path(str(config)))
+    (cb,) = cfg.callbacks
+    assert isinstance(cb, ReproducibleResume)
+    assert (cb.cuda_devices, cb.numpy, cb.python, cb.verbose) == ([0], True, False, 0)
