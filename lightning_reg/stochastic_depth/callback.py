@@ -46,8 +46,8 @@ from lightning_reg.stochastic_depth.schedules import (
     TIME_SCHEDULES,
     DepthRule,
     TimeSchedule,
-    check_rule,
-    check_schedule,
+    _check_rule,
+    _check_schedule,
     depth_rates,
 )
 from lightning_reg.stochastic_depth.schedules import make_time_schedule as _make_time_schedule
@@ -193,8 +193,8 @@ class StochasticDepthScheduler(Callback):
         self.max_rate = check_rate("max_rate", max_rate, none_ok=True)
         rule = _resolve(rule, DEPTH_RULES, "depth rule")
         schedule = _resolve(schedule, TIME_SCHEDULES, "time schedule")
-        check_rule(rule)
-        check_schedule(schedule)
+        _check_rule(rule)
+        _check_schedule(schedule)
         check_choice("cutoff_unit", cutoff_unit, _CUTOFF_UNITS)
         check_choice("early_mode", early_mode, EARLY_MODES)
         if schedule in _CUTOFF_SCHEDULES:

@@ -42,7 +42,7 @@ Example:
     >>> table = ScheduledRates(find_drop_rate_modules(model, include_dropout=True), [0.2, 0.1], "cpu")
     >>> table.apply(0.5, 0.5)
     >>> model[1].p, model[2].p, type(model[2]).__name__
-    (0.1, 0.05, 'ScheduledDropout')
+    (0.1, 0.05, '_ScheduledDropout')
     >>> table.release()  # classes back; the caller restores the float rates it wants
     >>> type(model[2]).__name__, model[1]._rate is None
     ('Dropout', True)
@@ -97,7 +97,7 @@ def _off(module: Any, attr: str) -> bool:
     return getattr(module, attr) == 0.0
 
 
-class ScheduledDropout(nn.Dropout, _ScheduledMixin):
+class _ScheduledDropout(nn.Dropout, _ScheduledMixin):
     """``nn.Dropout`` reading its rate from a tensor (swapped in by :class:`ScheduledRates`)."""
 
     _lr_original = nn.Dropout
@@ -114,7 +114,7 @@ class ScheduledDropout(nn.Dropout, _ScheduledMixin):
         )
 
 
-class ScheduledDropout1d(nn.Dropout1d, _ScheduledMixin):
+class _ScheduledDropout1d(nn.Dropout1d, _ScheduledMixin):
     """``nn.Dropout1d`` reading its rate from a tensor."""
 
     _lr_original = nn.Dropout1d
@@ -131,7 +131,7 @@ class ScheduledDropout1d(nn.Dropout1d, _ScheduledMixin):
         )
 
 
-class ScheduledDropout2d(nn.Dropout2d, _ScheduledMixin):
+class _ScheduledDropout2d(nn.Dropout2d, _ScheduledMixin):
     """``nn.Dropout2d`` reading its rate from a tensor."""
 
     _lr_original = nn.Dropout2d
@@ -148,7 +148,7 @@ class ScheduledDropout2d(nn.Dropout2d, _ScheduledMixin):
         )
 
 
-class ScheduledDropout3d(nn.Dropout3d, _ScheduledMixin):
+class _ScheduledDropout3d(nn.Dropout3d, _ScheduledMixin):
     """``nn.Dropout3d`` reading its rate from a tensor."""
 
     _lr_original = nn.Dropout3d
@@ -165,7 +165,7 @@ class ScheduledDropout3d(nn.Dropout3d, _ScheduledMixin):
         )
 
 
-class ScheduledAlphaDropout(nn.AlphaDropout, _ScheduledMixin):
+class _ScheduledAlphaDropout(nn.AlphaDropout, _ScheduledMixin):
     """``nn.AlphaDropout`` reading its rate from a tensor."""
 
     _lr_original = nn.AlphaDropout
@@ -182,7 +182,7 @@ class ScheduledAlphaDropout(nn.AlphaDropout, _ScheduledMixin):
         )
 
 
-class ScheduledFeatureAlphaDropout(nn.FeatureAlphaDropout, _ScheduledMixin):
+class _ScheduledFeatureAlphaDropout(nn.FeatureAlphaDropout, _ScheduledMixin):
     """``nn.FeatureAlphaDropout`` reading its rate from a tensor."""
 
     _lr_original = nn.FeatureAlphaDropout
@@ -199,7 +199,7 @@ class ScheduledFeatureAlphaDropout(nn.FeatureAlphaDropout, _ScheduledMixin):
         )
 
 
-class ScheduledStochasticDepth(StochasticDepth, _ScheduledMixin):
+class _ScheduledStochasticDepth(StochasticDepth, _ScheduledMixin):
     """``torchvision.ops.StochasticDepth`` reading its rate from a tensor."""
 
     _lr_original = StochasticDepth
@@ -214,7 +214,7 @@ class ScheduledStochasticDepth(StochasticDepth, _ScheduledMixin):
         return _drop_path_tensor_rate(input, rate, self.mode, True)
 
 
-_SCHEDULED: dict[type[nn.Module], type[nn.Module]] = {StochasticDepth: ScheduledStochasticDepth}
+_SCHEDULED: dict[type[nn.Module], type[nn.Module]] = {StochasticDepth: _ScheduledStochasticDepth}
 
 try:
     from timm.layers import DropPath as _TimmDropPath
@@ -222,7 +222,7 @@ except ImportError:  # pragma: no cover - timm is optional
     pass
 else:
 
-    class ScheduledTimmDropPath(_TimmDropPath, _ScheduledMixin):
+    class _ScheduledTimmDropPath(_TimmDropPath, _ScheduledMixin):
         """timm's ``DropPath`` reading its rate from a tensor."""
 
         _lr_original = _TimmDropPath
@@ -236,16 +236,16 @@ else:
                 return super().forward(x)
             return _drop_path_tensor_rate(x, rate, "row", self.scale_by_keep)
 
-    _SCHEDULED[_TimmDropPath] = ScheduledTimmDropPath
+    _SCHEDULED[_TimmDropPath] = _ScheduledTimmDropPath
 
 _SCHEDULED.update(
     {
-        nn.Dropout: ScheduledDropout,
-        nn.Dropout1d: ScheduledDropout1d,
-        nn.Dropout2d: ScheduledDropout2d,
-        nn.Dropout3d: ScheduledDropout3d,
-        nn.AlphaDropout: ScheduledAlphaDropout,
-        nn.FeatureAlphaDropout: ScheduledFeatureAlphaDropout,
+        nn.Dropout: _ScheduledDropout,
+        nn.Dropout1d: _ScheduledDropout1d,
+        nn.Dropout2d: _ScheduledDropout2d,
+        nn.Dropout3d: _ScheduledDropout3d,
+        nn.AlphaDropout: _ScheduledAlphaDropout,
+        nn.FeatureAlphaDropout: _ScheduledFeatureAlphaDropout,
     }
 )
 

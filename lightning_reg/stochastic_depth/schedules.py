@@ -58,12 +58,12 @@ TIME_SCHEDULES = ("constant", "warmup", "early", "late")
 EARLY_MODES = ("linear", "constant")
 
 
-def check_rule(rule: object) -> None:
+def _check_rule(rule: object) -> None:
     """Check a depth rule: one of :data:`DEPTH_RULES` or a callable.
 
     Example:
-        >>> check_rule("huang")
-        >>> check_rule("cosine")
+        >>> _check_rule("huang")
+        >>> _check_rule("cosine")
         Traceback (most recent call last):
         ...
         ValueError: `rule` must be one of 'linear', 'huang', 'uniform' or a callable; got 'cosine'.
@@ -71,11 +71,11 @@ def check_rule(rule: object) -> None:
     _check_named_or_callable("rule", rule, DEPTH_RULES)
 
 
-def check_schedule(schedule: object) -> None:
+def _check_schedule(schedule: object) -> None:
     """Check a time schedule: one of :data:`TIME_SCHEDULES` or a callable.
 
     Example:
-        >>> check_schedule(lambda step, total: 1.0)
+        >>> _check_schedule(lambda step, total: 1.0)
     """
     _check_named_or_callable("schedule", schedule, TIME_SCHEDULES)
 
@@ -185,7 +185,7 @@ def depth_rates(num_blocks: int, max_rate: float, rule: str | DepthRule = "linea
     """
     _check_num_blocks(num_blocks)
     max_rate = check_rate("max_rate", max_rate)
-    check_rule(rule)
+    _check_rule(rule)
     if isinstance(rule, str):
         return _DEPTH_RULE_FNS[rule](num_blocks, max_rate)
     rates = [float(r) for r in rule(num_blocks, max_rate)]
@@ -292,7 +292,7 @@ def make_time_schedule(
         >>> [f(s, 8) for s in range(6)]
         [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
     """
-    check_schedule(schedule)
+    _check_schedule(schedule)
     if callable(schedule):
         return schedule
     check_choice("early_mode", mode, EARLY_MODES)

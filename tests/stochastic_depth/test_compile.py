@@ -269,7 +269,7 @@ def test_off_state_draws_nothing_and_swapped_models_copy_and_save() -> None:
     clone = copy.deepcopy(model)
     buf = io.BytesIO()
     torch.save(model, buf)
-    assert type(clone[1].drop).__name__ == "ScheduledStochasticDepth"
+    assert type(clone[1].drop).__name__ == "_ScheduledStochasticDepth"
     table.release()
     assert [type(m).__name__ for m in (model[1].drop, model[2].drop, model[3], model[5])] == [
         "StochasticDepth",
