@@ -83,7 +83,7 @@ def bench_drop_path(repeats: int, inner: int, device: str) -> None:
         t = _best_time(
             {
                 "tv_fn": run(lambda v: stochastic_depth(v, 0.2, "row", True)),
-                "our_fn": run(lambda v: drop_path(v, 0.2, True, "row")),
+                "our_fn": run(lambda v: drop_path(v, 0.2, training=True, mode="row")),
                 "tv_mod": run(tv_mod),
                 "our_mod": run(ours_mod),
             },

@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # the same names, loaded lazily at run time
     from lightning_reg.overfitting import *
     from lightning_reg.penalties import *
     from lightning_reg.report import *
+    from lightning_reg.reproducibility import *
     from lightning_reg.stochastic_depth import *
     from lightning_reg.weight_decay import *
 
@@ -41,6 +42,7 @@ PACKAGES = (
     "penalties",
     "mixing",
     "batchnorm",
+    "reproducibility",
     "report",
 )
 

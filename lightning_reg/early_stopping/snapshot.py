@@ -106,6 +106,11 @@ def local_snapshot_tensors(module: nn.Module) -> dict[str, Tensor]:
         flat = getattr(handle, "flat_param", None) if handle is not None else None
         if flat is None:
             continue
+        if getattr(handle, "uses_sharded_strategy", False) and not handle.needs_unshard():
+            # A root FSDP1 unit keeps its gathered parameters after a forward without backward (validation)
+            # and reuses them at its next unshard (forward, state_dict) without gathering again: writes into
+            # the local shard would be ignored. Switch to the shard and free the gathered copy first.
+            handle.reshard(True)
         covered.add(id(flat))
         covered.update(id(p) for p in (getattr(flat, "_params", None) or []))
         covered.update(id(p) for p in (getattr(flat, "_shared_params", None) or []))

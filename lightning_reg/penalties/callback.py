@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import WarningCache
 from torch import Tensor, nn
@@ -117,7 +118,13 @@ class ProximalL1(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         if self._params and is_logging_step(trainer, self.log_every_n_steps):
-            log_step_metrics(trainer, {Keys.PROXIMAL_ZERO_FRACTION: self.zero_fraction()})
+            value = self.zero_fraction()
+            if _flat_sharded(trainer):  # FSDP1: each rank holds views of its own flat shard
+                zeros = torch.stack([(p == 0).sum() for p in self._params]).sum().to(value.dtype)
+                counts = torch.stack([zeros, value.new_tensor(float(sum(p.numel() for p in self._params)))])
+                zeros, total = trainer.strategy.reduce(counts, reduce_op="sum").unbind()
+                value = zeros / total.clamp_min(1.0)
+            log_step_metrics(trainer, {Keys.PROXIMAL_ZERO_FRACTION: value})
 
     def zero_fraction(self) -> Tensor:
         """Return the fraction of exact zeros among the thresholded parameters.
@@ -136,3 +143,10 @@ class ProximalL1(Callback):
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._remove_hooks()
+
+
+def _flat_sharded(trainer: pl.Trainer) -> bool:
+    """FSDPStrategy (FSDP1, ``use_orig_params=True``): parameters are views of this rank's flat shard."""
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    return isinstance(trainer.strategy, FSDPStrategy)

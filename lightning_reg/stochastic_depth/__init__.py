@@ -7,6 +7,9 @@ from lightning_reg._lazy import export
 if TYPE_CHECKING:  # the same names, loaded lazily at run time
     from lightning_reg.stochastic_depth.callback import *
     from lightning_reg.stochastic_depth.layers import *
+    from lightning_reg.stochastic_depth.rates import *
     from lightning_reg.stochastic_depth.schedules import *
 
-__getattr__, __dir__, __all__ = export(__name__, core=['layers', 'schedules'], lightning=['callback'])
+__getattr__, __dir__, __all__ = export(
+    __name__, core=["layers", "rates", "schedules"], lightning=["callback"]
+)

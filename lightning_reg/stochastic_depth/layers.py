@@ -24,8 +24,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import torch
+import torch.fx
 from torch import Tensor, nn
 
+from lightning_reg._conventions import check_bool, check_choice, check_number
 from lightning_reg.stochastic_depth.schedules import DepthRule, depth_rates
 
 __all__ = [
@@ -41,9 +44,18 @@ __all__ = [
 _MODES = ("row", "batch")
 
 
+def _check_rate_tensor(p: Tensor) -> None:
+    if p.ndim != 0 or not p.is_floating_point():
+        raise TypeError(
+            f"`p` must be a number in [0, 1] or a 0-d floating-point tensor; got a tensor of shape"
+            f" {tuple(p.shape)} and dtype {p.dtype}."
+        )
+
+
 def drop_path(
     x: Tensor,
-    p: float,
+    p: float | Tensor,
+    *,
     training: bool = True,
     mode: Literal["row", "batch"] = "row",
     scale_by_keep: bool = True,
@@ -51,12 +63,29 @@ def drop_path(
     """Zero the residual-branch output ``x`` per sample (or for the whole batch) with probability ``p``.
 
     Kept samples are divided by ``1 - p`` (``scale_by_keep=True``) so the expectation is unchanged.
-    Gradients flow only through kept samples. With ``training=False`` or ``p == 0`` the input itself is
-    returned (no copy). Same random draws as ``torchvision.ops.stochastic_depth(x, p, mode, training)``.
+    Gradients flow only through kept samples. Same random draws as
+    ``torchvision.ops.stochastic_depth(x, p, mode, training)`` and timm's ``drop_path``.
+
+    Everything after ``p`` is keyword-only: torchvision's ``stochastic_depth(input, p, mode, training)``
+    and timm's ``drop_path(x, drop_prob, training)`` order their arguments differently, so a positional
+    call ported from either is refused instead of silently running another mode.
+
+    ``p`` is a Python number or a 0-d floating-point tensor:
+
+    * a **number** is validated; with ``training=False`` or ``p == 0`` the input itself is returned (no
+      copy, no random draw);
+    * a **tensor** (a rate updated in place, as :class:`~lightning_reg.StochasticDepthScheduler` does
+      while it schedules a model) is read only by tensor operations: no host sync, no branch on its
+      value, so ``torch.compile`` builds one graph for every rate. Its value is not checked (that would
+      need a sync) and must be in ``[0, 1)``; the mask is drawn even when it is 0. With a float64 tensor the
+      draws equal those of the same rate given as a number.
+
+    The function is a ``torch.fx`` leaf (``torch.fx.wrap``, as torchvision wraps ``stochastic_depth``):
+    symbolic tracing, and so ``torchvision.models.feature_extraction``, records one ``drop_path`` node.
 
     Args:
         x: tensor of shape ``[N, ...]`` (batch first).
-        p: drop probability in ``[0, 1]``.
+        p: drop probability in ``[0, 1]``, or a 0-d floating-point tensor holding it.
         training: apply dropping only when ``True``.
         mode: ``"row"``: one draw per sample; ``"batch"``: one draw for the whole batch.
         scale_by_keep: divide kept values by ``1 - p``.
@@ -64,33 +93,70 @@ def drop_path(
     Returns:
         A tensor like ``x``.
 
+    Raises:
+        TypeError: ``p`` is neither a number nor a 0-d floating-point tensor, or ``training`` or
+            ``scale_by_keep`` is not a bool.
+        ValueError: a number ``p`` outside ``[0, 1]`` or an unknown ``mode``.
+
     Example:
         >>> import torch
         >>> _ = torch.manual_seed(0)
-        >>> y = drop_path(torch.ones(4, 2), 0.5)
+        >>> y = drop_path(torch.ones(4, 2), 0.5, mode="row")
         >>> sorted(set(y.flatten().tolist())) in ([0.0, 2.0], [0.0], [2.0])
         True
+        >>> drop_path(torch.ones(4, 2), 0.5, "batch")  # torchvision's argument order is refused
+        Traceback (most recent call last):
+        ...
+        TypeError: drop_path() takes 2 positional arguments but 3 were given
     """
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"drop probability `p` must be in [0, 1], got {p!r}")
-    if mode not in _MODES:
-        raise ValueError(f"`mode` must be one of {list(_MODES)}, got {mode!r}")
+    # the validators' fast paths: plain comparisons, ~0.2 us per call instead of a few (runs every forward)
+    if training is not True and training is not False:
+        check_bool("training", training)
+    if mode != "row" and mode != "batch":
+        check_choice("mode", mode, _MODES)
+    if scale_by_keep is not True and scale_by_keep is not False:
+        check_bool("scale_by_keep", scale_by_keep)
+    if isinstance(p, Tensor):
+        _check_rate_tensor(p)
+        if not training:
+            return x
+        return _drop_path_tensor_rate(x, p, mode, scale_by_keep)
+    if type(p) is not float or not 0.0 <= p <= 1.0:
+        p = check_number("p", p, low=0.0, high=1.0)
     if not training or p == 0.0:
         return x
     keep = 1.0 - p
-    shape = (x.shape[0],) + (1,) * (x.ndim - 1) if mode == "row" else (1,) * x.ndim
-    noise = x.new_empty(shape).bernoulli_(keep)
+    noise = x.new_empty(_noise_shape(x, mode)).bernoulli_(keep)
     if scale_by_keep and keep > 0.0:
         noise.div_(keep)
     return x * noise
 
 
-class DropPath(nn.Module):
-    """Stochastic depth for a residual branch: ``x -> drop_path(x, self.p, self.training, ...)``.
+torch.fx.wrap("drop_path")
 
-    ``p`` is a plain attribute: set it at any time (the
-    :class:`~lightning_reg.StochasticDepthScheduler` does so every step). The module has no
-    parameters or buffers.
+
+def _noise_shape(x: Tensor, mode: str) -> tuple[int, ...]:
+    return (x.shape[0],) + (1,) * (x.ndim - 1) if mode == "row" else (1,) * x.ndim
+
+
+def _drop_path_tensor_rate(x: Tensor, p: Tensor, mode: str, scale_by_keep: bool) -> Tensor:
+    """Draw as :func:`drop_path` does, with the rate in a tensor: only tensor ops, no branch on its value."""
+    keep = 1.0 - p
+    noise = x.new_empty(_noise_shape(x, mode)).bernoulli_(keep)
+    if scale_by_keep:
+        # keep > 0 for every scheduled rate; the clamp keeps a (refused) rate of 1 from giving 0 / 0
+        noise.div_(keep.clamp_min(1e-30))
+    return x * noise
+
+
+class DropPath(nn.Module):
+    """Stochastic depth for a residual branch: ``x -> drop_path(x, self.p, training=self.training, ...)``.
+
+    ``p`` is a Python float: set it at any time. The module has no parameters or buffers, so adding it
+    to a model changes no ``state_dict``. While a :class:`~lightning_reg.StochasticDepthScheduler` with
+    a changing schedule runs, the module reads its rate from a 0-d device tensor that the scheduler updates
+    in place (``p`` still reads the current rate), so a compiled model does not recompile when the rate
+    changes; outside such a fit it is the plain float path above.
 
     Args:
         p: drop probability in ``[0, 1]``.
@@ -111,17 +177,33 @@ class DropPath(nn.Module):
         self, p: float = 0.0, mode: Literal["row", "batch"] = "row", scale_by_keep: bool = True
     ) -> None:
         super().__init__()
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
-            raise ValueError(f"drop probability `p` must be a float in [0, 1], got {p!r}")
-        if mode not in _MODES:
-            raise ValueError(f"`mode` must be one of {list(_MODES)}, got {mode!r}")
-        self.p = float(p)
-        self.mode = mode
-        self.scale_by_keep = scale_by_keep
+        self._rate: Tensor | None = None  # set by the scheduler while it schedules this module
+        self.p = p
+        self.mode = check_choice("mode", mode, _MODES)
+        self.scale_by_keep = check_bool("scale_by_keep", scale_by_keep)
+
+    @property
+    def p(self) -> float:
+        """The drop probability in ``[0, 1]`` (a float; reading it never syncs a device)."""
+        return self._p
+
+    @p.setter
+    def p(self, value: float) -> None:
+        if type(value) is not float or not 0.0 <= value <= 1.0:
+            value = check_number("p", value, low=0.0, high=1.0)
+        self.__dict__["_p"] = value
+        rate = self.__dict__.get("_rate")
+        if rate is not None:
+            rate.fill_(value)
 
     def forward(self, x: Tensor) -> Tensor:
-        """Drop ``x`` per sample with probability ``self.p`` in training mode; identity in eval mode."""
-        return drop_path(x, self.p, self.training, self.mode, self.scale_by_keep)
+        """Drop ``x`` per sample with probability ``p`` in training mode; identity in eval mode."""
+        if not self.training:
+            return x
+        rate = self._rate
+        if rate is not None:
+            return drop_path(x, rate, training=True, mode=self.mode, scale_by_keep=self.scale_by_keep)
+        return drop_path(x, self._p, training=True, mode=self.mode, scale_by_keep=self.scale_by_keep)
 
     def extra_repr(self) -> str:
         """Describe the rate, mode and (when off) the scaling."""
@@ -177,7 +259,7 @@ def attach_drop_path(module: nn.Module, p: float = 0.0, mode: Literal["row", "ba
     existing = getattr(module, ATTACHED_NAME, None)
     if isinstance(existing, DropPath) and _drop_path_output_hook in module._forward_hooks.values():
         DropPath(p, mode)  # validate
-        existing.p, existing.mode = float(p), mode
+        existing.p, existing.mode = p, mode
         return existing
     if existing is not None:
         raise ValueError(

@@ -29,6 +29,8 @@ from typing import Literal
 
 import torch
 
+from lightning_reg._conventions import check_callable, check_choice, check_int, check_rate
+
 __all__ = [
     "DEPTH_RULES",
     "TIME_SCHEDULES",
@@ -53,30 +55,42 @@ TimeSchedule = Callable[[int, int], float]
 
 DEPTH_RULES = ("linear", "huang", "uniform")
 TIME_SCHEDULES = ("constant", "warmup", "early", "late")
+EARLY_MODES = ("linear", "constant")
 
 
-def check_rate(value: float, name: str = "rate") -> float:
-    """Return ``value`` as a float if it is a valid drop rate in ``[0, 1)``, else raise ``ValueError``.
-
-    Args:
-        value: the rate to check.
-        name: how the rate is called in the error message.
+def _check_rule(rule: object) -> None:
+    """Check a depth rule: one of :data:`DEPTH_RULES` or a callable.
 
     Example:
-        >>> check_rate(0.1)
-        0.1
+        >>> _check_rule("huang")
+        >>> _check_rule("cosine")
+        Traceback (most recent call last):
+        ...
+        ValueError: `rule` must be one of 'linear', 'huang', 'uniform' or a callable; got 'cosine'.
     """
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"`{name}` must be a float in [0, 1), got {value!r} of type {type(value).__name__}")
-    value = float(value)
-    if not 0.0 <= value < 1.0:  # also rejects NaN
-        raise ValueError(f"`{name}` must be in [0, 1), got {value!r}")
-    return value
+    _check_named_or_callable("rule", rule, DEPTH_RULES)
 
 
-def _check_num_blocks(num_blocks: int) -> None:
-    if isinstance(num_blocks, bool) or not isinstance(num_blocks, int) or num_blocks < 0:
-        raise ValueError(f"`num_blocks` must be a non-negative int, got {num_blocks!r}")
+def _check_schedule(schedule: object) -> None:
+    """Check a time schedule: one of :data:`TIME_SCHEDULES` or a callable.
+
+    Example:
+        >>> _check_schedule(lambda step, total: 1.0)
+    """
+    _check_named_or_callable("schedule", schedule, TIME_SCHEDULES)
+
+
+def _check_named_or_callable(name: str, value: object, names: tuple[str, ...]) -> None:
+    listed = ", ".join(repr(n) for n in names)
+    if isinstance(value, str):
+        if value not in names:
+            raise ValueError(f"`{name}` must be one of {listed} or a callable; got {value!r}.")
+        return
+    check_callable(name, value, f"one of {listed} or a callable")
+
+
+def _check_num_blocks(num_blocks: int) -> int:
+    return int(check_int("num_blocks", num_blocks, low=0))
 
 
 def linear_depth_rates(num_blocks: int, max_rate: float) -> list[float]:
@@ -97,7 +111,7 @@ def linear_depth_rates(num_blocks: int, max_rate: float) -> list[float]:
         [0.0, 0.5]
     """
     _check_num_blocks(num_blocks)
-    max_rate = check_rate(max_rate, "max_rate")
+    max_rate = check_rate("max_rate", max_rate)
     return [x.item() for x in torch.linspace(0, max_rate, num_blocks, device="cpu")]
 
 
@@ -118,7 +132,7 @@ def huang_depth_rates(num_blocks: int, max_rate: float) -> list[float]:
         [0.1, 0.2, 0.30000000000000004, 0.4]
     """
     _check_num_blocks(num_blocks)
-    max_rate = check_rate(max_rate, "max_rate")
+    max_rate = check_rate("max_rate", max_rate)
     return [level / num_blocks * max_rate for level in range(1, num_blocks + 1)]
 
 
@@ -137,7 +151,7 @@ def uniform_depth_rates(num_blocks: int, max_rate: float) -> list[float]:
         [0.1, 0.1]
     """
     _check_num_blocks(num_blocks)
-    max_rate = check_rate(max_rate, "max_rate")
+    max_rate = check_rate("max_rate", max_rate)
     return [max_rate] * num_blocks
 
 
@@ -170,20 +184,16 @@ def depth_rates(num_blocks: int, max_rate: float, rule: str | DepthRule = "linea
         [0.15, 0.15]
     """
     _check_num_blocks(num_blocks)
-    max_rate = check_rate(max_rate, "max_rate")
+    max_rate = check_rate("max_rate", max_rate)
+    _check_rule(rule)
     if isinstance(rule, str):
-        if rule not in _DEPTH_RULE_FNS:
-            raise ValueError(
-                f"Unknown depth rule {rule!r}; choose one of {list(DEPTH_RULES)} or pass a callable"
-            )
         return _DEPTH_RULE_FNS[rule](num_blocks, max_rate)
-    if not callable(rule):
-        raise TypeError(f"`rule` must be one of {list(DEPTH_RULES)} or a callable, got {rule!r}")
     rates = [float(r) for r in rule(num_blocks, max_rate)]
     if len(rates) != num_blocks:
-        raise ValueError(f"Depth rule {rule!r} returned {len(rates)} rates for {num_blocks} blocks")
+        name = getattr(rule, "__name__", rule)
+        raise ValueError(f"Depth rule {name!r} returned {len(rates)} rates for {num_blocks} blocks")
     for i, r in enumerate(rates):
-        check_rate(r, f"rate of block {i} from depth rule {rule!r}")
+        check_rate(f"rate of block {i} from depth rule {getattr(rule, '__name__', rule)!r}", r)
     return rates
 
 
@@ -282,24 +292,22 @@ def make_time_schedule(
         >>> [f(s, 8) for s in range(6)]
         [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
     """
+    _check_schedule(schedule)
     if callable(schedule):
         return schedule
-    if schedule not in TIME_SCHEDULES:
-        raise ValueError(
-            f"Unknown time schedule {schedule!r}; choose one of {list(TIME_SCHEDULES)} or pass a callable"
-        )
-    if mode not in ("linear", "constant"):
-        raise ValueError(f"Unknown early-schedule mode {mode!r}; choose 'linear' or 'constant'")
+    check_choice("early_mode", mode, EARLY_MODES)
     if schedule == "constant":
         return constant_schedule
-    if isinstance(cutoff, bool) or not isinstance(cutoff, int) or cutoff < 0:
-        raise ValueError(f"Schedule {schedule!r} needs a non-negative int `cutoff` in steps, got {cutoff!r}")
+    if cutoff is None:
+        raise TypeError(f"`cutoff` must be an int >= 0 (steps) for schedule {schedule!r}; got None.")
+    check_int("cutoff", cutoff, low=0)
     if schedule == "warmup":
         return functools.partial(_warmup, cutoff=cutoff)
     if schedule == "early":
         if cutoff == 0:
             raise ValueError(
-                "Schedule 'early' needs `cutoff` >= 1 (0 would switch the rates off from the start)"
+                "`cutoff` must be an int >= 1 for schedule 'early' (0 would switch the rates off from the"
+                " start); got 0."
             )
         return functools.partial(_early, cutoff=cutoff, mode=mode)
     return functools.partial(_late, cutoff=cutoff)

@@ -51,17 +51,21 @@ class ResMLP(nn.Module):
 
 
 class LitClassifier(L.LightningModule):
-    def __init__(self, model: nn.Module, lr: float = 0.05) -> None:
+    def __init__(self, model: nn.Module, lr: float = 0.05, log_loss: bool = False) -> None:
         super().__init__()
         self.model = model
         self.lr = lr
+        self.log_loss = log_loss
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, y = batch
-        return nn.functional.cross_entropy(self(x), y)
+        loss = nn.functional.cross_entropy(self(x), y)
+        if self.log_loss:
+            self.log("train_loss", loss, on_step=True, on_epoch=False)
+        return loss
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.parameters(), lr=self.lr)
@@ -129,7 +133,8 @@ def _fit(
 ) -> tuple[RateRecorder, L.Trainer]:
     rec = RateRecorder(include_dropout=include_dropout)
     trainer = fast_trainer(callbacks=[cb, rec], **trainer_kwargs)
-    trainer.fit(LitClassifier(model), data if data is not None else loader())
+    log_loss = trainer_kwargs.get("logger") is not None
+    trainer.fit(LitClassifier(model, log_loss=log_loss), data if data is not None else loader())
     return rec, trainer
 
 
@@ -140,7 +145,7 @@ def test_depth_rule_and_warmup_per_step_logged_and_restored() -> None:
         max_rate=0.3, rule="linear", schedule="warmup", cutoff=4, log_every_n_steps=2
     )
     logger = MemoryLogger()
-    rec, _ = _fit(model, cb, logger=logger)  # 32 samples / 4 = 8 steps
+    rec, trainer = _fit(model, cb, logger=logger, log_every_n_steps=2)  # 32 samples / 4 = 8 steps
     assert [s for s, _ in rec.rows] == list(range(8))
     for step, rates in rec.rows:
         mult = min(1.0, step / 4)  # warm-up over 4 steps
@@ -148,8 +153,12 @@ def test_depth_rule_and_warmup_per_step_logged_and_restored() -> None:
     logged = [
         (s, m["stochastic_depth/max_rate"]) for s, m in logger.calls if "stochastic_depth/max_rate" in m
     ]
-    assert [s for s, _ in logged] == [0, 2, 4, 6]
-    assert [v for _, v in logged] == pytest.approx([0.0, 0.15, 0.3, 0.3], abs=1e-7)
+    # Lightning's rule, (step + 1) % 2 == 0: the rows where Lightning writes its own step metrics
+    lightning_steps = [s for s, m in logger.calls if "train_loss" in m]
+    assert lightning_steps == [1, 3, 5, 7]
+    assert [s for s, _ in logged] == lightning_steps
+    assert [v for _, v in logged] == pytest.approx([0.075, 0.225, 0.3, 0.3], abs=1e-7)
+    assert float(trainer.callback_metrics["stochastic_depth/max_rate"]) == pytest.approx(0.3)  # monitorable
     assert [b.drop_path.p for b in model.blocks] == [0.05] * 4  # original rates restored at fit end
 
 
@@ -231,31 +240,66 @@ def test_cutoff_beyond_training_length_warns() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        ({"max_rate": 1.0}, ValueError, r"`max_rate` must be in \[0, 1\), got 1.0"),
-        ({"max_rate": -0.5}, ValueError, r"`max_rate` must be in \[0, 1\), got -0.5"),
-        ({"dropout_rate": 1.2}, ValueError, r"`dropout_rate` must be in \[0, 1\), got 1.2"),
+        ({"max_rate": 1.0}, ValueError, r"`max_rate` must be a number in \[0, 1\) or None; got 1.0"),
+        ({"max_rate": -0.5}, ValueError, r"`max_rate` must be a number in \[0, 1\) or None; got -0.5"),
+        ({"max_rate": "0.1"}, TypeError, r"`max_rate` must be a number .*; got '0.1' of type str"),
+        (
+            {"dropout_rate": 1.2, "include_dropout": True},
+            ValueError,
+            r"`dropout_rate` must be a number in \[0, 1\) or None; got 1.2",
+        ),
         (
             {"rule": "cosine"},
             ValueError,
-            r"Unknown depth rule 'cosine'; choose one of \['linear', 'huang', 'uniform'\]",
+            r"`rule` must be one of 'linear', 'huang', 'uniform' or a callable; got 'cosine'",
         ),
         (
             {"schedule": "cyclic"},
             ValueError,
-            r"Unknown time schedule 'cyclic'; choose one of \['constant', 'warmup'",
+            r"`schedule` must be one of 'constant', 'warmup', 'early', 'late' or a callable; got 'cyclic'",
         ),
-        ({"schedule": "warmup"}, ValueError, "Schedule 'warmup' needs a numeric `cutoff`, got None"),
-        ({"schedule": "late", "cutoff": 2.5}, ValueError, "must be a non-negative integer, got 2.5"),
-        ({"schedule": "early", "cutoff": 1.5, "cutoff_unit": "fraction"}, ValueError, r"must be in \[0, 1\]"),
+        ({"schedule": "warmup"}, TypeError, "`cutoff` must be a number for schedule 'warmup'.*got None"),
+        ({"schedule": "late", "cutoff": 2.5}, ValueError, "`cutoff` in steps must be a whole number"),
         (
-            {"cutoff_unit": "batch"},
+            {"schedule": "early", "cutoff": 1.5, "cutoff_unit": "fraction"},
             ValueError,
-            r"Unknown `cutoff_unit` 'batch'; choose one of \['step', 'epoch'",
+            r"`cutoff` with cutoff_unit='fraction' must be a number in \[0, 1\]; got 1.5",
         ),
-        ({"early_mode": "cosine"}, ValueError, "Unknown `early_mode` 'cosine'"),
-        ({"schedule": "early", "cutoff": 0}, ValueError, "Schedule 'early' needs `cutoff` > 0"),
-        ({"rule": 3}, TypeError, "`rule` must be one of"),
+        (
+            {"schedule": "warmup", "cutoff": 2, "cutoff_unit": "batch"},
+            ValueError,
+            r"`cutoff_unit` must be one of 'step', 'epoch', 'fraction'; got 'batch'",
+        ),
+        ({"early_mode": "cosine"}, ValueError, "`early_mode` must be one of 'linear', 'constant'; got 'cos"),
+        ({"schedule": "early", "cutoff": 0}, ValueError, "`cutoff` must be > 0 for schedule 'early'"),
+        ({"rule": 3}, TypeError, "`rule` must be one of .* or a callable; got 3"),
         ({"schedule": "no_such_pkg.fn"}, ValueError, "Cannot import time schedule 'no_such_pkg.fn'"),
+        ({"include_dropout": 1}, TypeError, "`include_dropout` must be a bool"),
+        ({"log_every_n_steps": -1}, ValueError, "`log_every_n_steps` must be an int >= 0 or None; got -1"),
+        ({"verbose": 3}, ValueError, r"`verbose` must be an int in \[0, 2\]; got 3"),
+        # arguments the chosen schedule would silently ignore
+        (
+            {"max_rate": 0.1, "cutoff": 3},
+            ValueError,
+            "`cutoff` is used only by the schedules 'warmup', 'early' and 'late'; got cutoff=3 with schedule"
+            " 'constant'",
+        ),
+        (
+            {"schedule": lambda t, n: 1.0, "cutoff": 0.5},
+            ValueError,
+            "`cutoff` is used only by .* with schedule '<lambda>'",
+        ),
+        ({"cutoff_unit": "epoch"}, ValueError, "`cutoff_unit` is used only with a `cutoff`"),
+        (
+            {"schedule": "warmup", "cutoff": 3, "early_mode": "constant"},
+            ValueError,
+            "`early_mode` is used only by the 'early' schedule; got early_mode='constant' with schedule",
+        ),
+        (
+            {"dropout_rate": 0.1},
+            ValueError,
+            "`dropout_rate` applies only with include_dropout=True",
+        ),
     ],
 )
 def test_bad_constructor_input(kwargs: dict, error: type[Exception], match: str) -> None:
@@ -322,37 +366,60 @@ def _fake_trainer(total: int) -> SimpleNamespace:
     )
 
 
-def test_per_step_hook_does_no_tensor_work_and_skips_unchanged_multiplier() -> None:
-    from torch.utils._python_dispatch import TorchDispatchMode
+class _CountOps:
+    """Count aten ops (TorchDispatchMode) run inside the block."""
 
-    class CountOps(TorchDispatchMode):
-        def __init__(self) -> None:
-            super().__init__()
-            self.ops: list[str] = []
+    def __enter__(self) -> list[str]:
+        from torch.utils._python_dispatch import TorchDispatchMode
 
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
-            self.ops.append(str(func))
-            return func(*args, **(kwargs or {}))
+        ops: list[str] = []
 
-    model = nn.Sequential(*[nn.Sequential(nn.Linear(2, 2), _CountingDrop()) for _ in range(5)])
-    counters = [m[1] for m in model]
-    for schedule, cutoff, expected_writes in [("constant", None, 1), ("late", 10, 2), ("warmup", 10, 11)]:
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+                ops.append(str(func))
+                return func(*args, **(kwargs or {}))
+
+        self._mode = Mode()
+        self._mode.__enter__()
+        return ops
+
+    def __exit__(self, *exc: object) -> None:
+        self._mode.__exit__(*exc)
+
+
+def test_per_step_hook_skips_unchanged_multiplier_and_never_syncs() -> None:
+    # 5 protocol modules (float attribute writes, counted) and 5 DropPath modules (rates in a tensor)
+    model = nn.Sequential(
+        *[nn.Sequential(nn.Linear(2, 2), _CountingDrop()) for _ in range(5)],
+        *[nn.Sequential(nn.Linear(2, 2), DropPath(0.2)) for _ in range(5)],
+    )
+    counters = [m[1] for m in model[:5]]
+    drop_paths = [m[1] for m in model[5:]]
+    # (schedule, cutoff, attribute writes incl. the one at train start, tensor updates in steps 0..19)
+    cases = [("constant", None, 1, 0), ("late", 10, 2, 1), ("warmup", 10, 11, 10)]
+    for schedule, cutoff, writes, muls in cases:
         for c in counters:
             c.writes = 0
         cb = StochasticDepthScheduler(schedule=schedule, cutoff=cutoff)
         trainer = _fake_trainer(total=20)
         cb.on_fit_start(trainer, model)  # type: ignore[arg-type]
         cb.on_train_start(trainer, model)  # type: ignore[arg-type]
-        with CountOps() as mode:
+        with _CountOps() as ops:
             for step in range(20):
                 trainer.global_step = step
                 for batch_idx in range(2):  # second call in the same step is a no-op
                     cb.on_train_batch_start(trainer, model, None, batch_idx)  # type: ignore[arg-type]
-        assert mode.ops == []
-        # writes: 1 at train start, then one per change of the multiplier
-        assert [c.writes for c in counters] == [expected_writes] * 5, schedule
+                    if schedule != "constant":  # the tensor the DropPath modules read holds the rate
+                        rate = 0.2 * cb._schedule_fn(step, 20)  # type: ignore[misc]
+                        assert [d.p for d in drop_paths] == [rate] * 5
+        # one in-place multiply per change of the multiplier, for all modules at once; nothing else (no sync)
+        assert ops == ["aten.mul.out"] * muls, schedule
+        assert [c.writes for c in counters] == [writes] * 5, schedule
+        if schedule != "constant":
+            assert cb._table is not None and cb._table.rates.tolist()[5:] == [0.2] * 5
         cb.on_fit_end(trainer, model)  # type: ignore[arg-type]
         assert [c.rate for c in counters] == [0.2] * 5
+        assert [d.p for d in drop_paths] == [0.2] * 5 and all(d._rate is None for d in drop_paths)
 
 
 def test_loaded_state_is_adopted_and_a_mismatch_warns() -> None:
@@ -491,3 +558,55 @@ def test_ddp_two_cpu_processes_without_find_unused_parameters(tmp_path: Path) ->
         assert torch.equal(w, r1["weights"][name]), name
     assert any(not torch.equal(r0["weights"][n], r0["init"][n]) for n in r0["weights"])
     assert r0["final_rates"] == r1["final_rates"] == [0.05, 0.05, 0.05]
+
+
+def test_dropout_alone_is_scheduled_when_include_dropout() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Dropout(0.4), nn.Linear(8, 2))
+    cb = StochasticDepthScheduler(schedule="early", cutoff=4, include_dropout=True, dropout_rate=0.2)
+    logger = MemoryLogger()
+    rec, trainer = _fit(model, cb, include_dropout=True, logger=logger, log_every_n_steps=1)
+    for step, rates in rec.rows:  # early, linear over 4 steps, from 0.2
+        assert rates == pytest.approx([0.2 * max(0.0, 1 - step / 4)])
+    assert [s for s, _ in logger.series("stochastic_depth/dropout_max_rate")] == list(range(8))
+    assert logger.series("stochastic_depth/max_rate") == []  # no drop-path module, no drop-path key
+    assert model[2].p == 0.4 and type(model[2]) is nn.Dropout
+    # still refused: without include_dropout, or with a max_rate that has nothing to apply to
+    for kwargs, match in [
+        ({}, "found no drop-path module in LitClassifier"),
+        ({"include_dropout": True, "max_rate": 0.1}, r"max_rate=0.1\) found no drop-path module"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            _fit(model, StochasticDepthScheduler(**kwargs))
+
+
+def test_two_schedulers_on_one_trainer_are_refused() -> None:
+    first = StochasticDepthScheduler(max_rate=0.1)
+    second = StochasticDepthScheduler(include_dropout=True)
+    with pytest.raises(ValueError, match="The Trainer has 2 StochasticDepthScheduler callbacks; use one"):
+        fast_trainer(callbacks=[first, second]).fit(LitClassifier(ResMLP([0.1])), loader())
+
+
+def test_verbose_one_line_at_fit_start_details_at_two(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    model = torchvision.models.resnet101(num_classes=2)
+    from lightning_reg import add_stochastic_depth
+
+    add_stochastic_depth(model, 0.2)  # 33 blocks
+    lines = {}
+    for verbose in (0, 1, 2):
+        caplog.clear()
+        cb = StochasticDepthScheduler(schedule="warmup", cutoff=5, verbose=verbose)
+        trainer = _fake_trainer(total=10)
+        with caplog.at_level(logging.INFO):
+            cb.on_fit_start(trainer, model)  # type: ignore[arg-type]
+            cb.on_train_start(trainer, model)  # type: ignore[arg-type]
+        cb.on_fit_end(trainer, model)  # type: ignore[arg-type]
+        lines[verbose] = [ln for r in caplog.records for ln in r.getMessage().splitlines()]
+    assert lines[0] == []
+    assert lines[1] == [
+        "StochasticDepthScheduler: 33 drop-path modules (DropPath) in 33 depth levels, max target 0.2;"
+        " schedule warmup (cutoff 5 step); rates in a float64 tensor on cpu."
+    ]
+    assert len(lines[2]) == 1 + 33 and lines[2][1].startswith("  level 0 (layer1.0.bn3.drop_path): target 0")

@@ -44,7 +44,7 @@ def test_same_draws_as_timm_including_unscaled() -> None:
     x = torch.randn(16, 7)
     for scale in (True, False):
         torch.manual_seed(3)
-        ours = drop_path(x, 0.3, True, "row", scale_by_keep=scale)
+        ours = drop_path(x, 0.3, training=True, mode="row", scale_by_keep=scale)
         torch.manual_seed(3)
         ref = timm_drop.drop_path(x, 0.3, True, scale_by_keep=scale)
         assert torch.equal(ours, ref)
@@ -67,14 +67,14 @@ def test_expectation_preserved_row_mode(p: float) -> None:
 def test_expectation_preserved_batch_mode_and_unscaled() -> None:
     p, draws = 0.3, 4000
     torch.manual_seed(1)
-    outs = torch.stack([drop_path(torch.ones(4, 3), p, True, "batch") for _ in range(draws)])
+    outs = torch.stack([drop_path(torch.ones(4, 3), p, training=True, mode="batch") for _ in range(draws)])
     per_draw = outs.flatten(1)
     # whole batch kept or dropped together
     assert torch.equal(per_draw.min(1).values, per_draw.max(1).values)
     keep = 1 - p
     assert abs(per_draw[:, 0].mean().item() - 1.0) < 5 * math.sqrt(p / keep / draws)
     # without scaling the mean is the keep probability (variance keep * p)
-    y = drop_path(torch.ones(100_000, 1), p, True, "row", scale_by_keep=False)
+    y = drop_path(torch.ones(100_000, 1), p, training=True, mode="row", scale_by_keep=False)
     assert abs(y.mean().item() - keep) < 5 * math.sqrt(keep * p / 100_000)
 
 
@@ -117,9 +117,9 @@ def test_droppath_module_rate_changes_at_run_time_and_repr() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"p": 1.5}, r"in \[0, 1\], got 1.5"),
+        ({"p": 1.5}, r"`p` must be a number in \[0, 1\]; got 1.5"),
         ({"p": -0.1}, r"got -0.1"),
-        ({"mode": "col"}, "one of.*row.*batch.*'col'"),
+        ({"mode": "col"}, "`mode` must be one of 'row', 'batch'; got 'col'"),
     ],
 )
 def test_droppath_bad_input(kwargs: dict, match: str) -> None:
@@ -272,9 +272,9 @@ def test_surgery_errors() -> None:
         add_stochastic_depth(nn.Sequential(nn.Linear(2, 2)), 0.1)
     with pytest.raises(ValueError, match="has no submodule 'nope'"):
         add_stochastic_depth(_my_net(), 0.1, branch_ends={_MyBlock: "nope"})
-    with pytest.raises(ValueError, match=r"`max_rate` must be in \[0, 1\)"):
+    with pytest.raises(ValueError, match=r"`max_rate` must be a number in \[0, 1\); got 1.0"):
         add_stochastic_depth(_resnet18(), 1.0)
-    with pytest.raises(ValueError, match="Unknown depth rule"):
+    with pytest.raises(ValueError, match="`rule` must be one of 'linear', 'huang', 'uniform'"):
         add_stochastic_depth(_resnet18(), 0.1, rule="exp")
     holder = nn.Linear(2, 2)
     holder.drop_path = nn.Identity()
@@ -313,3 +313,85 @@ def test_find_drop_rate_modules_kinds_levels_and_protocol() -> None:
         ("2.d", True, -1),
         ("3.d", True, -1),
     ]
+
+
+# ---------------------------------------------------------------- argument order, tensor rates, torch.fx
+
+
+def test_positional_misuse_is_impossible_and_types_are_checked() -> None:
+    x = torch.ones(4, 3)
+    # torchvision's order (input, p, mode, training): refused instead of silently running row mode
+    with pytest.raises(TypeError, match="takes 2 positional arguments but 3 were given"):
+        drop_path(x, 0.5, "batch")  # type: ignore[misc]
+    with pytest.raises(TypeError, match="takes 2 positional arguments but 4 were given"):
+        drop_path(x, 0.5, True, "batch")  # type: ignore[misc]  # the old order
+    with pytest.raises(TypeError, match="`training` must be a bool"):
+        drop_path(x, 0.5, training="batch")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="`scale_by_keep` must be a bool"):
+        drop_path(x, 0.5, scale_by_keep=1)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="`p` must be a number in \\[0, 1\\]; got '0.5' of type str"):
+        drop_path(x, "0.5")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="0-d floating-point tensor; got a tensor of shape \\(2,\\)"):
+        drop_path(x, torch.tensor([0.1, 0.2]))
+    with pytest.raises(TypeError, match="dtype torch.int64"):
+        drop_path(x, torch.tensor(0))
+    with pytest.raises(TypeError, match="`scale_by_keep` must be a bool"):
+        DropPath(0.1, scale_by_keep="no")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("mode", ["row", "batch"])
+def test_tensor_rate_draws_what_the_number_draws(mode: str) -> None:
+    x = torch.randn(64, 5)
+    for p in (0.1, 0.37, 0.9):
+        torch.manual_seed(0)
+        ours = drop_path(x, torch.tensor(p, dtype=torch.float64), training=True, mode=mode)
+        after_ours = torch.rand(2)
+        torch.manual_seed(0)
+        ref = stochastic_depth(x, p, mode, training=True)
+        assert torch.equal(ours, ref) and torch.equal(torch.rand(2), after_ours)
+    # a tensor rate of 0 still draws (no branch on the value), and returns x unchanged
+    torch.manual_seed(0)
+    assert torch.equal(drop_path(x, torch.tensor(0.0, dtype=torch.float64), training=True), x)
+    assert drop_path(x, torch.tensor(0.5), training=False) is x
+    # a DropPath bound to a rate tensor reads it; setting p writes it
+    layer = DropPath(0.2)
+    layer._rate = torch.zeros((), dtype=torch.float64)
+    layer.p = 0.3
+    assert layer._rate.item() == 0.3 and layer.p == 0.3
+
+
+class _Res(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3, 3)
+        self.drop_path = DropPath(0.5, mode="batch")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.drop_path(self.fc(x))
+
+
+def test_drop_path_is_one_fx_node_and_feature_extraction_works() -> None:
+    from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+
+    model = nn.Sequential(_Res(), _Res())
+    traced = torch.fx.symbolic_trace(model)
+    calls = [n for n in traced.graph.nodes if n.op == "call_function" and n.target is drop_path]
+    assert len(calls) == 2  # one leaf node per DropPath, nothing traced inside it
+    assert all(n.kwargs["mode"] == "batch" and n.kwargs["training"] is True for n in calls)
+    assert not any("bernoulli" in str(n.target) for n in traced.graph.nodes)
+    train_nodes, eval_nodes = get_graph_node_names(model)
+    assert "0.drop_path.drop_path" in train_nodes and "0.drop_path" not in eval_nodes  # eval: identity
+    extractor = create_feature_extractor(
+        model,
+        train_return_nodes={"0.drop_path.drop_path": "dropped", "1.add": "out"},
+        eval_return_nodes={"1.add": "out"},
+    )
+    x = torch.randn(4, 3)
+    torch.manual_seed(0)
+    got = extractor(x)
+    torch.manual_seed(0)
+    h = model[0].fc(x)
+    dropped = drop_path(h, 0.5, training=True, mode="batch")
+    assert torch.equal(got["dropped"], dropped)
+    out = (x + dropped) + drop_path(model[1].fc(x + dropped), 0.5, training=True, mode="batch")
+    assert torch.equal(got["out"], out)

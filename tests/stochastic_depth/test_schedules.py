@@ -8,7 +8,6 @@ import pickle
 import pytest
 
 from lightning_reg.stochastic_depth.schedules import (
-    check_rate,
     constant_schedule,
     depth_rates,
     early_schedule,
@@ -46,12 +45,12 @@ def test_uniform_rule_and_dispatch() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"rule": "cosine"}, "Unknown depth rule 'cosine'.*linear.*huang.*uniform"),
+        ({"rule": "cosine"}, "`rule` must be one of 'linear', 'huang', 'uniform' or a callable; got 'cos"),
         ({"rule": lambda n, p: [p] * (n + 1)}, "returned 4 rates for 3 blocks"),
-        ({"rule": lambda n, p: [1.0] * n}, r"must be in \[0, 1\)"),
-        ({"max_rate": 1.0}, r"`max_rate` must be in \[0, 1\), got 1.0"),
-        ({"max_rate": -0.1}, r"`max_rate` must be in \[0, 1\), got -0.1"),
-        ({"max_rate": math.nan}, r"`max_rate` must be in \[0, 1\)"),
+        ({"rule": lambda n, p: [1.0] * n}, r"`rate of block 0 from depth rule '<lambda>'` must be"),
+        ({"max_rate": 1.0}, r"`max_rate` must be a number in \[0, 1\); got 1.0"),
+        ({"max_rate": -0.1}, r"`max_rate` must be a number in \[0, 1\); got -0.1"),
+        ({"max_rate": math.nan}, r"`max_rate` must be a number in \[0, 1\); got nan"),
     ],
 )
 def test_depth_rates_bad_input(kwargs: dict, match: str) -> None:
@@ -60,12 +59,18 @@ def test_depth_rates_bad_input(kwargs: dict, match: str) -> None:
         depth_rates(**args)
 
 
-def test_check_rate_rejects_non_numbers() -> None:
-    with pytest.raises(TypeError, match="got '0.1' of type str"):
-        check_rate("0.1")  # type: ignore[arg-type]
-    with pytest.raises(TypeError):
-        check_rate(True)  # type: ignore[arg-type]
-    assert check_rate(0) == 0.0
+def test_rates_and_counts_reject_wrong_types() -> None:
+    with pytest.raises(TypeError, match="`max_rate` must be a number in .*; got '0.1' of type str"):
+        depth_rates(3, "0.1")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="`max_rate`"):
+        linear_depth_rates(3, True)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="`num_blocks` must be an int >= 0; got 2.0 of type float"):
+        huang_depth_rates(2.0, 0.1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="`num_blocks` must be an int >= 0; got -1"):
+        uniform_depth_rates(-1, 0.1)
+    with pytest.raises(TypeError, match="`rule` must be one of .* or a callable; got 3"):
+        depth_rates(3, 0.1, 3)  # type: ignore[arg-type]
+    assert depth_rates(2, 0) == [0.0, 0.0]
 
 
 def test_time_schedules_match_hand_worked_values() -> None:
@@ -94,16 +99,17 @@ def test_make_time_schedule_binds_cutoff_and_is_picklable() -> None:
 
 
 @pytest.mark.parametrize(
-    ("args", "match"),
+    ("args", "error", "match"),
     [
-        (("cosine", 3), "Unknown time schedule 'cosine'.*constant.*warmup.*early.*late"),
-        (("warmup", None), "needs a non-negative int `cutoff`"),
-        (("late", -1), "needs a non-negative int `cutoff`"),
-        (("early", 0), "needs `cutoff` >= 1"),
+        (("cosine", 3), ValueError, "`schedule` must be one of 'constant', 'warmup', 'early', 'late' or a"),
+        (("warmup", None), TypeError, "`cutoff` must be an int >= 0 .* for schedule 'warmup'; got None"),
+        (("late", -1), ValueError, "`cutoff` must be an int >= 0; got -1"),
+        (("late", 2.0), TypeError, "`cutoff` must be an int >= 0; got 2.0 of type float"),
+        (("early", 0), ValueError, "`cutoff` must be an int >= 1 for schedule 'early'"),
     ],
 )
-def test_make_time_schedule_bad_input(args: tuple, match: str) -> None:
-    with pytest.raises(ValueError, match=match):
+def test_make_time_schedule_bad_input(args: tuple, error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
         make_time_schedule(*args)
-    with pytest.raises(ValueError, match="Unknown early-schedule mode 'cosine'"):
+    with pytest.raises(ValueError, match="`early_mode` must be one of 'linear', 'constant'; got 'cosine'"):
         make_time_schedule("early", 3, mode="cosine")  # type: ignore[arg-type]
