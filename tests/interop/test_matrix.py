@@ -211,7 +211,6 @@ def test_torch_compile(tmp_path):
     assert _get(cbs, EarlyStopping).best_epoch is not None and _finite_weights(model)
 
 
-@pytest.mark.xfail(strict=True, reason="DropPath's rate is a Python float: every scheduled change recompiles")
 def test_torch_compile_with_a_scheduled_drop_path_rate(tmp_path):
     """A rate that changes every step must compile no more graphs than a constant one."""
     *_, constant_graphs = _compiled_fit(tmp_path, _constant_drop_path_rate(ours()))
