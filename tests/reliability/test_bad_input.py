@@ -55,12 +55,14 @@ CASES: list[tuple[str, Callable[[], Any], type[Exception], str]] = [
     # EarlyStopping
     ("es-snapshot", lambda: EarlyStopping("v", snapshot="gpu"), ValueError, r"`snapshot`.*'cpu'.*'device'.*'checkpoint'.*'gpu'"),
     ("es-start-negative", lambda: EarlyStopping("v", start_from_epoch=-1), ValueError, r"`start_from_epoch`.*>= 0.*-1"),
-    ("es-start-float", lambda: EarlyStopping("v", start_from_epoch=1.5), ValueError, r"`start_from_epoch`.*int"),
+    ("es-start-float", lambda: EarlyStopping("v", start_from_epoch=1.5), TypeError, r"`start_from_epoch`.*int.*1.5"),
     ("es-baseline-nan", lambda: EarlyStopping("v", baseline=float("nan")), ValueError, r"`baseline`.*finite.*nan"),
     ("es-mode", lambda: EarlyStopping("v", mode="maximize"), MisconfigurationException, r"`mode`.*min, max.*maximize"),
     ("es-patience", lambda: EarlyStopping("v", patience=-1), ValueError, r"`patience`.*>= 0.*-1"),
     ("es-min-delta", lambda: EarlyStopping("v", min_delta=-0.1), ValueError, r"`min_delta`.*>= 0.*-0.1"),
     ("es-monitor-type", lambda: EarlyStopping(monitor=3), TypeError, r"`monitor`.*str.*3"),
+    ("es-verbose", lambda: EarlyStopping("v", verbose=3), ValueError, r"`verbose`.*\[0, 2\].*3"),
+    ("es-strict-type", lambda: EarlyStopping("v", strict="yes"), TypeError, r"`strict`.*bool.*'yes'"),
     # GradientClipping
     ("gc-algorithm", lambda: GradientClipping("median"), ValueError, r"`algorithm`.*'norm'.*'zclip'.*None.*'median'"),
     ("gc-none-conflict", lambda: GradientClipping(None), ValueError, r"`algorithm=None`.*`skip_nonfinite=True`"),
