@@ -331,7 +331,7 @@ def log_step_metrics(trainer: Any, metrics: Mapping[str, Tensor | float]) -> Non
             logger.log_metrics(floats, step=step)
 
 
-def log_epoch_metrics(trainer: Any, metrics: Mapping[str, Tensor | float]) -> None:
+def log_epoch_metrics(trainer: Any, metrics: Mapping[str, Tensor | float], with_epoch: bool = True) -> None:
     """Write epoch-level metrics from a hook where ``self.log`` is refused (e.g. ``on_validation_end``).
 
     The values land on the row Lightning writes the epoch's own metrics to (during validation: the current
@@ -342,6 +342,8 @@ def log_epoch_metrics(trainer: Any, metrics: Mapping[str, Tensor | float]) -> No
     Args:
         trainer: the Trainer.
         metrics: key -> 0-d tensor or number.
+        with_epoch: also write ``epoch`` (``trainer.current_epoch``); pass ``False`` after the fit loop ended
+            (``on_train_end``), where the counter is already past the last epoch.
     """
     if not metrics:
         return
@@ -352,8 +354,9 @@ def log_epoch_metrics(trainer: Any, metrics: Mapping[str, Tensor | float]) -> No
         floats = dict(zip(values, torch.stack([v.float() for v in values.values()]).tolist()))
         trainer.logged_metrics.update(floats)
         step = max(0, logger_step(trainer) - (0 if getattr(trainer, "validating", False) else 1))
+        row = {**floats, "epoch": trainer.current_epoch} if with_epoch else floats
         for logger in trainer.loggers:
-            logger.log_metrics({**floats, "epoch": trainer.current_epoch}, step=step)
+            logger.log_metrics(row, step=step)
 
 
 # ------------------------------------------------------------------------------------------------ keys

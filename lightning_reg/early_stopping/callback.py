@@ -560,7 +560,8 @@ class EarlyStopping(_LightningEarlyStopping):
             return
         self.restored = True
         if self.best_epoch is not None:
-            log_epoch_metrics(trainer, {Keys.RESTORED_EPOCH: torch.tensor(float(self.best_epoch))})
+            value = torch.tensor(float(self.best_epoch))
+            log_epoch_metrics(trainer, {Keys.RESTORED_EPOCH: value}, with_epoch=False)
         say(
             self.verbose,
             1,

@@ -444,7 +444,11 @@ class OverfittingCriteria:
             train, val = (float(x) for x in values[pair])
             st = self._state[pair]
             sign = 1.0 if mode == "min" else -1.0
-            if st["best_val"] is None or sign * val < sign * st["best_val"]:
+            if not math.isnan(val) and (
+                st["best_val"] is None or math.isnan(st["best_val"]) or sign * val < sign * st["best_val"]
+            ):
+                st["best_val"], st["best_check"] = val, check
+            elif st["best_val"] is None:  # no finite value yet
                 st["best_val"], st["best_check"] = val, check
             best = st["best_val"]
             gap = overfitting_gap(train, val, mode)
