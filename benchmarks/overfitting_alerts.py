@@ -1,9 +1,9 @@
 """Do OverfittingMonitor's alerts mean overfitting? False alarms and detection delay on real training runs.
 
     python benchmarks/overfitting_alerts.py            # evaluate on the recorded curves (seconds)
-    python benchmarks/overfitting_alerts.py --record   # re-record every run first (minutes to an hour)
-    python benchmarks/overfitting_alerts.py --quick    # record 3 short runs into a temp file and evaluate
-                                                       # them (~2 min; a smoke test, nothing is saved)
+    python benchmarks/overfitting_alerts.py --record   # re-record every run first (~15 min)
+    python benchmarks/overfitting_alerts.py --quick    # record 3 short runs into a temp file, evaluate
+                                                       # them (under a minute; nothing is saved)
 
 **Runs.** The example projects (MNIST-1D with the 1-D ResNet and the MLP, 8x8 digits with ResNet-18), trained
 through their LightningCLI with early stopping removed so every curve runs to the end, in settings that do
@@ -425,7 +425,7 @@ def score(runs: Sequence[dict[str, Any]], cand: Candidate) -> dict[str, Score]:
     return scores
 
 
-def evaluate(runs: Sequence[dict[str, Any]], quick: bool) -> None:
+def evaluate(runs: Sequence[dict[str, Any]], quick: bool, meta: dict[str, Any] | None = None) -> None:
     from benchmarks.harness import Report
 
     name = "overfitting_alerts_quick" if quick else "overfitting_alerts"
@@ -466,6 +466,12 @@ def evaluate(runs: Sequence[dict[str, Any]], quick: bool) -> None:
         "alarms: alerts before the turning point, and any alert in a run that improves to the end. Plateau "
         "runs (a rise smaller than the margin) alerted after their turning point are neither."
     )
+    if meta and "cpu_seconds" in meta:
+        report.note(
+            f"Recording the curves (`{COMMAND} --record`) took {meta['seconds']} s "
+            f"({meta['cpu_seconds']} s of CPU, load average {meta['load_average_at_end']} at the end); "
+            "evaluating them takes seconds."
+        )
     if not quick:
         report.save()
 
@@ -477,12 +483,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     a = p.parse_args(argv)
     if a.quick:
         with tempfile.TemporaryDirectory() as tmp:
-            runs = record(QUICK, Path(tmp) / "curves.json")
-    elif a.record or not CURVES.exists():
-        runs = record(SETTINGS, CURVES)
+            record(QUICK, Path(tmp) / "curves.json")
+            payload = json.loads((Path(tmp) / "curves.json").read_text())
     else:
-        runs = json.loads(CURVES.read_text())["runs"]
-    evaluate(runs, quick=a.quick)
+        if a.record or not CURVES.exists():
+            record(SETTINGS, CURVES)
+        payload = json.loads(CURVES.read_text())
+    evaluate(payload["runs"], quick=a.quick, meta=payload)
 
 
 if __name__ == "__main__":

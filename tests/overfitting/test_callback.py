@@ -145,6 +145,8 @@ def test_each_criterion_fires_at_hand_worked_epoch_and_alerts_per_pair(tmp_path,
     assert [h["alert"] for h in monitor.history] == [False] * 4 + [True] * 3 + [False, True]
     msgs = overfit_warnings(record)
     assert len(msgs) == 3 and monitor.num_episodes == 3
+    line = "OverfittingMonitor: overfitting alerts in loss from epoch 5, 8; acc from epoch 4."
+    assert monitor.summary_line() == line
     assert "at epoch 4" in msgs[0] and "`acc`" in msgs[0] and "`loss`" not in msgs[0]
     assert "the train/validation gap is 0.5 (relative 0.5), above 0.25 (gap)" in msgs[0]
     assert "at epoch 5" in msgs[1] and "`loss`" in msgs[1] and "`acc`" not in msgs[1]
