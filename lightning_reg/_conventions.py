@@ -333,6 +333,34 @@ def log_step_metrics(trainer: Any, metrics: Mapping[str, Tensor | float]) -> Non
             logger.log_metrics(floats, step=step)
 
 
+def log_epoch_metrics(trainer: Any, metrics: Mapping[str, Tensor | float], with_epoch: bool = True) -> None:
+    """Write epoch-level metrics from a hook where ``self.log`` is refused (e.g. ``on_validation_end``).
+
+    The values land on the row Lightning writes the epoch's own metrics to (during validation: the current
+    step; after the epoch's last batch, e.g. in ``on_train_epoch_end`` or ``on_train_end``: one step back,
+    as Lightning does), with the ``epoch`` column, and in ``trainer.callback_metrics`` (monitorable). One host
+    sync per call, only when a logger is attached.
+
+    Args:
+        trainer: the Trainer.
+        metrics: key -> 0-d tensor or number.
+        with_epoch: also write ``epoch`` (``trainer.current_epoch``); pass ``False`` after the fit loop ended
+            (``on_train_end``), where the counter is already past the last epoch.
+    """
+    if not metrics:
+        return
+    values = {k: (v.detach().reshape(()) if isinstance(v, Tensor) else torch.tensor(float(v))) for k, v in
+              metrics.items()}
+    trainer.callback_metrics.update(values)
+    if trainer.loggers and getattr(trainer, "is_global_zero", True):
+        floats = dict(zip(values, torch.stack([v.float() for v in values.values()]).tolist()))
+        trainer.logged_metrics.update(floats)
+        step = max(0, logger_step(trainer) - (0 if getattr(trainer, "validating", False) else 1))
+        row = {**floats, "epoch": trainer.current_epoch} if with_epoch else floats
+        for logger in trainer.loggers:
+            logger.log_metrics(row, step=step)
+
+
 # ------------------------------------------------------------------------------------------------ keys
 class Keys:
     """The metric keys lightning-reg logs (``prefix`` arguments replace the first component).
@@ -357,6 +385,7 @@ class Keys:
     PENALTY_VALUE = "penalty/value"
     PROXIMAL_ZERO_FRACTION = "proximal_l1/zero_fraction"
     BEST_EPOCH = "early_stopping/best_epoch"
+    RESTORED_EPOCH = "early_stopping/restored_epoch"
 
     @staticmethod
     def grad(name: str, prefix: str = "grad") -> str:

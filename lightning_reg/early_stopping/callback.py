@@ -1,11 +1,10 @@
 """EarlyStopping that puts the best weights back, however training ended, on every strategy.
 
 A drop-in subclass of :class:`lightning.pytorch.callbacks.EarlyStopping`: every argument, the
-``state_key``, the stop decisions and reasons are Lightning's. On top it snapshots the weights that
-produced the best monitored value (see :mod:`lightning_reg.early_stopping.snapshot`) and restores them
-at the end
-of ``fit`` (``on_train_end``) and when ``fit`` ends with an exception such as ``KeyboardInterrupt``
-(``on_exception``).
+``state_key``, the ``state_dict`` keys, the stop decisions and reasons are Lightning's. On top it snapshots
+the weights that produced the best monitored value (see :mod:`lightning_reg.early_stopping.snapshot`) and
+restores them at the end of ``fit`` (``on_train_end``) and when ``fit`` ends with an exception such as
+``KeyboardInterrupt`` (``on_exception``).
 """
 
 from __future__ import annotations
@@ -20,10 +19,21 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.utilities.rank_zero import WarningCache, rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.rank_zero import WarningCache, rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
+from lightning_reg._conventions import (
+    Keys,
+    check_bool,
+    check_choice,
+    check_int,
+    check_number,
+    check_str,
+    check_verbose,
+    log_epoch_metrics,
+    say,
+)
 from lightning_reg.early_stopping.snapshot import (
     WeightSnapshot,
     agree_on_score,
@@ -36,38 +46,115 @@ __all__ = ["EarlyStopping"]
 SnapshotMode = Literal["cpu", "device", "checkpoint"]
 _SNAPSHOT_MODES = ("cpu", "device", "checkpoint")
 
+#: Top-level checkpoint entry holding the best weights, keyed by each instance's ``state_key``.
+CHECKPOINT_KEY = "lightning_reg.early_stopping.best_weights"
+#: Stored instead of the weights when the checkpoint's own ``state_dict`` holds exactly the best weights.
+_SAME_AS_MODEL = "same_as_checkpoint_state_dict"
+_REASONS = list(EarlyStoppingReason)
+
+
+class _ResultChannel:
+    """A few numbers a spawned worker hands back to the callback object in the launching process.
+
+    Lightning's spawn- and fork-based launchers (``ddp_spawn``, ``ddp_fork``, ``ddp_notebook``) run ``fit``
+    on copies of the callbacks in worker processes and bring back only the weights and
+    ``trainer.callback_metrics``; the callback the user holds is never touched. This tensor is moved to
+    shared memory at construction, so the workers' copies (pickled by ``torch.multiprocessing``, or forked)
+    write into the same memory the launching process reads. Layout: generation, best epoch, best step, best
+    score, stopped epoch, wait count, stopping reason, restored, best-score dtype (``nan`` = ``None``).
+    """
+
+    SIZE = 9
+
+    def __init__(self) -> None:
+        self.values = torch.zeros(self.SIZE, dtype=torch.float64)
+        try:
+            self.values.share_memory_()
+        except (RuntimeError, OSError):  # pragma: no cover - no shared memory: results stay in the workers
+            pass
+
+    @property
+    def generation(self) -> int:
+        return int(self.values[0])
+
+    def __eq__(self, other: object) -> bool:  # copies compare equal (pickling must preserve vars())
+        if not isinstance(other, _ResultChannel):
+            return False
+        return torch.equal(self.values.nan_to_num(-1.0), other.values.nan_to_num(-1.0))
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class _Published:
+    """An attribute that first takes the values a spawned worker published (see :class:`_ResultChannel`)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.slot = f"_{name}"
+
+    def __get__(self, obj: Any, objtype: type | None = None) -> Any:
+        if obj is None:
+            return self
+        obj._pull_published()
+        return obj.__dict__[self.slot]
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        obj.__dict__[self.slot] = value
+
 
 class EarlyStopping(_LightningEarlyStopping):
     r"""Lightning's ``EarlyStopping`` plus restore of the best weights, ``start_from_epoch`` and ``baseline``.
 
-    The arguments up to ``log_rank_zero_only`` are Lightning's, unchanged. The weights snapshotted are
-    those the monitored value was computed with: with the check after validation
-    (``check_on_train_epoch_end=False``) the snapshot is taken right after validation; with the check at
-    the end of the training epoch (Lightning's default when validation runs once per epoch) validation
-    has run at the end of that epoch with the same weights, so the snapshot is again of the validated
-    weights (if the weights changed between the last validation and the check, a once-only warning says
-    so and the weights at the check are kept).
+    The arguments up to ``log_rank_zero_only`` are Lightning's, with the same meaning; the checks, stop
+    decisions, reasons and ``state_dict`` keys are Lightning's (Lightning's own test file of the callback
+    passes against this class). The weights snapshotted are those the monitored value was computed with:
+    with the check after validation (``check_on_train_epoch_end=False``) the snapshot is taken right after
+    validation; with the check at the end of the training epoch (Lightning's default when validation runs
+    once per epoch) validation has run at the end of that epoch with the same weights (if the weights
+    changed between the last validation and the check, a once-only warning says so and the weights at the
+    check are kept).
 
-    One deliberate difference from Lightning: the check that reaches ``stopping_threshold`` also records
-    that value as ``best_score`` (and snapshots its weights), since they are the best seen; Lightning keeps
-    the previous best. With several instances, each restores its own best and the last to run wins.
+    Differences from Lightning's class, all deliberate:
+
+    * **A reused instance starts fresh.** Every ``fit`` starts with no best score, no counters and no
+      snapshot (as Keras 3 does at ``on_train_begin``), unless the ``fit`` resumes from a checkpoint, which
+      restores them. Lightning's class carries the previous fit's best score into the next one.
+    * **Stopping threshold.** The check that reaches ``stopping_threshold`` also records that value as
+      ``best_score`` (and snapshots its weights), since they are the best seen; Lightning keeps the
+      previous best.
+    * **Console.** ``verbose`` also takes the library's levels (below); ``True``/``False`` keep Lightning's
+      meaning.
+
+    ``baseline`` works as in Keras 3: the best epoch is tracked (and restored) whether or not it beats the
+    baseline, but only a value that beats both the baseline and the previous best resets the patience
+    counter, so a run that never beats the baseline stops after ``patience`` checks without improvement
+    over it and still ends with its best weights.
 
     Under DDP each rank's monitored value is all-gathered: if all ranks agree (``sync_dist=True``) that
     exact value is used, otherwise their mean, so the best score, ``best_epoch``/``best_step`` and the stop
-    decision are identical on every rank.
+    decision are identical on every rank. With several instances, each restores its own best and the last
+    to run wins. Under ``ddp_spawn`` (and ``ddp_fork``/``ddp_notebook``) the instance in the launching
+    process ends with the workers' ``best_epoch``, ``best_step``, ``best_score``, ``stopped_epoch``,
+    ``stopping_reason`` and ``restored`` (and the model with the restored weights, which Lightning copies
+    back from rank 0).
+
+    At every check the best epoch so far is logged as ``early_stopping/best_epoch`` and, once restored,
+    ``early_stopping/restored_epoch`` (written to the loggers and to ``trainer.callback_metrics``;
+    :mod:`lightning_reg.report` marks the restored epoch from it).
 
     Args:
         monitor: quantity to be monitored.
         min_delta: minimum change of the monitored quantity that counts as an improvement.
         patience: number of checks with no improvement after which training stops.
-        verbose: log improvement and stop messages.
+        verbose: ``0``/``False``: nothing but warnings (Lightning's ``False``); ``1`` (default): one line at
+            fit start and one when the best weights are restored; ``2``/``True``: also Lightning's message
+            at every improvement and stop (Lightning's ``True``).
         mode: ``"min"`` or ``"max"``.
         strict: raise if ``monitor`` is not among the logged metrics.
         check_finite: stop when the monitored value becomes NaN or infinite.
         stopping_threshold: stop once the monitored value reaches this threshold.
         divergence_threshold: stop once the monitored value is worse than this threshold.
         check_on_train_epoch_end: run the check at the end of the training epoch instead of after
-            validation (``None``: Lightning's rule).
+            validation (``None``: Lightning's rule, decided again at every ``fit``).
         log_rank_zero_only: log only on rank 0.
         restore_best_weights: put the best weights back when ``fit`` ends, whatever ended it.
         snapshot: where the best weights live: ``"cpu"`` (host memory, buffers allocated once, pinned with
@@ -76,12 +163,15 @@ class EarlyStopping(_LightningEarlyStopping):
             the same metric in the same mode; error at setup if there is none).
         start_from_epoch: epochs before this one are ignored entirely (no counting, no thresholds, no
             snapshots).
-        baseline: a value the monitored metric must beat to count as an improvement at all; training
-            stops after ``patience`` checks that do not beat it.
-        save_weights_in_checkpoint: put the best weights into this callback's state in Lightning
-            checkpoints, so a resumed run can still restore a best epoch from before the interruption.
-            Ignored (with a warning) for sharded strategies (FSDP, DeepSpeed ZeRO-3), whose callback
-            state is saved from rank 0 only.
+        baseline: a value the monitored metric must beat for an improvement to reset the patience counter
+            (see above).
+        save_weights_in_checkpoint: make Lightning checkpoints self-sufficient for the restore: a resumed
+            run can still restore a best epoch from before the interruption. A checkpoint written at the
+            best epoch (e.g. by a ``ModelCheckpoint`` monitoring the same metric) stores only a marker,
+            since its own ``state_dict`` holds the best weights; any other checkpoint stores one copy of
+            the weights in its own entry, ``lightning_reg.early_stopping.best_weights`` (the cost: the size
+            of the weights, about a third of a checkpoint with Adam state). Ignored (with a warning) for
+            sharded strategies (FSDP, DeepSpeed ZeRO-3), whose callback state is saved from rank 0 only.
 
     Attributes:
         best_score: the best (rank-agreed) monitored value.
@@ -90,10 +180,11 @@ class EarlyStopping(_LightningEarlyStopping):
         restored: whether the last ``fit`` ended with the best weights put back.
 
     Raises:
-        ValueError: if ``snapshot`` is unknown, ``start_from_epoch`` is negative or ``baseline`` is
-            not finite.
-        MisconfigurationException: (at setup) ``snapshot="checkpoint"`` without a matching
-            ``ModelCheckpoint``; Lightning's errors for a bad ``mode``.
+        TypeError: an argument of the wrong type.
+        ValueError: a bad value (``snapshot``, a negative ``patience``, ``min_delta`` or
+            ``start_from_epoch``, a non-finite ``baseline`` or threshold).
+        MisconfigurationException: Lightning's error for a bad ``mode``; (at setup)
+            ``snapshot="checkpoint"`` without a matching ``ModelCheckpoint``.
 
     Example:
         >>> import lightning as L
@@ -104,12 +195,19 @@ class EarlyStopping(_LightningEarlyStopping):
         True
     """
 
+    best_epoch = _Published()
+    best_step = _Published()
+    best_score = _Published()
+    stopped_epoch = _Published()
+    stopping_reason = _Published()
+    restored = _Published()
+
     def __init__(
         self,
         monitor: str,
         min_delta: float = 0.0,
         patience: int = 3,
-        verbose: bool = False,
+        verbose: bool | int = 1,
         mode: str = "min",
         strict: bool = True,
         check_finite: bool = True,
@@ -126,18 +224,29 @@ class EarlyStopping(_LightningEarlyStopping):
         # Lightning's class accepts these silently: a non-string monitor never matches a logged key, a
         # negative patience stops at the first check, a negative min_delta turns worse values into
         # "improvements".
-        if not isinstance(monitor, str) or not monitor:
-            raise TypeError(f"`monitor` must be a logged metric's name (a non-empty str); got {monitor!r}")
-        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
-            raise ValueError(f"`patience` must be an int >= 0; got {patience!r}")
-        bad_delta = isinstance(min_delta, bool) or not isinstance(min_delta, (int, float))
-        if bad_delta or not 0 <= min_delta < math.inf:
-            raise ValueError(f"`min_delta` must be a finite number >= 0; got {min_delta!r}")
+        self._channel = _ResultChannel()
+        self._seen_generation = 0
+        check_str("monitor", monitor)
+        min_delta = check_number("min_delta", min_delta, low=0)
+        check_int("patience", patience, low=0)
+        verbose = check_verbose(verbose)
+        check_bool("strict", strict)
+        check_bool("check_finite", check_finite)
+        stopping_threshold = check_number("stopping_threshold", stopping_threshold, none_ok=True)
+        divergence_threshold = check_number("divergence_threshold", divergence_threshold, none_ok=True)
+        if check_on_train_epoch_end is not None:
+            check_bool("check_on_train_epoch_end", check_on_train_epoch_end)
+        check_bool("log_rank_zero_only", log_rank_zero_only)
+        check_bool("restore_best_weights", restore_best_weights)
+        check_choice("snapshot", snapshot, _SNAPSHOT_MODES)
+        check_int("start_from_epoch", start_from_epoch, low=0)
+        baseline = check_number("baseline", baseline, none_ok=True)
+        check_bool("save_weights_in_checkpoint", save_weights_in_checkpoint)
         super().__init__(
             monitor=monitor,
             min_delta=min_delta,
             patience=patience,
-            verbose=verbose,
+            verbose=verbose,  # type: ignore[arg-type]  # an int level; Lightning only tests its truth
             mode=mode,
             strict=strict,
             check_finite=check_finite,
@@ -146,37 +255,86 @@ class EarlyStopping(_LightningEarlyStopping):
             check_on_train_epoch_end=check_on_train_epoch_end,
             log_rank_zero_only=log_rank_zero_only,
         )
-        if snapshot not in _SNAPSHOT_MODES:
-            choices = ", ".join(map(repr, _SNAPSHOT_MODES))
-            raise ValueError(f"`snapshot` must be one of {choices}; got {snapshot!r}")
-        bad_epoch = not isinstance(start_from_epoch, int) or isinstance(start_from_epoch, bool)
-        if bad_epoch or start_from_epoch < 0:
-            raise ValueError(f"`start_from_epoch` must be an int >= 0; got {start_from_epoch!r}")
-        if baseline is not None and not math.isfinite(baseline):
-            raise ValueError(f"`baseline` must be a finite number or None; got {baseline!r}")
+        self.verbose: int = verbose
         self.restore_best_weights = restore_best_weights
         self.snapshot = snapshot
         self.start_from_epoch = start_from_epoch
         self.baseline = baseline
         self.save_weights_in_checkpoint = save_weights_in_checkpoint
-        if baseline is not None:
-            self.best_score = torch.tensor(float(baseline))
-        self.best_epoch: int | None = None
-        self.best_step: int | None = None
+        self._check_on_train_epoch_end_arg = check_on_train_epoch_end
+        self._warnings = WarningCache()
+        self._start_fresh()
+
+    def _start_fresh(self) -> None:
+        """Forget everything a previous ``fit`` learned (a resumed ``fit`` then loads its checkpoint)."""
+        self.wait_count = 0
+        self.stopped_epoch = 0
+        self.stopping_reason = EarlyStoppingReason.NOT_STOPPED
+        self.stopping_reason_message = None
+        self.best_score = torch.tensor(math.inf if self.mode == "min" else -math.inf)
+        self.best_epoch = None
+        self.best_step = None
         self.restored = False
-        self._weights = WeightSnapshot("device" if snapshot == "device" else "cpu")
+        self._check_on_train_epoch_end = self._check_on_train_epoch_end_arg
+        self._weights = WeightSnapshot("device" if self.snapshot == "device" else "cpu")
+        self._weights_at: tuple[int, int] | None = None  # (global step, batches) when the snapshot was taken
         self._loaded_weights: dict[str, Tensor] | None = None
+        self._capture_at_train_start = False
         self._last_val_step: int | None = None
         self._sharded: bool | None = None
         self._checkpoint_callback: ModelCheckpoint | None = None
-        self._warnings = WarningCache()
+        self._num_checks = 0
+
+    # ------------------------------------------------------------------ results from spawned workers
+
+    def _pull_published(self) -> None:
+        """Take the results a spawned worker of the last ``fit`` wrote into the shared channel, once."""
+        channel = self.__dict__.get("_channel")
+        if channel is None or channel.generation <= self._seen_generation:
+            return
+        v = channel.values.tolist()
+        self._seen_generation = int(v[0])
+        d = self.__dict__
+        d["_best_epoch"] = None if math.isnan(v[1]) else int(v[1])
+        d["_best_step"] = None if math.isnan(v[2]) else int(v[2])
+        d["_best_score"] = torch.tensor(v[3], dtype=torch.float64 if v[8] == 1 else torch.float32)
+        d["_stopped_epoch"] = int(v[4])
+        self.wait_count = int(v[5])
+        d["_stopping_reason"] = _REASONS[int(v[6])]
+        d["_restored"] = bool(v[7])
+
+    def _publish(self, trainer: pl.Trainer) -> None:
+        """In a worker of a spawn/fork launcher, write the results for the launching process (rank 0)."""
+        from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
+
+        if not isinstance(getattr(trainer.strategy, "launcher", None), _MultiProcessingLauncher):
+            return
+        generation = self._seen_generation + 1
+        self._seen_generation = generation  # every rank: never pull what this fit itself publishes
+        if trainer.global_rank != 0:
+            return
+        score = self.best_score
+        values = [
+            generation,
+            math.nan if self.best_epoch is None else self.best_epoch,
+            math.nan if self.best_step is None else self.best_step,
+            float(score),
+            self.stopped_epoch,
+            self.wait_count,
+            _REASONS.index(self.stopping_reason),
+            float(self.restored),
+            1.0 if score.dtype == torch.float64 else 0.0,
+        ]
+        self._channel.values.copy_(torch.tensor(values, dtype=torch.float64))
 
     # ------------------------------------------------------------------ setup and state
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == TrainerFn.FITTING:
+            self._start_fresh()  # before Lightning loads a checkpoint's state into this callback
         super().setup(trainer, pl_module, stage)
-        if stage != "fit" or self.snapshot != "checkpoint" or not self.restore_best_weights:
+        if stage != TrainerFn.FITTING or self.snapshot != "checkpoint" or not self.restore_best_weights:
             return
         for cb in trainer.checkpoint_callbacks:
             if isinstance(cb, ModelCheckpoint) and cb.monitor == self.monitor and cb.mode == self.mode:
@@ -197,25 +355,35 @@ class EarlyStopping(_LightningEarlyStopping):
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.restored = False
+        where = {
+            "cpu": "a copy in CPU memory",
+            "device": "a copy in device memory",
+            "checkpoint": "the best ModelCheckpoint file",
+        }[self.snapshot]
+        extra = "" if self.baseline is None else f", baseline {self.baseline:g}"
+        restore = f"restores the best weights at the end ({where})"
+        if not self.restore_best_weights:
+            restore = "does not restore weights"
+        say(
+            self.verbose,
+            1,
+            f"EarlyStopping: {self.monitor} ({self.mode}), patience {self.patience}{extra}; {restore}.",
+        )
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._capture_at_train_start:
+            # resumed from a checkpoint written at the best epoch: its weights, now in the model, are the best
+            self._capture_at_train_start = False
+            self._weights.capture(local_snapshot_tensors(self._snapshot_module(trainer)))
+            self._loaded_weights = None
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict()
+        state = super().state_dict()  # Lightning's keys and values; plain values only (no weights)
         state.update(
             best_epoch=self.best_epoch, best_step=self.best_step, start_from_epoch=self.start_from_epoch
         )
-        if self.save_weights_in_checkpoint and self.restore_best_weights and self.snapshot != "checkpoint":
-            if self._sharded:
-                self._warnings.warn(
-                    "EarlyStopping: best weights are not saved in checkpoints under a sharded strategy (FSDP,"
-                    " DeepSpeed ZeRO-3): Lightning saves callback state from rank 0 only. Use"
-                    " snapshot='checkpoint' to restore across a resume."
-                )
-            elif self._weights.has_value:
-                state["best_weights"] = self._weights.state_dict()
-            elif self._loaded_weights is not None:
-                state["best_weights"] = self._loaded_weights
         return state
 
     @override
@@ -223,7 +391,50 @@ class EarlyStopping(_LightningEarlyStopping):
         super().load_state_dict(state_dict)
         self.best_epoch = state_dict.get("best_epoch")
         self.best_step = state_dict.get("best_step")
-        self._loaded_weights = state_dict.get("best_weights")
+        if "best_weights" in state_dict:  # checkpoints of lightning-reg 0.1 kept the weights here
+            self._loaded_weights = state_dict["best_weights"]
+
+    def _saves_weights(self) -> bool:
+        return self.save_weights_in_checkpoint and self.restore_best_weights and self.snapshot != "checkpoint"
+
+    @override
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        if not self._saves_weights():
+            return
+        if self._sharded:
+            self._warnings.warn(
+                "EarlyStopping: best weights are not saved in checkpoints under a sharded strategy (FSDP,"
+                " DeepSpeed ZeRO-3): Lightning saves callback state from rank 0 only. Use"
+                " snapshot='checkpoint' to restore across a resume."
+            )
+            return
+        entry: Any
+        if self._weights.has_value:
+            fitting = trainer.state.fn == TrainerFn.FITTING
+            # not trained since the snapshot: this checkpoint's own state_dict holds the best weights
+            unchanged = fitting and self._weights_at == _progress(trainer)
+            entry = _SAME_AS_MODEL if unchanged else self._weights.state_dict()
+        elif self._loaded_weights is not None:
+            entry = self._loaded_weights
+        else:
+            return
+        checkpoint.setdefault(CHECKPOINT_KEY, {})[self.state_key] = entry
+
+    @override
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        entry = checkpoint.get(CHECKPOINT_KEY, {}).get(self.state_key)
+        if entry is None:
+            return
+        if isinstance(entry, str):
+            if entry != _SAME_AS_MODEL:
+                raise ValueError(f"EarlyStopping: unknown best-weights marker {entry!r} in the checkpoint.")
+            self._capture_at_train_start = True
+        else:
+            self._loaded_weights = entry
 
     # ------------------------------------------------------------------ hooks
 
@@ -235,7 +446,8 @@ class EarlyStopping(_LightningEarlyStopping):
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._restore(trainer)
+        self._restore(trainer, after_error=False)
+        self._publish(trainer)
 
     @override
     def on_exception(
@@ -244,9 +456,10 @@ class EarlyStopping(_LightningEarlyStopping):
         if trainer.state.fn != TrainerFn.FITTING:
             return
         try:
-            self._restore(trainer)
+            self._restore(trainer, after_error=True)
         except Exception as err:  # never mask the exception that ended training
             rank_zero_warn(f"EarlyStopping: restoring the best weights after {exception!r} failed: {err!r}")
+        self._publish(trainer)
 
     # ------------------------------------------------------------------ the check
 
@@ -256,6 +469,10 @@ class EarlyStopping(_LightningEarlyStopping):
         gathered = trainer.strategy.all_gather(current.detach().reshape(()))
         return agree_on_score(gathered).to(current.device)
 
+    def _beats(self, value: Tensor, reference: Tensor | float) -> bool:
+        reference = torch.as_tensor(reference, dtype=value.dtype, device=value.device)
+        return bool(self.monitor_op(value - self.min_delta, reference))
+
     @override
     def _run_early_stopping_check(self, trainer: pl.Trainer) -> None:
         logs = trainer.callback_metrics
@@ -263,26 +480,33 @@ class EarlyStopping(_LightningEarlyStopping):
             return
         if trainer.current_epoch < self.start_from_epoch:
             return
+        self._num_checks += 1
         current = self._agreed_value(trainer, logs[self.monitor].squeeze())
         previous_best = self.best_score
+        previous_wait = self.wait_count
         should_stop, reason = self._evaluate_stopping_criteria(current)
         improved = self.best_score is current
         if should_stop and self.stopping_reason == EarlyStoppingReason.STOPPING_THRESHOLD:
             # Lightning stops here without recording the value as best; the weights that reached the
             # threshold are the best ones seen, so record (and snapshot) them.
-            improved = bool(self.monitor_op(current - self.min_delta, previous_best.to(current.device)))
+            improved = self._beats(current, previous_best)
         if improved:
             self.best_score = current.detach().clone()
+            if self.baseline is not None and not self._beats(current, self.baseline):
+                # Keras 3: a new best that does not beat the baseline does not reset the patience counter
+                self.wait_count = previous_wait + 1
         # all ranks computed the same value, so the same decision; reduce anyway as Lightning does
         should_stop = trainer.strategy.reduce_boolean_decision(should_stop, all=False)
         trainer.should_stop = trainer.should_stop or should_stop
         if should_stop:
             self.stopped_epoch = trainer.current_epoch
             self.stopping_reason_message = reason
-        if reason and self.verbose:
+        if reason and self.verbose >= 2:
             self._log_info(trainer, reason, self.log_rank_zero_only)
         if improved:
             self._on_improvement(trainer)
+        if self.best_epoch is not None:
+            log_epoch_metrics(trainer, {Keys.BEST_EPOCH: torch.tensor(float(self.best_epoch))})
 
     def _snapshot_module(self, trainer: pl.Trainer) -> nn.Module:
         model = trainer.strategy.model
@@ -306,11 +530,13 @@ class EarlyStopping(_LightningEarlyStopping):
                 " exactly the validated weights."
             )
         self._weights.capture(local_snapshot_tensors(self._snapshot_module(trainer)))
+        self._weights_at = _progress(trainer)
         self._loaded_weights = None
+        self._capture_at_train_start = False
 
     # ------------------------------------------------------------------ restore
 
-    def _restore(self, trainer: pl.Trainer) -> None:
+    def _restore(self, trainer: pl.Trainer, after_error: bool) -> None:
         if not self.restore_best_weights or self.restored or trainer.lightning_module is None:
             return
         if trainer.fast_dev_run:  # Lightning disables early stopping checks under fast_dev_run
@@ -329,21 +555,36 @@ class EarlyStopping(_LightningEarlyStopping):
         else:
             done = False
         if not done:
-            if self.best_epoch is None:
-                why = "the monitored metric never improved"
-            elif self.snapshot == "checkpoint":
-                why = "the ModelCheckpoint has no best_model_path"
-            else:
-                why = (
-                    f"the best epoch {self.best_epoch} precedes a resume from a checkpoint without the"
-                    " weights (save_weights_in_checkpoint=False or a sharded strategy)"
-                )
-            self._warnings.warn(f"EarlyStopping: no best weights to restore: {why}")
+            if not after_error:  # after an error, that error is the message; anything more misleads
+                self._warnings.warn(f"EarlyStopping: no best weights to restore: {self._why_nothing()}.")
             return
         self.restored = True
-        rank_zero_info(
+        if self.best_epoch is not None:
+            value = torch.tensor(float(self.best_epoch))
+            log_epoch_metrics(trainer, {Keys.RESTORED_EPOCH: value}, with_epoch=False)
+        say(
+            self.verbose,
+            1,
             f"EarlyStopping: restored epoch {self.best_epoch}, step {self.best_step},"
-            f" {self.monitor}={float(self.best_score):.4f}"
+            f" {self.monitor}={float(self.best_score):.4f}",
+        )
+
+    def _why_nothing(self) -> str:
+        if self._num_checks == 0 and self.best_epoch is None:
+            if self.start_from_epoch:
+                return (
+                    f"no check ran (`{self.monitor}` was never available, or training ended before"
+                    f" start_from_epoch={self.start_from_epoch})"
+                )
+            return f"no check ran (`{self.monitor}` was never available)"
+        if self.best_epoch is None:
+            return f"none of the {self._num_checks} values of `{self.monitor}` was finite"
+        if self.snapshot == "checkpoint":
+            return "the ModelCheckpoint has no best_model_path"
+        return (
+            f"the best epoch {self.best_epoch} precedes a resume from a checkpoint without the weights"
+            " (save_weights_in_checkpoint=False, a sharded strategy, or a checkpoint saved without callback"
+            " state)"
         )
 
     def _restore_from_checkpoint(self, trainer: pl.Trainer) -> bool:
@@ -363,3 +604,9 @@ class EarlyStopping(_LightningEarlyStopping):
         checkpoint = trainer.strategy.load_checkpoint(cb.best_model_path)
         trainer.strategy.load_model_state_dict(checkpoint)
         return True
+
+
+def _progress(trainer: pl.Trainer) -> tuple[int, int]:
+    """(optimizer steps, training batches run): equal at two moments means the weights did not change."""
+    batches = trainer.fit_loop.epoch_loop.batch_progress.total.ready
+    return trainer.global_step, int(batches)

@@ -151,6 +151,19 @@ class WeightSnapshot:
         self.names: list[str] = []
         self.buffers: list[Tensor] = []
 
+    def __eq__(self, other: object) -> bool:
+        """Compare placement, names and tensor values (a pickled copy equals its original)."""
+        if not isinstance(other, WeightSnapshot):
+            return NotImplemented
+        return (
+            self.placement == other.placement
+            and self.names == other.names
+            and len(self.buffers) == len(other.buffers)
+            and all(torch.equal(a.cpu(), b.cpu()) for a, b in zip(self.buffers, other.buffers))
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
     @property
     def has_value(self) -> bool:
         """Whether a capture (or a load) has filled the buffers."""

@@ -1,8 +1,9 @@
-"""OverfittingMonitor: pair train and validation metrics; say clearly, and early, when the model memorizes."""
+"""OverfittingMonitor: pair train and validation metrics; say clearly, per pair, when the model memorizes."""
 
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -10,21 +11,25 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch.utils.data import DataLoader, Subset
 from torchmetrics import Metric
 from typing_extensions import override
 
+from lightning_reg._conventions import (
+    Keys,
+    check_bool,
+    check_callable,
+    check_int,
+    check_verbose,
+    say,
+)
 from lightning_reg.overfitting.criteria import CheckReport, OverfittingCriteria
 
 __all__ = ["OverfittingMonitor"]
 
 _ACTIONS = ("warn", "stop")
-_HINT = (
-    "Try more regularization (weight decay, dropout / stochastic depth, augmentation or mixing), a smaller "
-    "model, more data, or early stopping with best-weights restore."
-)
 
 
 def _default_probe_forward(pl_module: pl.LightningModule, batch: Any) -> tuple[Any, Any]:
@@ -69,35 +74,49 @@ def _restore_metric(metric: Metric, snapshot: dict[str, Any]) -> None:
 
 
 class OverfittingMonitor(Callback):
-    r"""Pair train and validation metrics and raise an alert when the model starts to memorize.
+    r"""Pair train and validation metrics; alert per pair when validation gets worse while training improves.
 
     At every check (the end of each training epoch in which validation ran, so both sides exist) the
     monitor computes per pair the gap (validation minus train, signed by ``mode`` so that positive means
-    overfitting), the relative gap, Prechelt's generalization loss ``GL``, training progress ``P_k`` and
-    progress quotient ``PQ``, and the ``UP_s`` pattern (see :mod:`lightning_reg.overfitting`), logs
-    ``overfit/<pair>_gap``, ``overfit/<pair>_rel_gap``, ``overfit/<pair>_gl``, ``overfit/<pair>_pq`` (once
-    defined) and ``overfit/alert`` (1.0 while any criterion fires after warm-up), keeps a history, and prints
-    a summary table at the end of fit on rank zero.
+    overfitting), the relative gap, Prechelt's generalization loss ``GL`` (how much worse validation is than
+    its best so far, in percent), the validation trend (t-statistic of the least-squares slope over the last
+    ``window`` checks), Prechelt's ``PQ`` and ``UP_s``, and decides, per pair, whether the check is an
+    **alert** (see :class:`~lightning_reg.overfitting.criteria.OverfittingCriteria`):
 
-    An *episode* starts at the first alerting check and lasts while checks keep alerting. At its start the
-    action runs once: ``"warn"`` issues one rank-zero warning with the numbers and a hint, ``"stop"`` warns
-    and stops training on all ranks (decided through ``trainer.strategy.reduce_boolean_decision``), a
-    callable is called as ``action(trainer, pl_module, report)`` with ``report`` a dict holding
-    ``epoch``, ``step``, ``check``, ``alert`` and ``pairs`` (``{pair: CheckReport.as_dict()}``).
+    * the pair's criteria fire; by default ``{"trend": 5.0}``: validation more than 5 % worse than its best
+      *and* rising as a trend over the last 8 checks (t >= 2.5), so a single noisy check never alerts;
+    * training still improves over the same window (otherwise the run is diverging or stuck, not
+      overfitting) and the gap is positive: validation worse than training. A negative gap is never called
+      overfitting (with dropout, augmentation or mixing the train metric is pessimistic; set ``probe``);
+    * the check is past ``warmup``.
+
+    The defaults were chosen with ``benchmarks/overfitting_alerts.py`` on real runs of the example projects
+    (false alarms and detection delay; the table is in the docs). Logged every check (epoch-level, same
+    value on every rank): ``overfit/<pair>_gap``, ``_rel_gap``, ``_gl``, ``_trend`` and ``_pq`` (once
+    defined), ``overfit/<pair>_alert`` (1.0 at an alert of that pair) and ``overfit/alert`` (1.0 if any
+    pair alerts); the keys are :class:`lightning_reg._conventions.Keys`' and the report reads them.
+
+    An *episode* of a pair starts at its first alerting check and lasts while its checks keep alerting. At
+    the start of an episode the action runs once: ``"warn"`` issues one rank-zero warning naming the pair,
+    the numbers and concrete next steps; ``"stop"`` warns and stops training on all ranks (decided through
+    ``trainer.strategy.reduce_boolean_decision``); a callable is called as ``action(trainer, pl_module,
+    report)`` with ``report`` a dict holding ``epoch``, ``step``, ``check``, ``alert`` (any pair),
+    ``new_episodes`` (the pairs whose episode starts) and ``pairs`` (``{pair: CheckReport.as_dict()}``).
 
     Train-side values are read from ``trainer.callback_metrics`` at ``on_train_epoch_end``: log them in
-    ``training_step`` (``on_epoch=True`` to get the epoch mean; a value logged only ``on_step`` is the last
-    step's). Validation values are captured at the last ``on_validation_end`` before that (mid-epoch
-    validation with ``val_check_interval < 1`` included; epochs without validation, e.g. with
-    ``check_val_every_n_epoch > 1``, are not checks). In distributed runs the values are averaged across
-    ranks once per check (one all-reduce), so every rank takes the same decision even if a metric was logged
-    without ``sync_dist``.
+    ``training_step`` with ``on_epoch=True`` (the epoch mean; a key logged per step only holds the last
+    batch's value, and the monitor warns once). Validation values are captured at the last
+    ``on_validation_end`` before that (mid-epoch validation with ``val_check_interval < 1`` included; epochs
+    without validation, e.g. with ``check_val_every_n_epoch > 1``, are not checks). In distributed runs the
+    values are averaged across ranks once per check (one all-reduce), so every rank takes the same
+    decision even if a metric was logged without ``sync_dist``.
 
     **Probe** (honest gap): training metrics are measured with dropout, augmentation and batch mixing on.
     With ``probe`` set, after every validation the model is evaluated in eval mode, without gradients, on a
     fixed subset of the training data (``probe=<float>``: that fraction of the training set, chosen once
-    with ``probe_seed``, sharded across ranks; ``probe=<DataLoader>``: that loader, evaluated as given on
-    every rank), and that value replaces the train side:
+    with ``probe_seed``, sharded across ranks, in batches of the training loader's size, also when it is
+    built with a ``batch_sampler``; ``probe=<DataLoader>``: that loader, evaluated as given on every rank),
+    and that value replaces the train side:
 
     * with ``probe_metrics={pair: torchmetrics.Metric}``, the metric is updated with
       ``probe_forward(pl_module, batch)`` (default ``(pl_module(batch[0]), batch[1])``) and computed (synced
@@ -108,38 +127,45 @@ class OverfittingMonitor(Callback):
       accumulates the probe batches on a clean state; the module's own metric states are put back after).
 
     The probe restores the global random state afterwards, so it does not change the training trajectory.
-
     Cost: one extra evaluation pass over the probe subset per validation, i.e. about
-    ``probe_size / val_size`` times the cost of validation (a ``0.1`` fraction of a training set as large as
-    ten times the validation set doubles validation time).
+    ``probe_size / val_size`` times the cost of validation.
+
+    A reused instance starts fresh at every ``fit`` (history, counters, episodes) unless the ``fit``
+    resumes from a checkpoint, which restores them.
 
     Args:
         pairs: ``{name: (train_key, val_key)}`` or ``{name: (train_key, val_key, mode)}``, mode ``"min"``
             (default) or ``"max"``.
-        criteria: ``{criterion: threshold}`` or ``{criterion: {pair: threshold}}`` with criteria ``"gap"``,
-            ``"rel_gap"`` (above threshold ``patience`` checks in a row), ``"gl"``, ``"pq"`` (Prechelt's
-            alpha), ``"up"`` (threshold = s). Defaults to ``{"gl": 5.0, "up": 3}``.
+        criteria: ``{criterion: threshold}`` or ``{criterion: {pair: threshold}}`` with criteria ``"trend"``
+            (GL floor in percent, with a t >= 2.5 rise over ``window`` checks), ``"gl"`` (GL in percent,
+            Prechelt's alpha), ``"pq"`` (Prechelt's alpha), ``"up"`` (threshold = s), ``"gap"``,
+            ``"rel_gap"`` (above threshold ``patience`` checks in a row). Default ``{"trend": 5.0}``.
         action: ``"warn"``, ``"stop"``, or a callable ``(trainer, pl_module, report)``.
         warmup: number of checks at the start of training during which no alert is raised (values are still
             computed, logged and counted).
         patience: checks in a row a ``gap`` / ``rel_gap`` condition must hold.
         strip: ``k`` of Prechelt's P_k (train values of the last ``k`` checks).
+        window: checks of the trend test and of the training-still-improves condition (``>= 3``).
         probe: ``None`` (use the logged train metrics), a fraction in ``(0, 1]`` of the training set, or a
             ``DataLoader``.
         probe_metrics: ``{pair: torchmetrics.Metric}`` used by the probe; other pairs use ``validation_step``.
         probe_forward: ``(pl_module, batch) -> (preds, target)`` for ``probe_metrics``.
         probe_seed: seed of the fixed random subset when ``probe`` is a fraction.
         sync_values: average the values over ranks before deciding (one all-reduce per check).
-        verbose: print the summary table at the end of fit (rank zero).
+        verbose: ``0``/``False``: warnings only; ``1`` (default): one line at fit start and, if any pair
+            alerted, one line at fit end; ``2``/``True``: the whole table of checks at fit end.
+
+    Raises:
+        TypeError: an argument of the wrong type.
+        ValueError: a bad value (unknown criterion or pair, a GL threshold below 1 %, ...).
 
     Example:
         >>> monitor = OverfittingMonitor(
         ...     pairs={"loss": ("train_loss", "val_loss"), "acc": ("train_acc", "val_acc", "max")},
-        ...     criteria={"gl": 5.0, "gap": {"acc": 0.15}},
-        ...     warmup=2,
+        ...     criteria={"trend": 5.0, "gap": {"acc": 0.15}},
         ... )
         >>> monitor.state_key
-        "OverfittingMonitor{'pairs': ['loss', 'acc'], 'criteria': ['gap', 'gl']}"
+        "OverfittingMonitor{'pairs': ['loss', 'acc'], 'criteria': ['gap', 'trend']}"
     """
 
     def __init__(
@@ -150,46 +176,53 @@ class OverfittingMonitor(Callback):
         warmup: int = 0,
         patience: int = 1,
         strip: int = 5,
+        window: int = 8,
         probe: float | DataLoader | None = None,
         probe_metrics: dict[str, Metric] | None = None,
         probe_forward: Callable[[pl.LightningModule, Any], tuple[Any, Any]] | None = None,
         probe_seed: int = 0,
         sync_values: bool = True,
-        verbose: bool = True,
+        verbose: bool | int = 1,
     ) -> None:
         super().__init__()
         if not isinstance(pairs, Mapping) or not pairs:
             raise ValueError(
-                f"`pairs` must be a non-empty dict {{name: (train_key, val_key[, mode])}}, got {pairs!r}."
+                f"`pairs` must be a non-empty dict {{name: (train_key, val_key[, mode])}}; got {pairs!r}."
             )
         self.pairs: dict[str, tuple[str, str, str]] = {}
         for name, spec in pairs.items():
+            if isinstance(spec, str) or not isinstance(spec, Sequence):
+                raise TypeError(
+                    f"Pair {name!r} must be (train_key, val_key) or (train_key, val_key, mode); got {spec!r}."
+                )
             spec = tuple(spec)
             if len(spec) not in (2, 3) or not all(isinstance(s, str) for s in spec):
                 raise ValueError(
-                    f"Pair {name!r} must be (train_key, val_key) or (train_key, val_key, mode), got {spec!r}."
+                    f"Pair {name!r} must be (train_key, val_key) or (train_key, val_key, mode); got {spec!r}."
                 )
             mode = spec[2] if len(spec) == 3 else "min"
             if mode not in ("min", "max"):
-                raise ValueError(f"Mode of pair {name!r} must be one of ['min', 'max'], got {mode!r}.")
+                raise ValueError(f"Mode of pair {name!r} must be one of 'min', 'max'; got {mode!r}.")
             self.pairs[name] = (spec[0], spec[1], mode)
-        if criteria is None:
-            criteria = {"gl": 5.0, "up": 3}
         if not callable(action) and action not in _ACTIONS:
             raise ValueError(
-                f"Unknown action {action!r}. Valid actions: {list(_ACTIONS)} or a callable "
-                "(trainer, pl_module, report)."
+                f"`action` must be one of 'warn', 'stop' or a callable (trainer, pl_module, report); got "
+                f"{action!r}."
             )
-        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-            raise ValueError(f"`warmup` must be an integer >= 0 (checks without alerts), got {warmup!r}.")
-        # validates criteria names, thresholds, patience and strip
+        check_int("warmup", warmup, low=0)
+        check_int("probe_seed", probe_seed)
+        check_bool("sync_values", sync_values)
+        check_callable("probe_forward", probe_forward, none_ok=True)
+        self.verbose = check_verbose(verbose)
+        # validates criteria names and thresholds, patience, strip and window
         modes = {n: p[2] for n, p in self.pairs.items()}
-        self._criteria = OverfittingCriteria(modes, criteria, patience, strip)
+        self._criteria = OverfittingCriteria(modes, criteria, patience, strip, window, warmup)
         if probe is not None and not isinstance(probe, DataLoader):
-            if isinstance(probe, bool) or not isinstance(probe, (int, float)) or not 0 < probe <= 1:
-                raise ValueError(
-                    "`probe` must be None, a fraction in (0, 1] of the training set or a DataLoader, "
-                    f"got {probe!r}."
+            bad_type = isinstance(probe, bool) or not isinstance(probe, (int, float))
+            if bad_type or not 0 < probe <= 1:
+                raise (TypeError if bad_type else ValueError)(
+                    "`probe` must be None, a number in (0, 1] (a fraction of the training set) or a "
+                    f"DataLoader; got {probe!r}."
                 )
         probe_metrics = dict(probe_metrics or {})
         if probe_metrics and probe is None:
@@ -203,27 +236,35 @@ class OverfittingMonitor(Callback):
                 )
             if not isinstance(metric, Metric):
                 raise TypeError(
-                    f"`probe_metrics[{name!r}]` must be a torchmetrics.Metric, got {type(metric)}."
+                    f"`probe_metrics[{name!r}]` must be a torchmetrics.Metric; got {type(metric)}."
                 )
         self.criteria = self._criteria.criteria
         self.action = action
         self.warmup = warmup
         self.patience = patience
         self.strip = strip
+        self.window = window
         self.probe = probe
         self.probe_metrics = probe_metrics
         self.probe_forward = probe_forward or _default_probe_forward
         self.probe_seed = probe_seed
         self.sync_values = sync_values
-        self.verbose = verbose
+        self._start_fresh()
 
+    def _start_fresh(self) -> None:
+        modes = {n: p[2] for n, p in self.pairs.items()}
+        self._criteria = OverfittingCriteria(
+            modes, self.criteria, self.patience, self.strip, self.window, self.warmup
+        )
         self.history: list[dict[str, Any]] = []
-        self.in_episode = False
+        self.in_episode: dict[str, bool] = {name: False for name in self.pairs}
         self.num_episodes = 0
         self.stopped_epoch: int | None = None
         self._pending_val: dict[str, float] | None = None
         self._pending_probe: dict[str, float] | None = None
         self._probe_loader: DataLoader | None = None
+        self._checked_logging = False
+        self._hinted_negative_gap = False
 
     @property
     @override
@@ -234,7 +275,8 @@ class OverfittingMonitor(Callback):
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._probe_loader = None  # built lazily from this fit's training set
+        if stage == "fit":
+            self._start_fresh()  # before Lightning loads a checkpoint's state into this callback
         if self.probe is not None and isinstance(
             trainer.strategy, (FSDPStrategy, DeepSpeedStrategy, ModelParallelStrategy)
         ):
@@ -245,6 +287,16 @@ class OverfittingMonitor(Callback):
             )
         for metric in self.probe_metrics.values():
             metric.to(pl_module.device)
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        pairs = ", ".join(f"{n} ({t} vs {v}, {m})" for n, (t, v, m) in self.pairs.items())
+        crit = ", ".join(
+            f"{c} {sorted(set(t.values()))[0]:g}" if len(set(t.values())) == 1 else f"{c} {t}"
+            for c, t in self.criteria.items()
+        )
+        side = "logged train metrics" if self.probe is None else "eval-mode probe of the training set"
+        say(self.verbose, 1, f"OverfittingMonitor: {pairs}; criteria {crit}; train side from {side}.")
 
     @override
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -289,6 +341,9 @@ class OverfittingMonitor(Callback):
                 f"{sorted(metrics)}. Log them in `training_step` with `self.log(..., on_epoch=True)`, or fix "
                 "`pairs`."
             )
+        if not self._checked_logging:
+            self._checked_logging = True
+            self._warn_per_step_train_keys(trainer, probe)
         names = list(self.pairs)
         device = pl_module.device
         train = [probe[n] if n in probe else metrics[self.pairs[n][0]] for n in names]
@@ -309,15 +364,19 @@ class OverfittingMonitor(Callback):
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.verbose and self.history:
-            rank_zero_info(self.summary_table())
+        if not self.history:
+            return
+        if self.verbose >= 2:
+            say(self.verbose, 2, self.summary_table())
+        elif self.num_episodes:
+            say(self.verbose, 1, self.summary_line())
 
     @override
     def state_dict(self) -> dict[str, Any]:
         return {
             "criteria": self._criteria.state_dict(),
             "history": [dict(h) for h in self.history],
-            "in_episode": self.in_episode,
+            "in_episode": dict(self.in_episode),
             "num_episodes": self.num_episodes,
             "stopped_epoch": self.stopped_epoch,
             # a checkpoint written at `on_validation_end` (before this epoch's check) keeps what was measured
@@ -331,7 +390,10 @@ class OverfittingMonitor(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._criteria.load_state_dict(state_dict["criteria"])
         self.history = [dict(h) for h in state_dict["history"]]
-        self.in_episode = bool(state_dict["in_episode"])
+        episode = state_dict["in_episode"]
+        if isinstance(episode, bool):  # lightning-reg 0.1: one flag for every pair
+            episode = {name: episode for name in self.pairs}
+        self.in_episode = {name: bool(episode.get(name, False)) for name in self.pairs}
         self.num_episodes = int(state_dict["num_episodes"])
         self.stopped_epoch = state_dict["stopped_epoch"]
         pending = state_dict.get("pending_val")
@@ -340,42 +402,76 @@ class OverfittingMonitor(Callback):
 
     # ------------------------------------------------------------------ logic
 
+    def _warn_per_step_train_keys(self, trainer: pl.Trainer, probe: Mapping[str, float]) -> None:
+        """Warn once if a train key was logged per step only: its epoch-end value is the last batch's."""
+        results = getattr(trainer, "_results", None)
+        if results is None:
+            return
+        wanted = {tr: name for name, (tr, _, _) in self.pairs.items() if name not in probe}
+        for result in results.values():
+            meta = getattr(result, "meta", None)
+            if meta is None or meta.name not in wanted or meta.fx != "training_step":
+                continue
+            if meta.on_step and not meta.on_epoch:
+                rank_zero_warn(
+                    f"OverfittingMonitor: `{meta.name}` (pair {wanted[meta.name]!r}) is logged per step "
+                    "only, so at the end of the epoch it holds the last batch's value, not the epoch's: "
+                    "every check compares one noisy batch with the whole validation set. Log it with "
+                    f"`self.log({meta.name!r}, ..., on_epoch=True)` (add `on_step=False` to keep only the "
+                    "epoch value)."
+                )
+
     def _check(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, values: dict[str, tuple[float, float]]
     ) -> None:
         reports: dict[str, CheckReport] = self._criteria.update(values)
         check = self._criteria.num_checks - 1
-        fired = any(r.fired for r in reports.values())
-        alert = fired and check >= self.warmup
+        alerts = {name: r.alert for name, r in reports.items()}
         entry = {
             "epoch": trainer.current_epoch,
             "step": trainer.global_step,
             "check": check,
-            "alert": alert,
+            "alert": any(alerts.values()),
             "pairs": {n: r.as_dict() for n, r in reports.items()},
         }
         self.history.append(entry)
         logs: dict[str, float] = {}
         for name, r in reports.items():
-            logs[f"overfit/{name}_gap"] = r.gap
-            logs[f"overfit/{name}_rel_gap"] = r.rel_gap
-            logs[f"overfit/{name}_gl"] = r.gl
+            logs[Keys.overfit(name, "gap")] = r.gap
+            logs[Keys.overfit(name, "rel_gap")] = r.rel_gap
+            logs[Keys.overfit(name, "gl")] = r.gl
+            if r.trend is not None:  # defined from the `window`-th check on, on every rank alike
+                logs[Keys.overfit(name, "trend")] = r.trend
             if r.pq is not None:  # defined from the `strip`-th check on, on every rank alike
-                logs[f"overfit/{name}_pq"] = r.pq
-        logs["overfit/alert"] = float(alert)
+                logs[Keys.overfit(name, "pq")] = r.pq
+            logs[Keys.overfit(name, "alert")] = float(r.alert)
+        logs[Keys.OVERFIT_ALERT] = float(entry["alert"])
         # The key set must be the same on every rank (each key is one collective). Values are identical on all
         # ranks when `sync_values`; "max" keeps them exact and silences the epoch-level sync warning.
         pl_module.log_dict(logs, on_step=False, on_epoch=True, sync_dist=True, reduce_fx="max")
 
-        new_episode = alert and not self.in_episode
-        self.in_episode = alert
+        held = [n for n, r in reports.items() if r.held_back == "negative gap"]
+        if held and not self._hinted_negative_gap and self.probe is None:
+            self._hinted_negative_gap = True
+            r = reports[held[0]]
+            train_key, val_key, _ = self.pairs[held[0]]
+            rank_zero_warn(
+                f"OverfittingMonitor: {val_key} is getting worse while {train_key} improves (epoch "
+                f"{trainer.current_epoch}), but validation is still better than training (gap {r.gap:.4g}), "
+                "so this is not called overfitting: the train side is measured in train mode (dropout, "
+                "augmentation, batch mixing make it pessimistic). Set `probe=0.1` to measure it in eval mode "
+                "on a fixed tenth of the training set."
+            )
+        new = [name for name, alert in alerts.items() if alert and not self.in_episode[name]]
+        self.in_episode = alerts
+        entry["new_episodes"] = new
         stop = False
-        if new_episode:
-            self.num_episodes += 1
+        if new:
+            self.num_episodes += len(new)
             if callable(self.action):
                 self.action(trainer, pl_module, entry)
             else:
-                rank_zero_warn(self._message(entry), category=UserWarning)
+                rank_zero_warn(self._message(entry, new), category=UserWarning)
                 stop = self.action == "stop"
         if self.action == "stop":
             stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
@@ -383,25 +479,81 @@ class OverfittingMonitor(Callback):
                 trainer.should_stop = True
                 self.stopped_epoch = trainer.current_epoch
 
-    def _message(self, entry: dict[str, Any]) -> str:
+    def _epoch_of_check(self, check: int) -> int | None:
+        for h in self.history:
+            if h["check"] == check:
+                return int(h["epoch"])
+        return None
+
+    def _describe(self, name: str, r: Mapping[str, Any]) -> str:
+        train_key, val_key, mode = self.pairs[name]
+        best_epoch = self._epoch_of_check(r["best_check"])
+        best = f"{r['best_val']:.4g}" + ("" if best_epoch is None else f" (epoch {best_epoch})")
         parts = []
-        for name, r in entry["pairs"].items():
-            if not r["fired"]:
-                continue
-            pq = "n/a" if r["pq"] is None else f"{r['pq']:.3g}"
-            parts.append(
-                f"{name}: train={r['train']:.4g} val={r['val']:.4g} gap={r['gap']:.4g} "
-                f"(rel {r['rel_gap']:.3g}) GL={r['gl']:.3g}% best_val={r['best_val']:.4g} PQ={pq} "
-                f"UP={r['up_count']} fired={r['fired']}"
-            )
-        what = "Stopping training. " if self.action == "stop" else ""
+        for crit in r["fired"]:
+            if crit in ("trend", "gl"):
+                rise = f"{val_key}={r['val']:.4g} is {r['gl']:.3g} % worse than its best {best}"
+                if crit == "trend":
+                    rise += f" and has risen over the last {self.window} checks (t = {r['trend']:.2g})"
+                parts.append(rise)
+            elif crit == "pq":
+                parts.append(f"PQ = {r['pq']:.3g} (GL {r['gl']:.3g} % against little training progress)")
+            elif crit == "up":
+                parts.append(f"{val_key} got worse {r['up_count']} checks in a row")
+            else:
+                parts.append(
+                    f"the train/validation gap is {r['gap']:.4g} (relative {r['rel_gap']:.3g}), above "
+                    f"{self.criteria[crit][name]:g} ({crit})"
+                )
         return (
-            f"OverfittingMonitor: the model is overfitting at epoch {entry['epoch']} (step {entry['step']}, "
-            f"check {entry['check']}): " + "; ".join(parts) + f". {what}{_HINT}"
+            f"{'; '.join(dict.fromkeys(parts))}, while {train_key}={r['train']:.4g} kept improving "
+            f"(gap {r['gap']:.4g})"
         )
 
+    def _message(self, entry: dict[str, Any], new: list[str]) -> str:
+        described = [f"`{n}`: {self._describe(n, entry['pairs'][n])}" for n in new]
+        name = new[0]
+        r = entry["pairs"][name]
+        _, val_key, mode = self.pairs[name]
+        best_epoch = self._epoch_of_check(r["best_check"])
+        restore = (
+            f"keep the weights of epoch {best_epoch} with "
+            f'`lightning_reg.EarlyStopping(monitor="{val_key}", mode="{mode}")`, which restores the best '
+            "epoch when fit ends"
+        )
+        what = "Stopping training. " if self.action == "stop" else ""
+        return (
+            f"OverfittingMonitor: overfitting at epoch {entry['epoch']} (step {entry['step']}) in "
+            + "; ".join(described)
+            + f". {what}Next steps: {restore}; regularize more (weight decay, e.g. "
+            "`RegularizedModule(weight_decay=0.05)`; dropout or `StochasticDepthScheduler`; augmentation or "
+            "`BatchMixer` mixup/cutmix); or train on more data, with a smaller model or for fewer epochs."
+        )
+
+    def summary_line(self) -> str:
+        """One line: per pair, the epochs its alert episodes started at (or that it never alerted).
+
+        Example:
+            >>> OverfittingMonitor({"loss": ("train_loss", "val_loss")}).summary_line()
+            'OverfittingMonitor: no alert (loss).'
+        """
+        starts: dict[str, list[int]] = {name: [] for name in self.pairs}
+        previous = {name: False for name in self.pairs}
+        for h in self.history:
+            for name, r in h["pairs"].items():
+                alert = bool(r.get("alert", h["alert"]))
+                if alert and not previous[name]:
+                    starts[name].append(int(h["epoch"]))
+                previous[name] = alert
+        parts = [f"{n} from epoch {', '.join(map(str, e))}" for n, e in starts.items() if e]
+        quiet = [n for n, e in starts.items() if not e]
+        if not parts:
+            return f"OverfittingMonitor: no alert ({', '.join(quiet)})."
+        tail = f"; no alert: {', '.join(quiet)}" if quiet else ""
+        return f"OverfittingMonitor: overfitting alerts in {'; '.join(parts)}{tail}."
+
     def summary_table(self) -> str:
-        """Return the history as a text table (epoch, pair, train, val, gap, GL, criteria fired).
+        """Return the history as a text table: per check and pair, the values and whether that pair alerted.
 
         Example:
             >>> monitor = OverfittingMonitor({"loss": ("train_loss", "val_loss")})
@@ -411,14 +563,18 @@ class OverfittingMonitor(Callback):
         lines = [
             "OverfittingMonitor summary",
             f"{'epoch':>5} {'pair':<12} {'train':>10} {'val':>10} "
-            f"{'gap':>10} {'GL %':>8} {'PQ':>8} alert fired",
+            f"{'gap':>10} {'GL %':>8} {'trend t':>8} alert fired",
         ]
         for h in self.history:
             for name, r in h["pairs"].items():
-                pq = "" if r["pq"] is None else f"{r['pq']:.3g}"
+                trend = "" if r.get("trend") is None else f"{r['trend']:.3g}"
+                alert = "yes" if r.get("alert", h["alert"]) else "no"
+                fired = ",".join(r["fired"])
+                if r["fired"] and r.get("held_back"):
+                    fired += f" (held back: {r['held_back']})"
                 lines.append(
                     f"{h['epoch']:>5} {name:<12} {r['train']:>10.4g} {r['val']:>10.4g} {r['gap']:>10.4g} "
-                    f"{r['gl']:>8.3g} {pq:>8} {'yes' if h['alert'] else 'no':>5} {','.join(r['fired'])}"
+                    f"{r['gl']:>8.3g} {trend:>8} {alert:>5} {fired}"
                 )
         return "\n".join(lines)
 
@@ -441,7 +597,7 @@ class OverfittingMonitor(Callback):
         indices = indices[trainer.global_rank :: trainer.world_size].tolist()  # shard across ranks
         return DataLoader(
             Subset(dataset, indices),
-            batch_size=train_loader.batch_size or 1,
+            batch_size=_loader_batch_size(train_loader),
             shuffle=False,
             collate_fn=train_loader.collate_fn,
             num_workers=0,
@@ -526,3 +682,24 @@ class OverfittingMonitor(Callback):
             for i, name in enumerate(plain):
                 out[name] = t[i] / t[len(plain) + i] if t[len(plain) + i] else math.nan
         return out
+
+
+def _loader_batch_size(loader: DataLoader) -> int:
+    """Return the training loader's batch size, also when it is built with a ``batch_sampler``."""
+    if loader.batch_size:
+        return int(loader.batch_size)
+    sampler = loader.batch_sampler
+    for _ in range(4):  # Lightning and users wrap batch samplers; look a few levels down
+        size = getattr(sampler, "batch_size", None)
+        if isinstance(size, int) and size > 0:
+            return size
+        inner = getattr(sampler, "batch_sampler", None) or getattr(sampler, "_batch_sampler", None)
+        if inner is None:
+            break
+        sampler = inner
+    # a custom batch sampler without `batch_size`: the size of its first batch (random state left untouched)
+    state = random.getstate()
+    with torch.random.fork_rng():
+        first = next(iter(loader.batch_sampler), None) if loader.batch_sampler is not None else None
+    random.setstate(state)
+    return max(1, len(first)) if first is not None else 1

@@ -9,15 +9,22 @@ The quantities, for one pair of metrics (a train side and a validation side) wit
   ``100 * (val / best_val - 1)``; written mode-aware as ``100 * (val - best) / |best|`` for ``"min"`` and
   ``100 * (best - val) / |best|`` for ``"max"``, where ``best`` is the best validation value so far
   (this check included), so ``GL >= 0``.
+* **trend**: the t-statistic of the least-squares slope of the last ``window`` validation values, signed
+  so that positive means getting worse (:func:`trend_statistic`); ``t >= 2.5`` is a rise that the scatter
+  of those values around the fitted line does not explain.
 * **P_k**: training progress over the last ``k`` train values,
   ``1000 * (sum / (k * min) - 1)`` for ``"min"`` (written ``1000 * (mean - min) / |min|``) and
   ``1000 * (max - mean) / |max|`` for ``"max"``.
 * **PQ**: progress quotient ``GL / P_k``.
 * **UP_s**: validation worse than at the previous check while training is better, ``s`` checks in a row.
 
-:class:`OverfittingCriteria` evaluates any combination of ``gap``, ``rel_gap``, ``gl``, ``pq`` and ``up``
-over a sequence of checks, keeps its state as plain Python values (``state_dict`` / ``load_state_dict``)
-and can be unit-tested without a Trainer.
+:class:`OverfittingCriteria` evaluates any combination of ``trend``, ``gl``, ``pq``, ``up``, ``gap`` and
+``rel_gap`` over a sequence of checks and decides, per pair, whether a check is an **alert**: the pair's
+criteria fire, after the warm-up, and, for the criteria about validation getting worse (``trend``, ``gl``,
+``pq``, ``up``), training still improves over the window and the gap is positive (validation worse than
+training: a negative gap is never called overfitting). It keeps its state as plain Python values
+(``state_dict`` / ``load_state_dict``), so a benchmark can replay recorded curves through exactly the
+decisions the callback takes.
 """
 
 from __future__ import annotations
@@ -27,8 +34,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from lightning_reg._conventions import check_choice, check_int, check_number
+
 __all__ = [
     "CRITERIA",
+    "DEFAULT_CRITERIA",
+    "TREND_T",
     "CheckReport",
     "OverfittingCriteria",
     "generalization_loss",
@@ -36,16 +47,23 @@ __all__ = [
     "progress_quotient",
     "relative_gap",
     "training_progress",
+    "trend_statistic",
 ]
 
 #: Names of the criteria :class:`OverfittingCriteria` understands.
-CRITERIA: tuple[str, ...] = ("gap", "rel_gap", "gl", "pq", "up")
+CRITERIA: tuple[str, ...] = ("trend", "gl", "pq", "up", "gap", "rel_gap")
+#: Criteria about validation getting worse while training improves (gated, see :class:`OverfittingCriteria`).
+DIVERGENCE_CRITERIA: tuple[str, ...] = ("trend", "gl", "pq", "up")
+#: The defaults, chosen with ``benchmarks/overfitting_alerts.py``: validation more than 5 % worse than its
+#: best and rising as a trend (t >= TREND_T) over the last ``window`` (default 8) checks.
+DEFAULT_CRITERIA: dict[str, float] = {"trend": 5.0}
+#: Default t-statistic a validation trend must reach for the ``trend`` criterion.
+TREND_T = 2.5
 _MODES = ("min", "max")
 
 
 def _check_mode(mode: str) -> None:
-    if mode not in _MODES:
-        raise ValueError(f"`mode` must be one of {list(_MODES)}, got {mode!r}.")
+    check_choice("mode", mode, _MODES)
 
 
 def overfitting_gap(train: float, val: float, mode: str = "min") -> float:
@@ -164,6 +182,43 @@ def progress_quotient(gl: float, progress: float) -> float:
     return gl / progress
 
 
+def trend_statistic(values: Sequence[float], mode: str = "min") -> float:
+    """t-statistic of the least-squares slope of ``values`` over their index, positive when getting worse.
+
+    ``slope / standard_error(slope)`` with the slope fitted to ``(0, v_0), (1, v_1), ...``; for ``"max"``
+    the sign is flipped, so a positive value always means the metric is getting worse. With ``n`` values
+    the statistic has ``n - 2`` degrees of freedom; values exactly on a line give ``+-inf`` (or 0 if flat).
+
+    Args:
+        values: at least 3 consecutive values of a metric.
+        mode: ``"min"`` or ``"max"``.
+
+    Returns:
+        The signed t-statistic.
+
+    Example:
+        >>> round(trend_statistic([1.0, 1.1, 1.15, 1.3, 1.35]), 2)
+        11.02
+        >>> trend_statistic([0.5, 0.5, 0.5])
+        0.0
+    """
+    _check_mode(mode)
+    n = len(values)
+    if n < 3:
+        raise ValueError(f"`values` must hold at least 3 values; got {n}.")
+    sign = 1.0 if mode == "min" else -1.0
+    ys = [sign * float(v) for v in values]
+    x_mean = (n - 1) / 2
+    y_mean = math.fsum(ys) / n
+    sxx = math.fsum((i - x_mean) ** 2 for i in range(n))
+    slope = math.fsum((i - x_mean) * (y - y_mean) for i, y in enumerate(ys)) / sxx
+    rss = math.fsum((y - y_mean - slope * (i - x_mean)) ** 2 for i, y in enumerate(ys))
+    se = math.sqrt(rss / (n - 2) / sxx)
+    if se <= 1e-12 * max(1.0, abs(y_mean)):
+        return 0.0 if slope == 0 else math.copysign(math.inf, slope)
+    return slope / se
+
+
 @dataclass
 class CheckReport:
     """What one check found for one pair.
@@ -181,10 +236,18 @@ class CheckReport:
         pq: PQ, or ``None`` before ``k`` train values exist.
         up_count: number of checks in a row with validation worse and training better.
         fired: names of the criteria whose condition holds (including patience) at this check.
+        trend: :func:`trend_statistic` of the last ``window`` validation values (``None`` before
+            ``window`` checks).
+        train_improving: whether the train values of the last ``window`` checks (fewer at the start) have
+            a least-squares slope in the improving direction (``None`` before 2 checks).
+        best_check: the check at which ``best_val`` was seen.
+        alert: whether this check is an alert for this pair (see :class:`OverfittingCriteria`).
+        held_back: why criteria that fired did not make an alert: ``"warmup"``, ``"negative gap"`` or
+            ``"training not improving"`` (``None`` otherwise).
 
     Example:
-        >>> CheckReport("loss", 0, 0.1, 0.3, 0.2, 2.0, 0.3, 0.0, None, None, 0, []).fired
-        []
+        >>> CheckReport("loss", 0, 0.1, 0.3, 0.2, 2.0, 0.3, 0.0, None, None, 0, []).alert
+        False
     """
 
     pair: str
@@ -199,6 +262,11 @@ class CheckReport:
     pq: float | None
     up_count: int
     fired: list[str] = field(default_factory=list)
+    trend: float | None = None
+    train_improving: bool | None = None
+    best_check: int = 0
+    alert: bool = False
+    held_back: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """Return the report as a plain dict (for checkpoints and loggers).
@@ -216,10 +284,10 @@ class CheckReport:
 def _validate_criteria(
     criteria: Mapping[str, float | Mapping[str, float]], pairs: Mapping[str, str]
 ) -> dict[str, dict[str, float]]:
-    """Normalise ``criteria`` to ``{criterion: {pair: threshold}}`` and validate names and signs."""
+    """Normalise ``criteria`` to ``{criterion: {pair: threshold}}`` and validate names and values."""
     if not isinstance(criteria, Mapping) or not criteria:
         raise ValueError(
-            f"`criteria` must be a non-empty mapping from a criterion in {list(CRITERIA)} to a threshold, "
+            f"`criteria` must be a non-empty mapping from a criterion in {list(CRITERIA)} to a threshold; "
             f"got {criteria!r}."
         )
     out: dict[str, dict[str, float]] = {}
@@ -234,7 +302,7 @@ def _validate_criteria(
                 )
             if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
                 raise TypeError(
-                    f"Threshold of criterion {name!r} for pair {pair!r} must be a number, got {threshold!r}."
+                    f"Threshold of criterion {name!r} for pair {pair!r} must be a number; got {threshold!r}."
                 )
             if name == "up":
                 if int(threshold) != threshold or threshold < 1:
@@ -245,61 +313,91 @@ def _validate_criteria(
             elif not threshold > 0 or math.isinf(threshold):
                 raise ValueError(
                     f"Threshold of criterion {name!r} for pair {pair!r} must be a finite number > 0 (a gap, "
-                    f"GL or PQ above it signals overfitting), got {threshold!r}."
+                    f"GL or PQ above it signals overfitting); got {threshold!r}."
+                )
+            elif name in ("gl", "trend") and threshold < 1:
+                raise ValueError(
+                    f"Threshold of criterion {name!r} for pair {pair!r} is a generalization loss in percent "
+                    f"(5.0 means validation 5 % worse than its best); got {threshold!r}, i.e. "
+                    f"{threshold:g} %, below the noise of any validation metric. Write "
+                    f"{100 * threshold:g} for {100 * threshold:g} %."
                 )
         out[name] = {p: float(t) for p, t in per_pair.items()}
     return out
 
 
+def _least_squares_slope(values: Sequence[float]) -> float:
+    n = len(values)
+    x_mean = (n - 1) / 2
+    y_mean = math.fsum(values) / n
+    sxx = math.fsum((i - x_mean) ** 2 for i in range(n))
+    return math.fsum((i - x_mean) * (v - y_mean) for i, v in enumerate(values)) / sxx
+
+
 class OverfittingCriteria:
-    """Evaluate overfitting criteria over successive checks of train/validation pairs.
+    """Evaluate overfitting criteria over successive checks of train/validation pairs; decide alerts.
 
-    Criteria (thresholds must be ``> 0``; a criterion given as a number applies to every pair, given as a
-    ``{pair: threshold}`` mapping it applies to the listed pairs only):
+    Criteria (a criterion given as a number applies to every pair; given as a ``{pair: threshold}``
+    mapping it applies to the listed pairs only):
 
-    * ``"gap"``: absolute gap above the threshold for ``patience`` checks in a row;
-    * ``"rel_gap"``: relative gap above the threshold for ``patience`` checks in a row;
-    * ``"gl"``: Prechelt's GL above ``alpha`` (first check where it holds);
-    * ``"pq"``: Prechelt's PQ above ``alpha`` (needs ``strip`` train values; P_k is computed over the
+    * ``"trend"`` (the default, ``5.0``): validation worse than its best by more than the threshold
+      (GL, in percent) and getting worse as a trend: :func:`trend_statistic` of the last ``window``
+      validation values at least ``trend_t`` (:data:`TREND_T`, 2.5). A single bad check does not fire it;
+    * ``"gl"``: Prechelt's GL above the threshold (percent; fires on a single bad check);
+    * ``"pq"``: Prechelt's PQ above the threshold (needs ``strip`` train values; P_k is computed over the
       train values of the last ``strip`` checks, a sliding window);
     * ``"up"``: validation worse than at the previous check while training improves, ``s`` checks in a row
-      (the threshold is ``s``).
+      (the threshold is ``s``);
+    * ``"gap"`` / ``"rel_gap"``: absolute / relative gap above the threshold for ``patience`` checks in
+      a row.
 
-    A pair fires when any of its criteria holds. Counters keep running during warm-up; only the callback
-    decides what to do with a firing (see ``OverfittingMonitor``).
+    A check is an **alert** for a pair when one of its criteria fires, the check is past the warm-up, and,
+    if only validation-getting-worse criteria (trend, GL, PQ, UP) fired, training still improves (the
+    least-squares slope of the pair's last ``window`` train values points the improving way) and the gap
+    is positive. Otherwise the report says why in ``held_back``. Counters run during warm-up.
 
     Args:
         pairs: ``{pair_name: mode}`` with mode ``"min"`` or ``"max"``.
-        criteria: ``{criterion: threshold or {pair: threshold}}``.
+        criteria: ``{criterion: threshold or {pair: threshold}}``; default :data:`DEFAULT_CRITERIA`.
         patience: checks in a row the ``gap`` / ``rel_gap`` conditions must hold (``>= 1``).
         strip: ``k`` of P_k (``>= 2``).
+        window: checks of the trend test and of the training-improves condition (``>= 3``).
+        warmup: checks at the start that never alert (``>= 0``).
+        trend_t: t-statistic the validation trend must reach for the ``trend`` criterion (``> 0``).
 
     Example:
-        >>> crit = OverfittingCriteria({"loss": "min"}, {"gap": 0.25}, patience=2)
-        >>> [crit.update({"loss": (t, v)})["loss"].fired for t, v in [(0.5, 0.6), (0.3, 0.6), (0.2, 0.6)]]
-        [[], [], ['gap']]
+        >>> crit = OverfittingCriteria({"loss": "min"}, {"trend": 5.0}, window=4)
+        >>> train = [1.0, 0.8, 0.6, 0.5, 0.4, 0.3, 0.2]
+        >>> val = [1.0, 0.9, 0.85, 0.9, 0.95, 1.0, 1.05]
+        >>> [crit.update({"loss": tv})["loss"].alert for tv in zip(train, val)]
+        [False, False, False, False, False, True, True]
     """
 
     def __init__(
         self,
         pairs: Mapping[str, str],
-        criteria: Mapping[str, float | Mapping[str, float]],
+        criteria: Mapping[str, float | Mapping[str, float]] | None = None,
         patience: int = 1,
         strip: int = 5,
+        window: int = 8,
+        warmup: int = 0,
+        trend_t: float = TREND_T,
     ) -> None:
-        if not pairs:
-            raise ValueError("`pairs` must name at least one pair.")
+        if not isinstance(pairs, Mapping) or not pairs:
+            raise ValueError(f"`pairs` must name at least one pair; got {pairs!r}.")
         for name, mode in pairs.items():
-            if mode not in _MODES:
-                raise ValueError(f"Mode of pair {name!r} must be one of {list(_MODES)}, got {mode!r}.")
-        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
-            raise ValueError(f"`patience` must be an integer >= 1, got {patience!r}.")
-        if isinstance(strip, bool) or not isinstance(strip, int) or strip < 2:
-            raise ValueError(f"`strip` (k of P_k) must be an integer >= 2, got {strip!r}.")
+            check_choice(f"mode of pair {name!r}", mode, _MODES)
+        check_int("patience", patience, low=1)
+        check_int("strip", strip, low=2)
+        check_int("window", window, low=3)
+        check_int("warmup", warmup, low=0)
+        self.trend_t = check_number("trend_t", trend_t, low=0, low_open=True)
         self.pairs = dict(pairs)
-        self.criteria = _validate_criteria(criteria, self.pairs)
+        self.criteria = _validate_criteria(DEFAULT_CRITERIA if criteria is None else criteria, self.pairs)
         self.patience = patience
         self.strip = strip
+        self.window = window
+        self.warmup = warmup
         self.num_checks = 0
         self._state: dict[str, dict[str, Any]] = {p: self._fresh_state() for p in self.pairs}
 
@@ -307,9 +405,11 @@ class OverfittingCriteria:
     def _fresh_state() -> dict[str, Any]:
         return {
             "best_val": None,
+            "best_check": 0,
             "prev_train": None,
             "prev_val": None,
             "train_window": [],
+            "val_window": [],
             "gap_count": 0,
             "rel_gap_count": 0,
             "up_count": 0,
@@ -331,39 +431,49 @@ class OverfittingCriteria:
             >>> crit = OverfittingCriteria({"loss": "min"}, {"gl": 5.0})
             >>> crit.update({"loss": (0.3, 0.50)})["loss"].fired
             []
-            >>> crit.update({"loss": (0.2, 0.56)})["loss"].fired
-            ['gl']
+            >>> report = crit.update({"loss": (0.2, 0.56)})["loss"]
+            >>> report.fired, report.alert
+            (['gl'], True)
         """
         missing = set(self.pairs) - set(values)
         if missing:
             raise KeyError(f"Missing values for pairs {sorted(missing)}; expected {sorted(self.pairs)}.")
         reports = {}
+        check = self.num_checks
         for pair, mode in self.pairs.items():
             train, val = (float(x) for x in values[pair])
             st = self._state[pair]
-            better = (lambda a, b: a < b) if mode == "min" else (lambda a, b: a > b)  # noqa: E731
-            best = val if st["best_val"] is None or better(val, st["best_val"]) else st["best_val"]
-            st["best_val"] = best
+            sign = 1.0 if mode == "min" else -1.0
+            if not math.isnan(val) and (
+                st["best_val"] is None or math.isnan(st["best_val"]) or sign * val < sign * st["best_val"]
+            ):
+                st["best_val"], st["best_check"] = val, check
+            elif st["best_val"] is None:  # no finite value yet
+                st["best_val"], st["best_check"] = val, check
+            best = st["best_val"]
             gap = overfitting_gap(train, val, mode)
             rgap = relative_gap(train, val, mode)
             gl = generalization_loss(val, best, mode)
-            window = (st["train_window"] + [train])[-self.strip :]
-            st["train_window"] = window
-            progress = training_progress(window, mode) if len(window) == self.strip else None
+            keep = max(self.strip, self.window)
+            st["train_window"] = (st["train_window"] + [train])[-keep:]
+            st["val_window"] = (st["val_window"] + [val])[-self.window :]
+            strip = st["train_window"][-self.strip :]
+            progress = training_progress(strip, mode) if len(strip) == self.strip else None
             pq = progress_quotient(gl, progress) if progress is not None else None
-            if st["prev_val"] is not None and better(st["prev_val"], val) and better(train, st["prev_train"]):
+            vals = st["val_window"]
+            trend = trend_statistic(vals, mode) if len(vals) == self.window else None
+            trains = st["train_window"][-self.window :]
+            improving = None if len(trains) < 2 else sign * _least_squares_slope(trains) < 0
+            prev_train, prev_val = st["prev_train"], st["prev_val"]
+            if prev_val is not None and sign * val > sign * prev_val and sign * train < sign * prev_train:
                 st["up_count"] += 1
             else:
                 st["up_count"] = 0
             st["prev_train"], st["prev_val"] = train, val
             fired = []
-            for crit, value, key in (("gap", gap, "gap_count"), ("rel_gap", rgap, "rel_gap_count")):
-                thr = self._threshold(crit, pair)
-                if thr is None:
-                    continue
-                st[key] = st[key] + 1 if value > thr else 0
-                if st[key] >= self.patience:
-                    fired.append(crit)
+            thr = self._threshold("trend", pair)
+            if thr is not None and trend is not None and trend >= self.trend_t and gl > thr:
+                fired.append("trend")
             thr = self._threshold("gl", pair)
             if thr is not None and gl > thr:
                 fired.append("gl")
@@ -373,11 +483,35 @@ class OverfittingCriteria:
             thr = self._threshold("up", pair)
             if thr is not None and st["up_count"] >= thr:
                 fired.append("up")
+            for crit, value, key in (("gap", gap, "gap_count"), ("rel_gap", rgap, "rel_gap_count")):
+                thr = self._threshold(crit, pair)
+                if thr is None:
+                    continue
+                st[key] = st[key] + 1 if value > thr else 0
+                if st[key] >= self.patience:
+                    fired.append(crit)
+            alert, held_back = self._decide(fired, check, gap, improving)
             reports[pair] = CheckReport(
-                pair, self.num_checks, train, val, gap, rgap, best, gl, progress, pq, st["up_count"], fired
-            )
+                pair, check, train, val, gap, rgap, best, gl, progress, pq, st["up_count"], fired,
+                trend, improving, st["best_check"], alert, held_back,
+            )  # fmt: skip
         self.num_checks += 1
         return reports
+
+    def _decide(
+        self, fired: list[str], check: int, gap: float, improving: bool | None
+    ) -> tuple[bool, str | None]:
+        if not fired:
+            return False, None
+        if check < self.warmup:
+            return False, "warmup"
+        if any(c not in DIVERGENCE_CRITERIA for c in fired):  # a gap above its (positive) threshold
+            return True, None
+        if not gap > 0:
+            return False, "negative gap"
+        if not improving:
+            return False, "training not improving"
+        return True, None
 
     def state_dict(self) -> dict[str, Any]:
         """Return the state (plain Python values) for checkpoints.
@@ -414,4 +548,5 @@ class OverfittingCriteria:
                 restored = self._fresh_state()
                 restored.update(state["pairs"][pair])
                 restored["train_window"] = list(restored["train_window"])
+                restored["val_window"] = list(restored["val_window"])
                 self._state[pair] = restored

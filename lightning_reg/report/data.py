@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from lightning_reg._conventions import Keys
+
 __all__ = [
     "DEFAULT_PAIRS",
     "MetricSeries",
@@ -75,13 +77,15 @@ class RunMetrics:
 
 @dataclass
 class ReportKeys:
-    """Metric names the report looks for (defaults: what lightning-reg's callbacks log).
+    """Metric names the report looks for (defaults: the keys lightning-reg's callbacks log, from ``Keys``).
 
     Attributes:
-        pairs: train/validation pairs for the curves figure.
-        alert: overfitting alert flag (non-zero at an alerted epoch).
-        best_epoch: a logged metric holding the restored best epoch (``None``: nothing logs one; pass
-            ``best_epoch`` or ``best_from`` to :func:`render_report` instead).
+        pairs: train/validation pairs for the curves figure (name -> (train key, validation key)); a pair
+            named like an ``OverfittingMonitor`` pair shows that pair's own alerts
+            (``overfit/<name>_alert``), else the any-pair ``alert``.
+        alert: overfitting alert flag of any pair (non-zero at an alerted epoch).
+        best_epoch: a logged metric holding the restored best epoch (``EarlyStopping`` logs
+            ``early_stopping/restored_epoch`` when it restores; ``None``: never read one).
         grad_pre: total gradient norm before clipping (``GradientClipping``).
         grad_post: total gradient norm after clipping (``GradientClipping``).
         grad_total: total gradient norm (``GradientMonitor``; drawn when ``grad_pre`` was not logged).
@@ -89,12 +93,22 @@ class ReportKeys:
     """
 
     pairs: dict[str, tuple[str, str]] = field(default_factory=lambda: dict(DEFAULT_PAIRS))
-    alert: str = "overfit/alert"
-    best_epoch: str | None = None
-    grad_pre: str = "grad/clip/norm_pre"
-    grad_post: str = "grad/clip/norm_post"
-    grad_total: str = "grad/norm_total"
-    drop_path: str = "stochastic_depth/max_rate"
+    alert: str = Keys.OVERFIT_ALERT
+    best_epoch: str | None = Keys.RESTORED_EPOCH
+    grad_pre: str = Keys.GRAD_CLIP_NORM_PRE
+    grad_post: str = Keys.GRAD_CLIP_NORM_POST
+    grad_total: str = Keys.GRAD_NORM_TOTAL
+    drop_path: str = Keys.DROP_PATH_MAX_RATE
+
+    @staticmethod
+    def pair_alert(pair: str) -> str:
+        """Return the per-pair alert key ``OverfittingMonitor`` logs for ``pair``.
+
+        Example:
+            >>> ReportKeys.pair_alert("loss")
+            'overfit/loss_alert'
+        """
+        return Keys.overfit(pair, "alert")
 
 
 def _float(cell: str) -> float:

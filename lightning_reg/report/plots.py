@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lightning_reg._conventions import Keys
 from lightning_reg.report.data import (
     DEFAULT_PAIRS,
     MissingMetricsError,
@@ -46,11 +47,13 @@ class PlotResult:
         series: name -> (x values, y values) of every line drawn (for curves also ``"<pair>/gap"``,
             the shaded validation-minus-train difference on common epochs).
         markers: name -> x positions of markers (``"alerts"``, ``"best_epoch"``, ``"first_alert"``).
+        legends: panel name -> the entries of its legend, in order.
     """
 
     path: Path
     series: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)
     markers: dict[str, list[float]] = field(default_factory=dict)
+    legends: dict[str, list[str]] = field(default_factory=dict)
 
 
 def _pyplot():
@@ -74,7 +77,7 @@ def plot_train_val(
     metrics: RunMetrics,
     out_path: str | Path,
     pairs: Mapping[str, tuple[str, str]] | None = None,
-    alert_key: str | None = "overfit/alert",
+    alert_key: str | None = Keys.OVERFIT_ALERT,
     best_epoch: int | None = None,
     title: str | None = None,
 ) -> PlotResult:
@@ -87,14 +90,17 @@ def plot_train_val(
         metrics: from :func:`load_metrics`.
         out_path: PNG file to write.
         pairs: name -> (train key, validation key); default :data:`DEFAULT_PAIRS`.
-        alert_key: metric that is non-zero at epochs with an overfitting alert (marked with red
-            triangles, the first one with a dotted line); ignored if not logged; ``None`` to skip.
+        alert_key: metric that is non-zero at epochs with an overfitting alert of any pair; ignored if not
+            logged; ``None`` to skip alerts. Each panel marks the alerts of its own pair when
+            ``OverfittingMonitor`` logged them (``overfit/<pair>_alert``), else these: red triangles on
+            the validation curve, the first one also as a dotted line; both are in the legend.
         best_epoch: the epoch whose weights were restored (a dashed green line); ``None`` for none.
         title: figure title.
 
     Returns:
         The figure's path and the series drawn (``"<train key>"``, ``"<val key>"``, ``"<pair>/gap"``)
-        and markers (``"alerts"``, ``"first_alert"``, ``"best_epoch"``).
+        and markers (``"alerts"``, ``"first_alert"``: any pair; ``"<pair>/alerts"``: the epochs marked in
+        that pair's panel; ``"best_epoch"``).
 
     Raises:
         MissingMetricsError: no pair has both keys logged.
@@ -119,10 +125,13 @@ def plot_train_val(
         )
     plt = _pyplot()
     result = PlotResult(Path(out_path))
+    def alert_epochs(key: str) -> list[float]:
+        ep, vals = metrics.series[key].per_epoch()
+        return [float(e) for e, v in zip(ep, vals) if v > 0]
+
     alerts: list[float] = []
     if alert_key and alert_key in metrics.series:
-        ep, vals = metrics.series[alert_key].per_epoch()
-        alerts = [float(e) for e, v in zip(ep, vals) if v > 0]
+        alerts = alert_epochs(alert_key)
         result.markers["alerts"] = alerts
         result.markers["first_alert"] = alerts[:1]
     if best_epoch is not None:
@@ -148,24 +157,36 @@ def plot_train_val(
         result.series[tk] = ([float(e) for e in tx], list(ty))
         result.series[vk] = ([float(e) for e in vx], list(vy))
         result.series[f"{name}/gap"] = ([float(e) for e in common], gap)
-        if alerts:
+        own_key = Keys.overfit(name, "alert")
+        own = alert_key is not None and own_key in metrics.series
+        panel_alerts = alert_epochs(own_key) if own else alerts
+        if alert_key is not None and (own or alert_key in metrics.series):
+            result.markers[f"{name}/alerts"] = panel_alerts
+        if panel_alerts:
             vmap = dict(zip(vx, vy))
             ax.scatter(
-                [e for e in alerts if e in vmap],
-                [vmap[e] for e in alerts if e in vmap],
+                [e for e in panel_alerts if e in vmap],
+                [vmap[e] for e in panel_alerts if e in vmap],
                 marker="v",
                 color="red",
                 zorder=5,
-                label=f"overfitting alert ({alert_key})",
+                label=f"overfitting alert ({own_key if own else alert_key})",
             )
-            ax.axvline(alerts[0], color="red", linestyle=":", linewidth=1)
+            ax.axvline(
+                panel_alerts[0],
+                color="red",
+                linestyle=":",
+                linewidth=1,
+                label=f"first alert (epoch {panel_alerts[0]:g})",
+            )
         if best_epoch is not None:
             ax.axvline(
                 best_epoch, color="tab:green", linestyle="--", label=f"restored best epoch {best_epoch}"
             )
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        legend = ax.legend(fontsize=8)
+        result.legends[name] = [t.get_text() for t in legend.get_texts()]
     axes[-1, 0].set_xlabel("epoch")
     from matplotlib.ticker import MaxNLocator
 
@@ -223,9 +244,9 @@ def _plot_over_steps(
 def plot_grad_norms(
     metrics: RunMetrics,
     out_path: str | Path,
-    pre_key: str = "grad/clip/norm_pre",
-    post_key: str | None = "grad/clip/norm_post",
-    total_key: str | None = "grad/norm_total",
+    pre_key: str = Keys.GRAD_CLIP_NORM_PRE,
+    post_key: str | None = Keys.GRAD_CLIP_NORM_POST,
+    total_key: str | None = Keys.GRAD_NORM_TOTAL,
     title: str | None = None,
 ) -> PlotResult:
     r"""Total gradient norm over steps, before and after clipping, log scale (if all values are positive).
@@ -273,7 +294,7 @@ def plot_grad_norms(
 def plot_drop_path(
     metrics: RunMetrics,
     out_path: str | Path,
-    key: str = "stochastic_depth/max_rate",
+    key: str = Keys.DROP_PATH_MAX_RATE,
     title: str | None = None,
 ) -> PlotResult:
     r"""Drop-path (stochastic depth) rate over steps.
@@ -321,7 +342,8 @@ def render_report(
         out_dir: where to write the PNGs (default: ``<log_dir>/plots``).
         keys: metric names to look for (default :class:`ReportKeys`).
         best_epoch: restored best epoch to mark; default: from ``best_from``, else the last value of
-            ``keys.best_epoch`` if that is set and logged, else no mark.
+            ``keys.best_epoch`` if that is set and logged (``EarlyStopping`` logs
+            ``early_stopping/restored_epoch`` when it restores), else no mark.
         title: prefix of every figure title.
         skipped: if given, filled with plot name -> why it was skipped.
         best_from: ``"<key>:min"`` or ``"<key>:max"``: mark the epoch :func:`best_epoch_of` finds (what

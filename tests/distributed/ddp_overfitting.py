@@ -39,7 +39,8 @@ class RankScripted(L.LightningModule):
         self.val = val
 
     def training_step(self, batch, batch_idx):
-        self.log("train_loss", 0.125, on_step=False, on_epoch=True, sync_dist=True)
+        # training keeps improving, so a rising validation loss is overfitting (the monitor's gate)
+        self.log("train_loss", 0.125 / (1 + self.current_epoch), on_step=False, on_epoch=True, sync_dist=True)
         return self.layer(batch[0]).pow(2).mean()
 
     def validation_step(self, batch, batch_idx):

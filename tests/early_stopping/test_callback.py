@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import copy
 import signal
+import warnings
+from unittest import mock
 
 import lightning as L
 import pytest
@@ -22,6 +24,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_reg import EarlyStopping
+from lightning_reg._conventions import Keys
+from lightning_reg.early_stopping.callback import CHECKPOINT_KEY
 from lightning_reg.early_stopping.snapshot import WeightSnapshot, agree_on_score, local_snapshot_tensors
 
 # Training targets are scaled per epoch; validation targets are not. Validation loss is therefore
@@ -37,9 +41,9 @@ def _data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class ScaledRegression(L.LightningModule):
-    def __init__(self, nan_from_epoch: int | None = None) -> None:
+    def __init__(self, nan_from_epoch: int | None = None, hidden: int = 8) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 1))
+        self.net = nn.Sequential(nn.Linear(4, hidden), nn.BatchNorm1d(hidden), nn.Linear(hidden, 1))
         self.nan_from_epoch = nan_from_epoch
 
     def training_step(self, batch, batch_idx):
@@ -229,7 +233,7 @@ def test_every_end_reason_restores_best(reason, kwargs, extra, trainer_kwargs):
     _assert_restored(model, trainer, es, rec)
 
 
-def test_start_from_epoch_and_baseline():
+def test_start_from_epoch():
     L.seed_everything(0)
     model, rec = ScaledRegression(), Recorder()
     es = EarlyStopping("val_loss", patience=2, start_from_epoch=4)
@@ -241,16 +245,212 @@ def test_start_from_epoch_and_baseline():
     assert es.best_epoch >= 4
     _assert_restored(model, trainer, es, rec, start_from_epoch=4)
 
-    # a baseline no epoch beats: no improvement, patience counts from the start, nothing restored
+
+def keras3_reference(values, patience, baseline=None, min_delta=0.0):
+    """Keras 3 EarlyStopping (mode min), re-implemented from its documented rules: returns (epochs run,
+    best epoch). The patience counter counts every epoch and resets only on a new best that also beats the
+    baseline; a stop happens only at an epoch that is not a new best."""
+    wait, best, best_epoch = 0, None, None
+    for epoch, v in enumerate(values):
+        wait += 1
+        if best is None or v + min_delta < best:
+            best, best_epoch = v, epoch
+            if baseline is None or v + min_delta < baseline:
+                wait = 0
+            continue
+        if wait >= patience and epoch > 0:
+            return epoch + 1, best_epoch
+    return len(values), best_epoch
+
+
+class WeightsAreEpochs(L.LightningModule):
+    """A one-parameter model whose weight is set to the epoch number; logs a scripted validation value."""
+
+    def __init__(self, values) -> None:
+        super().__init__()
+        self.values = values
+        self.w = nn.Parameter(torch.zeros(()))
+
+    def training_step(self, batch, batch_idx):
+        with torch.no_grad():
+            self.w.fill_(float(self.current_epoch))
+        return (self.w * 0).sum() + batch[0].sum() * 0
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val_loss", torch.tensor(float(self.values[self.current_epoch])))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+    def train_dataloader(self):
+        return DataLoader(TensorDataset(torch.zeros(2, 1)), batch_size=2)
+
+    def val_dataloader(self):
+        return DataLoader(TensorDataset(torch.zeros(2, 1)), batch_size=2)
+
+
+@pytest.mark.parametrize(
+    ("values", "patience", "baseline", "epochs_run", "restored"),
+    [
+        # Keras 3's documented case: no epoch beats the baseline; 5 epochs run, epoch 2 (0.7) is restored
+        ([0.9, 0.8, 0.7, 0.71, 0.72, 0.73, 0.74, 0.75], 5, 0.5, 5, 2),
+        # improving at every epoch but never beating the baseline: a new best never triggers a stop
+        ([0.9, 0.8, 0.7, 0.65, 0.6, 0.58], 2, 0.5, 6, 5),
+        # the baseline is beaten at epoch 2, after which patience counts as without a baseline
+        ([0.9, 0.8, 0.4, 0.45, 0.46, 0.47, 0.3], 2, 0.5, 5, 2),
+        # without a baseline: Lightning's and Keras' rules agree
+        ([0.9, 0.8, 0.7, 0.71, 0.72, 0.73], 2, None, 5, 2),
+    ],
+)
+def test_baseline_matches_keras3(values, patience, baseline, epochs_run, restored):
+    assert keras3_reference(values, patience, baseline) == (epochs_run, restored)
+    model = WeightsAreEpochs(values)
+    es = EarlyStopping("val_loss", patience=patience, baseline=baseline, verbose=0)
+    trainer = _trainer([es], max_epochs=len(values), deterministic=False)
+    trainer.fit(model)
+    assert trainer.current_epoch == epochs_run
+    assert es.best_epoch == restored and es.best_score.item() == pytest.approx(values[restored])
+    assert es.restored and model.w.item() == restored
+
+
+def test_reused_instance_starts_fresh_unless_resuming(tmp_path):
+    es = EarlyStopping("val_loss", patience=2, verbose=0)
+    L.seed_everything(0)
+    first = ScaledRegression()
+    _trainer([es]).fit(first)
+    first_best = es.best_epoch
+    # a fresh model of the same shapes: the instance must not carry the first fit's best score or weights
+    for i, hidden in enumerate([8, 5]):  # the same shapes, then other shapes
+        torch.manual_seed(100 + i)
+        model, rec = ScaledRegression(hidden=hidden), Recorder()
+        trainer = _trainer([rec, es])
+        trainer.fit(model)
+        assert len(rec.records) > 1  # not stopped after one epoch by the first fit's best score
+        _assert_restored(model, trainer, es, rec)
+    assert first_best is not None
+    # ... unless the fit resumes: the same instance then continues from the checkpoint's state
+    L.seed_everything(0)
+    ckpt = ModelCheckpoint(dirpath=tmp_path, save_last=True)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _trainer([es, ckpt, CrashAt(first_best + 2)], tmp_path).fit(ScaledRegression())
+    assert es.best_epoch == first_best
+    es_wait = es.wait_count
+    resumed_model = ScaledRegression()
+    trainer = _trainer([es], tmp_path)
+    with mock.patch.object(es, "_start_fresh", wraps=es._start_fresh) as fresh:
+        trainer.fit(resumed_model, ckpt_path=tmp_path / "last.ckpt")
+    fresh.assert_called_once()  # at setup, before the checkpoint's state was loaded into it
+    assert es_wait >= 1 and es.best_epoch == first_best and es.restored
+    sa, sb = first.state_dict(), resumed_model.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def _warned(record, text: str) -> list[str]:
+    return [str(w.message) for w in record if text in str(w.message)]
+
+
+@pytest.mark.parametrize("case", ["unknown_monitor", "no_validation", "checkpoint_setup"])
+def test_no_misleading_restore_message_after_a_real_error(tmp_path, case):
+    es = EarlyStopping("val_acc" if case == "unknown_monitor" else "val_loss",
+                       snapshot="checkpoint" if case == "checkpoint_setup" else "cpu")
+    kwargs = {"limit_val_batches": 0} if case == "no_validation" else {}
+    error, match = {
+        "unknown_monitor": (RuntimeError, "`val_acc` which is not available"),
+        "no_validation": (RuntimeError, "`val_loss` which is not available"),
+        "checkpoint_setup": (MisconfigurationException, "ModelCheckpoint with monitor='val_loss'"),
+    }[case]
+    with warnings.catch_warnings(record=True) as record, pytest.raises(error, match=match):
+        warnings.simplefilter("always")
+        _trainer([es], tmp_path, max_epochs=2, **kwargs).fit(ScaledRegression())
+    assert _warned(record, "no best weights") == [] and not es.restored
+
+
+def test_nothing_to_restore_says_why():
+    # strict=False and a metric never logged: no check ran (not "never improved")
+    es = EarlyStopping("val_acc", strict=False, verbose=0)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        _trainer([es], max_epochs=2).fit(ScaledRegression())
+    assert _warned(record, "no best weights") == [
+        "EarlyStopping: no best weights to restore: no check ran (`val_acc` was never available)."
+    ]
+    # every value NaN and check_finite=False: checks ran, none gave a best
+    es = EarlyStopping("val_loss", check_finite=False, verbose=0)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        _trainer([es], max_epochs=2).fit(ScaledRegression(nan_from_epoch=0))
+    assert _warned(record, "no best weights") == [
+        "EarlyStopping: no best weights to restore: none of the 2 values of `val_loss` was finite."
+    ]
+
+
+def test_best_epoch_is_logged_and_monitorable():
+    from tests.memory_logger import MemoryLogger
+
+    L.seed_everything(0)
+    model, rec, logger = ScaledRegression(), Recorder(), MemoryLogger()
+    es = EarlyStopping("val_loss", patience=2, verbose=0)
+    trainer = _trainer([rec, es], logger=logger)
+    trainer.fit(model)
+    values = [v for _, v, _ in rec.records]
+    running_best = [min(range(i + 1), key=lambda j: (values[j], j)) for i in range(len(values))]
+    logged = [float(v) for _, v in logger.series(Keys.BEST_EPOCH)]
+    assert logged == running_best  # one value per check: the best epoch so far
+    steps = [s for s, _ in logger.series(Keys.BEST_EPOCH)]
+    # on the rows of Lightning's own epoch metrics: val_loss and train epoch metrics of the same epoch
+    assert steps == [s for s, _ in logger.series("val_loss")] == [4 * (e + 1) - 1 for e in range(len(values))]
+    assert [float(v) for _, v in logger.series(Keys.RESTORED_EPOCH)] == [float(es.best_epoch)]
+    assert trainer.callback_metrics[Keys.RESTORED_EPOCH].item() == es.best_epoch
+
+
+def _entries(path) -> tuple[dict, object, dict]:
+    ckpt = torch.load(path, weights_only=False)
+    (state,) = [v for k, v in ckpt["callbacks"].items() if k.startswith("EarlyStopping")]
+    entry = ckpt.get(CHECKPOINT_KEY, {}).get(EarlyStopping("val_loss").state_key)
+    return state, entry, ckpt
+
+
+def test_checkpoint_holds_the_weights_once_and_only_where_needed(tmp_path):
     L.seed_everything(0)
     model, rec = ScaledRegression(), Recorder()
-    es = EarlyStopping("val_loss", patience=2, baseline=1e-9)
-    before = copy.deepcopy(model.state_dict())
-    trainer = _trainer([rec, es])
-    with pytest.warns(UserWarning, match="no best weights to restore"):
-        trainer.fit(model)
-    assert trainer.current_epoch == 2 and es.best_epoch is None and not es.restored
-    assert not torch.equal(before["net.0.weight"], model.state_dict()["net.0.weight"])
+    es = EarlyStopping("val_loss", patience=3, verbose=0)
+    every = ModelCheckpoint(dirpath=tmp_path, filename="{epoch}", save_top_k=-1)
+    _trainer([rec, es, every], tmp_path).fit(model)
+    values = [v for _, v, _ in rec.records]
+    n = len(values)
+    for epoch in range(n):
+        state, entry, ckpt = _entries(tmp_path / f"epoch={epoch}.ckpt")
+        # the callback state is plain: no weights in it
+        assert not any(isinstance(v, dict) for v in state.values())
+        best = min(range(epoch + 1), key=lambda j: (values[j], j))
+        assert state["best_epoch"] == best
+        if best == epoch:  # the checkpoint's own state_dict is the best: only a marker
+            assert entry == "same_as_checkpoint_state_dict"
+        else:  # one copy of the best epoch's weights (and buffers)
+            ref = rec.records[best][2]
+            assert sorted(entry) == sorted(ref)
+            assert all(torch.equal(entry[k], ref[k]) for k in ref)
+            assert not torch.equal(ckpt["state_dict"]["net.0.weight"], ref["net.0.weight"])
+    # a run resumed from a checkpoint written at the best epoch restores that epoch (from the marker)
+    best_epoch = es.best_epoch
+    resumed, es2 = ScaledRegression(), EarlyStopping("val_loss", patience=3, verbose=0)
+    _trainer([es2], tmp_path / "r").fit(resumed, ckpt_path=tmp_path / f"epoch={best_epoch}.ckpt")
+    assert es2.best_epoch == best_epoch and es2.restored
+    ref, now = rec.records[best_epoch][2], resumed.state_dict()
+    assert all(torch.equal(now[k], ref[k]) for k in ref)
+    # without save_weights_in_checkpoint: no entry at all
+    es3 = EarlyStopping("val_loss", patience=1, save_weights_in_checkpoint=False, verbose=0)
+    last = ModelCheckpoint(dirpath=tmp_path / "n", save_last=True)
+    _trainer([es3, last], tmp_path / "n", max_epochs=3).fit(ScaledRegression())
+    assert CHECKPOINT_KEY not in torch.load(tmp_path / "n" / "last.ckpt", weights_only=False)
+
+
+def test_old_checkpoint_state_with_weights_inside_still_restores():
+    net = ScaledRegression()
+    weights = {k: v.clone() + 1 for k, v in local_snapshot_tensors(net).items()}
+    es = EarlyStopping("val_loss")
+    es.load_state_dict({**EarlyStopping("val_loss").state_dict(), "best_epoch": 0, "best_weights": weights})
+    assert es._loaded_weights is weights
 
 
 def test_no_per_step_hooks():
@@ -302,9 +502,8 @@ def test_resume_after_best_restores_the_same_weights(tmp_path, save_weights):
     with pytest.raises(RuntimeError, match="simulated crash"):
         _trainer([es_b, last, CrashAt(best_epoch + 2)], tmp_path / "b").fit(model_b)
     path = tmp_path / "b" / "last.ckpt"
-    ckpt = torch.load(path, weights_only=False)
-    (es_state,) = [v for k, v in ckpt["callbacks"].items() if k.startswith("EarlyStopping")]
-    assert ("best_weights" in es_state) == save_weights
+    _, entry, _ = _entries(path)
+    assert isinstance(entry, dict) == save_weights and (entry is None) == (not save_weights)
 
     model_c = ScaledRegression()
     es_c = EarlyStopping("val_loss", patience=3, save_weights_in_checkpoint=save_weights)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 
 from tests.distributed.launch import run_ddp_script
 
@@ -71,3 +72,32 @@ def test_fsdp_local_shard_snapshots_on_cpu(tmp_path):
             assert [r["local_param_elems"] for r in per_rank] == [(full + 1) // 2] * 2
         else:  # dim-0 shards of every parameter add up to the whole model
             assert sum(r["local_param_elems"] for r in per_rank) == full
+
+
+SPAWN_SCRIPT = Path(__file__).parents[1] / "distributed" / "ddp_spawn_early_stopping.py"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_ddp_spawn_main_process_gets_the_results(tmp_path):
+    """``ddp_spawn`` fits run on copies of the callbacks; the user's object must get the results."""
+    run_ddp_script(SPAWN_SCRIPT, tmp_path, timeout=240)
+    main = torch.load(tmp_path / "main.pt", weights_only=False)
+    r0, r1 = (torch.load(tmp_path / f"worker_rank{r}.pt", weights_only=False) for r in (0, 1))
+    v0, v1 = ([v for _, v, _ in r["records"]] for r in (r0, r1))
+    assert all(a != b for a, b in zip(v0, v1)), "ranks must see different local values"
+    agreed = [(torch.tensor(a) + torch.tensor(b)).div(2).item() for a, b in zip(v0, v1)]
+    best_epoch = agreed.index(min(agreed))
+    assert 0 < best_epoch < len(agreed) - 1
+    for r in (r0, r1):
+        assert r["best_epoch"] == best_epoch
+    # the launching process's callback holds the workers' results ...
+    assert main["best_epoch"] == best_epoch and main["best_step"] == r0["best_step"] == (best_epoch + 1) * 4
+    assert torch.equal(main["best_score"], r0["best_score"])
+    assert main["stopped_epoch"] == r0["stopped_epoch"] == len(agreed) - 1
+    assert main["stopping_reason"] == EarlyStoppingReason.PATIENCE_EXHAUSTED.value and main["restored"]
+    assert main["callback_metrics"]["early_stopping/best_epoch"] == best_epoch
+    # ... and its model the restored best weights of rank 0 (Lightning copies rank 0's final weights back)
+    ref = r0["records"][best_epoch][2]
+    assert all(torch.equal(main["final"][k], ref[k]) for k in ref)
+    assert not torch.equal(main["final"]["net.0.weight"], r0["records"][-1][2]["net.0.weight"])

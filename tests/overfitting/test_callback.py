@@ -18,32 +18,36 @@ from torchmetrics.classification import MulticlassAccuracy
 from lightning_reg import OverfittingMonitor
 
 # Binary-exact values (float32 logging keeps them exact). Hand-worked checks below.
-TRAIN_LOSS = [1.0, 0.75, 0.5, 0.5, 0.375, 0.25, 0.25, 0.25, 0.25]
+TRAIN_LOSS = [1.0, 0.75, 0.5, 0.4375, 0.375, 0.3125, 0.25, 0.1875, 0.125]
 VAL_LOSS = [1.0, 0.75, 0.625, 0.5, 0.53125, 0.5625, 0.5625, 0.5, 0.625]
 TRAIN_ACC = [0.5, 0.625, 0.75, 0.875, 1.0, 1.0, 1.0, 1.0, 1.0]
 VAL_ACC = [0.5, 0.5, 0.5, 0.5, 0.5, 0.75, 0.75, 0.75, 0.75]
 PAIRS = {"loss": ("train_loss", "val_loss"), "acc": ("train_acc", "val_acc", "max")}
 CRITERIA = {
     "gl": {"loss": 10.0},
-    "pq": {"loss": 0.05},
+    "pq": {"loss": 0.04},
     "up": {"loss": 2},
     "gap": {"acc": 0.25},
     "rel_gap": {"acc": 0.3},
 }
-# Worked by hand (strip k=3, patience 2):
+# Worked by hand (strip k=3, patience 2, warm-up 4 checks):
 #  best val loss 1,.75,.625,.5,.5,.5,.5,.5,.5 -> GL 0,0,0,0,6.25,12.5,12.5,0,25 -> gl>10 at 5,6,8
-#  UP (val worse & train better): counts 0,0,0,0,1,2,0,0,0 -> up>=2 at 5
-#  P_3 at 4: [.5,.5,.375] -> 1000*(.4583/.375-1)=222.2, PQ .028; at 5: [.5,.375,.25] -> 500, PQ .025;
-#  at 6: [.375,.25,.25] -> 166.7, PQ .075; at 8: P=0, GL 25 -> PQ inf  -> pq>.05 at 6, 8
+#  UP (val worse & train better than the check before): counts 0,0,0,0,1,2,0,0,1 -> up>=2 at 5
+#  P_3 at 4: [.5,.4375,.375] -> 1000*(.4375-.375)/.375=166.7, PQ .0375; at 5: [.4375,.375,.3125] -> 200, PQ
+#  .0625; at 6: [.375,.3125,.25] -> 250, PQ .05; at 8: [.25,.1875,.125] -> 500, PQ .05 -> pq>.04 at 5, 6, 8
 #  acc gap 0,.125,.25,.375,.5,.25,.25,.25,.25 -> >.25 twice in a row only at 4
 #  acc rel gap 0,.2,.333,.4286,.5,.25,... -> >.3 counts 0,0,1,2,3,0 -> fires (patience 2) at 3, 4
+#  Alerts: loss fires at 5, 6, 8 with a positive gap while train loss keeps falling -> alerts 5, 6, 8;
+#  acc: gap criteria (not gated) at 3 (in the warm-up) and 4 -> alert at 4. Episodes: acc at 4, loss at 5
+#  and 8; one warning per check that starts an episode: epochs 4, 5, 8.
 EXPECTED_FIRED = {
     "gl": [5, 6, 8],
     "up": [5],
-    "pq": [6, 8],
+    "pq": [5, 6, 8],
     "gap": [4],
     "rel_gap": [3, 4],
 }
+EXPECTED_ALERTS = {"loss": [5, 6, 8], "acc": [4]}
 
 
 class CaptureLogger(Logger):
@@ -120,12 +124,12 @@ def fired_epochs(monitor, criterion):
 
 def overfit_warnings(record):
     return [
-        str(w.message) for w in record if "OverfittingMonitor: the model is overfitting" in str(w.message)
+        str(w.message) for w in record if "OverfittingMonitor: overfitting at epoch" in str(w.message)
     ]
 
 
-def test_each_criterion_fires_at_hand_worked_epoch_and_warns_once_per_episode(tmp_path, caplog):
-    monitor = OverfittingMonitor(PAIRS, criteria=CRITERIA, warmup=4, patience=2, strip=3)
+def test_each_criterion_fires_at_hand_worked_epoch_and_alerts_per_pair(tmp_path, caplog):
+    monitor = OverfittingMonitor(PAIRS, criteria=CRITERIA, warmup=4, patience=2, strip=3, verbose=2)
     cap = CaptureLogger()
     with warnings.catch_warnings(record=True) as record, caplog.at_level(logging.INFO):
         warnings.simplefilter("always")
@@ -133,31 +137,47 @@ def test_each_criterion_fires_at_hand_worked_epoch_and_warns_once_per_episode(tm
     assert [h["epoch"] for h in monitor.history] == list(range(9))
     for criterion, epochs in EXPECTED_FIRED.items():
         assert fired_epochs(monitor, criterion) == epochs, criterion
-    # epoch 8: validation worse but training flat -> UP resets
-    assert [h["pairs"]["loss"]["up_count"] for h in monitor.history] == [0, 0, 0, 0, 1, 2, 0, 0, 0]
-    # rel_gap fires at epoch 3, but warm-up (4 checks: epochs 0-3) silences it; episodes start at 4 and 8
+    assert [h["pairs"]["loss"]["up_count"] for h in monitor.history] == [0, 0, 0, 0, 1, 2, 0, 0, 1]
+    for pair, epochs in EXPECTED_ALERTS.items():
+        assert [h["epoch"] for h in monitor.history if h["pairs"][pair]["alert"]] == epochs, pair
+    # rel_gap fires at epoch 3 for acc, but the warm-up (4 checks: epochs 0-3) holds it back
+    assert monitor.history[3]["pairs"]["acc"]["held_back"] == "warmup"
     assert [h["alert"] for h in monitor.history] == [False] * 4 + [True] * 3 + [False, True]
     msgs = overfit_warnings(record)
-    assert len(msgs) == 2 and monitor.num_episodes == 2
-    assert "at epoch 4" in msgs[0] and "at epoch 8" in msgs[1]
-    assert "acc: train=1 val=0.5 gap=0.5" in msgs[0] and "fired=['gap', 'rel_gap']" in msgs[0]
-    assert "GL=25%" in msgs[1] and "Try more regularization" in msgs[1]
+    assert len(msgs) == 3 and monitor.num_episodes == 3
+    line = "OverfittingMonitor: overfitting alerts in loss from epoch 5, 8; acc from epoch 4."
+    assert monitor.summary_line() == line
+    assert "at epoch 4" in msgs[0] and "`acc`" in msgs[0] and "`loss`" not in msgs[0]
+    assert "the train/validation gap is 0.5 (relative 0.5), above 0.25 (gap)" in msgs[0]
+    assert "at epoch 5" in msgs[1] and "`loss`" in msgs[1] and "`acc`" not in msgs[1]
+    assert "val_loss=0.5625 is 12.5 % worse than its best 0.5 (epoch 3)" in msgs[1]
+    assert "val_loss got worse 2 checks in a row" in msgs[1] and "PQ = 0.0625" in msgs[1]
+    assert "at epoch 8" in msgs[2] and "25 % worse" in msgs[2] and "PQ = 0.05" in msgs[2]
+    # concrete next steps: the epoch to restore and the callback that does it, regularizers to add
+    assert 'keep the weights of epoch 3 with `lightning_reg.EarlyStopping(monitor="val_loss"' in msgs[1]
+    assert "RegularizedModule(weight_decay=0.05)" in msgs[1] and "StochasticDepthScheduler" in msgs[1]
     # the values seen equal the script
     assert [h["pairs"]["loss"]["train"] for h in monitor.history] == TRAIN_LOSS
     assert [h["pairs"]["acc"]["val"] for h in monitor.history] == VAL_ACC
-    # logged every check: gap = val - train (loss), GL, alert
+    # logged every check: gap = val - train (loss), GL, per-pair alerts and the any-pair alert
     rows = [r for r in cap.rows if "overfit/alert" in r]
     assert len(rows) == 9
     assert [r["overfit/loss_gap"] for r in rows] == [v - t for t, v in zip(TRAIN_LOSS, VAL_LOSS)]
     assert [r["overfit/acc_gap"] for r in rows] == [t - v for t, v in zip(TRAIN_ACC, VAL_ACC)]
     assert [r["overfit/loss_gl"] for r in rows] == [0, 0, 0, 0, 6.25, 12.5, 12.5, 0, 25]
+    assert [r["overfit/loss_alert"] for r in rows] == [0, 0, 0, 0, 0, 1, 1, 0, 1]
+    assert [r["overfit/acc_alert"] for r in rows] == [0, 0, 0, 0, 1, 0, 0, 0, 0]
     assert [r["overfit/alert"] for r in rows] == [0, 0, 0, 0, 1, 1, 1, 0, 1]
-    assert rows[6]["overfit/loss_pq"] == pytest.approx(12.5 / (1000 * ((0.875 / 3) / 0.25 - 1)))
-    assert rows[8]["overfit/loss_pq"] == math.inf  # training flat, GL 25
+    assert rows[6]["overfit/loss_pq"] == pytest.approx(12.5 / 250)
     assert "overfit/loss_pq" not in rows[1]  # undefined before `strip` checks
-    # summary table at fit end on rank zero: one row per check and pair
-    table = [line for line in caplog.text.splitlines() if line.strip().startswith(("5 loss", "4 acc"))]
-    assert len(table) == 2 and table[0].endswith("gap,rel_gap") and table[1].endswith("gl,up")
+    assert "overfit/loss_trend" not in rows[6] and "overfit/loss_trend" in rows[7]  # from the 8th check on
+    # summary table at fit end (verbose=2): one row per check and pair, the pair's own alert
+    starts = ("5 loss", "5 acc", "4 acc")
+    table = [line for line in caplog.text.splitlines() if line.strip().startswith(starts)]
+    assert len(table) == 3
+    assert table[0].split()[-2:] == ["yes", "gap,rel_gap"]  # 4 acc
+    assert table[1].split()[-2:] == ["yes", "gl,pq,up"]  # 5 loss
+    assert table[2].split()[-1] == "no"  # 5 acc: the loss alert is not attributed to acc
 
 
 def test_check_val_every_n_epoch_checks_only_epochs_with_validation(tmp_path):
@@ -202,15 +222,15 @@ def test_callable_action_called_once_per_episode(tmp_path):
     calls = []
 
     def action(trainer, pl_module, report):
-        calls.append(
-            (trainer.current_epoch, sorted(r["pair"] for r in report["pairs"].values() if r["fired"]))
-        )
+        alerting = sorted(name for name, r in report["pairs"].items() if r["alert"])
+        calls.append((trainer.current_epoch, report["new_episodes"], alerting))
 
     monitor = OverfittingMonitor(PAIRS, criteria=CRITERIA, action=action, warmup=4, patience=2, strip=3)
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         trainer(tmp_path, [monitor]).fit(Scripted(), *loaders())
-    assert calls == [(4, ["acc"]), (8, ["loss"])]
+    # epoch 6 continues the loss episode of epoch 5: no call
+    assert calls == [(4, ["acc"], ["acc"]), (5, ["loss"], ["loss"]), (8, ["loss"], ["loss"])]
     assert overfit_warnings(record) == []
 
 
@@ -220,7 +240,7 @@ def test_resume_keeps_history_and_counters(tmp_path):
     trainer(tmp_path / "full", [full]).fit(Scripted(), *loaders())
 
     first = OverfittingMonitor(PAIRS, **kw)
-    t1 = trainer(tmp_path / "a", [first], max_epochs=5)  # stops inside the first episode, UP count at 1
+    t1 = trainer(tmp_path / "a", [first], max_epochs=5)  # stops inside the acc episode, UP count at 1
     t1.fit(Scripted(), *loaders())
     ckpt = tmp_path / "a.ckpt"
     t1.save_checkpoint(ckpt)
@@ -229,10 +249,21 @@ def test_resume_keeps_history_and_counters(tmp_path):
         warnings.simplefilter("always")
         trainer(tmp_path / "b", [resumed]).fit(Scripted(), *loaders(), ckpt_path=ckpt)
     assert resumed.history == full.history
-    assert resumed.num_episodes == full.num_episodes == 2
-    # the episode open at the checkpoint is not announced again: only the one starting at epoch 8
+    assert resumed.num_episodes == full.num_episodes == 3
+    # the acc episode open at the checkpoint is not announced again: only the loss episodes at 5 and 8
     msgs = overfit_warnings(record)
-    assert len(msgs) == 1 and "at epoch 8" in msgs[0]
+    assert len(msgs) == 2 and "at epoch 5" in msgs[0] and "at epoch 8" in msgs[1]
+
+
+def test_reused_instance_starts_fresh_unless_resuming(tmp_path):
+    monitor = OverfittingMonitor(PAIRS, criteria=CRITERIA, warmup=4, patience=2, strip=3, verbose=0)
+    trainer(tmp_path / "a", [monitor]).fit(Scripted(), *loaders())
+    first = [dict(h) for h in monitor.history]
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        trainer(tmp_path / "b", [monitor]).fit(Scripted(), *loaders())
+    assert monitor.history == first and monitor.num_episodes == 3  # not 6, not 18 checks
+    assert len(overfit_warnings(record)) == 3  # every episode announced again in the new fit
 
 
 def test_resume_from_checkpoints_written_by_model_checkpoint(tmp_path):
@@ -381,14 +412,19 @@ def test_metric_never_logged_lists_logged_keys(tmp_path):
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        ({"action": "halt"}, ValueError, r"Unknown action 'halt'.*\['warn', 'stop'\]"),
+        ({"action": "halt"}, ValueError, r"`action` must be one of 'warn', 'stop' or a callable.*'halt'"),
         ({"criteria": {"gl": -5.0}}, ValueError, r"'gl'.*> 0.*-5.0"),
         ({"criteria": {"overfit": 1.0}}, ValueError, r"Unknown criterion 'overfit'"),
         ({"warmup": -1}, ValueError, r"warmup.*-1"),
-        ({"pairs": {"loss": ("train_loss", "val_loss", "down")}}, ValueError, r"\['min', 'max'\].*'down'"),
+        ({"pairs": {"loss": ("train_loss", "val_loss", "down")}}, ValueError, r"'min', 'max'; got 'down'"),
         ({"pairs": {"loss": ("train_loss",)}}, ValueError, r"\(train_key, val_key\)"),
         ({"pairs": {}}, ValueError, r"non-empty"),
-        ({"probe": 1.5}, ValueError, r"fraction in \(0, 1\].*1.5"),
+        ({"probe": 1.5}, ValueError, r"`probe` must be None, a number in \(0, 1\].*DataLoader; got 1.5"),
+        ({"probe": "all"}, TypeError, r"`probe` must be None, a number.*got 'all'"),
+        ({"criteria": {"gl": 0.05}}, ValueError, r"percent.*0.05 %.*Write 5 for 5 %"),
+        ({"criteria": {"trend": 0.5}}, ValueError, r"'trend'.*percent.*Write 50 for 50 %"),
+        ({"window": 2}, ValueError, r"`window` must be an int >= 3; got 2"),
+        ({"verbose": 3}, ValueError, r"`verbose` must be an int in \[0, 2\]; got 3"),
         ({"probe_metrics": {"loss": MulticlassAccuracy(num_classes=3)}}, ValueError, r"needs `probe`"),
         ({"probe": 0.5, "probe_metrics": {"los": MulticlassAccuracy(num_classes=3)}}, ValueError, r"'los'"),
     ],
@@ -586,3 +622,67 @@ def test_probe_refused_under_sharded_strategies():
     OverfittingMonitor({"loss": ("train_loss", "val_loss")}).setup(
         SimpleNamespace(strategy=FSDPStrategy()), Classifier(), "fit"
     )
+
+
+def test_negative_gap_is_never_called_overfitting_and_the_hint_says_what_to_do(tmp_path):
+    # train loss measured on mixed/dropped-out batches stays above validation although validation rises
+    train = [2.0, 1.875, 1.75, 1.625, 1.5, 1.375, 1.25]
+    val = [1.0, 0.5, 0.5625, 0.625, 0.6875, 0.75, 0.8125]
+    monitor = OverfittingMonitor({"loss": ("train_loss", "val_loss")}, criteria={"gl": 5.0}, verbose=0)
+    module = Scripted(train={"train_loss": train}, val=lambda e, run: {"val_loss": val[e]})
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        trainer(tmp_path, [monitor], max_epochs=7).fit(module, *loaders())
+    assert fired_epochs(monitor, "gl") == [2, 3, 4, 5, 6]
+    assert not any(h["alert"] for h in monitor.history) and overfit_warnings(record) == []
+    assert {h["pairs"]["loss"]["held_back"] for h in monitor.history[2:]} == {"negative gap"}
+    hints = [str(w.message) for w in record if "not called overfitting" in str(w.message)]
+    assert len(hints) == 1 and "val_loss is getting worse while train_loss improves (epoch 2)" in hints[0]
+    assert "Set `probe=0.1`" in hints[0]
+
+
+def test_warns_when_a_train_key_is_logged_per_step_only(tmp_path):
+    class StepOnly(Scripted):
+        def training_step(self, batch, batch_idx):
+            # Lightning's default in training_step: per step only
+            self.log("train_loss", torch.tensor(TRAIN_LOSS[self.current_epoch]))
+            self.log("train_acc", torch.tensor(TRAIN_ACC[self.current_epoch]), on_epoch=True)
+            return self.layer(batch[0]).pow(2).mean()
+
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        trainer(tmp_path, [OverfittingMonitor(PAIRS, verbose=0)], max_epochs=3).fit(StepOnly(), *loaders())
+    msgs = [str(w.message) for w in record if "logged per step only" in str(w.message)]
+    assert len(msgs) == 1  # once per fit, and not for train_acc (logged with on_epoch=True)
+    assert "`train_loss` (pair 'loss')" in msgs[0] and "on_epoch=True" in msgs[0]
+
+
+def test_probe_uses_the_batch_size_of_a_batch_sampler(tmp_path):
+    from torch.utils.data import BatchSampler, SequentialSampler
+
+    sizes = []
+
+    def forward(pl_module, batch):
+        sizes.append(len(batch[0]))
+        return pl_module(batch[0]), batch[1]
+
+    train_set = classification_data(30, 0)
+    monitor = OverfittingMonitor(
+        {"acc": ("train_acc", "val_acc", "max")},
+        criteria={"gl": 5.0},
+        probe=1.0,
+        probe_metrics={"acc": MulticlassAccuracy(num_classes=3, average="micro")},
+        probe_forward=forward,
+        verbose=0,
+    )
+    batches = BatchSampler(SequentialSampler(train_set), 8, drop_last=False)
+    train = DataLoader(train_set, batch_sampler=batches)
+
+    class WithAcc(Classifier):
+        def training_step(self, batch, batch_idx):
+            self.log("train_acc", 0.5, on_epoch=True, on_step=False)
+            return super().training_step(batch, batch_idx)
+
+    val = DataLoader(classification_data(12, 1), 6)
+    trainer(tmp_path, [monitor], max_epochs=1).fit(WithAcc(), train, val)
+    assert sizes == [8, 8, 8, 6]  # the training batches' size (not 30 batches of one sample)

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 
 from lightning_reg.overfitting.criteria import (
@@ -11,6 +12,7 @@ from lightning_reg.overfitting.criteria import (
     progress_quotient,
     relative_gap,
     training_progress,
+    trend_statistic,
 )
 
 
@@ -146,7 +148,10 @@ def test_state_dict_round_trip_continues_identically():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"criteria": {"gapp": 0.1}}, r"Unknown criterion 'gapp'.*'gap', 'rel_gap', 'gl', 'pq', 'up'"),
+        ({"criteria": {"gapp": 0.1}}, r"Unknown criterion 'gapp'.*'trend', 'gl', 'pq', 'up', 'gap'"),
+        ({"criteria": {"gl": 0.05}}, r"'gl'.*in percent.*0.05 %.*Write 5 for 5 %"),
+        ({"criteria": {"gl": 1.0}, "window": 2}, r"`window` must be an int >= 3; got 2"),
+        ({"criteria": {"gl": 1.0}, "trend_t": 0.0}, r"`trend_t` must be a finite number > 0; got 0.0"),
         ({"criteria": {"gap": -0.1}}, r"'gap'.*> 0.*-0.1"),
         ({"criteria": {"gl": 0.0}}, r"'gl'.*> 0.*got 0.0"),
         ({"criteria": {"pq": math.inf}}, r"finite"),
@@ -156,7 +161,7 @@ def test_state_dict_round_trip_continues_identically():
         ({"criteria": {}}, r"non-empty"),
         ({"criteria": {"gl": 1.0}, "patience": 0}, r"patience.*got 0"),
         ({"criteria": {"gl": 1.0}, "strip": 1}, r"strip.*got 1"),
-        ({"criteria": {"gl": 1.0}, "pairs": {"loss": "lower"}}, r"'loss'.*\['min', 'max'\].*'lower'"),
+        ({"criteria": {"gl": 1.0}, "pairs": {"loss": "lower"}}, r"pair 'loss'.*'min', 'max'; got 'lower'"),
     ],
 )
 def test_bad_input(kwargs, match):
@@ -169,3 +174,80 @@ def test_missing_pair_values():
     crit = OverfittingCriteria({"loss": "min", "acc": "max"}, {"gl": 1.0})
     with pytest.raises(KeyError, match="acc"):
         crit.update({"loss": (0.1, 0.2)})
+
+
+def _numpy_t(values):
+    """Reference: ordinary least squares with numpy, t = slope / its standard error."""
+    y = np.asarray(values, dtype=float)
+    x = np.arange(len(y), dtype=float)
+    design = np.stack([np.ones_like(x), x], axis=1)
+    coef, rss, *_ = np.linalg.lstsq(design, y, rcond=None)
+    sigma2 = float(rss[0]) / (len(y) - 2)
+    cov = sigma2 * np.linalg.inv(design.T @ design)
+    return coef[1] / math.sqrt(cov[1, 1])
+
+
+def test_trend_statistic_is_the_ols_t_of_the_slope():
+    # by hand: slope 0.09, residual sum of squares 0.002, se = sqrt(0.002 / 3 / 10) -> t = 11.02
+    assert trend_statistic([1.0, 1.1, 1.15, 1.3, 1.35]) == pytest.approx(0.09 / math.sqrt(0.002 / 30))
+    rng = np.random.default_rng(0)
+    for n in (3, 5, 8, 13):
+        for _ in range(20):
+            y = rng.normal(size=n).cumsum()
+            assert trend_statistic(y) == pytest.approx(_numpy_t(y), rel=1e-9)
+            assert trend_statistic(y, "max") == pytest.approx(-_numpy_t(y), rel=1e-9)  # worse = lower
+    assert trend_statistic([0.5, 0.5, 0.5]) == 0.0
+    assert trend_statistic([0.5, 0.6, 0.7]) == math.inf  # exactly on a rising line
+    with pytest.raises(ValueError, match="at least 3"):
+        trend_statistic([1.0, 2.0])
+
+
+def test_trend_ignores_a_single_bump_but_fires_on_a_sustained_rise():
+    train = [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.45, 0.4, 0.35, 0.3, 0.25, 0.2, 0.15]
+    val = [1.0, 0.8, 0.6, 0.5, 0.5, 0.5, 1.0, 0.5, 0.5, 0.55, 0.6, 0.65, 0.7]
+    seq = [{"loss": tv} for tv in zip(train, val)]
+    trend = run({"trend": 5.0}, {"loss": "min"}, seq, window=4)
+    gl = run({"gl": 5.0}, {"loss": "min"}, seq, window=4)
+    # the bump at check 6: window [.5, .5, .5, 1] has t = 0.15 / sqrt(0.075 / 2 / 5) = 1.73 < 2.5
+    assert trend[6]["loss"].trend == pytest.approx(0.15 / math.sqrt(0.0075))
+    assert fired_at(gl, "loss", "gl")[0] == 6  # Prechelt's GL fires on the bump (100 % worse)
+    # the rise .5 -> .7: windows from check 10 lie on a line (t = inf) and are > 5 % worse than 0.5
+    assert fired_at(trend, "loss", "trend") == [10, 11, 12]
+    assert [r["loss"].alert for r in trend] == [False] * 10 + [True] * 3
+
+
+def test_alerts_need_training_to_improve_and_a_positive_gap():
+    val = [1.0, 0.5, 0.6, 0.7]  # GL 20 % at check 2, 40 % at check 3
+    pairs = {"loss": "min"}
+    # training improving, validation worse than training: alerts
+    reports = run({"gl": 5.0}, pairs, [{"loss": tv} for tv in zip([0.9, 0.4, 0.3, 0.2], val)], window=3)
+    assert [r["loss"].alert for r in reports] == [False, False, True, True]
+    # training flat over the window: the run is stuck, not overfitting
+    reports = run({"gl": 5.0}, pairs, [{"loss": tv} for tv in zip([0.4] * 4, val)], window=3)
+    assert fired_at(reports, "loss", "gl") == [2, 3]
+    assert [r["loss"].alert for r in reports] == [False] * 4
+    assert [r["loss"].held_back for r in reports][2:] == ["training not improving"] * 2
+    # train worse than validation (e.g. measured with dropout or mixup): a negative gap is not overfitting
+    reports = run({"gl": 5.0}, pairs, [{"loss": tv} for tv in zip([2.0, 1.5, 1.2, 1.0], val)], window=3)
+    assert [r["loss"].alert for r in reports] == [False] * 4
+    assert [r["loss"].held_back for r in reports][2:] == ["negative gap"] * 2
+    # a gap criterion is about the gap itself: not held back by the training trend
+    gaps = [{"loss": tv} for tv in zip([0.4] * 4, [0.45, 0.5, 0.6, 0.7])]  # gaps .05, .1, .2, .3
+    reports = run({"gap": 0.1}, pairs, gaps, window=3)
+    assert [r["loss"].alert for r in reports] == [False, False, True, True]
+
+
+def test_warmup_holds_alerts_back():
+    val = [1.0, 0.5, 0.6, 0.7]
+    seq = [{"loss": tv} for tv in zip([0.9, 0.4, 0.3, 0.2], val)]
+    reports = run({"gl": 5.0}, {"loss": "min"}, seq, window=3, warmup=3)
+    assert [r["loss"].alert for r in reports] == [False, False, False, True]
+    assert reports[2]["loss"].held_back == "warmup"
+
+
+def test_nan_values_never_become_the_best():
+    seq = [{"loss": (1.0, math.nan)}, {"loss": (0.9, 0.5)}, {"loss": (0.8, math.nan)}, {"loss": (0.7, 0.6)}]
+    reports = run({"gl": 5.0}, {"loss": "min"}, seq)
+    assert math.isnan(reports[0]["loss"].best_val)
+    assert [r["loss"].best_val for r in reports[1:]] == [0.5, 0.5, 0.5]
+    assert reports[3]["loss"].gl == pytest.approx(20.0) and reports[3]["loss"].best_check == 1

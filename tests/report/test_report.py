@@ -97,6 +97,36 @@ def test_curves_series_gap_alerts_and_best_epoch_by_hand(hand_dir: Path, tmp_pat
     assert best_epoch_of(m, "val_loss", "max") == 0
 
 
+ALERTS = "overfit/alert,overfit/loss_alert,overfit/acc_alert"
+PER_PAIR_CSV = f"""epoch,step,train_loss,val_loss,train_acc,val_acc,{ALERTS}
+0,9,1.5,2.0,0.2,0.1,0,0,0
+1,19,0.8,1.0,0.5,0.4,0,0,0
+2,29,0.4,0.9,0.8,0.3,1,0,1
+3,39,0.2,1.5,0.9,0.5,1,1,0
+"""
+
+
+def test_each_panel_marks_its_own_pairs_alerts_with_legend_entries(tmp_path: Path):
+    (tmp_path / "metrics.csv").write_text(PER_PAIR_CSV)
+    r = plot_train_val(load_metrics(tmp_path), tmp_path / "curves.png")
+    assert r.markers["alerts"] == [2.0, 3.0]  # any pair
+    # the loss panel shows the loss alert only (epoch 3), not the acc alert at epoch 2, where val_loss
+    # was at its best; and vice versa
+    assert r.markers["loss/alerts"] == [3.0] and r.markers["acc/alerts"] == [2.0]
+    assert r.legends["loss"] == [
+        "train_loss",
+        "val_loss",
+        "train/val gap",
+        "overfitting alert (overfit/loss_alert)",
+        "first alert (epoch 3)",
+    ]
+    assert r.legends["acc"][-2:] == ["overfitting alert (overfit/acc_alert)", "first alert (epoch 2)"]
+    # logs without per-pair keys (older runs): every panel shows the any-pair alerts
+    (tmp_path / "metrics.csv").write_text(HAND_CSV)
+    r = plot_train_val(load_metrics(tmp_path), tmp_path / "curves2.png")
+    assert r.markers["loss/alerts"] == [2.0, 3.0] and "first alert (epoch 2)" in r.legends["loss"]
+
+
 def test_grad_norm_series_and_fallback_to_monitor_key(hand_dir: Path, tmp_path: Path):
     r = plot_grad_norms(load_metrics(hand_dir), tmp_path / "g.png")
     assert r.series == {
@@ -229,6 +259,12 @@ def test_report_from_real_run_matches_csv(real_run: dict, tmp_path: Path):
     assert alert_epochs == [float(e) for e, _, v in cols["val_loss"] if v - train[e] > 1e-6]
     assert alert_epochs, "expected at least one alert in this run"
     assert curves.markers["alerts"] == alert_epochs and curves.markers["first_alert"] == alert_epochs[:1]
+    assert curves.markers["loss/alerts"] == [float(e) for e, _, v in cols["overfit/loss_alert"] if v > 0]
+    # without any flag the report marks the epoch EarlyStopping restored, from its logged key
+    es = real_run["callbacks"][0]
+    assert es.restored and cols["early_stopping/restored_epoch"][-1][2] == es.best_epoch
+    unflagged = render_report(csv_dir, tmp_path / "unflagged")["curves"]
+    assert unflagged.markers["best_epoch"] == [float(es.best_epoch)]
 
     grads = results["grad_norms"]
     for key in ("grad/clip/norm_pre", "grad/clip/norm_post"):
