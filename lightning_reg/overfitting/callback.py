@@ -297,6 +297,15 @@ class OverfittingMonitor(Callback):
         )
         side = "logged train metrics" if self.probe is None else "eval-mode probe of the training set"
         say(self.verbose, 1, f"OverfittingMonitor: {pairs}; criteria {crit}; train side from {side}.")
+        from lightning.pytorch.utilities.model_helpers import is_overridden
+
+        if trainer.limit_val_batches == 0 or not is_overridden("validation_step", pl_module):
+            why = "limit_val_batches=0" if trainer.limit_val_batches == 0 else "no validation_step"
+            rank_zero_warn(
+                f"OverfittingMonitor: validation does not run ({why}), so the validation side of"
+                f" {sorted(v for _, v, _ in self.pairs.values())} is never measured and no check will run;"
+                " enable validation or remove the monitor."
+            )
 
     @override
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

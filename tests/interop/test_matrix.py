@@ -257,7 +257,6 @@ def test_without_validation_every_callback_runs_or_refuses_clearly(tmp_path):
         ).fit(TunableNet())
 
 
-@pytest.mark.xfail(strict=True, reason="OverfittingMonitor checks its keys after validation, never run here")
 def test_without_validation_overfitting_monitor_says_so(tmp_path):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -296,7 +295,6 @@ def test_ddp_spawn_trains_and_returns_the_weights(ddp_spawn_fit):
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-@pytest.mark.xfail(strict=True, reason="EarlyStopping's state stays in the spawned processes (being fixed)")
 def test_ddp_spawn_early_stopping_state_reaches_the_main_process(ddp_spawn_fit):
     _, cbs, _ = ddp_spawn_fit
     es = _get(cbs, EarlyStopping)
