@@ -132,8 +132,8 @@ def main() -> None:
     report.note(
         f"Whole-fit wall times are medians of {args.repeats} interleaved rounds (Trainer construction"
         " included); ratios are medians of per-round paired ratios. The time inside the monitor's own hooks"
-        " (`on_validation_end`, `on_train_epoch_end`) is summed per fit, so it is insensitive to what the"
-        " rest of the machine does between hooks."
+        " (`on_validation_end`, `on_train_epoch_end`) is summed per fit: its share of the fit is the number"
+        " to read on a busy machine, where whole-fit differences of a few percent are noise."
     )
     report.save()
 
