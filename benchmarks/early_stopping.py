@@ -1,6 +1,6 @@
 """Cost of EarlyStopping's best-weights snapshot on torchvision resnet18 (CPU, batch 64 at 32x32, Adam).
 
-Prints, as ratios (medians over repeats):
+Prints, as ratios (medians and paired ratios of interleaved rounds, ``benchmarks/harness.py``):
 * one snapshot (collect local tensors + ``torch._foreach_copy_`` into reused buffers) / one training step
   (target <= 0.03);
 * one snapshot / one plain copy of the state dict's bytes (a single preallocated memcpy; target <= 2);
@@ -11,7 +11,9 @@ Prints, as ratios (medians over repeats):
 * the ModelCheckpoint route measured in the same run: ``trainer.save_checkpoint`` (what ModelCheckpoint
   does at every improvement, Adam state included) and reload (``torch.load`` + ``load_state_dict``).
 
-Run: ``python benchmarks/early_stopping.py`` (add ``--repeats N``). Say whether the machine was quiet.
+Run: ``PYTHONPATH=. python benchmarks/early_stopping.py`` (add ``--repeats N``). Writes
+``benchmarks/results/early_stopping.json`` and ``docs/benchmarks/results/early_stopping.md`` (with the load
+average, to tell a quiet machine from a busy one).
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import statistics
+import shlex
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,24 +34,11 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_reg import EarlyStopping
-from lightning_reg.early_stopping.snapshot import WeightSnapshot, local_snapshot_tensors
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's lightning_reg and harness
 
-BEST: dict[str, float] = {}
-
-
-def median_time(fn, repeats: int, warmup: int = 2, name: str = "") -> float:
-    """Median wall time of ``fn``; the fastest run is kept in ``BEST[name]`` (robust under contention)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    if name:
-        BEST[name] = min(times)
-    return statistics.median(times)
+from benchmarks.harness import Report, time_interleaved  # noqa: E402
+from lightning_reg import EarlyStopping  # noqa: E402
+from lightning_reg.early_stopping.snapshot import WeightSnapshot, local_snapshot_tensors  # noqa: E402
 
 
 def rss_bytes() -> int:
@@ -116,6 +106,12 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, cpu count {os.cpu_count()}")
+    report = Report(
+        "early_stopping",
+        "PYTHONPATH=. python " + shlex.join(["benchmarks/early_stopping.py", *sys.argv[1:]]),
+        title="EarlyStopping: best-weights snapshot cost (resnet18, CPU, batch 64 at 32x32, Adam)",
+    )
+    report.note(f"Load average (1 min) at the start: {os.getloadavg()[0]:.2f}.")
 
     model = torchvision.models.resnet18(num_classes=10)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -126,62 +122,89 @@ def main() -> None:
         nn.functional.cross_entropy(model(x), y).backward()
         opt.step()
 
-    t_step = median_time(train_step, max(5, args.repeats // 2), name="step")
-
     state_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     src_flat = torch.empty(state_bytes, dtype=torch.uint8).random_()
     dst_flat = torch.empty(state_bytes, dtype=torch.uint8)
     dst_flat.copy_(src_flat)
-    t_memcpy = median_time(lambda: dst_flat.copy_(src_flat), args.repeats, name="memcpy")
-    t_deepcopy = median_time(lambda: copy.deepcopy(model.state_dict()), max(3, args.repeats // 3))
 
+    # Memory and disk first, with nothing else allocating: the buffers are allocated at the first snapshot
+    # only, later snapshots and restores reuse them and write nothing to disk.
     snap = WeightSnapshot("cpu")
     rss0 = rss_bytes()
     snap.capture(local_snapshot_tensors(model))
     rss1 = rss_bytes()
     w0 = wchar()
-    t_snap = median_time(lambda: snap.capture(local_snapshot_tensors(model)), args.repeats, name="snap")
-    for _ in range(20):
+    more = args.repeats + 22
+    for _ in range(more):
         snap.capture(local_snapshot_tensors(model))
+        snap.restore(local_snapshot_tensors(model))
     rss2 = rss_bytes()
-    t_restore = median_time(lambda: snap.restore(local_snapshot_tensors(model)), args.repeats, name="restore")
     w_snap = wchar() - w0
 
-    print(f"state dict: {state_bytes / 2**20:.1f} MiB in {len(model.state_dict())} tensors")
-    print(f"train step (fwd+bwd+Adam):       {t_step * 1e3:8.2f} ms")
-    print(f"plain memcpy of state bytes:     {t_memcpy * 1e3:8.2f} ms")
-    print(f"copy.deepcopy(state_dict):       {t_deepcopy * 1e3:8.2f} ms")
-    print(f"snapshot (collect + foreach):    {t_snap * 1e3:8.2f} ms")
-    print(f"restore (foreach):               {t_restore * 1e3:8.2f} ms")
-    print(f"RATIO snapshot / train step:     {t_snap / t_step:8.4f}   (target <= 0.03)")
-    print(f"RATIO snapshot / memcpy:         {t_snap / t_memcpy:8.2f}   (target <= 2)")
-    print(f"RATIO restore / memcpy:          {t_restore / t_memcpy:8.2f}")
-    print(
-        "fastest runs (less sensitive to a contended CPU): snapshot / train step"
-        f" {BEST['snap'] / BEST['step']:.4f}, snapshot / memcpy {BEST['snap'] / BEST['memcpy']:.2f},"
-        f" restore / memcpy {BEST['restore'] / BEST['memcpy']:.2f}"
+    t = time_interleaved(
+        {
+            "train step": train_step,
+            "memcpy": lambda: dst_flat.copy_(src_flat),
+            "snapshot": lambda: snap.capture(local_snapshot_tensors(model)),
+            "restore": lambda: snap.restore(local_snapshot_tensors(model)),
+            "deepcopy": lambda: copy.deepcopy(model.state_dict()),
+        },
+        rounds=args.repeats,
     )
-    print(f"RATIO deepcopy / snapshot:       {t_deepcopy / t_snap:8.2f}")
-    print(
-        f"memory: snapshot buffers {snap.nbytes / 2**20:.1f} MiB"
-        f" (equal to state dict: {snap.nbytes == state_bytes})"
-        f"; RSS +{(rss1 - rss0) / 2**20:.1f} MiB at first snapshot, +{(rss2 - rss1) / 2**20:.1f} MiB after"
-        f" {args.repeats + 22} more (must not grow)"
+    section = "snapshot (in memory)"
+    mib = state_bytes / 2**20
+    report.add(section, "state dict", f"{mib:.1f} MiB in {len(model.state_dict())} tensors")
+    report.add(section, "train step (fwd + bwd + Adam)", t.median("train step") * 1e3, unit="ms")
+    report.add(section, "plain memcpy of the state bytes", t.median("memcpy") * 1e3, unit="ms")
+    report.add(section, "copy.deepcopy(state_dict)", t.median("deepcopy") * 1e3, unit="ms")
+    report.add(section, "snapshot (collect + foreach copy)", t.median("snapshot") * 1e3, unit="ms")
+    report.add(section, "restore (foreach copy)", t.median("restore") * 1e3, unit="ms")
+    report.add(
+        section, "snapshot / train step", t.ratio("snapshot", "train step"), unit="x", target="<= 0.03"
     )
-    print(f"bytes written by {args.repeats + 22} snapshots + restores (wchar): {w_snap}")
+    report.add(section, "snapshot / memcpy", t.ratio("snapshot", "memcpy"), unit="x", target="<= 2")
+    report.add(section, "restore / memcpy", t.ratio("restore", "memcpy"), unit="x")
+    report.add(section, "deepcopy / snapshot", t.ratio("deepcopy", "snapshot"), unit="x")
+    report.add(
+        "memory and disk",
+        "snapshot buffers",
+        f"{snap.nbytes / 2**20:.1f} MiB",
+        note=f"equal to the state dict: {snap.nbytes == state_bytes}",
+    )
+    report.add("memory and disk", "RSS growth at the first snapshot", (rss1 - rss0) / 2**20, unit="MiB")
+    report.add(
+        "memory and disk",
+        f"RSS growth over {more} further snapshots + restores",
+        (rss2 - rss1) / 2**20,
+        unit="MiB",
+        target="0 (must not grow)",
+    )
+    report.add(
+        "memory and disk",
+        f"bytes written by {more} snapshots + restores (wchar)",
+        float(w_snap),
+        unit="B",
+        target="0",
+    )
 
     # The ModelCheckpoint(save_top_k=1) + reload route, same model inside a Trainer with Adam state
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        t_fit_mem, written_mem, es_mem = short_fit(root / "mem", checkpoint_route=False)
-        t_fit_ckpt, written_ckpt, es_ckpt = short_fit(root / "ckpt", checkpoint_route=True)
-        print(
-            f"short fit (3 epochs x 2 steps + val), default snapshot: {t_fit_mem:.2f} s,"
-            f" bytes on disk {written_mem}"
+        t_fit_mem, written_mem, _ = short_fit(root / "mem", checkpoint_route=False)
+        t_fit_ckpt, written_ckpt, _ = short_fit(root / "ckpt", checkpoint_route=True)
+        section = "3-epoch fit (3 x 2 steps + validation)"
+        report.add(section, "default (snapshot='cpu'): time", t_fit_mem, unit="s")
+        report.add(
+            section, "default (snapshot='cpu'): bytes on disk", float(written_mem), unit="B", target="0"
         )
-        print(
-            f"short fit, snapshot='checkpoint' + ModelCheckpoint(save_top_k=1): {t_fit_ckpt:.2f} s,"
-            f" bytes on disk {written_ckpt}"
+        report.add(
+            section, "snapshot='checkpoint' + ModelCheckpoint(save_top_k=1): time", t_fit_ckpt, unit="s"
+        )
+        report.add(
+            section,
+            "snapshot='checkpoint' + ModelCheckpoint(save_top_k=1): bytes on disk",
+            written_ckpt / 1e6,
+            unit="MB",
         )
         model_l = Classifier()
         trainer = L.Trainer(
@@ -196,19 +219,34 @@ def main() -> None:
         )
         trainer.fit(model_l, loaders()[0])
         path = root / "route.ckpt"
-        t_save = median_time(lambda: trainer.save_checkpoint(path), max(3, args.repeats // 3), warmup=1)
 
         def reload() -> None:
             ckpt = torch.load(path, weights_only=False)
             model_l.load_state_dict(ckpt["state_dict"])
 
-        t_reload = median_time(reload, max(3, args.repeats // 3), warmup=1)
-        print(
-            f"checkpoint route: save {t_save * 1e3:.1f} ms ({path.stat().st_size / 2**20:.1f} MiB file),"
-            f" reload {t_reload * 1e3:.1f} ms"
+        trainer.save_checkpoint(path)
+        c = time_interleaved(
+            {"save": lambda: trainer.save_checkpoint(path), "reload": reload},
+            rounds=max(3, args.repeats // 3),
+            warmup=1,
         )
-        print(f"RATIO checkpoint save / snapshot:  {t_save / t_snap:8.1f}")
-        print(f"RATIO checkpoint reload / restore: {t_reload / t_restore:8.1f}")
+        section = "ModelCheckpoint route"
+        size = path.stat().st_size / 2**20
+        report.add(
+            section,
+            f"trainer.save_checkpoint ({size:.1f} MiB file, Adam state)",
+            c.median("save") * 1e3,
+            unit="ms",
+        )
+        report.add(section, "reload (torch.load + load_state_dict)", c.median("reload") * 1e3, unit="ms")
+        report.add(section, "checkpoint save / snapshot", c.median("save") / t.median("snapshot"), unit="x")
+        report.add(section, "checkpoint reload / restore", c.median("reload") / t.median("restore"), unit="x")
+    report.note(
+        "In-memory timings: medians of interleaved rounds (train step, memcpy, snapshot, restore, deepcopy);"
+        " a ratio within a section is the median of the per-round paired ratios. The ModelCheckpoint route"
+        " is timed in its own rounds; its ratios are ratios of medians."
+    )
+    report.save()
 
 
 if __name__ == "__main__":

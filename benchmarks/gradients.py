@@ -1,6 +1,7 @@
 """Overhead of lightning_reg's gradient statistics and clipping vs plain baselines (CPU; CUDA if available).
 
-Prints one table of ratios (medians of repeated timings):
+Prints one table of ratios (``benchmarks/harness.py``: variants interleaved round by round, medians and
+per-round paired ratios):
 
 1. monitor (total + per-group norms) / ``torch.nn.utils.get_total_norm``          target <= 1.10
 2. monitor + norm clipping / ``torch.nn.utils.clip_grad_norm_``                   target <= 1.10
@@ -9,15 +10,19 @@ Prints one table of ratios (medians of repeated timings):
 
 Run from the repository root:
 ``PYTHONPATH=. python benchmarks/gradients.py [--device cpu|cuda] [--reps 30] [--e2e-steps 15]``
-``[--e2e-batch 64]``
+``[--e2e-batch 64]`` (``--quick`` for a CI-sized run). Writes ``benchmarks/results/gradients.json`` and
+``docs/benchmarks/results/gradients.md``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
 import statistics
+import sys
 import time
-from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -26,8 +31,11 @@ import torchvision
 from lightning.pytorch.utilities import grad_norm
 from torch import nn
 
-from lightning_reg import GradientClipping, GradientMonitor
-from lightning_reg.gradients.core import (
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's lightning_reg and harness
+
+from benchmarks.harness import Report, Timings, time_interleaved  # noqa: E402
+from lightning_reg import GradientClipping, GradientMonitor  # noqa: E402
+from lightning_reg.gradients.core import (  # noqa: E402
     clip_coefficient,
     group_by_module_depth,
     per_tensor_norms,
@@ -53,38 +61,10 @@ def make_grads(model: nn.Module, kind: str, device: str) -> None:
     model(x).float().pow(2).mean().backward()
 
 
-def sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def bench_pair(
-    fa: Callable[[], Any], fb: Callable[[], Any], device: str, reps: int
-) -> tuple[float, float, float]:
-    """Time ``fa`` and ``fb`` interleaved rep by rep (robust to drifting CPU contention).
-
-    Returns ``(median_a, median_b, median of per-rep b/a)``.
-    """
-
-    def once(fn: Callable[[], Any]) -> float:
-        sync(device)
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        return time.perf_counter() - t0
-
-    for _ in range(5):
-        fa(), fb()
-    ta, tb = [], []
-    for i in range(reps):
-        if i % 2:
-            ta.append(once(fa))
-            tb.append(once(fb))
-        else:
-            tb.append(once(fb))
-            ta.append(once(fa))
-    ratio = statistics.median(b / a for a, b in zip(ta, tb))
-    return statistics.median(ta), statistics.median(tb), ratio
+def bench_pair(fa: Any, fb: Any, device: str, reps: int) -> tuple[float, float, float]:
+    """``(median a, median b, median of per-round b / a)`` from one interleaved harness run."""
+    t = time_interleaved({"a": fa, "b": fb}, rounds=reps, warmup=5, device=device)
+    return t.median("a"), t.median("b"), t.ratio("b", "a")
 
 
 def micro(kind: str, model: nn.Module, device: str, reps: int) -> dict[str, float]:
@@ -194,15 +174,13 @@ def e2e(kind: str, device: str, steps: int, batch: int, rounds: int = 3) -> dict
             )
             trainer.fit(LitWrap(net, kind), loader)
             med[arm].append(statistics.median(timer.times[3:]))
-    plain, both = statistics.median(med["plain"]), statistics.median(med["both"])
-    ratio = statistics.median(b / p for p, b in zip(med["plain"], med["both"]))  # per-round paired ratios
-    ratio_lc = statistics.median(b / p for p, b in zip(med["lightning_clip"], med["both"]))
+    t = Timings(med)  # one median step time per arm and round: the harness's statistics, paired by round
     return {
-        "step_plain_ms": plain * 1e3,
-        "step_both_ms": both * 1e3,
-        "step_lightning_clip_ms": statistics.median(med["lightning_clip"]) * 1e3,
-        "ratio_e2e": ratio,
-        "ratio_e2e_vs_lightning_clip": ratio_lc,
+        "step_plain_ms": t.median("plain") * 1e3,
+        "step_both_ms": t.median("both") * 1e3,
+        "step_lightning_clip_ms": t.median("lightning_clip") * 1e3,
+        "ratio_e2e": t.ratio("both", "plain"),
+        "ratio_e2e_vs_lightning_clip": t.ratio("both", "lightning_clip"),
     }
 
 
@@ -232,20 +210,30 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--e2e-steps", type=int, default=15)
     ap.add_argument("--e2e-batch", type=int, default=64, help="batch size of the end-to-end steps")
+    ap.add_argument("--e2e-rounds", type=int, default=3, help="rounds of the end-to-end arms")
     ap.add_argument("--skip-e2e", action="store_true", help="only the micro-benchmarks")
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave as is)")
+    ap.add_argument("--quick", action="store_true", help="CI-sized: --reps 8 --e2e-steps 6 --e2e-batch 16")
     a = ap.parse_args()
+    if a.quick:
+        a.reps, a.e2e_steps, a.e2e_batch, a.e2e_rounds = 8, 6, 16, 1
     if a.threads:
         torch.set_num_threads(a.threads)
     print(
         f"device={a.device} torch={torch.__version__} lightning={pl.__version__}"
         f" threads={torch.get_num_threads()}"
     )
-    us_ours, us_light = fixed_cost_per_tensor(a.device, a.reps)
-    print(
-        f"fixed cost per tensor (512 tiny gradients): ours {us_ours:.2f} us vs Lightning grad_norm"
-        f" {us_light:.2f} us  speed-up {us_light / us_ours:.2f}x  (target >= 2x)"
+    report = Report(
+        "gradients",
+        "PYTHONPATH=. python " + shlex.join(["benchmarks/gradients.py", *sys.argv[1:]]),
+        title=f"Gradient monitoring and clipping against plain baselines ({a.device})",
     )
+    report.note(f"Load average (1 min) at the start: {os.getloadavg()[0]:.2f}.")
+    us_ours, us_light = fixed_cost_per_tensor(a.device, a.reps)
+    section = "fixed cost per tensor (512 tiny gradients)"
+    report.add(section, "ours (per-tensor norms + total)", us_ours, unit="us")
+    report.add(section, "Lightning grad_norm", us_light, unit="us")
+    report.add(section, "speed-up", us_light / us_ours, unit="x", target=">= 2")
     for kind in ("transformer", "resnet18"):
         torch.manual_seed(0)
         model = transformer() if kind == "transformer" else torchvision.models.resnet18(num_classes=10)
@@ -253,30 +241,52 @@ def main() -> None:
         r = micro(kind, model, a.device, a.reps)
         print(f"[{kind}] micro-benchmarks done", flush=True)
         if not a.skip_e2e:
-            r.update(e2e(kind, a.device, a.e2e_steps, a.e2e_batch))
-        print(f"\n[{kind}] {r['tensors']} grad tensors, {r['groups']} groups")
-        print(
-            f"  monitor (total+groups) {r['monitor_ms']:.3f} ms vs get_total_norm"
-            f" {r['get_total_norm_ms']:.3f} ms  ratio {r['ratio_monitor']:.3f}  (target <= 1.10)"
+            r.update(e2e(kind, a.device, a.e2e_steps, a.e2e_batch, rounds=a.e2e_rounds))
+        section = f"{kind}: {r['tensors']} grad tensors, {r['groups']} groups"
+        report.add(section, "monitor (total + groups)", r["monitor_ms"], unit="ms")
+        report.add(section, "torch get_total_norm", r["get_total_norm_ms"], unit="ms")
+        report.add(section, "monitor / get_total_norm", r["ratio_monitor"], unit="x", target="<= 1.10")
+        report.add(section, "monitor + norm clip", r["monitor_clip_ms"], unit="ms")
+        report.add(section, "torch clip_grad_norm_", r["clip_grad_norm_ms"], unit="ms")
+        report.add(
+            section,
+            "monitor + norm clip / clip_grad_norm_",
+            r["ratio_monitor_clip"],
+            unit="x",
+            target="<= 1.10",
         )
-        print(
-            f"  monitor+norm clip      {r['monitor_clip_ms']:.3f} ms vs clip_grad_norm_"
-            f" {r['clip_grad_norm_ms']:.3f} ms  ratio {r['ratio_monitor_clip']:.3f}  (target <= 1.10)"
-        )
-        print(
-            f"  per-tensor+total       {r['per_tensor_ms']:.3f} ms vs Lightning grad_norm"
-            f" {r['lightning_grad_norm_ms']:.3f} ms  speed-up {r['speedup_per_tensor']:.2f}x  (target >= 2x)"
+        report.add(section, "per-tensor + total (ours)", r["per_tensor_ms"], unit="ms")
+        report.add(section, "Lightning grad_norm", r["lightning_grad_norm_ms"], unit="ms")
+        report.add(
+            section,
+            "per-tensor: Lightning / ours (speed-up)",
+            r["speedup_per_tensor"],
+            unit="x",
+            target=">= 2",
         )
         if a.skip_e2e:
             continue
-        print(
-            f"  end-to-end step        {r['step_both_ms']:.2f} ms vs plain {r['step_plain_ms']:.2f} ms"
-            f"  ratio {r['ratio_e2e']:.3f}  (target <= 1.02)"
+        report.add(section, "end-to-end step, plain", r["step_plain_ms"], unit="ms")
+        report.add(
+            section, "end-to-end step, Trainer(gradient_clip_val=1.0)", r["step_lightning_clip_ms"], unit="ms"
         )
-        print(
-            f"  end-to-end step        {r['step_both_ms']:.2f} ms vs Trainer(gradient_clip_val=1.0)"
-            f" {r['step_lightning_clip_ms']:.2f} ms  ratio {r['ratio_e2e_vs_lightning_clip']:.3f}"
+        report.add(section, "end-to-end step, both callbacks", r["step_both_ms"], unit="ms")
+        report.add(section, "end-to-end: both callbacks / plain", r["ratio_e2e"], unit="x", target="<= 1.02")
+        report.add(
+            section,
+            "end-to-end: both callbacks / Trainer(gradient_clip_val=1.0)",
+            r["ratio_e2e_vs_lightning_clip"],
+            unit="x",
         )
+    report.note(
+        f"Micro-benchmarks: {a.reps} interleaved rounds, medians; ratios are medians of per-round paired"
+        " ratios."
+        f" End-to-end: a Lightning `fit` of {a.e2e_steps} steps at batch {a.e2e_batch} with AdamW;"
+        ' `GradientMonitor(group_by="module", depth=2)` + `GradientClipping("norm", max_norm=1.0)` against'
+        f" the same fit without them and against `Trainer(gradient_clip_val=1.0)`; {a.e2e_rounds} rounds of"
+        " the three arms, each round's median step time (first 3 steps dropped), ratios paired by round."
+    )
+    report.save()
 
 
 if __name__ == "__main__":

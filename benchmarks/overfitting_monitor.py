@@ -1,22 +1,32 @@
 """Overhead of OverfittingMonitor against a plain Lightning fit (and the cost of the eval-mode probe).
 
-Run: python benchmarks/overfitting_monitor.py [--epochs 6] [--repeats 3]
-Prints the median wall time per fit and the ratio against the plain run. The monitor does no per-step work;
-its cost is one all-reduce (DDP only) and a handful of epoch-level logs per check. The probe adds one
-eval-mode pass over its subset per validation: about probe_size / val_size times the validation cost.
+Run: ``PYTHONPATH=. python benchmarks/overfitting_monitor.py [--epochs 6] [--repeats 3]``
+Prints the median wall time per fit and the ratio against the plain run (``benchmarks/harness.py``: setups
+interleaved round by round, medians, per-round paired ratios) and writes
+``benchmarks/results/overfitting_monitor.json`` and ``docs/benchmarks/results/overfitting_monitor.md``.
+The monitor does no per-step work; its cost is one all-reduce (DDP only) and a handful of epoch-level logs
+per check. The probe adds one eval-mode pass over its subset per validation: about probe_size / val_size
+times the validation cost.
 """
 
 import argparse
+import os
+import shlex
 import statistics
+import sys
 import time
 import warnings
+from pathlib import Path
 
 import lightning as L
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_reg import OverfittingMonitor
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's lightning_reg and harness
+
+from benchmarks.harness import Report, time_interleaved  # noqa: E402
+from lightning_reg import OverfittingMonitor  # noqa: E402
 
 
 class MLP(L.LightningModule):
@@ -52,7 +62,7 @@ class TimedMonitor(OverfittingMonitor):
         TimedMonitor.hook_seconds += time.perf_counter() - start
 
 
-def fit(callbacks, epochs, train, val) -> float:
+def fit(callbacks, epochs, train, val) -> None:
     L.seed_everything(0, verbose=False)
     trainer = L.Trainer(
         max_epochs=epochs,
@@ -63,9 +73,7 @@ def fit(callbacks, epochs, train, val) -> float:
         num_sanity_val_steps=0,
         callbacks=callbacks,
     )
-    start = time.perf_counter()
     trainer.fit(MLP(), train, val)
-    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -75,6 +83,12 @@ def main() -> None:
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
+    report = Report(
+        "overfitting_monitor",
+        "PYTHONPATH=. python " + shlex.join(["benchmarks/overfitting_monitor.py", *sys.argv[1:]]),
+        title="OverfittingMonitor: overhead on a whole fit, with and without the eval-mode probe",
+    )
+    report.note(f"Load average (1 min) at the start: {os.getloadavg()[0]:.2f}.")
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(4000, 40, generator=g), torch.randint(0, 10, (4000,), generator=g)
     xv, yv = torch.randn(1000, 40, generator=g), torch.randint(0, 10, (1000,), generator=g)
@@ -93,22 +107,35 @@ def main() -> None:
         ],
     }
     fit([], 1, train, val)  # warm-up
-    times = {name: [] for name in setups}
-    hooks = {name: [] for name in setups}
-    for _ in range(args.repeats):
-        for name, make in setups.items():  # interleaved so drift hits every setup alike
+    hooks: dict[str, list[float]] = {name: [] for name in setups}
+
+    def run(name: str):
+        def one_fit() -> None:
             TimedMonitor.hook_seconds = 0.0
-            times[name].append(fit(make(), args.epochs, train, val))
+            fit(setups[name](), args.epochs, train, val)
             hooks[name].append(TimedMonitor.hook_seconds)
-    base = statistics.median(times["plain Lightning"])
-    print(f"MLP 40-256-10, 4000 train / 1000 val, bs 32, {args.epochs} epochs, {args.repeats} repeats")
-    for name, ts in times.items():
-        med = statistics.median(ts)
-        hook_ms = 1000 * statistics.median(hooks[name]) / args.epochs
-        print(
-            f"{name:<40} {med:7.3f} s   ratio {med / base:5.3f}   in monitor hooks {hook_ms:7.2f} ms/epoch "
-            f"({100 * statistics.median(hooks[name]) / med:5.2f}% of fit)"
-        )
+
+        return one_fit
+
+    # interleaved so drift hits every setup alike; the warm-up fit above stands for the harness's warm-up
+    t = time_interleaved({name: run(name) for name in setups}, rounds=args.repeats, warmup=0)
+    base = "plain Lightning"
+    section = f"MLP 40-256-10, 4000 train / 1000 val, bs 32, {args.epochs} epochs"
+    for name in setups:
+        med = t.median(name)
+        report.add(section, f"{name}: whole fit", med, unit="s")
+        if name != base:
+            report.add(section, f"{name}: ratio to plain", t.ratio(name, base), unit="x")
+            hook_s = statistics.median(hooks[name])
+            report.add(section, f"{name}: in monitor hooks", 1000 * hook_s / args.epochs, unit="ms/epoch")
+            report.add(section, f"{name}: share of fit in monitor hooks", 100 * hook_s / med, unit="%")
+    report.note(
+        f"Whole-fit wall times are medians of {args.repeats} interleaved rounds (Trainer construction"
+        " included); ratios are medians of per-round paired ratios. The time inside the monitor's own hooks"
+        " (`on_validation_end`, `on_train_epoch_end`) is summed per fit: its share of the fit is the number"
+        " to read on a busy machine, where whole-fit differences of a few percent are noise."
+    )
+    report.save()
 
 
 if __name__ == "__main__":

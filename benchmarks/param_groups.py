@@ -2,52 +2,68 @@
 
 1. One-off: building the groups (torchvision vit_b_16 / convnext_tiny / swin_t, built on the meta device)
    vs timm's `param_groups_weight_decay` (ndim rule).
-2. Per step: AdamW.step() over our 2 groups (decay / no_decay) and over 2 x 12 layer-decay groups vs one
-   group of all parameters (ViT-S-like torchvision ViT on CPU, gradients filled once). The ratio should be
-   ~1.0: the groups add no per-step work beyond splitting the foreach batches.
+2. Per step: AdamW.step() over our 2 groups (decay / no_decay) and over 2 x 14 layer-decay groups vs one
+   group of all parameters (ViT-Ti/16-like torchvision ViT on CPU, gradients filled once). The ratio should
+   be ~1.0 or below: the groups add no per-step work beyond splitting the foreach batches.
 
-Run from the repository root: PYTHONPATH=. python benchmarks/param_groups.py
+Timings come from ``benchmarks/harness.py`` (variants interleaved, medians, per-round paired ratios).
+Run from the repository root: ``PYTHONPATH=. python benchmarks/param_groups.py``. Writes
+``benchmarks/results/param_groups.json`` and ``docs/benchmarks/results/param_groups.md``.
 """
 
 from __future__ import annotations
 
-import statistics
-import time
+import argparse
+import os
+import shlex
+import sys
+from pathlib import Path
 
 import torch
 from torchvision.models import convnext_tiny, swin_t, vit_b_16
 from torchvision.models.vision_transformer import VisionTransformer
 
-from lightning_reg import weight_decay_param_groups
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's lightning_reg and harness
 
-
-def median_ms(fn, repeat: int = 7, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
+from benchmarks.harness import Report, time_interleaved  # noqa: E402
+from lightning_reg import weight_decay_param_groups  # noqa: E402
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=15, help="rounds of the AdamW step timing")
+    args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     from timm.optim import param_groups_weight_decay
+
+    report = Report(
+        "param_groups",
+        "PYTHONPATH=. python " + shlex.join(["benchmarks/param_groups.py", *sys.argv[1:]]),
+        title="Weight-decay parameter groups: one-off build cost and AdamW step cost",
+    )
+    report.note(f"Load average (1 min) at the start: {os.getloadavg()[0]:.2f}.")
 
     print("1. building groups (one-off, ms, median of 7)")
     for factory in (vit_b_16, convnext_tiny, swin_t):
         with torch.device("meta"):
             model = factory()
-        ours = median_ms(lambda m=model: weight_decay_param_groups(m, 0.05))
-        ld = median_ms(lambda m=model: weight_decay_param_groups(m, 0.05, layer_decay=0.75, lr=1e-3))
-        timm = median_ms(lambda m=model: param_groups_weight_decay(m, 0.05))
+        t = time_interleaved(
+            {
+                "ours": lambda m=model: weight_decay_param_groups(m, 0.05),
+                "layer_decay": lambda m=model: weight_decay_param_groups(m, 0.05, layer_decay=0.75, lr=1e-3),
+                "timm": lambda m=model: param_groups_weight_decay(m, 0.05),
+            },
+            rounds=7,
+        )
         n = sum(1 for _ in model.parameters())
-        name = factory.__name__
-        print(f"  {name:14s} {n:4d} tensors: ours {ours:6.2f}  with layer_decay {ld:6.2f}  timm {timm:6.2f}")
+        section = f"build groups: {factory.__name__} ({n} tensors)"
+        report.add(section, "weight_decay_param_groups", t.median("ours") * 1e3, unit="ms")
+        report.add(section, "with layer_decay=0.75", t.median("layer_decay") * 1e3, unit="ms")
+        report.add(section, "timm param_groups_weight_decay (ndim rule)", t.median("timm") * 1e3, unit="ms")
 
-    print("2. AdamW.step() per step (ms, median of 15, variants interleaved), ViT-Ti/16-like, CPU")
+    print(
+        f"2. AdamW.step() per step (ms, median of {args.rounds}, variants interleaved), ViT-Ti/16-like, CPU"
+    )
     torch.manual_seed(0)
     model = VisionTransformer(
         image_size=224,
@@ -68,17 +84,20 @@ def main() -> None:
     opts = {
         f"{k} ({len(g)} groups)": torch.optim.AdamW(g, lr=1e-3, foreach=True) for k, g in variants.items()
     }
-    times: dict[str, list[float]] = {k: [] for k in opts}
-    for i in range(17):
-        for label, opt in opts.items():
-            t = time.perf_counter()
-            opt.step()
-            if i >= 2:  # first steps allocate the optimizer state
-                times[label].append((time.perf_counter() - t) * 1e3)
-    base = statistics.median(next(iter(times.values())))
-    for label, ts in times.items():
-        ms = statistics.median(ts)
-        print(f"  {label:28s} {ms:7.2f} ms  ratio {ms / base:5.3f}")
+    # the first steps allocate the optimizer state: warm-up steps are not timed
+    t = time_interleaved({label: opt.step for label, opt in opts.items()}, rounds=args.rounds, warmup=2)
+    base = next(iter(opts))
+    section = "AdamW(foreach=True).step(), ViT-Ti/16-like (CPU)"
+    for label in opts:
+        report.add(section, label, t.median(label) * 1e3, unit="ms")
+    for label in list(opts)[1:]:
+        report.add(section, f"{label} / one group", t.ratio(label, base), unit="x", target="<= 1.0 (about)")
+    report.note(
+        "Building the groups is a one-off at fit start (models built on the meta device, medians of 7"
+        " interleaved rounds). The step ratios are medians of per-round paired ratios against one group of"
+        " all parameters."
+    )
+    report.save()
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Cost of the issue-9 regularizers against plain baselines (CPU, medians, variants interleaved).
+"""Cost of the penalties, batch mixing and frozen BatchNorm against plain baselines (CPU, medians).
 
 1. Penalties on a ViT-Ti/16-like torchvision VisionTransformer (its decayed parameters):
    elastic-net value + backward, the automatic-mode gradient (``add_penalty_grad_``) and the proximal step
@@ -9,14 +9,17 @@
 3. Frozen BatchNorm: ResNet-18 forward with frozen BN in ``train()`` mode (instance ``train`` override +
    forward pre-hook) against the same model in plain ``eval()`` mode (same arithmetic, no hooks).
 
-Run from the repository root: PYTHONPATH=. python benchmarks/penalties_mixing.py
+Timings come from ``benchmarks/harness.py`` (variants interleaved round by round, medians, per-round paired
+ratios). Run from the repository root: ``PYTHONPATH=. python benchmarks/penalties_mixing.py``. Writes
+``benchmarks/results/penalties_mixing.json`` and ``docs/benchmarks/results/penalties_mixing.md``.
 """
 
 from __future__ import annotations
 
-import statistics
-import time
-from collections.abc import Callable
+import os
+import shlex
+import sys
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -24,7 +27,10 @@ from torchvision.models import resnet18
 from torchvision.models.vision_transformer import VisionTransformer
 from torchvision.transforms.v2 import CutMix, MixUp
 
-from lightning_reg import (
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's lightning_reg and harness
+
+from benchmarks.harness import Report, time_interleaved  # noqa: E402
+from lightning_reg import (  # noqa: E402
     BatchMixer,
     add_penalty_grad_,
     decayed_parameters,
@@ -34,22 +40,7 @@ from lightning_reg import (
 )
 
 
-def interleaved_ms(
-    fns: dict[str, Callable[[], object]], repeat: int = 9, warmup: int = 2
-) -> dict[str, float]:
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeat):
-        for name, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            times[name].append((time.perf_counter() - t) * 1e3)
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
-def penalties() -> None:
+def penalties(report: Report) -> None:
     torch.manual_seed(0)
     model = VisionTransformer(
         image_size=224,
@@ -87,7 +78,7 @@ def penalties() -> None:
             for p in params:
                 p.copy_(torch.sign(p) * torch.clamp(p.abs() - 1e-9, min=0))
 
-    t = interleaved_ms(
+    t = time_interleaved(
         {
             "train step": step,
             "penalty value+backward (ours)": ours_value,
@@ -96,19 +87,27 @@ def penalties() -> None:
             "penalty grad (loop)": loop_grad,
             "proximal step (ours)": lambda: soft_threshold_(params, 1e-9),
             "proximal step (loop)": loop_prox,
-        }
+        },
+        rounds=9,
     )
-    base = t.pop("train step")
-    print(f"1. penalties, ViT-Ti-like, {len(params)} decayed tensors; plain train step {base:.1f} ms")
-    for name, ms in t.items():
-        print(f"  {name:32s} {ms:7.2f} ms  = {100 * ms / base:5.2f}% of a step")
+    base = t.median("train step")
+    section = f"penalties, ViT-Ti/16-like, {len(params)} decayed tensors"
+    report.add(section, "plain train step (fwd + bwd + SGD, batch 8 at 224 px)", base * 1e3, unit="ms")
+    for name in list(t.samples)[1:]:
+        report.add(
+            section,
+            name,
+            t.median(name) * 1e3,
+            unit="ms",
+            note=f"{100 * t.median(name) / base:.2f}% of a step",
+        )
     for what in ("penalty value+backward", "penalty grad", "proximal step"):
-        ours = next(v for k, v in t.items() if k.startswith(what) and "ours" in k)
-        loop = next(v for k, v in t.items() if k.startswith(what) and "loop" in k)
-        print(f"  {what}: loop / ours = {loop / ours:.2f}x")
+        ours = next(k for k in t.samples if k.startswith(what) and "ours" in k)
+        loop = next(k for k in t.samples if k.startswith(what) and "loop" in k)
+        report.add(section, f"{what}: loop / ours", t.ratio(loop, ours), unit="x")
 
 
-def mixing() -> None:
+def mixing(report: Report) -> None:
     torch.manual_seed(0)
     model = resnet18(num_classes=10)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
@@ -122,7 +121,7 @@ def mixing() -> None:
     ours_mix = BatchMixer(10, mixup_alpha=0.2, seed=0)
     ours_cut = BatchMixer(10, mixup_alpha=0.0, cutmix_alpha=1.0, seed=0)
     tv_mix, tv_cut = MixUp(alpha=0.2, num_classes=10), CutMix(alpha=1.0, num_classes=10)
-    t = interleaved_ms(
+    t = time_interleaved(
         {
             "train step": step,
             "Mixup (ours)": lambda: ours_mix(x, y),
@@ -130,19 +129,26 @@ def mixing() -> None:
             "CutMix (ours)": lambda: ours_cut(x, y),
             "CutMix (torchvision)": lambda: tv_cut(x, y),
         },
-        repeat=15,
+        rounds=15,
     )
-    base = t.pop("train step")
-    print(f"2. batch mixing, 64x3x32x32; ResNet-18 train step {base:.1f} ms")
-    for name, ms in t.items():
-        print(f"  {name:22s} {ms:6.3f} ms  = {100 * ms / base:5.2f}% of a step")
-    print(
-        f"  Mixup torchvision / ours = {t['Mixup (torchvision)'] / t['Mixup (ours)']:.2f}x; "
-        f"CutMix torchvision / ours = {t['CutMix (torchvision)'] / t['CutMix (ours)']:.2f}x"
+    base = t.median("train step")
+    section = "batch mixing, 64x3x32x32"
+    report.add(section, "ResNet-18 train step", base * 1e3, unit="ms")
+    for name in list(t.samples)[1:]:
+        report.add(
+            section,
+            name,
+            t.median(name) * 1e3,
+            unit="ms",
+            note=f"{100 * t.median(name) / base:.2f}% of a step",
+        )
+    report.add(section, "Mixup: torchvision / ours", t.ratio("Mixup (torchvision)", "Mixup (ours)"), unit="x")
+    report.add(
+        section, "CutMix: torchvision / ours", t.ratio("CutMix (torchvision)", "CutMix (ours)"), unit="x"
     )
 
 
-def frozen_bn() -> None:
+def frozen_bn(report: Report) -> None:
     torch.manual_seed(0)
     plain, frozen = resnet18(num_classes=10), resnet18(num_classes=10)
     frozen.load_state_dict(plain.state_dict())
@@ -152,18 +158,29 @@ def frozen_bn() -> None:
     x = torch.randn(32, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(plain(x), frozen(x))
-        t = interleaved_ms({"eval()": lambda: plain(x), "frozen, train()": lambda: frozen(x)}, repeat=15)
-    print(
-        f"3. frozen BatchNorm, ResNet-18 forward bs32@32px: eval() {t['eval()']:.2f} ms, frozen in train() "
-        f"{t['frozen, train()']:.2f} ms, ratio {t['frozen, train()'] / t['eval()']:.3f}"
-    )
+        t = time_interleaved({"eval()": lambda: plain(x), "frozen, train()": lambda: frozen(x)}, rounds=15)
+    section = "frozen BatchNorm, ResNet-18 forward bs32@32px"
+    report.add(section, "plain eval()", t.median("eval()") * 1e3, unit="ms")
+    report.add(section, "frozen, in train()", t.median("frozen, train()") * 1e3, unit="ms")
+    report.add(section, "frozen in train() / eval()", t.ratio("frozen, train()", "eval()"), unit="x")
 
 
 def main() -> None:
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    penalties()
-    mixing()
-    frozen_bn()
+    report = Report(
+        "penalties_mixing",
+        "PYTHONPATH=. python " + shlex.join(["benchmarks/penalties_mixing.py", *sys.argv[1:]]),
+        title="Penalties, proximal L1, batch mixing and frozen BatchNorm against plain baselines",
+    )
+    report.note(f"Load average (1 min) at the start: {os.getloadavg()[0]:.2f}.")
+    penalties(report)
+    mixing(report)
+    frozen_bn(report)
+    report.note(
+        "Medians of interleaved rounds (9 for the penalties, 15 for mixing and BatchNorm); `loop / ours` and"
+        " `torchvision / ours` are medians of per-round paired ratios (above 1: ours is faster)."
+    )
+    report.save()
 
 
 if __name__ == "__main__":

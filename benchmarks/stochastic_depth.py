@@ -6,18 +6,19 @@
    step (worst case: a warm-up over the whole run) and when it does not (constant schedule), in
    microseconds per optimizer step (target: <= 50 us).
 
-Run: ``python benchmarks/stochastic_depth.py`` (``--quick`` for a short run, ``--device cuda`` to time the
-drop-path part on a GPU). Timings are the best (and, in brackets, the median) of interleaved repeats; the
-process uses one intra-op thread.
+Run: ``PYTHONPATH=. python benchmarks/stochastic_depth.py`` (``--quick`` for a short run, ``--device cuda``
+to time the drop-path part on a GPU). Timings come from ``benchmarks/harness.py``: variants interleaved
+round by round, medians and per-round paired ratios; the process uses one intra-op thread. Writes
+``benchmarks/results/stochastic_depth.json`` and ``docs/benchmarks/results/stochastic_depth.md``.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import statistics
+import os
+import shlex
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -26,46 +27,20 @@ import torch
 from torch import nn
 from torchvision.ops import StochasticDepth, stochastic_depth
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's lightning_reg
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's lightning_reg and harness
 
-from lightning_reg import (  # noqa: E402
-    DropPath,
-    StochasticDepthScheduler,  # noqa: E402
-    drop_path,
-)
+from benchmarks.harness import Report, time_interleaved  # noqa: E402
+from lightning_reg import DropPath, StochasticDepthScheduler, drop_path  # noqa: E402
 
 
-def _best_time(
-    fns: dict[str, Callable[[], object]], repeats: int, inner: int, sync: Callable[[], None]
-) -> dict:
-    """Interleave the candidates ``repeats`` times; return the best (min) seconds per call of each.
-
-    The minimum over interleaved repeats is the most robust statistic on a contended machine (other
-    processes only ever add time); the median is printed alongside.
-    """
-    samples: dict[str, list[float]] = {k: [] for k in fns}
-    for fn in fns.values():  # warm-up
-        for _ in range(max(2, inner // 2)):
-            fn()
-    sync()
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            for _ in range(inner):
-                fn()
-            sync()
-            samples[name].append((time.perf_counter() - t0) / inner)
-    return {k: (min(v), statistics.median(v)) for k, v in samples.items()}
-
-
-def bench_drop_path(repeats: int, inner: int, device: str) -> None:
+def bench_drop_path(report: Report, rounds: int, number: int, device: str) -> None:
     print(
-        f"== drop path forward+backward (p=0.2, row mode, float32, {device}); best of {repeats} (median) =="
+        f"== drop path forward+backward (p=0.2, row mode, float32, {device}); medians of {rounds} rounds =="
     )
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     shapes = [(64, 256, 14, 14), (128, 197, 192), (256, 512)]
     if device.startswith("cuda"):
         shapes = [(256, 256, 56, 56), (256, 197, 768), (4096, 1024)]
+    section = f"drop path fwd+bwd ({device})"
     for shape in shapes:
         x = torch.randn(shape, device=device, requires_grad=True)
         grad = torch.randn(shape, device=device)
@@ -80,86 +55,123 @@ def bench_drop_path(repeats: int, inner: int, device: str) -> None:
 
             return step
 
-        t = _best_time(
+        t = time_interleaved(
             {
                 "tv_fn": run(lambda v: stochastic_depth(v, 0.2, "row", True)),
                 "our_fn": run(lambda v: drop_path(v, 0.2, training=True, mode="row")),
                 "tv_mod": run(tv_mod),
                 "our_mod": run(ours_mod),
             },
-            repeats,
-            inner,
-            sync,
+            rounds=rounds,
+            number=number,
+            warmup=3,
+            device=device,
+        )
+        s = "x".join(map(str, shape))
+        report.add(section, f"torchvision stochastic_depth {s}", t.median("tv_fn") * 1e6, unit="us")
+        report.add(section, f"drop_path {s}", t.median("our_fn") * 1e6, unit="us")
+        report.add(
+            section,
+            f"drop_path / stochastic_depth {s}",
+            t.ratio("our_fn", "tv_fn"),
+            unit="x",
+            target="<= 1.05",
+        )
+        report.add(section, f"torchvision StochasticDepth {s}", t.median("tv_mod") * 1e6, unit="us")
+        report.add(section, f"DropPath {s}", t.median("our_mod") * 1e6, unit="us")
+        report.add(
+            section,
+            f"DropPath / StochasticDepth {s}",
+            t.ratio("our_mod", "tv_mod"),
+            unit="x",
+            target="<= 1.05",
         )
 
-        def us(k: str, t: dict = t) -> str:
-            return f"{t[k][0] * 1e6:8.1f} ({t[k][1] * 1e6:8.1f}) us"
 
-        print(
-            f"shape {str(shape):18s} stochastic_depth {us('tv_fn')}  drop_path {us('our_fn')}"
-            f"  ratio {t['our_fn'][0] / t['tv_fn'][0]:.3f}"
-            f" | StochasticDepth {us('tv_mod')}  DropPath {us('our_mod')}"
-            f"  ratio {t['our_mod'][0] / t['tv_mod'][0]:.3f}  (target <= 1.05)"
-        )
-
-
-def bench_scheduler(steps: int, repeats: int) -> None:
+def bench_scheduler(report: Report, steps: int, rounds: int) -> None:
     print("== StochasticDepthScheduler per-step cost, 100 drop-path modules ==")
     model = nn.Sequential(*[nn.Sequential(DropPath(0.1)) for _ in range(100)])  # 100 depth levels
-    cases = [
-        (
-            "rate changes every step (warmup over the run)",
-            {"max_rate": 0.2, "schedule": "warmup", "cutoff": steps},
-        ),
-        ("rate unchanged (constant schedule)", {"max_rate": 0.2, "schedule": "constant"}),
-    ]
-    for label, kwargs in cases:
-        per_step: list[float] = []  # best of `repeats` runs of `steps` steps
-        for _ in range(repeats):
-            cb = StochasticDepthScheduler(**kwargs)  # type: ignore[arg-type]
-            trainer = SimpleNamespace(
-                global_step=0,
-                estimated_stepping_batches=steps,
-                log_every_n_steps=50,
-                loggers=[],
-                num_training_batches=steps,
-                accumulate_grad_batches=1,
-            )
-            cb.on_fit_start(trainer, model)  # type: ignore[arg-type]
-            cb.on_train_start(trainer, model)  # type: ignore[arg-type]
-            hook = cb.on_train_batch_start
-            t0 = time.perf_counter()
-            for step in range(1, steps):
-                trainer.global_step = step
-                hook(trainer, model, None, step)  # type: ignore[arg-type]
-            per_step.append((time.perf_counter() - t0) / (steps - 1))
-            cb.on_fit_end(trainer, model)  # type: ignore[arg-type]
-        t, med = min(per_step), statistics.median(per_step)
-        print(f"{label:48s} {t * 1e6:7.2f} ({med * 1e6:7.2f}) us/step  ratio to 50 us budget {t / 50e-6:.3f}")
+    cases = {
+        "rate changes every step (warm-up over the run)": {
+            "max_rate": 0.2,
+            "schedule": "warmup",
+            "cutoff": steps * (rounds + 4),
+        },
+        "rate unchanged (constant schedule)": {"max_rate": 0.2, "schedule": "constant"},
+    }
+    trainers: dict[str, SimpleNamespace] = {}
+    callbacks: dict[str, StochasticDepthScheduler] = {}
+    for label, kwargs in cases.items():
+        trainer = SimpleNamespace(  # what the hooks read from a Trainer
+            global_step=0,
+            estimated_stepping_batches=steps * (rounds + 4),
+            log_every_n_steps=50,
+            loggers=[],
+            callback_metrics={},
+            logged_metrics={},
+            should_stop=False,
+            is_global_zero=True,
+            num_training_batches=steps,
+            accumulate_grad_batches=1,
+        )
+        cb = StochasticDepthScheduler(**kwargs)  # type: ignore[arg-type]
+        cb.on_fit_start(trainer, model)  # type: ignore[arg-type]
+        cb.on_train_start(trainer, model)  # type: ignore[arg-type]
+        trainers[label], callbacks[label] = trainer, cb
+
+    def one_step(label: str) -> Callable[[], None]:
+        trainer, hook = trainers[label], callbacks[label].on_train_batch_start
+
+        def step() -> None:
+            trainer.global_step += 1  # a new optimizer step each call: the schedule advances
+            hook(trainer, model, None, trainer.global_step)  # type: ignore[arg-type]
+
+        return step
+
+    t = time_interleaved({label: one_step(label) for label in cases}, rounds=rounds, number=steps, warmup=1)
+    for label, cb in callbacks.items():
+        cb.on_fit_end(trainers[label], model)  # type: ignore[arg-type]
+    section = "scheduler per optimizer step"
+    for label in cases:
+        report.add(section, label, t.median(label) * 1e6, unit="us", target="<= 50")
     # reference: the cheapest possible loop of 100 attribute writes
     mods = [block[0] for block in model]
-    t0 = time.perf_counter()
-    for _ in range(steps):
+
+    def bare() -> None:
         for m in mods:
             m.p = 0.1
-    bare = (time.perf_counter() - t0) / steps
-    print(f"{'(reference: 100 nn.Module.__setattr__ calls)':48s} {bare * 1e6:7.2f} us/step")
+
+    ref = time_interleaved({"bare": bare}, rounds=rounds, number=steps, warmup=1)
+    report.add(section, "reference: 100 nn.Module.__setattr__ calls", ref.median("bare") * 1e6, unit="us")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repeats (noisier)")
+    parser.add_argument("--quick", action="store_true", help="fewer rounds (noisier)")
     parser.add_argument("--device", default="cpu", help="device for the drop-path timings, e.g. cuda")
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no fit-start summaries
+    report = Report(
+        "stochastic_depth",
+        "PYTHONPATH=. python " + shlex.join(["benchmarks/stochastic_depth.py", *sys.argv[1:]]),
+        title="Stochastic depth: DropPath vs torchvision, scheduler cost per step",
+    )
+    report.note(f"Load average (1 min) at the start: {os.getloadavg()[0]:.2f}.")
     if args.quick:
-        bench_drop_path(repeats=7, inner=5, device=args.device)
-        bench_scheduler(steps=2000, repeats=3)
+        bench_drop_path(report, rounds=7, number=5, device=args.device)
+        bench_scheduler(report, steps=2000, rounds=3)
     else:
-        bench_drop_path(repeats=31, inner=5, device=args.device)
-        bench_scheduler(steps=10000, repeats=7)
+        bench_drop_path(report, rounds=31, number=5, device=args.device)
+        bench_scheduler(report, steps=10000, rounds=7)
+    report.note(
+        "Drop path: medians of interleaved rounds of 5 calls (forward + backward, p=0.2, row mode, float32);"
+        " a ratio is the median over rounds of the paired per-round ratio. Scheduler: microseconds per"
+        " `on_train_batch_start` call with 100 depth levels, the rate written to every module on each step"
+        " (warm-up) or skipped (constant)."
+    )
+    report.save()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,125 @@
+"""The documentation's structure: nav pages exist, includes resolve, the README stays a front page.
+
+The strict site build (``mkdocs build --strict`` in ``.ci/run``) checks links, anchors and docstrings; these
+tests are the fast part that needs no build.
+"""
+
+import re
+from pathlib import Path
+
+import yaml
+
+import lightning_reg
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+README = ROOT / "README.md"
+SNIPPET = re.compile(r'^--8<-- "([^"]+)"\s*$', re.M)
+QUICKSTART = re.compile(r"<!-- quickstart -->\n```python\n(.*?)```", re.S)
+
+
+def nav_pages(node) -> list[str]:
+    """Every page path in a mkdocs ``nav`` tree."""
+    if isinstance(node, str):
+        return [node]
+    if isinstance(node, list):
+        return [p for item in node for p in nav_pages(item)]
+    if isinstance(node, dict):
+        return [p for value in node.values() for p in nav_pages(value)]
+    return []
+
+
+def load_config() -> dict:
+    return yaml.safe_load((ROOT / "mkdocs.yml").read_text())
+
+
+def doc_pages() -> list[Path]:
+    """Markdown pages of the site (result files are included by pages, not pages themselves)."""
+    excluded = ("benchmarks/results/", "examples/results/", "_ext/")
+    return [p for p in DOCS.rglob("*.md") if not p.relative_to(DOCS).as_posix().startswith(excluded)]
+
+
+def test_every_nav_page_exists_and_every_page_is_in_the_nav():
+    pages = nav_pages(load_config()["nav"])
+    assert len(pages) == len(set(pages)), "a page is listed twice in the nav"
+    missing = [p for p in pages if not (DOCS / p).is_file()]
+    assert not missing, f"pages named in mkdocs.yml's nav but missing under docs/: {missing}"
+    orphans = sorted(p.relative_to(DOCS).as_posix() for p in doc_pages())
+    orphans = [p for p in orphans if p not in pages]
+    assert not orphans, f"pages under docs/ that the nav does not list: {orphans}"
+
+
+def test_the_pages_the_briefing_requires_are_in_the_nav():
+    pages = set(nav_pages(load_config()["nav"]))
+    required = {
+        "index.md",
+        "getting-started.md",
+        "conventions.md",
+        "interop.md",
+        "strategies.md",
+        "guarantees.md",
+        "benchmarks.md",
+        "examples.md",
+        "changelog.md",
+    } | {
+        f"techniques/{t}.md"
+        for t in (
+            "weight-decay",
+            "early-stopping",
+            "gradients",
+            "stochastic-depth",
+            "overfitting",
+            "penalties",
+            "mixing",
+            "batchnorm",
+            "report",
+        )
+    }
+    assert required <= pages, sorted(required - pages)
+
+
+def test_readme_is_a_front_page_of_at_most_200_lines():
+    lines = README.read_text().splitlines()
+    assert len(lines) <= 200, f"README.md has {len(lines)} lines; move content into docs/"
+
+
+def test_no_issue_markers_in_readme_or_docs():
+    for path in [README, *doc_pages()]:
+        text = path.read_text()
+        found = re.findall(r"<!--\s*(?:section|issue)\b[^>]*-->|\b[Ii]ssue \d+\b", text)
+        assert not found, f"{path.relative_to(ROOT)}: {found}"
+
+
+def test_every_included_file_exists():
+    includes = [(p, m) for p in DOCS.rglob("*.md") for m in SNIPPET.findall(p.read_text())]
+    assert includes, "no --8<-- includes found: the benchmark page should include the result files"
+    missing = [(p.relative_to(ROOT).as_posix(), m) for p, m in includes if not (ROOT / m).is_file()]
+    assert not missing, f"included files that do not exist: {missing}"
+
+
+def test_every_benchmark_result_file_is_on_the_benchmarks_page():
+    results = sorted(p.relative_to(ROOT).as_posix() for p in (DOCS / "benchmarks" / "results").glob("*.md"))
+    assert results, "no benchmark result files under docs/benchmarks/results/"
+    included = set(SNIPPET.findall((DOCS / "benchmarks.md").read_text()))
+    assert not set(results) - included, (
+        f"result files not included by benchmarks.md: {set(results) - included}"
+    )
+
+
+def test_every_package_module_has_an_api_reference_entry():
+    for package in lightning_reg.PACKAGES:
+        page = DOCS / "reference" / f"{package}.md"
+        assert page.is_file(), f"no API reference page docs/reference/{package}.md"
+        text = page.read_text()
+        init = (ROOT / "lightning_reg" / package / "__init__.py").read_text()
+        modules = re.findall(r"['\"](\w+)['\"]", init.split("export(", 1)[1])
+        assert modules, f"lightning_reg/{package}/__init__.py lists no modules"
+        for module in modules:
+            assert f"::: lightning_reg.{package}.{module}" in text, f"{page.name} misses module {module}"
+
+
+def test_the_site_quickstart_is_the_tested_readme_quickstart():
+    readme = QUICKSTART.search(README.read_text())
+    index = QUICKSTART.search((DOCS / "index.md").read_text())
+    assert readme and index
+    assert index.group(1) == readme.group(1), "docs/index.md and README.md quickstarts differ"
