@@ -301,6 +301,15 @@ def is_logging_step(trainer: Any, log_every_n_steps: int | None) -> bool:
     return (logger_step(trainer) + 1) % n == 0 or bool(getattr(trainer, "should_stop", False))
 
 
+def _plain(t: Tensor) -> Tensor:
+    """Return the global value of a DTensor (a norm of sharded parameters under FSDP2/ModelParallel).
+
+    ``full_tensor()`` reduces partial placements across ranks; every rank logs, so every rank takes part.
+    """
+    full = getattr(t, "full_tensor", None)
+    return full() if callable(full) else t
+
+
 def log_step_metrics(trainer: Any, metrics: Mapping[str, Tensor | float]) -> None:
     """Write step metrics to every logger and make them monitorable; one host sync per call.
 
@@ -318,14 +327,14 @@ def log_step_metrics(trainer: Any, metrics: Mapping[str, Tensor | float]) -> Non
     if not metrics:
         return
     keys = list(metrics)
-    values = [v.detach().reshape(()) if isinstance(v, Tensor) else torch.tensor(float(v)) for v in
+    values = [_plain(v.detach()).reshape(()) if isinstance(v, Tensor) else torch.tensor(float(v)) for v in
               metrics.values()]
     device = values[0].device
     stacked = torch.stack([v.to(device, torch.float32) for v in values])
     callback_metrics = trainer.callback_metrics
     for key, value in zip(keys, stacked.unbind()):
         callback_metrics[key] = value
-    if trainer.loggers and getattr(trainer, "is_global_zero", True):  # Lightning's loggers write on rank 0
+    if trainer.loggers:  # every rank calls its loggers, as Lightning does (they write on rank 0 only)
         floats = dict(zip(keys, stacked.tolist()))
         trainer.logged_metrics.update(floats)
         step = logger_step(trainer)
@@ -349,10 +358,12 @@ def log_epoch_metrics(trainer: Any, metrics: Mapping[str, Tensor | float], with_
     """
     if not metrics:
         return
-    values = {k: (v.detach().reshape(()) if isinstance(v, Tensor) else torch.tensor(float(v))) for k, v in
-              metrics.items()}
+    values = {
+        k: _plain(v.detach()).reshape(()) if isinstance(v, Tensor) else torch.tensor(float(v))
+        for k, v in metrics.items()
+    }
     trainer.callback_metrics.update(values)
-    if trainer.loggers and getattr(trainer, "is_global_zero", True):
+    if trainer.loggers:  # every rank calls its loggers, as Lightning does (they write on rank 0 only)
         floats = dict(zip(values, torch.stack([v.float() for v in values.values()]).tolist()))
         trainer.logged_metrics.update(floats)
         step = max(0, logger_step(trainer) - (0 if getattr(trainer, "validating", False) else 1))

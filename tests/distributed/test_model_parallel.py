@@ -104,7 +104,8 @@ def test_model_parallel_checkpoint_resumes_exactly(ranks: list[dict[str, Any]]) 
         # from the distributed checkpoint at the end of epoch 2, with ReproducibleResume: every logged value
         # and the trained weights bitwise as in the uninterrupted run, the same stop decision
         start = 3 * STEPS_PER_EPOCH
-        assert _series(resumed, ("",), start) == _series(mp, ("",), start)
+        restored = "early_stopping/restored_epoch"  # logged by the uninterrupted run only (see below)
+        assert _series(resumed, ("",), start) == [e for e in _series(mp, ("",), start) if e[1] != restored]
         assert _weights_equal(resumed["last_weights"], mp["last_weights"])
         assert (resumed["best_epoch"], resumed["stopped_epoch"]) == (mp["best_epoch"], mp["stopped_epoch"])
         # Lightning saves callback state from rank 0 only, so under a sharded strategy EarlyStopping keeps
