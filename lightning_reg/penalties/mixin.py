@@ -53,8 +53,14 @@ class PenaltyMixin:
         """Return the decayed parameters the penalty applies to (cached; see :func:`decayed_parameters`).
 
         Example:
-            >>> PenaltyMixin.penalty_parameters.__name__
-            'penalty_parameters'
+            >>> import lightning as L
+            >>> class Net(PenaltyMixin, L.LightningModule):
+            ...     def __init__(self):
+            ...         super().__init__()
+            ...         self.body = nn.Sequential(nn.Linear(4, 3), nn.LayerNorm(3))
+            ...         self.weight_penalty = WeightPenalty(l1=1e-4)
+            >>> [tuple(p.shape) for p in Net().penalty_parameters()]  # no bias, no norm parameters
+            [(3, 4)]
         """
         if self._penalty_params is None:
             config = self.weight_penalty
@@ -66,8 +72,17 @@ class PenaltyMixin:
         """Return the weighted penalty ``l1 * sum|w| + l2 / 2 * sum w**2`` (0 without ``weight_penalty``).
 
         Example:
-            >>> PenaltyMixin().penalty()
-            tensor(0.)
+            >>> import lightning as L
+            >>> class Net(PenaltyMixin, L.LightningModule):
+            ...     def __init__(self):
+            ...         super().__init__()
+            ...         self.layer = nn.Linear(2, 1)
+            ...         self.weight_penalty = WeightPenalty(l1=0.5, automatic=False)
+            >>> net = Net()
+            >>> with torch.no_grad():
+            ...     _ = net.layer.weight.copy_(torch.tensor([[1.0, -3.0]]))
+            >>> net.penalty()  # 0.5 * (|1| + |-3|); add it to your loss in training_step
+            tensor(2., grad_fn=<_ElasticNetBackward>)
         """
         config = self.weight_penalty
         if config is None:
@@ -85,8 +100,21 @@ class PenaltyMixin:
         """Re-classify the penalised parameters for this fit (after the strategy wrapped the model).
 
         Example:
-            >>> PenaltyMixin.on_fit_start.__name__
-            'on_fit_start'
+            A head added after the module was built is penalised from the next fit on:
+
+            >>> import lightning as L
+            >>> class Net(PenaltyMixin, L.LightningModule):
+            ...     def __init__(self):
+            ...         super().__init__()
+            ...         self.body = nn.Linear(4, 4)
+            ...         self.weight_penalty = WeightPenalty(l2=1e-4)
+            >>> net = Net()
+            >>> len(net.penalty_parameters())
+            1
+            >>> net.head = nn.Linear(4, 2)
+            >>> net.on_fit_start()
+            >>> len(net.penalty_parameters())
+            2
         """
         super().on_fit_start()  # type: ignore[misc]
         self._check_penalty_hook_chain()
@@ -135,8 +163,21 @@ class PenaltyMixin:
             optimizer: the optimizer about to step.
 
         Example:
-            >>> PenaltyMixin.on_before_optimizer_step.__name__
-            'on_before_optimizer_step'
+            Lightning calls it before every optimizer step; by hand it shows the gradient it adds:
+
+            >>> import lightning as L
+            >>> class Net(PenaltyMixin, L.LightningModule):
+            ...     def __init__(self):
+            ...         super().__init__()
+            ...         self.layer = nn.Linear(2, 1, bias=False)
+            ...         self.weight_penalty = WeightPenalty(l2=0.1)
+            >>> net = Net()
+            >>> with torch.no_grad():
+            ...     _ = net.layer.weight.fill_(2.0)
+            >>> net.layer.weight.grad = torch.zeros(1, 2)
+            >>> net.on_before_optimizer_step(torch.optim.SGD(net.parameters(), lr=0.1))
+            >>> net.layer.weight.grad  # + l2 * w
+            tensor([[0.2000, 0.2000]])
         """
         super().on_before_optimizer_step(optimizer)  # type: ignore[misc]
         config = self.weight_penalty
