@@ -319,7 +319,7 @@ class Candidate:
     """A set of criteria replayed through ``OverfittingCriteria`` (``legacy``: the previous behaviour)."""
 
     label: str
-    criteria: dict[str, float]
+    criteria: dict[str, float] | None  # None: the library's default (by pair mode)
     window: int = 8
     trend_t: float = 2.5
     warmup: int = 0
@@ -327,7 +327,7 @@ class Candidate:
     legacy: bool = False  # no gates, an alert in one pair counts for every pair (before this release)
 
 
-DEFAULT = "trend 5 %, window 8, t 2.5 (new default)"
+DEFAULT = "trend 5 % (losses) / 10 % (accuracies), window 8, t 2.5 (new default)"
 CANDIDATES = [
     Candidate("previous defaults: GL 5 % or UP 3, one alert for all pairs", {"gl": 5.0, "up": 3},
               legacy=True),
@@ -338,10 +338,11 @@ CANDIDATES = [
     Candidate("trend 5 %, window 6, t 2.5", {"trend": 5.0}, window=6),
     Candidate("trend 5 %, window 8, t 2.0", {"trend": 5.0}, trend_t=2.0),
     Candidate("trend 2 %, window 8, t 2.5", {"trend": 2.0}),
-    Candidate(DEFAULT, {"trend": 5.0}),
+    Candidate("trend 5 %, window 8, t 2.5", {"trend": 5.0}),
     Candidate("trend 10 %, window 8, t 2.5", {"trend": 10.0}),
+    Candidate(DEFAULT, None),
     Candidate("trend 5 %, window 10, t 2.5", {"trend": 5.0}, window=10),
-    Candidate("new default, train side from the probe (eval mode)", {"trend": 5.0}, train_side="probe"),
+    Candidate("new default, train side from the probe (eval mode)", None, train_side="probe"),
 ]  # fmt: skip
 
 

@@ -83,8 +83,9 @@ class OverfittingMonitor(Callback):
     ``window`` checks), Prechelt's ``PQ`` and ``UP_s``, and decides, per pair, whether the check is an
     **alert** (see :class:`~lightning_reg.overfitting.criteria.OverfittingCriteria`):
 
-    * the pair's criteria fire; by default ``{"trend": 5.0}``: validation more than 5 % worse than its best
-      *and* rising as a trend over the last 8 checks (t >= 2.5), so a single noisy check never alerts;
+    * the pair's criteria fire; by default ``trend``: validation more than 5 % (``"min"`` pairs, losses) or
+      10 % (``"max"`` pairs, accuracies) worse than its best *and* rising as a trend over the last 8 checks
+      (t >= 2.5), so a single noisy check never alerts;
     * training still improves over the same window (otherwise the run is diverging or stuck, not
       overfitting) and the gap is positive: validation worse than training. A negative gap is never called
       overfitting (with dropout, augmentation or mixing the train metric is pessimistic; set ``probe``);
@@ -139,7 +140,9 @@ class OverfittingMonitor(Callback):
         criteria: ``{criterion: threshold}`` or ``{criterion: {pair: threshold}}`` with criteria ``"trend"``
             (GL floor in percent, with a t >= 2.5 rise over ``window`` checks), ``"gl"`` (GL in percent,
             Prechelt's alpha), ``"pq"`` (Prechelt's alpha), ``"up"`` (threshold = s), ``"gap"``,
-            ``"rel_gap"`` (above threshold ``patience`` checks in a row). Default ``{"trend": 5.0}``.
+            ``"rel_gap"`` (above threshold ``patience`` checks in a row). Default: ``trend`` at 5.0 for
+            ``"min"`` pairs and 10.0 for ``"max"`` pairs (see
+            :func:`~lightning_reg.overfitting.criteria.default_criteria`).
         action: ``"warn"``, ``"stop"``, or a callable ``(trainer, pl_module, report)``.
         warmup: number of checks at the start of training during which no alert is raised (values are still
             computed, logged and counted).
