@@ -42,6 +42,7 @@ __all__ = [
     "TREND_T",
     "CheckReport",
     "OverfittingCriteria",
+    "default_criteria",
     "generalization_loss",
     "overfitting_gap",
     "progress_quotient",
