@@ -313,7 +313,8 @@ class StochasticDepthScheduler(Callback):
     def _summary(self) -> str:
         parts = []
         if self._num_drop_path:
-            kinds = sorted({type(f.module).__name__ for f in self._found[: self._num_drop_path]})
+            classes = (getattr(type(f.module), "_lr_original", type(f.module)) for f in self._found)
+            kinds = sorted({c.__name__ for c in list(classes)[: self._num_drop_path]})
             top = max(self._target_rates[: self._num_drop_path], default=0.0)
             parts.append(
                 f"{self._num_drop_path} drop-path modules ({', '.join(kinds)}) in {self._num_levels()} depth"
@@ -368,6 +369,9 @@ class StochasticDepthScheduler(Callback):
         self._step = -1
         self._logged_step = -1
         self._multiplier = None
+        if self.schedule != "constant":
+            # Bind (swap classes) before the sanity check, so a compiled model sees one class all fit long.
+            self._table = ScheduledRates(self._found, self._target_rates, _module_device(pl_module))
 
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -377,8 +381,8 @@ class StochasticDepthScheduler(Callback):
         total = trainer.estimated_stepping_batches
         self._total_steps = int(total) if math.isfinite(total) and total >= 0 else -1
         self._schedule_fn = self._build_schedule(trainer)
-        if self.schedule != "constant":
-            self._table = ScheduledRates(self._found, self._target_rates, _module_device(pl_module))
+        if self._table is not None:
+            self._table.set_targets(self._target_rates)  # a resumed run's targets come from its checkpoint
             if self._table.attribute_bound and _is_compiled(pl_module):
                 names = self._table.attribute_bound_names()
                 rank_zero_warn(

@@ -104,8 +104,10 @@ class _ScheduledDropout(nn.Dropout, _ScheduledMixin):
 
     def forward(self, input: Tensor) -> Tensor:
         """Dropout with the scheduled rate."""
+        if not self.training:  # eval graphs never read the rate slot
+            return input
         rate = getattr(self, _RATE)
-        if not self.training or (rate is None and self.p == 0.0):
+        if rate is None and self.p == 0.0:
             return input
         if rate is None:
             return super().forward(input)
@@ -121,8 +123,10 @@ class _ScheduledDropout1d(nn.Dropout1d, _ScheduledMixin):
 
     def forward(self, input: Tensor) -> Tensor:
         """Channel dropout with the scheduled rate."""
+        if not self.training:  # eval graphs never read the rate slot
+            return input
         rate = getattr(self, _RATE)
-        if not self.training or (rate is None and self.p == 0.0):
+        if rate is None and self.p == 0.0:
             return input
         if rate is None or input.ndim not in (2, 3):
             return super().forward(input)
@@ -138,8 +142,10 @@ class _ScheduledDropout2d(nn.Dropout2d, _ScheduledMixin):
 
     def forward(self, input: Tensor) -> Tensor:
         """Channel dropout with the scheduled rate."""
+        if not self.training:  # eval graphs never read the rate slot
+            return input
         rate = getattr(self, _RATE)
-        if not self.training or (rate is None and self.p == 0.0):
+        if rate is None and self.p == 0.0:
             return input
         if rate is None or input.ndim not in (3, 4):  # torch warns about other shapes: let it
             return super().forward(input)
@@ -155,8 +161,10 @@ class _ScheduledDropout3d(nn.Dropout3d, _ScheduledMixin):
 
     def forward(self, input: Tensor) -> Tensor:
         """Channel dropout with the scheduled rate."""
+        if not self.training:  # eval graphs never read the rate slot
+            return input
         rate = getattr(self, _RATE)
-        if not self.training or (rate is None and self.p == 0.0):
+        if rate is None and self.p == 0.0:
             return input
         if rate is None or input.ndim not in (4, 5):
             return super().forward(input)
@@ -172,8 +180,10 @@ class _ScheduledAlphaDropout(nn.AlphaDropout, _ScheduledMixin):
 
     def forward(self, input: Tensor) -> Tensor:
         """Alpha dropout with the scheduled rate."""
+        if not self.training:  # eval graphs never read the rate slot
+            return input
         rate = getattr(self, _RATE)
-        if not self.training or (rate is None and self.p == 0.0):
+        if rate is None and self.p == 0.0:
             return input
         if rate is None:
             return super().forward(input)
@@ -189,8 +199,10 @@ class _ScheduledFeatureAlphaDropout(nn.FeatureAlphaDropout, _ScheduledMixin):
 
     def forward(self, input: Tensor) -> Tensor:
         """Channel alpha dropout with the scheduled rate."""
+        if not self.training:  # eval graphs never read the rate slot
+            return input
         rate = getattr(self, _RATE)
-        if not self.training or (rate is None and self.p == 0.0):
+        if rate is None and self.p == 0.0:
             return input
         if rate is None or input.ndim < 2:
             return super().forward(input)
@@ -206,8 +218,10 @@ class _ScheduledStochasticDepth(StochasticDepth, _ScheduledMixin):
 
     def forward(self, input: Tensor) -> Tensor:
         """Stochastic depth with the scheduled rate."""
+        if not self.training:  # eval graphs never read the rate slot
+            return input
         rate = getattr(self, _RATE)
-        if not self.training or (rate is None and self.p == 0.0):
+        if rate is None and self.p == 0.0:
             return input
         if rate is None:
             return super().forward(input)
@@ -320,6 +334,38 @@ class ScheduledRates:
             else:
                 self._float_plan.append((attrs, "_p" if kind == _OURS else f.attr, target))
                 self._slot_plan.append((attrs, "_rate" if kind == _OURS else _RATE, view, target))
+
+    def set_targets(self, targets: Sequence[float]) -> None:
+        """Replace the target rates (e.g. those of a resumed checkpoint) without rebinding the modules.
+
+        Args:
+            targets: one target rate per module, in the order of construction.
+
+        Example:
+            >>> from lightning_reg.stochastic_depth.layers import DropPath, find_drop_rate_modules
+            >>> table = ScheduledRates(find_drop_rate_modules(DropPath()), [0.3], "cpu")
+            >>> table.set_targets([0.1])
+            >>> table.apply(0.5, 0.5)
+            >>> table.rates.tolist()
+            [0.05]
+            >>> table.release()
+        """
+        if len(targets) != len(self._found):
+            raise ValueError(f"{len(self._found)} modules but {len(targets)} target rates")
+        self._targets_list = [float(t) for t in targets]
+        self.targets.copy_(torch.tensor(self._targets_list, dtype=self.targets.dtype))
+        self._float_plan = [(a, k, t) for (a, k, _), t in zip(self._float_plan, self._tensor_targets())]
+        self._slot_plan = [(a, k, v, t) for (a, k, v, _), t in zip(self._slot_plan, self._tensor_targets())]
+        attribute = zip(self._setattr_plan, self._attribute_targets())
+        self._setattr_plan = [(m, k, t) for (m, k, _), t in attribute]
+        self._multipliers = None  # the next apply writes every rate
+        self._all_off = None
+
+    def _tensor_targets(self) -> list[float]:
+        return [t for k, t in zip(self._kind, self._targets_list) if k != _ATTRIBUTE]
+
+    def _attribute_targets(self) -> list[float]:
+        return [t for k, t in zip(self._kind, self._targets_list) if k == _ATTRIBUTE]
 
     @property
     def tensor_bound(self) -> int:

@@ -157,7 +157,7 @@ class LitNet(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-def _fit(compiled: bool) -> tuple[LitNet, list[float]]:
+def _fit(compiled: bool, sanity: int = 0) -> tuple[LitNet, list[float]]:
     L.seed_everything(0)
     lit = LitNet(compiled)
     cb = StochasticDepthScheduler(
@@ -176,17 +176,22 @@ def _fit(compiled: bool) -> tuple[LitNet, list[float]]:
             seen.append(pl_module.net[3].drop.drop_prob)
 
     # 2 epochs x 4 optimizer steps, validation after each epoch (eval mode: its own graph)
-    trainer = fast_trainer(callbacks=[cb, Spy()], max_epochs=2, limit_val_batches=1)
+    trainer = fast_trainer(
+        callbacks=[cb, Spy()], max_epochs=2, limit_val_batches=1, num_sanity_val_steps=sanity
+    )
     trainer.fit(lit, loader(16, 4), loader(8, 4))
     return lit, seen
 
 
-def test_scheduled_fit_compiles_one_training_graph_and_matches_eager_bitwise() -> None:
-    eager, rates = _fit(compiled=False)
+@pytest.mark.parametrize("sanity", [0, 1], ids=["no-sanity-check", "sanity-check"])
+def test_scheduled_fit_compiles_one_training_graph_and_matches_eager_bitwise(sanity: int) -> None:
+    # with Lightning's sanity check the validation graph is compiled before training starts: the scheduled
+    # classes are bound at fit start, so it is the same graph as every later validation's
+    eager, rates = _fit(compiled=False, sanity=sanity)
     # the deepest level's rate (huang over 3 levels, max 0.3) warms up over the 8 steps of the fit
     assert rates == pytest.approx([0.3 * s / 8 for s in range(8)])
     with dynamo_counts() as c:
-        compiled, rates_compiled = _fit(compiled=True)
+        compiled, rates_compiled = _fit(compiled=True, sanity=sanity)
         # one graph for training (every rate of the warm-up) and one for validation (eval mode)
         assert c["stats"]["unique_graphs"] == 2
         assert dict(c["graph_break"]) == {} and dict(c["unimplemented"]) == {}
