@@ -516,6 +516,57 @@ class NameSelector:
         names = list(names)
         return [p for p, f in zip(self.patterns, self._compiled) if not any(f(n) for n in names)]
 
+    def suggestions(self, names: Iterable[str]) -> dict[str, str]:
+        """For each pattern that selects nothing, a pattern that would: the same one below a prefix.
+
+        A frequent slip is a name relative to the wrapped model (``"head"``) where the names are relative to
+        the LightningModule (``"net.head.weight"``); this finds the prefix (``"net.head"``).
+
+        Args:
+            names: the names the patterns were matched against.
+
+        Returns:
+            ``{unmatched pattern: suggested pattern}`` for the patterns a prefix would fix.
+
+        Example:
+            >>> NameSelector(["head", "*.gamma"]).suggestions(["net.head.weight", "net.body.0.weight"])
+            {'head': 'net.head'}
+        """
+        names = list(names)
+        out: dict[str, str] = {}
+        for pattern in self.unmatched(names):
+            if pattern.startswith("re:"):
+                continue
+            single = self._compile(pattern)
+            for name in names:
+                parts = name.split(".")
+                hit = next((i for i in range(1, len(parts)) if single(".".join(parts[i:]))), None)
+                if hit is not None:
+                    out[pattern] = ".".join(parts[:hit]) + "." + pattern
+                    break
+        return out
+
+    def unmatched_message(self, names: Iterable[str], what: str = "parameter") -> str:
+        """Return the sentence of every "pattern selects nothing" warning (empty if every pattern matches).
+
+        Example:
+            >>> msg = NameSelector(["head"], name="exclude").unmatched_message(["net.head.weight"])
+            >>> msg.split("; ")[1].split("?")[0]
+            "did you mean 'net.head'"
+        """
+        names = list(names)
+        unmatched = self.unmatched(names)
+        if not unmatched:
+            return ""
+        hints = self.suggestions(names)
+        mean = ", ".join(f"{v!r}" + (f" for {k!r}" if len(unmatched) > 1 else "") for k, v in hints.items())
+        listing = "named_parameters()" if what == "parameter" else "named_modules()"
+        return (
+            f"`{self.name}` pattern(s) {unmatched} select no {what}"
+            + (f"; did you mean {mean}?" if hints else ".")
+            + f" Names are relative to the LightningModule; list them with [n for n, _ in model.{listing}]."
+        )
+
     def __repr__(self) -> str:
         return f"NameSelector({self.patterns!r})"
 

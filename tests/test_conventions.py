@@ -268,3 +268,19 @@ def test_a_step_key_can_drive_model_checkpoint(tmp_path: Path) -> None:
         lightning_reg.GradientMonitor(verbose=0), ckpt], **args)
     trainer.fit(_Module(), _loader(), _loader())
     assert ckpt.best_model_path and ckpt.best_model_score is not None
+
+
+def test_a_pattern_relative_to_the_wrapped_model_gets_the_full_name_suggested() -> None:
+    class Wrapped(lightning_reg.RegularizedModule):
+        def __init__(self) -> None:
+            super().__init__(decay_rule=lightning_reg.DecayRule(exclude=["head"]), verbose=0)
+            self.net = nn.Sequential()
+            self.net.add_module("body", nn.Linear(4, 4))
+            self.net.add_module("head", nn.Linear(4, 2))
+
+    with pytest.warns(UserWarning, match=r"\['head'\] select no trainable parameter; did you mean 'net.head"):
+        Wrapped().configure_optimizers()
+    clip = lightning_reg.GradientClipping("agc", agc_exclude=["head"], verbose=0)
+    trainer = L.Trainer(max_steps=1, logger=False, callbacks=[clip], **_QUIET)
+    with pytest.warns(UserWarning, match=r"`agc_exclude` pattern\(s\) \['head'\].*did you mean 'net\.head'"):
+        clip.setup(trainer, Wrapped(), "fit")

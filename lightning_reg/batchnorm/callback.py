@@ -105,12 +105,9 @@ class FreezeBatchNorm(Callback):
         self._stats = []
         if self.selector is not None:
             names = [strip_wrapper_prefixes(n) for n, _ in pl_module.named_modules()]
-            unmatched = self.selector.unmatched(names)
-            if unmatched:
-                raise ValueError(
-                    f"FreezeBatchNorm: `modules` pattern(s) {unmatched} select no module of "
-                    f"{type(pl_module).__name__}; check the names with [n for n, _ in model.named_modules()]."
-                )
+            message = self.selector.unmatched_message(names, "module")
+            if message:
+                raise ValueError(f"FreezeBatchNorm on {type(pl_module).__name__}: {message}")
         if not self._layers(pl_module):
             where = "" if self.selector is None else f" under `modules`={self.modules}"
             raise ValueError(

@@ -205,9 +205,9 @@ class GradientClipping(Callback):
             )
         names = {strip_wrapper_prefixes(name): p for name, p in pl_module.named_parameters()}
         self._excluded = {id(p) for name, p in names.items() if self._agc_selector.matches(name)}
-        unmatched = self._agc_selector.unmatched(names)
-        if self.algorithm == "agc" and unmatched:
-            rank_zero_warn(f"GradientClipping: `agc_exclude` pattern(s) {unmatched} match no parameter name.")
+        message = self._agc_selector.unmatched_message(names)
+        if self.algorithm == "agc" and message:
+            rank_zero_warn(f"GradientClipping on {type(pl_module).__name__}: {message}")
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

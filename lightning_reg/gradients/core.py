@@ -581,12 +581,16 @@ class ParamGrouping:
 
 
 def group_by_module_depth(model: nn.Module, depth: int = 1, separator: str = ".") -> ParamGrouping:
-    """Group parameters by the first ``depth`` components of their qualified name.
+    """Group parameters by the first ``depth`` components of their name below the prefix they all share.
+
+    The prefix every parameter name shares (a LightningModule that holds its model as ``self.net`` has
+    ``net.``) is kept but not counted, so ``depth=1`` groups by the model's top-level children
+    (``net.layer1``, ``net.layer2``, ...) and not into one group ``net``.
 
     Args:
         model: the module.
-        depth: number of name components to keep (``1``: top-level children; a parameter with a shorter
-            name, e.g. ``weight`` of the root, forms its own group).
+        depth: number of name components to keep below the shared prefix (``1``: top-level children; a
+            parameter with a shorter name, e.g. ``weight`` of the root, forms its own group).
         separator: name separator.
 
     Returns:
@@ -596,18 +600,35 @@ def group_by_module_depth(model: nn.Module, depth: int = 1, separator: str = "."
         >>> m = torch.nn.Sequential(torch.nn.Linear(2, 2))
         >>> group_by_module_depth(m, depth=2).names
         ['0.weight', '0.bias']
+        >>> wrapper = torch.nn.Module()
+        >>> wrapper.net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
+        >>> group_by_module_depth(wrapper).names
+        ['net.0', 'net.1']
     """
     check_int("depth", depth, low=1)
+    named = list(model.named_parameters())
+    shared = _shared_prefix([name.split(separator)[:-1] for name, _ in named])
     names: list[str] = []
     index: dict[int, int] = {}
     lookup: dict[str, int] = {}
-    for name, p in model.named_parameters():
-        key = separator.join(name.split(separator)[:depth])
+    for name, p in named:
+        key = separator.join(name.split(separator)[: shared + depth])
         if key not in lookup:
             lookup[key] = len(names)
             names.append(key)
         index[id(p)] = lookup[key]
     return ParamGrouping(names, index)
+
+
+def _shared_prefix(paths: list[list[str]]) -> int:
+    """How many leading module-path components every parameter shares."""
+    if not paths:
+        return 0
+    n = min(len(path) for path in paths)
+    for i in range(n):
+        if any(path[i] != paths[0][i] for path in paths):
+            return i
+    return n
 
 
 def group_by_param_groups(optimizer: torch.optim.Optimizer) -> ParamGrouping:

@@ -18,6 +18,7 @@ from typing_extensions import override
 
 from lightning_reg._conventions import (
     Keys,
+    NameSelector,
     check_bool,
     check_choice,
     check_int,
@@ -147,7 +148,8 @@ class GradientMonitor(Callback):
     Args:
         log_every_n_steps: logging interval in optimizer steps; ``None``: the Trainer's; ``0``: never.
         norm_type: p of the p-norm (``float("inf")`` allowed).
-        group_by: ``"module"`` (name prefix of ``depth`` components), ``"param_groups"`` (the optimizer's
+        group_by: ``"module"`` (name prefix of ``depth`` components below the prefix all parameters share,
+            e.g. ``net.layer1`` for a model held as ``self.net``), ``"param_groups"`` (the optimizer's
             param groups, named by their ``"name"`` key, else ``group_<i>``; groups added during training,
             e.g. by ``BackboneFinetuning``, are picked up) or ``"patterns"``.
         depth: name depth for ``group_by="module"``.
@@ -221,9 +223,18 @@ class GradientMonitor(Callback):
         if stage == "fit" and self.group_by == "patterns":
             empty = self._grouping(pl_module, None).empty_groups()
             if empty:
+                names = [strip_wrapper_prefixes(n) for n, _ in pl_module.named_parameters()]
+                hints = []
+                for group in empty:
+                    spec = (self.patterns or {})[group]
+                    specs = [spec] if isinstance(spec, str) else list(spec)
+                    selector = NameSelector(specs, f"patterns[{group!r}]")
+                    hints += [f"{p!r} -> {s!r}" for p, s in selector.suggestions(names).items()]
                 rank_zero_warn(
                     f"GradientMonitor: pattern group(s) {empty} match no parameter of"
-                    f" {type(pl_module).__name__} and are not logged; check the names with"
+                    f" {type(pl_module).__name__} and are not logged"
+                    + (f"; did you mean {', '.join(hints)}?" if hints else ".")
+                    + " Names are relative to the LightningModule; list them with"
                     " [n for n, _ in model.named_parameters()]."
                 )
 

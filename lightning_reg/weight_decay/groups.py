@@ -42,8 +42,8 @@ import fnmatch
 import functools
 import re
 import warnings
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
@@ -156,8 +156,17 @@ class DecayRule:
 def _check_rule(rule: Any, name: str = "rule") -> DecayRule:
     if rule is None:
         return DecayRule()
+    if isinstance(rule, Mapping):  # the YAML / dict form: {embeddings: true, exclude: [head]}
+        unknown = sorted(set(rule) - {f.name for f in fields(DecayRule) if f.init})
+        if unknown:
+            valid = [f.name for f in fields(DecayRule) if f.init]
+            raise ValueError(f"`{name}` has unknown key(s) {unknown}; valid keys: {valid}.")
+        return DecayRule(**rule)
     if not isinstance(rule, DecayRule):
-        raise TypeError(f"`{name}` must be a DecayRule or None; got {rule!r} of type {type(rule).__name__}.")
+        raise TypeError(
+            f"`{name}` must be a DecayRule, a mapping of its arguments, or None; got {rule!r} of type"
+            f" {type(rule).__name__}."
+        )
     return rule
 
 
@@ -374,15 +383,10 @@ def classify_parameters(
         for key, names in aliases.items():
             if any(selector.matches(n) for n in names):
                 reasons[key].add("pattern")
-        unmatched = selector.unmatched(n for names in aliases.values() for n in names)
-        if unmatched:
-            warnings.warn(
-                f"exclude pattern(s) {unmatched} matched no {'' if include_frozen else 'trainable '}"
-                f"parameter of {type(model).__name__}; check the names with "
-                "[n for n, _ in model.named_parameters()].",
-                UserWarning,
-                stacklevel=3,
-            )
+        what = "parameter" if include_frozen else "trainable parameter"
+        message = selector.unmatched_message([n for names in aliases.values() for n in names], what)
+        if message:
+            warnings.warn(f"{type(model).__name__}: {message}", UserWarning, stacklevel=3)
     return reasons
 
 

@@ -69,6 +69,31 @@ def _bound_optimizer_arguments(optimizer: Any) -> tuple[str, dict[str, Any]]:
     return cls.__name__, bound
 
 
+def _default_optimizer_defaults(cls: type) -> tuple[str | None, dict[str, Any]]:
+    """Return the class of a module's default ``optimizer`` argument and that class's defaults."""
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        try:
+            param = inspect.signature(init).parameters.get("optimizer")
+        except (TypeError, ValueError):  # pragma: no cover
+            continue
+        if param is None:
+            continue
+        default = param.default
+        if isinstance(default, functools.partial):
+            default = default.func
+        if isinstance(default, type) and issubclass(default, Optimizer):
+            try:
+                values = {k: p.default for k, p in inspect.signature(default).parameters.items()}
+            except (TypeError, ValueError):  # pragma: no cover
+                values = {}
+            return default.__name__, values
+        return None, {}
+    return None, {}
+
+
 class _AddParamGroup:
     """Replaces ``optimizer.add_param_group`` on the instance: later-added parameters get the decay split.
 
@@ -340,8 +365,20 @@ class RegularizedModule(PenaltyMixin, BatchMixingMixin, LightningModule):
         check_callable("lr_scheduler", lr_scheduler, "a callable optimizer -> scheduler", none_ok=True)
         check_str("lr_scheduler_monitor", lr_scheduler_monitor)
         optimizer_name, bound = _bound_optimizer_arguments(optimizer)
+        default_name, default_values = _default_optimizer_defaults(type(self))
         for key, ours in (("lr", lr), ("weight_decay", weight_decay)):
             if key in bound and ours is not None and float(bound[key]) != ours:
+                if default_name not in (None, optimizer_name) and default_values.get(key) == bound[key]:
+                    # LightningCLI (jsonargparse) keeps the init_args the new class also accepts when a config
+                    # changes class_path: the value is most likely the default optimizer's, carried over.
+                    rank_zero_warn(
+                        f"{type(self).__name__}: the optimizer {optimizer_name} has {key}={bound[key]!r}, the"
+                        f" default of {default_name} (this module's default optimizer): LightningCLI carries"
+                        " init_args over when a config changes class_path, so it is taken as carried over and"
+                        f" the module's {key}={ours!r} is used. If you did set {optimizer_name}({key}="
+                        f"{bound[key]!r}) yourself, set the module's `{key}` to null instead."
+                    )
+                    continue
                 raise ValueError(
                     f"`{key}` is set twice: {optimizer_name}({key}={bound[key]!r}) in the optimizer's "
                     f"arguments and {key}={ours!r} on {type(self).__name__}, whose value goes into every "

@@ -312,9 +312,9 @@ def test_bad_arguments_name_the_value():
         Stack(layer_decay=1.5)
     with pytest.raises(ValueError, match=r"'step', 'epoch'.*'batch'"):
         RegularizedModule(lr_scheduler_interval="batch")
-    with pytest.warns(UserWarning, match=r"\['nope\*'\] matched no trainable parameter") as rec:
+    with pytest.warns(UserWarning, match=r"\['nope\*'\] select no trainable parameter") as rec:
         Stack(decay_rule=DecayRule(exclude=["nope*", "head.*"])).configure_optimizers()
-    assert len([w for w in rec if "matched no" in str(w.message)]) == 1
+    assert len([w for w in rec if "select no" in str(w.message)]) == 1
     with pytest.raises(ValueError, match="warmup_steps=5.*got 3"):
         WarmupCosineLR(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0), warmup_steps=5, total_steps=3)
 
@@ -454,6 +454,37 @@ def test_optimizer_arguments_in_yaml_are_one_source_of_truth(monkeypatch):
     Stack(optimizer=partial(torch.optim.SGD, lr=1e-3))
     with pytest.raises(ValueError, match=r"`weight_decay` is set twice"):
         Stack(optimizer=partial(torch.optim.AdamW, weight_decay=0.1))
+
+
+def test_optimizer_switched_in_yaml_does_not_trip_over_values_carried_from_the_default(monkeypatch):
+    """LightningCLI keeps init_args the new class accepts when a config changes class_path: SGD gets AdamW's
+    default weight_decay (0.01) and lr (0.001) although the user wrote neither. Those carried values are taken
+    as such (a warning says so) and the module's values are used; a value the default optimizer does not
+    have is still a conflict."""
+    from lightning.pytorch.cli import LightningCLI
+
+    monkeypatch.setattr("sys.argv", ["cli"])
+    base = ["--trainer.logger=false", "--trainer.max_steps=1", "--trainer.enable_progress_bar=false"]
+    sgd = '{"class_path": "torch.optim.SGD", "init_args": {"momentum": 0.9}}'
+    args = [*base, f"--model.optimizer={sgd}", "--model.weight_decay=0.05", "--model.lr=0.1"]
+    with pytest.warns(UserWarning, match=r"SGD has weight_decay=0\.01, the default of AdamW.*carries init"):
+        cli = LightningCLI(Stack, run=False, args=args, save_config_callback=None)
+    opt = cli.model.configure_optimizers()["optimizer"]
+    assert type(opt) is torch.optim.SGD and opt.defaults["momentum"] == 0.9
+    assert {(g["name"], g["lr"], g["weight_decay"]) for g in opt.param_groups} == {
+        ("decay", 0.1, 0.05),
+        ("no_decay", 0.1, 0.0),
+    }
+    with pytest.raises(ValueError, match=r"`weight_decay` is set twice: SGD\(weight_decay=0\.02\)"):
+        Stack(optimizer=partial(torch.optim.SGD, lr=1e-3, weight_decay=0.02))
+
+
+def test_decay_rule_as_a_mapping_is_the_yaml_form():
+    assert Stack(decay_rule={"embeddings": True, "exclude": ["head"]}).decay_rule == DecayRule(
+        embeddings=True, exclude=["head"]
+    )
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['embedings'\]; valid keys: \['bias'"):
+        Stack(decay_rule={"embedings": True})
 
 
 def test_reduce_lr_on_plateau_under_the_default_interval():
