@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # the same names, loaded lazily at run time
     from lightning_reg.mixing import *
     from lightning_reg.overfitting import *
     from lightning_reg.penalties import *
+    from lightning_reg.presets import *
     from lightning_reg.report import *
     from lightning_reg.stochastic_depth import *
     from lightning_reg.weight_decay import *
@@ -42,6 +43,7 @@ PACKAGES = (
     "mixing",
     "batchnorm",
     "report",
+    "presets",
 )
 
 __getattr__, __dir__, _names = export_packages(__name__, PACKAGES)

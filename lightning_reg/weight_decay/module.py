@@ -16,6 +16,8 @@ from lightning_reg.mixing.core import BatchMixer
 from lightning_reg.mixing.mixin import BatchMixingMixin
 from lightning_reg.penalties.core import WeightPenalty
 from lightning_reg.penalties.mixin import PenaltyMixin
+from lightning_reg.presets.core import Preset
+from lightning_reg.presets.module_side import _check_preset_optimizer, _resolve_module_preset
 from lightning_reg.weight_decay.groups import (
     _check_weight_decay,
     block_layer_ids,
@@ -61,7 +63,8 @@ class RegularizedModule(PenaltyMixin, BatchMixingMixin, LightningModule):
         optimizer: callable ``params -> Optimizer``; default ``torch.optim.AdamW``.
         lr: base learning rate put in every group; None keeps the optimizer's own ``lr`` (its default or
             its ``init_args``), which layer decay then scales.
-        weight_decay: decay of the decayed groups (``>= 0``); the no-decay groups get 0.
+        weight_decay: decay of the decayed groups (``>= 0``); the no-decay groups get 0. ``None`` (default):
+            the preset's value, or 0.05 without a preset.
         exclude_bias: keep biases out of weight decay.
         exclude_norm: keep normalization parameters out of weight decay.
         exclude_embeddings: keep embeddings and class/position tokens out of weight decay.
@@ -75,7 +78,15 @@ class RegularizedModule(PenaltyMixin, BatchMixingMixin, LightningModule):
             ``state_dict``). torch then refuses ``add_param_group`` calls without names, e.g. Lightning's
             ``BackboneFinetuning`` unfreezing a frozen backbone: set False for those.
         weight_penalty: explicit L1/L2 penalty on the decayed parameters (None: none).
-        batch_mixer: Mixup/CutMix/label-smoothing mixer for training batches (None: no mixing).
+        batch_mixer: Mixup/CutMix/label-smoothing mixer for training batches (None: no mixing, or the
+            preset's).
+        preset: a regularization preset (``"mild"``, ``"medium"``, ``"strong"`` or a
+            :class:`~lightning_reg.presets.Preset`) for the module side: its weight decay (unless
+            ``weight_decay`` is given; skipped with a note for optimizers without decoupled weight decay) and
+            its label smoothing and Mixup/CutMix (unless ``batch_mixer`` is given; they need ``num_classes``
+            and make training targets ``(B, K)`` probabilities: use :meth:`mixing_loss`). The Trainer side
+            comes from :func:`~lightning_reg.preset_callbacks`.
+        num_classes: number of classes, for the preset's label smoothing and mixing.
         **kwargs: passed on to the next ``__init__`` in the MRO.
 
     Example:
@@ -98,7 +109,7 @@ class RegularizedModule(PenaltyMixin, BatchMixingMixin, LightningModule):
         *args: Any,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr: float | None = 1e-3,
-        weight_decay: float = 0.05,
+        weight_decay: float | None = None,
         exclude_bias: bool = True,
         exclude_norm: bool = True,
         exclude_embeddings: bool = False,
@@ -110,9 +121,14 @@ class RegularizedModule(PenaltyMixin, BatchMixingMixin, LightningModule):
         keep_param_names: bool = True,
         weight_penalty: WeightPenalty | None = None,
         batch_mixer: BatchMixer | None = None,
+        preset: str | Preset | None = None,
+        num_classes: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        self.preset, weight_decay, batch_mixer, self._preset_weight_decay = _resolve_module_preset(
+            preset, num_classes=num_classes, weight_decay=weight_decay, batch_mixer=batch_mixer
+        )
         self.weight_penalty = weight_penalty
         self.batch_mixer = batch_mixer
         self.configure_regularization(
@@ -286,6 +302,9 @@ class RegularizedModule(PenaltyMixin, BatchMixingMixin, LightningModule):
         if not cfg["keep_param_names"]:
             groups = [{k: v for k, v in g.items() if k != "param_names"} for g in groups]
         optimizer = cfg["optimizer"](groups)
+        preset = getattr(self, "preset", None)
+        if isinstance(preset, Preset) and getattr(self, "_preset_weight_decay", False):
+            _check_preset_optimizer(optimizer, preset)
         if cfg["layer_decay"] is not None and cfg["lr"] is None:
             base = optimizer.defaults["lr"]
             for group in optimizer.param_groups:
