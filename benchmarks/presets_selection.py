@@ -73,6 +73,10 @@ SELECT_SEEDS = (0, 1, 2, 3, 4)
 EVAL_SEEDS = (100, 101, 102, 103, 104, 105, 106, 107)
 OUT = ROOT / "outputs" / "presets_selection"
 TIE_PP = 0.1
+_RUNS_NOTE = (
+    "Every run in its own worker process with one torch thread (the environment line shows the driver's); "
+    "each run is seeded and uses one thread."
+)
 
 # ------------------------------------------------------------------------------------------------ candidates
 _BASE: dict[str, Any] = dict(clipping="zclip", patience=20, overfitting_warmup=5, overfitting_probe=0.25)
@@ -303,6 +307,7 @@ def run_all(
         futures = {pool.submit(run_one, s, c, seed, phase): (s, c, seed) for s, c, seed in todo}
         for i, fut in enumerate(as_completed(futures), 1):
             rec = fut.result()
+            rec["load_average"] = round(os.getloadavg()[0], 2)  # 1-minute load when the run finished
             fh.write(json.dumps(rec) + "\n")
             fh.flush()
             records.append(rec)
@@ -314,6 +319,16 @@ def run_all(
                 flush=True,
             )
     return records
+
+
+def _load_note(records: Sequence[dict[str, Any]]) -> str:
+    loads = [r["load_average"] for r in records if "load_average" in r]
+    if not loads:
+        return ""
+    return (
+        f" Load average (1 min) when the runs finished: {min(loads):.1f} to {max(loads):.1f} (a shared "
+        "2-core machine); the environment line below is the load when this file was written."
+    )
 
 
 def _table(records: Sequence[dict[str, Any]]) -> dict[tuple[str, str], dict[int, dict[str, Any]]]:
@@ -393,7 +408,8 @@ def _report_select(records: Sequence[dict[str, Any]], command: str) -> dict[str,
         )
     report.note(
         f"Seeds {list(SELECT_SEEDS)}; strong is scored in the most overfitting setting: "
-        f"{chosen['most_overfit_setting']}. Rules: benchmarks/presets_selection.py docstring."
+        f"{chosen['most_overfit_setting']}. Rules: benchmarks/presets_selection.py docstring. {_RUNS_NOTE}"
+        + _load_note(records)
     )
     report.save()
     (ROOT / "benchmarks" / "results" / "presets_choice.json").write_text(json.dumps(chosen, indent=2) + "\n")
@@ -435,7 +451,9 @@ def _report_evaluate(records: Sequence[dict[str, Any]], command: str) -> None:
                 f"{statistics.fmean(r['seconds'] for r in rs):.0f} s",
             )
     report.note(
-        f"Seeds {list(EVAL_SEEDS)} (none of them used in the selection). Mean ± sample std over seeds."
+        f"Seeds {list(EVAL_SEEDS)} (none of them used in the selection). Mean ± sample std over seeds. "
+        + _RUNS_NOTE
+        + _load_note(records)
     )
     report.save()
 
@@ -459,7 +477,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--settings", nargs="+", default=list(SETTINGS))
     p.add_argument("--report-only", action="store_true", help="summarise the JSONL file, run nothing")
     a = p.parse_args(argv)
-    command = f"PYTHONPATH=. python benchmarks/presets_selection.py {a.phase} --jobs {a.jobs}"
+    command = f"PYTHONPATH=. python benchmarks/presets_selection.py {a.phase} --jobs 2"
     sys.path.insert(0, str(ROOT / "benchmarks"))
     if a.phase == "select":
         configs = ["baseline", *ALL_CANDIDATES]
