@@ -120,13 +120,8 @@ def _branch_ends(model: nn.Module, branch_ends: Mapping[Any, str] | None) -> dic
             except (ImportError, AttributeError) as err:
                 raise ValueError(f"`branch_ends`: cannot import the block class {key!r} ({err}).") from err
             continue
-        types = {type(m) for m in model.modules() if type(m).__name__ == key}
-        if not types:
-            raise ValueError(
-                f"`branch_ends`: no module of class {key!r} in {type(model).__name__}; use the block class's "
-                "name or its dotted import path."
-            )
-        out.update(dict.fromkeys(types, end))
+        # a bare class name matches the model's modules of that class name (none: no such block here)
+        out.update(dict.fromkeys({type(m) for m in model.modules() if type(m).__name__ == key}, end))
     return out
 
 
@@ -174,6 +169,12 @@ class PresetStochasticDepth(StochasticDepthScheduler):
             cutoff=warmup if schedule == "warmup" else None,
             cutoff_unit="fraction",
         )
+        for key, end in (branch_ends or {}).items():
+            if not isinstance(key, (str, type)) or not isinstance(end, str):
+                raise TypeError(
+                    "`branch_ends` must map block classes (or their names / dotted paths) to the name of the "
+                    f"submodule ending the residual branch; got {key!r}: {end!r}."
+                )
         self.branch_ends = dict(branch_ends or {})
         self.preset_name = check_str("preset_name", preset_name)
         self.verbose = check_verbose(verbose)
@@ -194,7 +195,13 @@ class PresetStochasticDepth(StochasticDepthScheduler):
                     _skip_note(
                         self.preset_name,
                         "drop-path",
-                        f"no residual block in {type(pl_module).__name__}: torchvision BasicBlock/Bottleneck "
+                        f"no residual block in {type(pl_module).__name__}"
+                        + (
+                            f" (branch_ends: {sorted(map(str, self.branch_ends))})"
+                            if self.branch_ends
+                            else ""
+                        )
+                        + ": torchvision BasicBlock/Bottleneck "
                         "are found by type, your own blocks need "
                         "branch_ends={BlockClass: 'last_branch_layer'}",
                     ),

@@ -110,20 +110,18 @@ def test_strong_preset_on_an_mlp_skips_what_does_not_apply(caplog):
     """Tabular inputs and no residual block: CutMix and drop-path are skipped with one note each."""
     torch.manual_seed(0)
     x, y = torch.randn(64, 6), torch.randint(0, 3, (64,))
-    model = Net(
-        nn.Sequential(nn.Linear(6, 16), nn.LayerNorm(16), nn.ReLU(), nn.Linear(16, 3)), preset="strong"
-    )
+    p = get_preset("strong", mixup_prob=0.6, cutmix_prob=0.3)  # a CutMix part to skip
+    model = Net(nn.Sequential(nn.Linear(6, 16), nn.LayerNorm(16), nn.ReLU(), nn.Linear(16, 3)), preset=p)
     with caplog.at_level(logging.INFO, logger=NOTE_LOGGER):
-        trainer = _trainer(preset_callbacks("strong"))
+        trainer = _trainer(preset_callbacks(p))
         trainer.fit(model, _loader(x, y, True), _loader(x, y))
     messages = [r.getMessage() for r in caplog.records]
     skipped = [m for m in messages if "skipped" in m]
     assert len(skipped) == 2, skipped
     assert skipped[0].startswith("preset 'strong': drop-path skipped (no residual block in Net")
     assert skipped[1].startswith("preset 'strong': CutMix skipped (inputs of shape (16, 6)")
-    assert any(m.startswith("preset 'strong': weight decay 0.2") for m in messages)  # the one summary line
+    assert any(m.startswith(f"preset 'strong': weight decay {p.weight_decay:g}") for m in messages)  # summary
     assert not any(isinstance(m, lightning_reg.DropPath) for m in model.modules())
-    p = PRESETS["strong"]
     groups = {g["name"]: g["weight_decay"] for g in trainer.optimizers[0].param_groups}
     assert groups == {"decay": p.weight_decay, "no_decay": 0.0}  # LayerNorm and biases not decayed
     # every training target is a smoothed probability vector; mixed ones are not one-hot-like
