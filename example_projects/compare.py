@@ -388,7 +388,7 @@ def main(argv: Sequence[str] | None = None) -> list[RunResult]:
     (a.out / "summary.md").write_text("\n".join(lines[1:]) + "\n")
     (a.out / "summary.json").write_text(json.dumps(summary, indent=2))
     lines.append(
-        f"{len(results)} runs in {total:.0f} s ({math.ceil(total / 60)} min) on {n_jobs} process(es); "
+        f"{len(results)} runs in {total:.0f} s ({total / 60:.1f} min) on {n_jobs} process(es); "
         f"load average {_load_average()}."
     )
     lines.append(f"plots: {', '.join(str(v) for v in plots.values())}; logs and summary: {a.out}")
