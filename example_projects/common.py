@@ -18,17 +18,24 @@ class ClassifierModule(RegularizedModule):
     """Cross-entropy classifier around ``self.net`` (set by subclasses), on :class:`RegularizedModule`.
 
     The optimizer comes from :class:`~lightning_reg.RegularizedModule`: decay and no-decay parameter
-    groups (biases and normalization parameters never decay). ``weight_decay`` defaults to 0 here, so a
-    config without it is unregularized.
+    groups (biases and normalization parameters never decay). Without a preset, ``weight_decay`` defaults
+    to 0 here, so a config without it is unregularized; with ``preset`` the preset's module side applies
+    (its weight decay unless ``weight_decay`` is given, its label smoothing and Mixup/CutMix), and the
+    training loss is the soft-target cross entropy of :meth:`mixing_loss`.
 
     Logs, once per epoch and reduced across ranks: ``train_loss``/``train_acc`` (training mode, i.e. with
-    dropout and drop-path active), ``val_loss``/``val_acc`` and ``test_loss``/``test_acc``.
+    dropout, drop-path and mixing active; accuracy against the dominant class of a mixed target),
+    ``val_loss``/``val_acc`` and ``test_loss``/``test_acc`` (plain cross entropy, so every configuration
+    is measured the same way).
 
     Args:
         optimizer: callable ``params -> Optimizer`` (default AdamW).
         lr: learning rate.
-        weight_decay: decay of the decayed parameter groups.
+        weight_decay: decay of the decayed parameter groups; ``None``: the preset's, else 0.
         lr_scheduler: callable ``optimizer -> scheduler``, stepped every optimizer step; None for none.
+        preset: ``"mild"``, ``"medium"``, ``"strong"`` or None (see :func:`lightning_reg.preset_callbacks`
+            for the Trainer side).
+        num_classes: number of classes (for the preset's label smoothing and mixing).
 
     Example:
         >>> from torch import nn
@@ -49,10 +56,21 @@ class ClassifierModule(RegularizedModule):
         self,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr: float = 1e-3,
-        weight_decay: float = 0.0,
+        weight_decay: float | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
+        preset: str | None = None,
+        num_classes: int | None = None,
     ) -> None:
-        super().__init__(optimizer=optimizer, lr=lr, weight_decay=weight_decay, lr_scheduler=lr_scheduler)
+        if weight_decay is None and preset is None:
+            weight_decay = 0.0
+        super().__init__(
+            optimizer=optimizer,
+            lr=lr,
+            weight_decay=weight_decay,
+            lr_scheduler=lr_scheduler,
+            preset=preset,
+            num_classes=num_classes,
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
@@ -60,7 +78,11 @@ class ClassifierModule(RegularizedModule):
     def _shared_step(self, batch: Sequence[Tensor], stage: str) -> Tensor:
         x, y = batch
         logits = self(x)
-        loss = F.cross_entropy(logits, y)
+        if y.ndim == 2:  # soft targets of a mixer (label smoothing, Mixup, CutMix): training only
+            loss = self.mixing_loss(logits, y)
+            y = y.argmax(dim=-1)
+        else:
+            loss = F.cross_entropy(logits, y)
         acc = (logits.argmax(dim=-1) == y).float().mean()
         # on_epoch only: the values stay on device and are reduced once per epoch (no per-step host sync).
         opts: dict[str, Any] = dict(on_step=False, on_epoch=True, batch_size=y.shape[0], sync_dist=True)

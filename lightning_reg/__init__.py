@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # the same names, loaded lazily at run time
     from lightning_reg.mixing import *
     from lightning_reg.overfitting import *
     from lightning_reg.penalties import *
+    from lightning_reg.presets import *
     from lightning_reg.report import *
     from lightning_reg.reproducibility import *
     from lightning_reg.stochastic_depth import *
@@ -44,6 +45,7 @@ PACKAGES = (
     "batchnorm",
     "reproducibility",
     "report",
+    "presets",
 )
 
 __getattr__, __dir__, _names = export_packages(__name__, PACKAGES)

@@ -70,6 +70,10 @@ def test_mnist1d_datamodule_splits(data_root: Path):
     assert train <= rows and val <= rows and not train & val
     x, y = next(iter(dm.train_dataloader()))
     assert x.shape == (50, 40) and x.dtype == torch.float32 and y.dtype == torch.long
+    seq = MNIST1DDataModule(train_size=300, val_size=200, batch_size=50, channel_dim=True)
+    seq.setup("fit")
+    assert torch.equal(seq.train_set.tensors[0], dm.train_set.tensors[0].unsqueeze(1))
+    assert seq.test_set.tensors[0].shape == (1000, 1, 40)
     with pytest.raises(ValueError, match="train_size=3500, val_size=1000"):
         MNIST1DDataModule(train_size=3500, val_size=1000)
 
@@ -102,7 +106,42 @@ def test_digits_datamodule_splits_normalisation_and_augmentation():
         DigitsDataModule(train_size=2000)
 
 
+def test_tabular_datamodule_splits_and_standardises_with_training_rows_only():
+    from sklearn.datasets import load_breast_cancer
+
+    from example_projects.tabular import TabularDataModule
+
+    dm = TabularDataModule(train_size=100, val_size=150, test_size=169)
+    dm.setup("fit")
+    xs = [t.tensors[0] for t in (dm.train_set, dm.val_set, dm.test_set)]
+    assert [len(x) for x in xs] == [100, 150, 169] and dm.num_classes == 2 and dm.num_features == 30
+    train = xs[0]
+    assert torch.allclose(train.mean(0), torch.zeros(30), atol=1e-5)
+    assert torch.allclose(train.std(0), torch.ones(30), atol=1e-4)
+    # every row is a bundled row, standardised with the training rows' statistics (recomputed here)
+    raw = torch.as_tensor(load_breast_cancer().data, dtype=torch.float32)
+    perm = torch.randperm(569, generator=torch.Generator().manual_seed(0))
+    train_raw = raw[perm[319:419]]
+    mean, std = train_raw.mean(0), train_raw.std(0)
+    assert torch.allclose(xs[1] * std + mean, raw[perm[169:319]], rtol=1e-4, atol=1e-3)
+    assert torch.allclose(xs[2] * std + mean, raw[perm[:169]], rtol=1e-4, atol=1e-3)
+    with pytest.raises(ValueError, match="train_size=300"):
+        TabularDataModule(train_size=300)
+
+
 # ---------------------------------------------------------------- models
+
+
+def test_narrow_torchvision_resnet_keeps_the_layout():
+    from torchvision.models.resnet import BasicBlock, ResNet
+
+    from example_projects.digits import resnet_for_8x8
+
+    model = resnet_for_8x8(width=16)
+    assert isinstance(model, ResNet)
+    blocks = [m for m in model.modules() if isinstance(m, BasicBlock)]
+    assert [b.conv2.out_channels for b in blocks] == [16, 16, 32, 32, 64, 64, 128, 128]
+    assert model.fc.in_features == 128 and model(torch.zeros(3, 1, 8, 8)).shape == (3, 10)
 
 
 def test_resnet_for_8x8_keeps_resolution_through_the_stem():
@@ -126,7 +165,8 @@ def test_mnist1d_models_shapes():
     from example_projects.mnist1d import MLP, ResNet1d
 
     x = torch.randn(3, 40)
-    assert ResNet1d(widths=(8, 16, 32), blocks_per_stage=2)(x).shape == (3, 10)
+    net = ResNet1d(widths=(8, 16, 32), blocks_per_stage=2).eval()
+    assert net(x).shape == (3, 10) and torch.equal(net(x), net(x.unsqueeze(1)))
     mlp = MLP(hidden=32, depth=2, dropout=0.5)
     assert mlp(x).shape == (3, 10)
     assert sum(isinstance(m, torch.nn.Dropout) for m in mlp) == 2
@@ -156,7 +196,7 @@ def test_every_config_runs_fast_dev_run(config: Path, data_root: Path, tmp_path:
     )
     drop_paths = [m for m in cli.model.modules() if isinstance(m, lightning_reg.DropPath)]
     groups = {g["name"]: g["weight_decay"] for g in cli.trainer.optimizers[0].param_groups}
-    if config.stem == "baseline":
+    if "callbacks:" not in config.read_text():  # baseline / demo: no regularization at all
         assert ours == [] and drop_paths == [] and set(groups.values()) == {0.0}
     else:  # regularized / ddp: every piece of the library on
         assert ours == [
@@ -175,33 +215,119 @@ def test_every_config_runs_fast_dev_run(config: Path, data_root: Path, tmp_path:
 
 
 @pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
+@pytest.mark.parametrize(
+    ("project", "fragment", "preset"),
+    [
+        ("mnist1d", "mnist1d/configs/presets/strong.yaml", "strong"),
+        ("digits", "presets/medium.yaml", "medium"),
+        ("tabular", "presets/strong.yaml", "strong"),
+    ],
+)
+def test_preset_fragment_on_a_baseline_config(
+    project, fragment, preset, data_root, tmp_path, monkeypatch, caplog
+):
+    """`--config baseline.yaml --config <preset>.yaml` as a user writes it: every component of the preset."""
+    import importlib
+    import logging
+
+    import lightning_reg
+
+    monkeypatch.chdir(tmp_path)
+    entry = importlib.import_module(f"example_projects.{project}.__main__")
+    args = [
+        "fit",
+        "--config",
+        str(REPO / "example_projects" / project / "configs" / "baseline.yaml"),
+        "--config",
+        str(REPO / "example_projects" / fragment),
+        "--trainer.fast_dev_run=true",
+        "--trainer.enable_progress_bar=false",
+    ]
+    if project == "mnist1d":
+        args.append("--data.channel_dim=true")
+    with caplog.at_level(logging.INFO, logger="lightning.pytorch.utilities.rank_zero"):
+        cli = entry.main(args)
+    p = lightning_reg.PRESETS[preset]
+    assert cli.trainer.state.finished and cli.model.preset == p
+    ours = [
+        type(cb).__name__ for cb in cli.trainer.callbacks if type(cb).__module__.startswith("lightning_reg")
+    ]
+    assert ours == [
+        "PresetSummary",
+        "EarlyStopping",
+        "OverfittingMonitor",
+        "GradientClipping",
+        "PresetStochasticDepth",
+    ]
+    groups = {g["name"]: g["weight_decay"] for g in cli.trainer.optimizers[0].param_groups}
+    assert groups == {"decay": p.weight_decay, "no_decay": 0.0}  # the fragment's null beat the baseline's 0.0
+    mixer = cli.model.batch_mixer
+    assert mixer.label_smoothing == p.label_smoothing and mixer.num_classes == (
+        2 if project == "tabular" else 10
+    )
+    drop_paths = [m for m in cli.model.modules() if isinstance(m, lightning_reg.DropPath)]
+    blocks = [m for m in cli.model.modules() if type(m).__name__.startswith("BasicBlock")]
+    assert len(drop_paths) == len(blocks) and max((d.p for d in drop_paths), default=0) == pytest.approx(
+        p.drop_path_rate if blocks else 0.0
+    )
+    notes = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    if project == "tabular":  # an MLP on (B, 30) rows: no residual block, no spatial dimension
+        cutmix = ["CutMix"] if p.cutmix_prob > 0 else []
+        assert mixer.skipped == cutmix and len(notes) == 1 + len(cutmix)
+        assert notes[0].startswith(f"preset '{preset}': drop-path skipped (no residual block in TabularMLP")
+    else:
+        assert mixer.skipped == [] and notes == []
+
+
+@pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
 def test_compare_tiny(data_root: Path, tmp_path: Path, capsys):
     from example_projects import compare
+    from example_projects.stats import paired_diff
 
-    results = compare.main(["--tiny", "--out", str(tmp_path)])
-    assert [r.config for r in results] == ["baseline", "regularized"]
+    results = compare.main(["--tiny", "--jobs", "1", "--out", str(tmp_path)])
+    assert [r.config for r in results] == ["baseline", "mild", "medium", "strong"]
     printed = capsys.readouterr().out
+    assert len(printed.splitlines()) <= 60
+    acc = {r.config: r.test_acc for r in results}
     for r in results:
         assert 0.0 <= r.test_acc <= 1.0 and 0.0 <= r.train_acc <= 1.0
         assert r.epochs_run == 2
         assert f"| {r.config} | {100 * r.test_acc:.1f}% |" in printed
-        assert f"{100 * (r.train_acc - r.val_acc):+.1f} pp" in printed
-    base, reg = results
+        if r.config != "baseline":  # the paired difference, computed here from the runs
+            assert paired_diff([acc[r.config]], [acc["baseline"]]).pp() in printed
+    assert f"seed 0: test acc  baseline {100 * acc['baseline']:.1f}%" in printed
+    base, presets = results[0], results[1:]
     assert base.best_epoch is None  # no early stopping in the baseline: its final weights are tested
-    # the regularized run restored the epoch with the lowest logged val_loss (first one on ties)
-    val = {}
-    with open(Path(reg.log_dir) / "metrics.csv", newline="") as fh:
-        for row in csv.DictReader(fh):
-            if row.get("val_loss"):
-                val[int(row["epoch"])] = float(row["val_loss"])
-    assert reg.best_epoch == min(sorted(val), key=lambda e: val[e])
+    for reg in presets:  # each preset restored the epoch with the lowest logged val_loss (first on ties)
+        val = {}
+        with open(Path(reg.log_dir) / "metrics.csv", newline="") as fh:
+            for row in csv.DictReader(fh):
+                if row.get("val_loss"):
+                    val[int(row["epoch"])] = float(row["val_loss"])
+        assert reg.best_epoch == min(sorted(val), key=lambda e: val[e])
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert [run["test_acc"] for run in summary["runs"]] == [r.test_acc for r in results]
-    assert (tmp_path / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert (tmp_path / "plots" / "baseline" / "curves.png").is_file()
-    for name in ("curves", "grad_norms", "drop_path"):
-        assert (tmp_path / "plots" / "regularized" / f"{name}.png").is_file(), name
-    assert not (tmp_path / "plots" / "baseline" / "grad_norms.png").exists()  # nothing logged them
+    for name in ("compare.png", "alert.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    assert (tmp_path / "summary.md").read_text().startswith("| config |")
+
+
+def test_paired_t_interval_matches_scipy():
+    from scipy import stats
+
+    from example_projects.stats import paired_diff, t_quantile_975
+
+    a, b = [0.91, 0.93, 0.90, 0.95, 0.92], [0.90, 0.90, 0.91, 0.92, 0.90]
+    d = paired_diff(a, b)
+    diffs = np.subtract(a, b)
+    lo, hi = stats.t.interval(0.95, len(diffs) - 1, loc=diffs.mean(), scale=stats.sem(diffs))
+    assert d.mean == pytest.approx(diffs.mean())
+    assert d.low == pytest.approx(lo, abs=1e-5) and d.high == pytest.approx(hi, abs=1e-5)  # 4-digit table
+    for df in (1, 2, 7, 30, 40, 60, 120):
+        assert t_quantile_975(df) == pytest.approx(stats.t.ppf(0.975, df), abs=1e-4)
+    assert t_quantile_975(45) >= stats.t.ppf(0.975, 45)  # conservative between table rows
+    assert paired_diff([1.0, 1.2, 1.1], [0.0, 0.1, 0.0]).excludes_zero
+    assert not paired_diff([0.1, -0.2, 0.05], [0.0, 0.0, 0.0]).excludes_zero
 
 
 class RankDump(L.Callback):

@@ -72,6 +72,11 @@ class MNIST1DDataModule(L.LightningDataModule):
         num_workers: DataLoader workers.
         split_seed: seed of the train/validation split.
         dataset_seed: seed passed to ``make_dataset`` (42 reproduces the published dataset).
+        channel_dim: yield ``(batch, 1, 40)`` one-channel signals instead of ``(batch, 40)``, so batch
+            mixing sees a sequence dimension (a preset's CutMix cuts segments; it is skipped for
+            ``(batch, 40)`` rows, which look like tabular data).
+        eval_batch_size: batch size of the validation and test loaders (default: ``batch_size``); larger
+            batches evaluate faster on a CPU and give the same metrics (BatchNorm is in eval mode there).
 
     Example:
         >>> dm = MNIST1DDataModule(train_size=500, val_size=500)  # doctest: +SKIP
@@ -88,6 +93,8 @@ class MNIST1DDataModule(L.LightningDataModule):
         num_workers: int = 0,
         split_seed: int = 0,
         dataset_seed: int = 42,
+        channel_dim: bool = False,
+        eval_batch_size: int | None = None,
     ) -> None:
         super().__init__()
         if val_size < 1 or train_size < 1 or train_size + val_size > MNIST1D_TRAIN_POOL:
@@ -103,6 +110,8 @@ class MNIST1DDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.split_seed = split_seed
         self.dataset_seed = dataset_seed
+        self.channel_dim = channel_dim
+        self.eval_batch_size = eval_batch_size or batch_size
 
     def prepare_data(self) -> None:
         load_mnist1d(self.data_dir, self.dataset_seed)
@@ -111,21 +120,22 @@ class MNIST1DDataModule(L.LightningDataModule):
         d = load_mnist1d(self.data_dir, self.dataset_seed)
         x = torch.from_numpy(d["x"]).float()
         y = torch.from_numpy(d["y"]).long()
+        x_test = torch.from_numpy(d["x_test"]).float()
+        if self.channel_dim:
+            x, x_test = x.unsqueeze(1), x_test.unsqueeze(1)
         perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(self.split_seed))
         val_idx = perm[: self.val_size]
         train_idx = perm[self.val_size : self.val_size + self.train_size]
         self.train_set = TensorDataset(x[train_idx], y[train_idx])
         self.val_set = TensorDataset(x[val_idx], y[val_idx])
-        self.test_set = TensorDataset(
-            torch.from_numpy(d["x_test"]).float(), torch.from_numpy(d["y_test"]).long()
-        )
+        self.test_set = TensorDataset(x_test, torch.from_numpy(d["y_test"]).long())
 
     def train_dataloader(self) -> DataLoader:
         # Shuffled by the global generator, so `seed_everything` makes runs reproducible.
         return DataLoader(self.train_set, self.batch_size, shuffle=True, num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, self.batch_size, num_workers=self.num_workers)
+        return DataLoader(self.val_set, self.eval_batch_size, num_workers=self.num_workers)
 
     def test_dataloader(self) -> DataLoader:
-        return DataLoader(self.test_set, self.batch_size, num_workers=self.num_workers)
+        return DataLoader(self.test_set, self.eval_batch_size, num_workers=self.num_workers)

@@ -39,7 +39,9 @@ class BasicBlock1d(nn.Module):
 
 
 class ResNet1d(nn.Module):
-    """A small 1-D ResNet for ``(batch, length)`` signals: stem, stages of basic blocks, pooling, linear.
+    """A small 1-D ResNet for ``(batch, length)`` or ``(batch, 1, length)`` signals.
+
+    Stem, stages of basic blocks, pooling, linear.
 
     Args:
         num_classes: output classes.
@@ -68,7 +70,9 @@ class ResNet1d(nn.Module):
         self.fc = nn.Linear(inplanes, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.stages(self.stem(x.unsqueeze(1)))
+        if x.ndim == 2:  # (batch, length) -> (batch, 1, length)
+            x = x.unsqueeze(1)
+        x = self.stages(self.stem(x))
         return self.fc(self.pool(x).flatten(1))
 
 
@@ -103,8 +107,9 @@ class ResNet1dClassifier(ClassifierModule):
             :class:`~lightning_reg.StochasticDepthScheduler` can then reschedule them).
         optimizer: callable ``params -> Optimizer``.
         lr: learning rate.
-        weight_decay: decay of the decayed parameter groups.
+        weight_decay: decay of the decayed parameter groups (None: the preset's, else 0).
         lr_scheduler: callable ``optimizer -> scheduler``.
+        preset: regularization preset of the module side (``"mild"``, ``"medium"``, ``"strong"``).
     """
 
     def __init__(
@@ -114,10 +119,18 @@ class ResNet1dClassifier(ClassifierModule):
         drop_path_rate: float = 0.0,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr: float = 1e-3,
-        weight_decay: float = 0.0,
+        weight_decay: float | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
+        preset: str | None = None,
     ) -> None:
-        super().__init__(optimizer=optimizer, lr=lr, weight_decay=weight_decay, lr_scheduler=lr_scheduler)
+        super().__init__(
+            optimizer=optimizer,
+            lr=lr,
+            weight_decay=weight_decay,
+            lr_scheduler=lr_scheduler,
+            preset=preset,
+            num_classes=10,
+        )
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         self.net = ResNet1d(10, tuple(widths), blocks_per_stage)
         if drop_path_rate > 0:
@@ -133,8 +146,9 @@ class MLPClassifier(ClassifierModule):
         dropout: dropout probability after each hidden layer.
         optimizer: callable ``params -> Optimizer``.
         lr: learning rate.
-        weight_decay: decay of the decayed parameter groups.
+        weight_decay: decay of the decayed parameter groups (None: the preset's, else 0).
         lr_scheduler: callable ``optimizer -> scheduler``.
+        preset: regularization preset of the module side (``"mild"``, ``"medium"``, ``"strong"``).
     """
 
     def __init__(
@@ -144,9 +158,17 @@ class MLPClassifier(ClassifierModule):
         dropout: float = 0.0,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr: float = 1e-3,
-        weight_decay: float = 0.0,
+        weight_decay: float | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
+        preset: str | None = None,
     ) -> None:
-        super().__init__(optimizer=optimizer, lr=lr, weight_decay=weight_decay, lr_scheduler=lr_scheduler)
+        super().__init__(
+            optimizer=optimizer,
+            lr=lr,
+            weight_decay=weight_decay,
+            lr_scheduler=lr_scheduler,
+            preset=preset,
+            num_classes=10,
+        )
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         self.net = MLP(40, 10, hidden, depth, dropout)

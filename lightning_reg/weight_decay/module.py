@@ -27,6 +27,8 @@ from lightning_reg.mixing.core import BatchMixer
 from lightning_reg.mixing.mixin import BatchMixingMixin
 from lightning_reg.penalties.core import WeightPenalty
 from lightning_reg.penalties.mixin import PenaltyMixin
+from lightning_reg.presets.core import Preset
+from lightning_reg.presets.module_side import _check_preset_optimizer, _resolve_module_preset
 from lightning_reg.weight_decay.groups import (
     DecayRule,
     _check_layer_decay,
@@ -42,7 +44,7 @@ from lightning_reg.weight_decay.groups import (
 )
 from lightning_reg.weight_decay.schedulers import WarmupCosineLR
 
-__all__ = ["RegularizedModule"]
+__all__ = ["DEFAULT_WEIGHT_DECAY", "RegularizedModule"]
 
 _warning_cache = WarningCache()
 
@@ -92,6 +94,10 @@ def _default_optimizer_defaults(cls: type) -> tuple[str | None, dict[str, Any]]:
             return default.__name__, values
         return None, {}
     return None, {}
+
+
+#: Weight decay of the decayed groups when neither the module, a preset nor the optimizer's arguments set one.
+DEFAULT_WEIGHT_DECAY = 0.05
 
 
 class _AddParamGroup:
@@ -252,10 +258,12 @@ class RegularizedModule(PenaltyMixin, BatchMixingMixin, LightningModule):
         optimizer: callable ``params -> Optimizer``; default ``torch.optim.AdamW``.
         lr: base learning rate put in every group; None keeps the optimizer's own ``lr`` (its default or
             its ``init_args``), which layer decay then scales.
-        weight_decay: decay of the decayed groups (``>= 0``); the no-decay groups get 0. None takes the
-            optimizer's own ``weight_decay`` (its default or its ``init_args``).
-        decay_rule: which parameters are kept out of weight decay (:class:`~lightning_reg.DecayRule`;
-            default ``DecayRule()``: biases, norms, per-channel scales, declared names).
+        weight_decay: decay of the decayed groups (``>= 0``); the no-decay groups get 0. ``None``
+            (default): the preset's value with a preset, else the optimizer's own configured value (its
+            LightningCLI ``init_args`` or a ``functools.partial``), else 0.05.
+        decay_rule: which parameters are kept out of weight decay (:class:`~lightning_reg.DecayRule` or a
+            mapping of its arguments; default ``DecayRule()``: biases, norms, per-channel scales, declared
+            names).
         layer_decay: layer-wise LR decay factor in ``(0, 1]``; None disables it.
         lr_scheduler: callable ``optimizer -> scheduler`` (e.g. :class:`~lightning_reg.WarmupCosineLR`); a
             ``WarmupCosineLR`` without ``total_steps`` gets ``trainer.estimated_stepping_batches``.
@@ -265,7 +273,15 @@ class RegularizedModule(PenaltyMixin, BatchMixingMixin, LightningModule):
         keep_param_names: keep each group's ``param_names`` in the optimizer (torch stores them in its
             ``state_dict``; groups added later get them too).
         weight_penalty: explicit L1/L2 penalty on the decayed parameters (None: none).
-        batch_mixer: Mixup/CutMix/label-smoothing mixer for training batches (None: no mixing).
+        batch_mixer: Mixup/CutMix/label-smoothing mixer for training batches (None: no mixing, or the
+            preset's).
+        preset: a regularization preset (``"mild"``, ``"medium"``, ``"strong"`` or a
+            :class:`~lightning_reg.presets.Preset`) for the module side: its weight decay (unless
+            ``weight_decay`` is given; skipped with a note for optimizers without decoupled weight decay) and
+            its label smoothing and Mixup/CutMix (unless ``batch_mixer`` is given; they need ``num_classes``
+            and make training targets ``(B, K)`` probabilities: use :meth:`mixing_loss`). The Trainer side
+            comes from :func:`~lightning_reg.preset_callbacks`.
+        num_classes: number of classes, for the preset's label smoothing and mixing.
         verbose: ``0`` quiet, ``1`` one line per fit naming the optimizer and the groups, ``2`` the group
             table.
         **kwargs: passed on to the next ``__init__`` in the MRO.
@@ -290,7 +306,7 @@ class RegularizedModule(PenaltyMixin, BatchMixingMixin, LightningModule):
         *args: Any,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr: float | None = 1e-3,
-        weight_decay: float | None = 0.05,
+        weight_decay: float | None = None,
         decay_rule: DecayRule | None = None,
         layer_decay: float | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
@@ -299,10 +315,20 @@ class RegularizedModule(PenaltyMixin, BatchMixingMixin, LightningModule):
         keep_param_names: bool = True,
         weight_penalty: WeightPenalty | None = None,
         batch_mixer: BatchMixer | None = None,
+        preset: str | Preset | None = None,
+        num_classes: int | None = None,
         verbose: int | bool = 1,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        self.preset, weight_decay, batch_mixer, self._preset_weight_decay = _resolve_module_preset(
+            preset,
+            num_classes=num_classes,
+            weight_decay=weight_decay,
+            batch_mixer=batch_mixer,
+            default_weight_decay=None,  # decided in configure_regularization: the optimizer's, else 0.05
+            verbose=verbose,
+        )
         self.weight_penalty = weight_penalty
         self.batch_mixer = batch_mixer
         self.configure_regularization(
@@ -337,7 +363,8 @@ class RegularizedModule(PenaltyMixin, BatchMixingMixin, LightningModule):
         Args:
             optimizer: callable ``params -> Optimizer``.
             lr: base learning rate, or None for the optimizer's own.
-            weight_decay: decay of the decayed groups, ``>= 0``, or None for the optimizer's own.
+            weight_decay: decay of the decayed groups, ``>= 0``, or None for the optimizer's configured
+                value (else :data:`DEFAULT_WEIGHT_DECAY`).
             decay_rule: which parameters are kept out of weight decay.
             layer_decay: layer-wise LR decay factor in ``(0, 1]`` or None.
             lr_scheduler: callable ``optimizer -> scheduler`` or None.
@@ -386,6 +413,8 @@ class RegularizedModule(PenaltyMixin, BatchMixingMixin, LightningModule):
                     f"the module (model.init_args.{key} in a LightningCLI config), or set the module's "
                     f"`{key}` to None (null) to use the optimizer's."
                 )
+        if weight_decay is None and "weight_decay" not in bound:
+            weight_decay = DEFAULT_WEIGHT_DECAY  # nothing configured anywhere: the library's default
         self.regularization_config: dict[str, Any] = {
             "optimizer": optimizer,
             "lr": lr,
@@ -515,6 +544,9 @@ class RegularizedModule(PenaltyMixin, BatchMixingMixin, LightningModule):
         if not cfg["keep_param_names"]:
             groups = [{k: v for k, v in g.items() if k != "param_names"} for g in groups]
         optimizer = cfg["optimizer"](groups)
+        preset = getattr(self, "preset", None)
+        if isinstance(preset, Preset) and getattr(self, "_preset_weight_decay", False):
+            _check_preset_optimizer(optimizer, preset)
         if cfg["layer_decay"] is not None and cfg["lr"] is None:
             base = optimizer.defaults["lr"]
             for group in optimizer.param_groups:

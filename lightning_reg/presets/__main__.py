@@ -1,0 +1,36 @@
+"""``python -m lightning_reg.presets [NAME ...]``: print presets as LightningCLI config fragments."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Print the config fragment of each named preset (all of them without arguments)."""
+    from lightning_reg.presets.callbacks import preset_config
+    from lightning_reg.presets.core import PRESET_NAMES
+
+    parser = argparse.ArgumentParser(
+        prog="python -m lightning_reg.presets",
+        description="Print regularization presets as LightningCLI config fragments (YAML).",
+    )
+    parser.add_argument(
+        "names", nargs="*", metavar="NAME", help=f"one of {', '.join(PRESET_NAMES)} (default: all)"
+    )
+    parser.add_argument("--monitor", default="val_loss", help="validation metric for early stopping")
+    parser.add_argument("--mode", default="min", choices=["min", "max"])
+    args = parser.parse_args(argv)
+    unknown = [n for n in args.names if n not in PRESET_NAMES]
+    if unknown:
+        parser.error(f"unknown preset(s) {unknown}; choose from {list(PRESET_NAMES)}")
+    for i, name in enumerate(args.names or PRESET_NAMES):
+        if i:
+            print("---")
+        sys.stdout.write(preset_config(name, monitor=args.monitor, mode=args.mode))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,244 @@
+"""The module side of a preset: weight decay for ``RegularizedModule``, and its batch mixer.
+
+``RegularizedModule(preset=..., num_classes=K)`` calls :func:`_resolve_module_preset` for the weight
+decay and the mixer, and :func:`_check_preset_optimizer` once its optimizer exists: the presets' weight
+decay is decoupled weight decay (AdamW), so with an optimizer that adds it to the gradient instead (SGD,
+Adam) it is skipped with a note rather than applied with a meaning it does not have.
+
+A preset states Mixup and CutMix as per-batch probabilities. :class:`PresetMixer` turns them into a
+:class:`~lightning_reg.mixing.BatchMixer` and, at the first training batch, checks that the inputs can
+take them: CutMix needs a spatial dimension (``(B, C, L)`` sequences or ``(B, C, H, W)`` images), Mixup
+needs floating-point inputs. A part that does not apply is switched off with a one-line note, and the
+other parts keep their own probabilities (a tabular batch is mixed by Mixup exactly as often as the
+preset says; the batches CutMix would have taken stay unmixed).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor
+
+from lightning_reg._conventions import check_int, check_verbose, say
+from lightning_reg.mixing.core import BatchMixer, MixParams
+from lightning_reg.presets.core import Preset, _decoupled_weight_decay, _skip_note, get_preset
+
+__all__ = ["PresetMixer", "preset_mixer"]
+
+
+class PresetMixer(BatchMixer):
+    """A :class:`~lightning_reg.mixing.BatchMixer` configured by a :class:`~lightning_reg.presets.Preset`.
+
+    Each training batch is mixed by Mixup with probability ``preset.mixup_prob``, by CutMix with
+    probability ``preset.cutmix_prob``, else left as it is; every target is smoothed by
+    ``preset.label_smoothing``. At the first batch, parts the inputs cannot take are skipped with a note
+    (see the module docstring); the decision depends on the batch shape only, so every rank and every
+    resumed run takes the same one.
+
+    Args:
+        num_classes: number of classes of the soft targets.
+        preset: the preset (or its name).
+        seed: seed of the mixing stream (``None``: drawn from torch's global generator).
+        verbose: ``0`` silences the skip notes.
+
+    Example:
+        >>> import torch
+        >>> mixer = PresetMixer(3, Preset("p", mixup_prob=0.5, cutmix_prob=0.5), seed=0, verbose=0)
+        >>> x, y = mixer(torch.randn(4, 6), torch.tensor([0, 1, 2, 0]))  # tabular: CutMix is skipped
+        >>> mixer.cutmix_alpha, mixer.prob, mixer.skipped
+        (0.0, 0.5, ['CutMix'])
+    """
+
+    def __init__(
+        self, num_classes: int, preset: Preset | str, seed: int | None = None, verbose: int | bool = 1
+    ) -> None:
+        self.preset = get_preset(preset)
+        p = self.preset
+        prob = p.mixup_prob + p.cutmix_prob
+        super().__init__(
+            num_classes=check_int("num_classes", num_classes, low=2),
+            mixup_alpha=p.mixup_alpha if p.mixup_prob > 0 else 0.0,
+            cutmix_alpha=p.cutmix_alpha if p.cutmix_prob > 0 else 0.0,
+            prob=min(prob, 1.0),
+            switch_prob=p.cutmix_prob / prob if prob > 0 else 0.0,
+            label_smoothing=p.label_smoothing,
+            seed=seed,
+        )
+        self.verbose = check_verbose(verbose)
+        #: Parts of the preset skipped because the inputs cannot take them.
+        self.skipped: list[str] = []
+        self._checked = False
+
+    def _check_inputs(self, x: Tensor) -> None:
+        self._checked = True
+        if not self.active():
+            return
+        if not x.dtype.is_floating_point:
+            parts = [n for n, a in (("Mixup", self.mixup_alpha), ("CutMix", self.cutmix_alpha)) if a > 0]
+            self.mixup_alpha = self.cutmix_alpha = 0.0
+            self.skipped += parts
+            say(
+                self.verbose,
+                1,
+                _skip_note(
+                    self.preset,
+                    " and ".join(parts),
+                    f"inputs of dtype {x.dtype} cannot be interpolated; label smoothing stays",
+                ),
+            )
+            return
+        if self.cutmix_alpha > 0 and x.ndim < 3:
+            self.cutmix_alpha = 0.0
+            self.prob = self.preset.mixup_prob
+            self.switch_prob = 0.0
+            self.skipped.append("CutMix")
+            say(
+                self.verbose,
+                1,
+                _skip_note(
+                    self.preset,
+                    "CutMix",
+                    f"inputs of shape {tuple(x.shape)} have no "
+                    f"spatial dimension; Mixup stays at p={self.preset.mixup_prob:g}",
+                ),
+            )
+
+    def sample(self, x: Tensor, epoch: int | None = None) -> MixParams:
+        """Draw the decision for one batch (after checking the inputs once).
+
+        Args:
+            x: the input batch.
+            epoch: the current 0-based epoch.
+
+        Example:
+            >>> import torch
+            >>> PresetMixer(2, Preset("p", label_smoothing=0.1), verbose=0).sample(torch.zeros(2, 3)).kind
+            'none'
+        """
+        if not self._checked:
+            self._check_inputs(x)
+        return super().sample(x, epoch)
+
+
+def preset_mixer(
+    preset: Preset | str, num_classes: int | None, seed: int | None = None, verbose: int | bool = 1
+) -> PresetMixer | None:
+    """Return the mixer a preset asks for, or ``None`` when it neither smooths labels nor mixes.
+
+    Without ``num_classes`` (a model that is not a classifier) label smoothing and mixing do not apply:
+    they are skipped with a note and ``None`` is returned.
+
+    Args:
+        preset: the preset (or its name).
+        num_classes: number of classes, or ``None``.
+        seed: seed of the mixing stream.
+        verbose: ``0`` silences the note.
+
+    Returns:
+        A :class:`PresetMixer` or ``None``.
+
+    Example:
+        >>> preset_mixer(Preset("p", weight_decay=0.1), num_classes=10) is None   # nothing to mix
+        True
+        >>> type(preset_mixer(Preset("p", label_smoothing=0.1), num_classes=10)).__name__
+        'PresetMixer'
+    """
+    p = get_preset(preset)
+    if not p.mixes:
+        return None
+    if num_classes is None:
+        parts = [
+            n
+            for n, v in (
+                ("label smoothing", p.label_smoothing),
+                ("Mixup", p.mixup_prob),
+                ("CutMix", p.cutmix_prob),
+            )
+            if v > 0
+        ]
+        say(
+            check_verbose(verbose),
+            1,
+            _skip_note(
+                p,
+                ", ".join(parts),
+                "no num_classes given: they apply to classifiers; pass num_classes=K to use them",
+            ),
+        )
+        return None
+    return PresetMixer(num_classes, p, seed=seed, verbose=verbose)
+
+
+def _resolve_module_preset(
+    preset: str | Preset | None,
+    *,
+    num_classes: int | None,
+    weight_decay: float | None,
+    batch_mixer: Any,
+    default_weight_decay: float = 0.05,
+    verbose: int | bool = 1,
+) -> tuple[Preset | None, float, Any, bool]:
+    """Weight decay and batch mixer of a module: explicit arguments win, then the preset, then the default.
+
+    Args:
+        preset: the module's preset (a name, a :class:`Preset`) or ``None``.
+        num_classes: number of classes (``None``: label smoothing and mixing are skipped with a note).
+        weight_decay: the explicit weight decay, or ``None`` for the preset's (else the default).
+        batch_mixer: the explicit mixer, or ``None`` for the preset's.
+        default_weight_decay: the weight decay without a preset.
+        verbose: ``0`` silences the notes.
+
+    Returns:
+        ``(preset, weight_decay, batch_mixer, weight_decay_from_preset)``.
+
+    Example:
+        >>> _, wd, mixer, from_preset = _resolve_module_preset("medium", num_classes=10, weight_decay=None,
+        ...                                                   batch_mixer=None, verbose=0)
+        >>> wd == get_preset("medium").weight_decay, type(mixer).__name__, from_preset
+        (True, 'PresetMixer', True)
+        >>> _resolve_module_preset(None, num_classes=None, weight_decay=None, batch_mixer=None)[1:]
+        (0.05, None, False)
+    """
+    if preset is None:
+        return None, default_weight_decay if weight_decay is None else weight_decay, batch_mixer, False
+    p = get_preset(preset)
+    from_preset = weight_decay is None
+    if batch_mixer is None:
+        batch_mixer = preset_mixer(p, num_classes, verbose=verbose)
+    return p, p.weight_decay if from_preset else weight_decay, batch_mixer, from_preset
+
+
+def _check_preset_optimizer(optimizer: Any, preset: Preset, verbose: int | bool = 1) -> bool:
+    """Switch the preset's weight decay off (with a note) for an optimizer without decoupled weight decay.
+
+    Args:
+        optimizer: the constructed optimizer whose decayed groups hold the preset's weight decay.
+        preset: the preset.
+        verbose: ``0`` silences the note.
+
+    Returns:
+        Whether the weight decay stays on.
+
+    Example:
+        >>> import torch
+        >>> w = torch.nn.Parameter(torch.zeros(2))
+        >>> opt = torch.optim.SGD([{"params": [w], "weight_decay": 0.1}], lr=0.1)
+        >>> _check_preset_optimizer(opt, get_preset("mild"), verbose=0), opt.param_groups[0]["weight_decay"]
+        (False, 0.0)
+    """
+    if _decoupled_weight_decay(optimizer.defaults, type(optimizer)) or preset.weight_decay == 0:
+        return True
+    for group in optimizer.param_groups:
+        group["weight_decay"] = 0.0
+    say(
+        check_verbose(verbose),
+        1,
+        _skip_note(
+            preset,
+            "weight decay",
+            f"its value {preset.weight_decay:g} is decoupled weight decay (AdamW); "
+            f"{type(optimizer).__name__} adds weight decay to the gradient, so pass weight_decay= for it "
+            "yourself",
+        ),
+    )
+    return False

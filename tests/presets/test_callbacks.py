@@ -1,0 +1,214 @@
+"""The Trainer side of presets and ``RegularizedModule(preset=...)``: real fits on tiny models."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import yaml
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+from torchvision.models.resnet import BasicBlock
+
+import lightning_reg
+from lightning_reg import (
+    PRESETS,
+    EarlyStopping,
+    GradientClipping,
+    OverfittingMonitor,
+    PresetStochasticDepth,
+    PresetSummary,
+    RegularizedModule,
+    get_preset,
+    preset_callbacks,
+    preset_config,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+NOTE_LOGGER = "lightning.pytorch.utilities.rank_zero"
+
+
+def _trainer(callbacks, epochs=2):
+    return L.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=callbacks,
+    )
+
+
+class Net(RegularizedModule):
+    """A classifier that records the targets its training steps receive."""
+
+    def __init__(self, body: nn.Module, num_classes: int = 3, **kwargs):
+        super().__init__(num_classes=num_classes, **kwargs)
+        self.body = body
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, x):
+        return self.body(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        self.seen.append(y.detach().clone())
+        loss = self.mixing_loss(self(x), y)
+        self.log("train_loss", loss, on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val_loss", nn.functional.cross_entropy(self(x), y))
+
+
+def _loader(x, y, shuffle=False):
+    return DataLoader(TensorDataset(x, y), batch_size=16, shuffle=shuffle)
+
+
+def test_callbacks_follow_the_preset_and_overrides():
+    names = [[type(cb).__name__ for cb in preset_callbacks(n)] for n in ("mild", "medium", "strong")]
+    full = [
+        "PresetSummary",
+        "EarlyStopping",
+        "OverfittingMonitor",
+        "GradientClipping",
+        "PresetStochasticDepth",
+    ]
+    for n, got in zip(("mild", "medium", "strong"), names):
+        want = [c for c in full if c != "PresetStochasticDepth" or PRESETS[n].drop_path_rate > 0]
+        assert got == [c for c in want if c != "GradientClipping" or PRESETS[n].clipping], n
+    cbs = preset_callbacks(
+        "strong", monitor="val_acc", mode="max", patience=7, clipping=None, drop_path_rate=0.0
+    )
+    assert [type(cb) for cb in cbs] == [PresetSummary, EarlyStopping, OverfittingMonitor]
+    es, mon = cbs[1], cbs[2]
+    assert (es.monitor, es.mode, es.patience, es.restore_best_weights) == ("val_acc", "max", 7, True)
+    assert (
+        mon.pairs == {"acc": ("train_acc", "val_acc", "max")}
+        and mon.probe == PRESETS["strong"].overfitting_probe
+    )
+    assert mon.warmup == PRESETS["strong"].overfitting_warmup
+    clip = next(
+        cb
+        for cb in preset_callbacks("strong", clipping="norm", clip_max_norm=2.0)
+        if isinstance(cb, GradientClipping)
+    )
+    assert clip.algorithm == "norm" and clip.max_norm == 2.0
+    with pytest.raises(ValueError, match="pass pairs="):
+        preset_callbacks("mild", monitor="loss")
+    with pytest.raises(ValueError, match="`mode` must be one of"):
+        preset_callbacks("mild", mode="up")
+
+
+def test_strong_preset_on_an_mlp_skips_what_does_not_apply(caplog):
+    """Tabular inputs and no residual block: CutMix and drop-path are skipped with one note each."""
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 6), torch.randint(0, 3, (64,))
+    p = get_preset("strong", mixup_prob=0.6, cutmix_prob=0.3)  # a CutMix part to skip
+    model = Net(nn.Sequential(nn.Linear(6, 16), nn.LayerNorm(16), nn.ReLU(), nn.Linear(16, 3)), preset=p)
+    with caplog.at_level(logging.INFO, logger=NOTE_LOGGER):
+        trainer = _trainer(preset_callbacks(p))
+        trainer.fit(model, _loader(x, y, True), _loader(x, y))
+    messages = [r.getMessage() for r in caplog.records]
+    skipped = [m for m in messages if "skipped" in m]
+    assert len(skipped) == 2, skipped
+    assert skipped[0].startswith("preset 'strong': drop-path skipped (no residual block in Net")
+    assert skipped[1].startswith("preset 'strong': CutMix skipped (inputs of shape (16, 6)")
+    assert any(m.startswith(f"preset 'strong': weight decay {p.weight_decay:g}") for m in messages)  # summary
+    assert not any(isinstance(m, lightning_reg.DropPath) for m in model.modules())
+    groups = {g["name"]: g["weight_decay"] for g in trainer.optimizers[0].param_groups}
+    assert groups == {"decay": p.weight_decay, "no_decay": 0.0}  # LayerNorm and biases not decayed
+    # every training target is a smoothed probability vector; mixed ones are not one-hot-like
+    eps, k = p.label_smoothing, 3
+    seen = torch.cat(model.seen)
+    assert seen.shape == (64 * 2, 3) and torch.allclose(seen.sum(1), torch.ones(len(seen)))
+    assert float(seen.min()) >= eps / k - 1e-6 and float(seen.max()) <= 1 - eps + eps / k + 1e-6
+    assert model.batch_mixer.skipped == ["CutMix"] and model.batch_mixer.prob == p.mixup_prob
+
+
+class TwoBlocks(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 4, 3, padding=1)
+        self.blocks = nn.Sequential(BasicBlock(4, 4), BasicBlock(4, 4))
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.head(self.blocks(self.stem(x)).mean((2, 3)))
+
+
+def test_drop_path_inserted_into_torchvision_blocks_and_restored_weights(caplog):
+    torch.manual_seed(0)
+    x, y = torch.randn(32, 1, 6, 6), torch.randint(0, 3, (32,))
+    model = Net(TwoBlocks(), preset=get_preset("medium", drop_path_rate=0.3))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    es, sd = None, None
+    cbs = preset_callbacks(get_preset("medium", drop_path_rate=0.3), patience=50)
+    for cb in cbs:
+        es = cb if isinstance(cb, EarlyStopping) else es
+        sd = cb if isinstance(cb, PresetStochasticDepth) else sd
+    with caplog.at_level(logging.INFO, logger=NOTE_LOGGER):
+        _trainer(cbs, epochs=3).fit(model, _loader(x, y, True), _loader(x, y))
+    drops = [m for m in model.modules() if isinstance(m, lightning_reg.DropPath)]
+    # timm's linear depth rule over the two blocks: linspace(0, 0.3, 2)
+    assert [round(d.p, 6) for d in drops] == [0.0, 0.3]
+    assert not sd.skipped and model.state_dict().keys() == before.keys()  # keys unchanged by the surgery
+    assert es.best_epoch is not None  # restore ran (patience never fired: 3 epochs)
+    assert not any("skipped" in r.getMessage() for r in caplog.records)
+
+
+def test_module_side_notes_and_precedence(caplog):
+    body = nn.Sequential(nn.Linear(4, 3))
+    plain = L.LightningModule()
+    with caplog.at_level(logging.INFO, logger=NOTE_LOGGER):
+        PresetSummary("mild").on_fit_start(None, plain)  # type: ignore[arg-type]
+        PresetSummary("strong").on_fit_start(None, Net(body, preset="mild"))  # type: ignore[arg-type]
+        PresetSummary("mild", verbose=0).on_fit_start(None, plain)  # type: ignore[arg-type]
+    msgs = [r.getMessage() for r in caplog.records]
+    assert sum("carries no preset" in m for m in msgs) == 1
+    assert sum("the module's preset is 'mild'" in m for m in msgs) == 1
+    explicit = Net(body, preset="strong", weight_decay=0.0, optimizer=torch.optim.SGD)
+    opt = explicit.configure_optimizers()["optimizer"]
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.0, 0.0]
+    sgd = Net(body, preset="mild", optimizer=torch.optim.SGD)
+    with caplog.at_level(logging.INFO, logger=NOTE_LOGGER):
+        opt = sgd.configure_optimizers()["optimizer"]
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.0, 0.0]
+    assert any("weight decay skipped" in r.getMessage() for r in caplog.records)
+    adamw = Net(body, preset="mild").configure_optimizers()["optimizer"]
+    assert [g["weight_decay"] for g in adamw.param_groups] == [PRESETS["mild"].weight_decay, 0.0]
+
+
+@pytest.mark.parametrize("name", ["mild", "medium", "strong"])
+def test_config_fragment_matches_the_python_callbacks(name):
+    text = preset_config(name, branch_ends={"BasicBlock1d": "bn2"})
+    cfg = yaml.safe_load(text)
+    assert cfg["model"]["init_args"] == {"preset": name, "weight_decay": None}
+    py = preset_callbacks(name, branch_ends={"BasicBlock1d": "bn2"})
+    assert [c["class_path"] for c in cfg["trainer"]["callbacks"]] == [
+        f"lightning_reg.{type(c).__name__}" for c in py
+    ]
+    renamed = {"warmup": "cutoff"}  # PresetStochasticDepth(warmup=...) is the scheduler's cutoff fraction
+    for entry, cb in zip(cfg["trainer"]["callbacks"], py):  # every init arg equals the callback's attribute
+        for key, value in entry.get("init_args", {}).items():
+            attr = renamed.get(key, key) if isinstance(cb, PresetStochasticDepth) else key
+            have = getattr(cb, attr)
+            if key == "preset":
+                have = cb.preset.name
+            elif key == "pairs":
+                have = {k: list(v) for k, v in cb.pairs.items()}
+            elif isinstance(value, bool):
+                have = bool(have)
+            assert have == value, (type(cb).__name__, key)
+    with pytest.raises(ValueError, match="module side"):
+        preset_config(name, weight_decay=0.0)
+    # the committed fragments are exactly what the function writes
+    assert (REPO / "example_projects" / "presets" / f"{name}.yaml").read_text() == preset_config(name)
+    committed = REPO / "example_projects" / "mnist1d" / "configs" / "presets" / f"{name}.yaml"
+    assert committed.read_text() == text
