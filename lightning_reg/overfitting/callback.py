@@ -268,6 +268,7 @@ class OverfittingMonitor(Callback):
         self._probe_loader: DataLoader | None = None
         self._checked_logging = False
         self._hinted_negative_gap = False
+        self._preset: Any = None
 
     @property
     @override
@@ -293,6 +294,7 @@ class OverfittingMonitor(Callback):
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._preset = getattr(pl_module, "preset", None)  # RegularizedModule(preset=...): named in the hint
         pairs = ", ".join(f"{n} ({t} vs {v}, {m})" for n, (t, v, m) in self.pairs.items())
         crit = ", ".join(
             f"{c} {sorted(set(t.values()))[0]:g}" if len(set(t.values())) == 1 else f"{c} {t}"
@@ -534,12 +536,13 @@ class OverfittingMonitor(Callback):
             "epoch when fit ends"
         )
         what = "Stopping training. " if self.action == "stop" else ""
+        from lightning_reg.presets.core import overfitting_hint
+
         return (
             f"OverfittingMonitor: overfitting at epoch {entry['epoch']} (step {entry['step']}) in "
             + "; ".join(described)
-            + f". {what}Next steps: {restore}; regularize more (weight decay, e.g. "
-            "`RegularizedModule(weight_decay=0.05)`; dropout or `StochasticDepthScheduler`; augmentation or "
-            "`BatchMixer` mixup/cutmix); or train on more data, with a smaller model or for fewer epochs."
+            + f". {what}Next steps: {restore}; regularize more: {overfitting_hint(self._preset)} Or train on"
+            " more data, with a smaller model or for fewer epochs."
         )
 
     def summary_line(self) -> str:

@@ -162,13 +162,8 @@ class PresetStochasticDepth(StochasticDepthScheduler):
         verbose: int | bool = 1,
     ) -> None:
         check_choice("schedule", schedule, ("constant", "warmup"))
-        super().__init__(
-            max_rate=max_rate,
-            rule=rule,
-            schedule=schedule,
-            cutoff=warmup if schedule == "warmup" else None,
-            cutoff_unit="fraction",
-        )
+        timing: dict[str, Any] = {"cutoff": warmup, "cutoff_unit": "fraction"} if schedule == "warmup" else {}
+        super().__init__(max_rate=max_rate, rule=rule, schedule=schedule, verbose=verbose, **timing)
         for key, end in (branch_ends or {}).items():
             if not isinstance(key, (str, type)) or not isinstance(end, str):
                 raise TypeError(

@@ -128,6 +128,18 @@ def overfit_warnings(record):
     ]
 
 
+@pytest.mark.parametrize(("preset", "hint"), [("mild", "'medium'"), ("strong", "'strong' is the strongest")])
+def test_the_hint_names_the_next_preset_after_the_modules_own(tmp_path, preset, hint):
+    module = Scripted()
+    module.preset = preset  # what RegularizedModule(preset=...) holds
+    monitor = OverfittingMonitor(PAIRS, criteria=CRITERIA, warmup=4, patience=2, strip=3, verbose=0)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        trainer(tmp_path, [monitor]).fit(module, *loaders())
+    msgs = overfit_warnings(record)
+    assert msgs and all(hint in m for m in msgs)
+
+
 def test_each_criterion_fires_at_hand_worked_epoch_and_alerts_per_pair(tmp_path, caplog):
     monitor = OverfittingMonitor(PAIRS, criteria=CRITERIA, warmup=4, patience=2, strip=3, verbose=2)
     cap = CaptureLogger()
@@ -155,7 +167,7 @@ def test_each_criterion_fires_at_hand_worked_epoch_and_alerts_per_pair(tmp_path,
     assert "at epoch 8" in msgs[2] and "25 % worse" in msgs[2] and "PQ = 0.05" in msgs[2]
     # concrete next steps: the epoch to restore and the callback that does it, regularizers to add
     assert 'keep the weights of epoch 3 with `lightning_reg.EarlyStopping(monitor="val_loss"' in msgs[1]
-    assert "RegularizedModule(weight_decay=0.05)" in msgs[1] and "StochasticDepthScheduler" in msgs[1]
+    assert "Try the 'mild' preset: RegularizedModule(preset='mild') and preset_callbacks('mild')" in msgs[1]
     # the values seen equal the script
     assert [h["pairs"]["loss"]["train"] for h in monitor.history] == TRAIN_LOSS
     assert [h["pairs"]["acc"]["val"] for h in monitor.history] == VAL_ACC
