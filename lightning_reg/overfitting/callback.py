@@ -538,10 +538,11 @@ class OverfittingMonitor(Callback):
         what = "Stopping training. " if self.action == "stop" else ""
         from lightning_reg.presets.core import overfitting_hint
 
+        hint = overfitting_hint(self._preset)
         return (
             f"OverfittingMonitor: overfitting at epoch {entry['epoch']} (step {entry['step']}) in "
             + "; ".join(described)
-            + f". {what}Next steps: {restore}; regularize more: {overfitting_hint(self._preset)} Or train on"
+            + f". {what}Next steps: {restore}; regularize more: {hint[0].lower() + hint[1:]} Or train on"
             " more data, with a smaller model or for fewer epochs."
         )
 
