@@ -12,15 +12,17 @@ Every run is the MNIST-1D project through its LightningCLI, exactly as
 (the baseline adds ``configs/presets/none.yaml``: the overfitting monitor alone, which observes and changes
 nothing), built in-process, followed by a test of the weights the run ends with (a preset's: the restored
 best weights; the baseline's: the last ones). The regime (``configs/demo.yaml``: the 1-D ResNet on 256
-training signals, a constant learning rate, 40 epochs) is one where the baseline clearly overfits: its
-validation loss turns up.
+training signals, a constant learning rate, 40 epochs) is one where the baseline overfits: it fits its
+training set, ends 13.5 pp above validation, and its validation loss is unstable above its minimum.
 
 It prints one line per seed, a table (test accuracy per configuration and its paired difference to the
-baseline with a 95 % t-interval over seeds) and writes logs, ``summary.md``/``summary.json``,
-``compare.png`` (validation curves of every run, restored epochs marked) and ``alert.png`` (the baseline's
-curves with its overfitting alert) under ``--out`` (default ``outputs/compare``). ``--publish`` also writes
-the table and the two plots into ``docs/`` (what the documentation shows). Lightning's own tips and
-warnings are silenced here, in the demo only.
+baseline with a 95 % t-interval over seeds) and writes logs, ``summary.md``/``summary.json`` and
+``compare.png`` (validation curves of every run, restored epochs marked) under ``--out`` (default
+``outputs/compare``). Then it trains one more run, ``configs/demo_alert.yaml`` (an MLP that overfits
+cleanly, with the overfitting monitor alone), prints the monitor's warning as a user sees it and plots that
+run's curves with the alert (``alert.png``). ``--publish`` also writes the table and the two plots into
+``docs/`` (what the documentation shows). Lightning's own tips and warnings, and the monitor's warnings in
+the table runs, are silenced here, in the demo only.
 """
 
 from __future__ import annotations
@@ -45,6 +47,10 @@ CONFIG_DIR = Path(__file__).resolve().parent / "mnist1d" / "configs"
 CONFIGS = ("baseline", "mild", "medium", "strong")
 #: The demo's base config (the regime); each configuration adds ``presets/<name>.yaml`` to it.
 BASE_CONFIG = "demo.yaml"
+#: The alert illustration: a model that overfits cleanly (validation loss turns up as a trend while training
+#: improves), trained once with the monitor alone; its curves with the alert are ``alert.png``.
+ALERT_CONFIG = "demo_alert.yaml"
+ALERT = "alert"
 #: The preset the documentation recommends when the validation loss turns up (the demo's regime).
 RECOMMENDED = "medium"
 #: Extra LightningCLI arguments of every run (none: ``configs/demo.yaml`` is the regime).
@@ -66,18 +72,22 @@ _QUIET_WARNINGS = (
     "The number of training batches",
     ".*LeafSpec.*",
     ".*treespec.*",
-    # our own alert warning: the "first alert" column and alert.png show it (else one line per run)
-    "OverfittingMonitor: the model is overfitting",
+    # our own alert warning: the "first alert" column shows it (else one line per run that alerts); the
+    # alert illustration run prints it, as a user sees it
+    "OverfittingMonitor: overfitting at",
 )
+ALERT_WARNING = _QUIET_WARNINGS[-1]
 _QUIET_LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning")
 
 
 @contextmanager
-def quiet_lightning() -> Iterator[None]:
+def quiet_lightning(show_alerts: bool = False) -> Iterator[None]:
     """Silence Lightning's info lines and known tips/warnings for the duration (restored afterwards)."""
     levels = {name: logging.getLogger(name).level for name in _QUIET_LOGGERS}
     with warnings.catch_warnings():
         for pattern in _QUIET_WARNINGS:
+            if show_alerts and pattern == ALERT_WARNING:
+                continue
             warnings.filterwarnings("ignore", message=pattern)
         try:
             from lightning.fabric.utilities.warnings import PossibleUserWarning
@@ -119,10 +129,11 @@ class RunResult:
 
 def config_args(config: str) -> list[str]:
     """The ``--config`` arguments of one configuration (baseline, or baseline + a preset fragment)."""
-    path = CONFIG_DIR / "presets" / f"{'none' if config == 'baseline' else config}.yaml"
+    path = CONFIG_DIR / "presets" / f"{'none' if config in ('baseline', ALERT) else config}.yaml"
     if not path.is_file():
         raise SystemExit(f"unknown configuration {config!r}: no {path}")
-    return ["--config", str(CONFIG_DIR / BASE_CONFIG), "--config", str(path)]
+    base = ALERT_CONFIG if config == ALERT else BASE_CONFIG
+    return ["--config", str(CONFIG_DIR / base), "--config", str(path)]
 
 
 def _best_epoch(trainer) -> int | None:
@@ -168,7 +179,7 @@ def run_one(
         *overrides,
     ]
     start = time.perf_counter()
-    with quiet_lightning():
+    with quiet_lightning(show_alerts=config == ALERT):
         cli = make_cli(MNIST1DDataModule, args=args, run=False)
         trainer, model, dm = cli.trainer, cli.model, cli.datamodule
         trainer.fit(model, datamodule=dm)
@@ -348,16 +359,18 @@ def main(argv: Sequence[str] | None = None) -> list[RunResult]:
 
     table = summary_table(results)
     plots = {"compare": plot_comparison(results, a.out / "compare.png")}
+    # The alert illustration: one run of a model that overfits cleanly, with the monitor alone.
+    alert_overrides = [o for o in overrides if not o.startswith("--model.")]
+    alert = run_one(ALERT, a.seeds[0], str(a.out), alert_overrides, a.threads)
+    total = time.perf_counter() - start
     with quiet_lightning():
         from lightning_reg.report import load_metrics, plot_train_val
 
-        if "baseline" in a.configs:
-            base = next(r for r in results if r.config == "baseline")
-            plots["alert"] = plot_train_val(
-                load_metrics(base.log_dir),
-                a.out / "alert.png",
-                title=f"baseline, seed {base.seed}: train vs validation, overfitting alert",
-            ).path
+        plots["alert"] = plot_train_val(
+            load_metrics(alert.log_dir),
+            a.out / "alert.png",
+            title=f"MLP on 1000 signals (configs/{ALERT_CONFIG}), seed {alert.seed}: overfitting alert",
+        ).path
     lines = ["", table, ""]
     base_runs = [r for r in results if r.config == "baseline"]
     if base_runs:
@@ -369,6 +382,12 @@ def main(argv: Sequence[str] | None = None) -> list[RunResult]:
             f"({statistics.fmean(r.val_loss_min for r in base_runs):.2f} on average), "
             f"up to {max(r.val_loss_peak_after_min for r in base_runs):.2f} after it."
         )
+    lines.append(
+        f"alert illustration (configs/{ALERT_CONFIG}, an MLP that overfits cleanly): validation loss lowest"
+        f" at epoch {alert.val_loss_min_epoch} ({alert.val_loss_min:.2f}), up to"
+        f" {alert.val_loss_peak_after_min:.2f} after it; first overfitting alert at epoch"
+        f" {_per_seed([alert.first_alert])}."
+    )
     rec = paired(results, RECOMMENDED) if RECOMMENDED in a.configs else None
     if rec is not None:
         verdict = "excludes 0" if rec.excludes_zero else "includes 0"
@@ -378,6 +397,7 @@ def main(argv: Sequence[str] | None = None) -> list[RunResult]:
         )
     summary = {
         "runs": [asdict(r) for r in results],
+        "alert_run": asdict(alert),
         "total_seconds": total,
         "jobs": n_jobs,
         "load_average_at_end": _load_average(),
@@ -388,7 +408,8 @@ def main(argv: Sequence[str] | None = None) -> list[RunResult]:
     (a.out / "summary.md").write_text("\n".join(lines[1:]) + "\n")
     (a.out / "summary.json").write_text(json.dumps(summary, indent=2))
     lines.append(
-        f"{len(results)} runs in {total:.0f} s ({total / 60:.1f} min) on {n_jobs} process(es); "
+        f"{len(results)} runs and the alert illustration in {total:.0f} s ({total / 60:.1f} min) on {n_jobs}"
+        " process(es); "
         f"load average {_load_average()}."
     )
     lines.append(f"plots: {', '.join(str(v) for v in plots.values())}; logs and summary: {a.out}")
