@@ -284,3 +284,14 @@ def test_a_pattern_relative_to_the_wrapped_model_gets_the_full_name_suggested() 
     trainer = L.Trainer(max_steps=1, logger=False, callbacks=[clip], **_QUIET)
     with pytest.warns(UserWarning, match=r"`agc_exclude` pattern\(s\) \['head'\].*did you mean 'net\.head'"):
         clip.setup(trainer, Wrapped(), "fit")
+
+
+def test_every_callback_and_the_module_take_verbose() -> None:
+    """One console switch everywhere: 0 quiet, 1 (default) one line at fit start, 2 details."""
+    exported = [getattr(lightning_reg, n) for n in lightning_reg.__all__ if n != "__version__"]
+    callbacks = [c for c in exported if inspect.isclass(c) and issubclass(c, L.Callback)]
+    assert len(callbacks) >= 10
+    for cls in [*callbacks, lightning_reg.RegularizedModule]:
+        param = inspect.signature(cls).parameters.get("verbose")
+        assert param is not None, f"{cls.__name__} takes no `verbose`"
+        assert param.default in (1, True), (cls.__name__, param.default)
