@@ -97,118 +97,76 @@ def _off(module: Any, attr: str) -> bool:
     return getattr(module, attr) == 0.0
 
 
-class _ScheduledDropout(nn.Dropout, _ScheduledMixin):
+class _ScheduledDropoutBase(_ScheduledMixin):
+    """The ``forward`` of the swapped ``torch.nn`` dropout classes, set by four class attributes.
+
+    ``_lr_feature``: drops whole channels; ``_lr_alpha``: alpha dropout (keeps SELU's mean and variance);
+    ``_lr_ndims``: the input ranks (inclusive range) the tensor path takes, others go to torch's own
+    ``forward`` (which handles, or warns about, them); ``_lr_unbatched_ndim``: the rank of an input without
+    a batch dimension, whose channels are dimension 0.
+    """
+
+    _lr_feature = False
+    _lr_alpha = False
+    _lr_ndims: tuple[int, int] = (0, 1 << 30)
+    _lr_unbatched_ndim = -1
+    p: float
+    inplace: bool
+
+    def forward(self, input: Tensor) -> Tensor:
+        """Dropout with the scheduled rate: the same draws as torch's with the rate read from the tensor."""
+        if not self.training:  # eval graphs never read the rate slot
+            return input
+        rate = getattr(self, _RATE)
+        if rate is None and self.p == 0.0:
+            return input
+        low, high = self._lr_ndims
+        if rate is None or not low <= input.ndim <= high:
+            return super().forward(input)  # type: ignore[misc]
+        return _dropout_tensor_rate(
+            input,
+            rate,
+            feature=self._lr_feature,
+            batched=input.ndim != self._lr_unbatched_ndim,
+            alpha=self._lr_alpha,
+            inplace=self.inplace,
+        )
+
+
+class _ScheduledDropout(_ScheduledDropoutBase, nn.Dropout):
     """``nn.Dropout`` reading its rate from a tensor (swapped in by :class:`ScheduledRates`)."""
 
     _lr_original = nn.Dropout
 
-    def forward(self, input: Tensor) -> Tensor:
-        """Dropout with the scheduled rate."""
-        if not self.training:  # eval graphs never read the rate slot
-            return input
-        rate = getattr(self, _RATE)
-        if rate is None and self.p == 0.0:
-            return input
-        if rate is None:
-            return super().forward(input)
-        return _dropout_tensor_rate(
-            input, rate, feature=False, batched=True, alpha=False, inplace=self.inplace
-        )
 
-
-class _ScheduledDropout1d(nn.Dropout1d, _ScheduledMixin):
+class _ScheduledDropout1d(_ScheduledDropoutBase, nn.Dropout1d):
     """``nn.Dropout1d`` reading its rate from a tensor."""
 
-    _lr_original = nn.Dropout1d
-
-    def forward(self, input: Tensor) -> Tensor:
-        """Channel dropout with the scheduled rate."""
-        if not self.training:  # eval graphs never read the rate slot
-            return input
-        rate = getattr(self, _RATE)
-        if rate is None and self.p == 0.0:
-            return input
-        if rate is None or input.ndim not in (2, 3):
-            return super().forward(input)
-        return _dropout_tensor_rate(
-            input, rate, feature=True, batched=input.ndim == 3, alpha=False, inplace=self.inplace
-        )
+    _lr_original, _lr_feature, _lr_ndims, _lr_unbatched_ndim = nn.Dropout1d, True, (2, 3), 2
 
 
-class _ScheduledDropout2d(nn.Dropout2d, _ScheduledMixin):
-    """``nn.Dropout2d`` reading its rate from a tensor."""
+class _ScheduledDropout2d(_ScheduledDropoutBase, nn.Dropout2d):
+    """``nn.Dropout2d`` reading its rate from a tensor (torch treats a 3-D input as batched, and warns)."""
 
-    _lr_original = nn.Dropout2d
-
-    def forward(self, input: Tensor) -> Tensor:
-        """Channel dropout with the scheduled rate."""
-        if not self.training:  # eval graphs never read the rate slot
-            return input
-        rate = getattr(self, _RATE)
-        if rate is None and self.p == 0.0:
-            return input
-        if rate is None or input.ndim not in (3, 4):  # torch warns about other shapes: let it
-            return super().forward(input)
-        return _dropout_tensor_rate(
-            input, rate, feature=True, batched=True, alpha=False, inplace=self.inplace
-        )
+    _lr_original, _lr_feature, _lr_ndims = nn.Dropout2d, True, (3, 4)
 
 
-class _ScheduledDropout3d(nn.Dropout3d, _ScheduledMixin):
+class _ScheduledDropout3d(_ScheduledDropoutBase, nn.Dropout3d):
     """``nn.Dropout3d`` reading its rate from a tensor."""
 
-    _lr_original = nn.Dropout3d
-
-    def forward(self, input: Tensor) -> Tensor:
-        """Channel dropout with the scheduled rate."""
-        if not self.training:  # eval graphs never read the rate slot
-            return input
-        rate = getattr(self, _RATE)
-        if rate is None and self.p == 0.0:
-            return input
-        if rate is None or input.ndim not in (4, 5):
-            return super().forward(input)
-        return _dropout_tensor_rate(
-            input, rate, feature=True, batched=input.ndim == 5, alpha=False, inplace=self.inplace
-        )
+    _lr_original, _lr_feature, _lr_ndims, _lr_unbatched_ndim = nn.Dropout3d, True, (4, 5), 4
 
 
-class _ScheduledAlphaDropout(nn.AlphaDropout, _ScheduledMixin):
+class _ScheduledAlphaDropout(_ScheduledDropoutBase, nn.AlphaDropout):
     """``nn.AlphaDropout`` reading its rate from a tensor."""
 
-    _lr_original = nn.AlphaDropout
-
-    def forward(self, input: Tensor) -> Tensor:
-        """Alpha dropout with the scheduled rate."""
-        if not self.training:  # eval graphs never read the rate slot
-            return input
-        rate = getattr(self, _RATE)
-        if rate is None and self.p == 0.0:
-            return input
-        if rate is None:
-            return super().forward(input)
-        return _dropout_tensor_rate(
-            input, rate, feature=False, batched=True, alpha=True, inplace=self.inplace
-        )
+    _lr_original, _lr_alpha = nn.AlphaDropout, True
 
 
-class _ScheduledFeatureAlphaDropout(nn.FeatureAlphaDropout, _ScheduledMixin):
+class _ScheduledFeatureAlphaDropout(_ScheduledDropoutBase, nn.FeatureAlphaDropout):
     """``nn.FeatureAlphaDropout`` reading its rate from a tensor."""
 
-    _lr_original = nn.FeatureAlphaDropout
-
-    def forward(self, input: Tensor) -> Tensor:
-        """Channel alpha dropout with the scheduled rate."""
-        if not self.training:  # eval graphs never read the rate slot
-            return input
-        rate = getattr(self, _RATE)
-        if rate is None and self.p == 0.0:
-            return input
-        if rate is None or input.ndim < 2:
-            return super().forward(input)
-        return _dropout_tensor_rate(
-            input, rate, feature=True, batched=True, alpha=True, inplace=self.inplace
-        )
+    _lr_original, _lr_feature, _lr_alpha, _lr_ndims = nn.FeatureAlphaDropout, True, True, (2, 1 << 30)
 
 
 class _ScheduledStochasticDepth(StochasticDepth, _ScheduledMixin):
