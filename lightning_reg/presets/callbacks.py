@@ -34,6 +34,7 @@ from lightning_reg.presets.core import (
 from lightning_reg.stochastic_depth.callback import StochasticDepthScheduler
 from lightning_reg.stochastic_depth.layers import (
     DEFAULT_BRANCH_ENDS,
+    DropRateModule,
     add_stochastic_depth,
     find_drop_rate_modules,
 )
@@ -129,7 +130,10 @@ class PresetStochasticDepth(StochasticDepthScheduler):
     """Drop-path of a preset: insert DropPath into residual blocks if the model has none, then schedule it.
 
     At fit start: if the model already holds drop-path modules (our ``DropPath``, torchvision's
-    ``StochasticDepth``, timm's ``DropPath``), their rates are set by the depth rule up to ``max_rate``;
+    ``StochasticDepth``, timm's ``DropPath``) and some rate is above 0, the model's own depth profile is
+    kept and scaled so that its deepest rate becomes ``max_rate`` (a timm model built with
+    ``drop_path_rate=d`` gets timm's linear rule up to ``max_rate`` over all its blocks, although timm
+    builds no module for the first block at rate 0); with all their rates at 0 the depth rule sets them;
     otherwise :func:`~lightning_reg.add_stochastic_depth` inserts DropPath into every residual block it
     knows (torchvision ``BasicBlock``/``Bottleneck``, plus ``branch_ends``). A model with no residual
     block (an MLP, a plain CNN) gets nothing: the component is skipped with a one-line note and the
@@ -175,10 +179,12 @@ class PresetStochasticDepth(StochasticDepthScheduler):
         self.verbose = check_verbose(verbose)
         #: True when the model had no residual block (nothing inserted, nothing scheduled).
         self.skipped = False
+        self._inserted = False
 
     @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.skipped = False
+        self._inserted = False
         if not find_drop_rate_modules(pl_module):
             ends = _branch_ends(pl_module, self.branch_ends)
             known = tuple({**DEFAULT_BRANCH_ENDS, **ends})
@@ -196,15 +202,25 @@ class PresetStochasticDepth(StochasticDepthScheduler):
                             if self.branch_ends
                             else ""
                         )
-                        + ": torchvision BasicBlock/Bottleneck "
-                        "are found by type, your own blocks need "
+                        + " that it can find: torchvision BasicBlock/Bottleneck are found by type; "
+                        "timm models need drop_path_rate > 0 at creation (their DropPath modules then "
+                        "get the preset's rates); your own blocks need "
                         "branch_ends={BlockClass: 'last_branch_layer'}",
                     ),
                 )
                 return
             assert self.max_rate is not None
             add_stochastic_depth(pl_module, self.max_rate, self.rule, branch_ends=ends)
+            self._inserted = True
         super().on_fit_start(trainer, pl_module)
+
+    @override
+    def _drop_path_targets(self, drop_paths: list[DropRateModule]) -> list[float]:
+        own = self._original_rates[: len(drop_paths)]
+        top = max(own, default=0.0)
+        if self._inserted or top == 0.0 or self.max_rate is None:
+            return super()._drop_path_targets(drop_paths)
+        return [self.max_rate * rate / top for rate in own]
 
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:

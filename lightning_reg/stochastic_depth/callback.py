@@ -296,16 +296,19 @@ class StochasticDepthScheduler(Callback):
         self._found = drop_paths + dropouts
         self._num_drop_path = len(drop_paths)
         self._original_rates = [float(getattr(f.module, f.attr)) for f in self._found]
-        if self.max_rate is None:
-            targets = self._original_rates[: len(drop_paths)]
-        else:
-            level_rates = depth_rates(self._num_levels(), self.max_rate, self.rule)
-            targets = [level_rates[f.level] for f in drop_paths]
+        targets = self._drop_path_targets(drop_paths)
         for f in dropouts:
             targets.append(
                 self.dropout_rate if self.dropout_rate is not None else float(getattr(f.module, f.attr))
             )
         self._target_rates = targets
+
+    def _drop_path_targets(self, drop_paths: list[DropRateModule]) -> list[float]:
+        """Target rate of each drop-path module: its own (``max_rate=None``) or the depth rule's."""
+        if self.max_rate is None:
+            return self._original_rates[: len(drop_paths)]
+        level_rates = depth_rates(self._num_levels(), self.max_rate, self.rule)
+        return [level_rates[f.level] for f in drop_paths]
 
     def _num_levels(self) -> int:
         return 1 + max((f.level for f in self._found if not f.is_dropout), default=-1)

@@ -212,3 +212,43 @@ def test_config_fragment_matches_the_python_callbacks(name):
     assert (REPO / "example_projects" / "presets" / f"{name}.yaml").read_text() == preset_config(name)
     committed = REPO / "example_projects" / "mnist1d" / "configs" / "presets" / f"{name}.yaml"
     assert committed.read_text() == text
+
+
+class _RatesSeen(L.Callback):
+    """Records every drop-path module's rate at the first training batch."""
+
+    def __init__(self):
+        self.rates: dict[str, float] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if not self.rates:
+            modules = pl_module.named_modules()
+            self.rates = {n: float(m.drop_prob) for n, m in modules if hasattr(m, "drop_prob")}
+
+
+def _timm_resnet(drop_path_rate):
+    timm_resnet = pytest.importorskip("timm.models.resnet")
+    block, layers, channels = timm_resnet.BasicBlock, [1, 1, 1, 1], (4, 8, 8, 8)
+    sizes = {"num_classes": 3, "in_chans": 1}
+    return timm_resnet.ResNet(block, layers, channels=channels, drop_path_rate=drop_path_rate, **sizes)
+
+
+def test_timm_model_gets_the_preset_rates_or_a_note_naming_drop_path_rate(caplog):
+    """timm builds DropPath modules only for a rate > 0: then the preset sets them, else it says how."""
+    torch.manual_seed(0)
+    x, y = torch.randn(32, 1, 8, 8), torch.randint(0, 3, (32,))
+    seen = _RatesSeen()
+    model = Net(_timm_resnet(0.05), preset="strong")
+    _trainer([*preset_callbacks("strong"), seen], epochs=1).fit(model, _loader(x, y, True), _loader(x, y))
+    # timm built modules for blocks 2-4 only (block 1's linear rate is 0, no module); during the fit they
+    # hold timm's own linear rule over the 4 blocks up to the preset's 0.3: linspace(0, 0.3, 4)[1:]
+    expected = torch.linspace(0, 0.3, 4)[1:].tolist()
+    assert list(seen.rates) == [f"body.layer{i}.0.drop_path" for i in (2, 3, 4)]
+    assert list(seen.rates.values()) == pytest.approx(expected, rel=1e-6)
+    built = torch.linspace(0, 0.05, 4)[1:].tolist()  # the rates timm built, back after the fit
+    assert [m.drop_prob for n, m in model.named_modules() if n.endswith("drop_path")] == pytest.approx(built)
+    with caplog.at_level(logging.INFO, logger=NOTE_LOGGER):
+        plain = Net(_timm_resnet(0.0), preset="strong")
+        _trainer(preset_callbacks("strong"), epochs=1).fit(plain, _loader(x, y, True), _loader(x, y))
+    skipped = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert len(skipped) == 1 and "timm models need drop_path_rate > 0" in skipped[0], skipped
