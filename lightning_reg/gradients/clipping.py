@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import lightning.pytorch as pl
@@ -53,6 +54,43 @@ from lightning_reg.weight_decay.groups import strip_wrapper_prefixes
 __all__ = ["GradientClipping"]
 
 _ALGORITHMS = ("norm", "value", "agc", "autoclip", "zclip", None)
+
+
+#: The algorithm each algorithm-specific argument belongs to (``norm_type`` serves them all).
+_ARGUMENT_OF = {
+    "max_norm": "norm",
+    "clip_value": "value",
+    "clip_factor": "agc",
+    "agc_eps": "agc",
+    "agc_exclude": "agc",
+    "percentile": "autoclip",
+    "history_size": "autoclip",
+    "zclip_alpha": "zclip",
+    "zclip_z_thresh": "zclip",
+    "zclip_warmup_steps": "zclip",
+}
+
+
+def _check_unused_arguments(algorithm: str | None, **given: Any) -> None:
+    """Refuse an argument of another algorithm set to a value other than its default (it would do nothing).
+
+    Example:
+        >>> _check_unused_arguments("zclip", max_norm=5.0)
+        Traceback (most recent call last):
+        ...
+        ValueError: GradientClipping(algorithm='zclip') does not use max_norm=5.0 (an argument of 'norm'); ...
+    """
+    defaults = inspect.signature(GradientClipping.__init__).parameters
+    unused = [
+        f"{name}={value!r} (an argument of {_ARGUMENT_OF[name]!r})"
+        for name, value in given.items()
+        if _ARGUMENT_OF[name] != algorithm and value != defaults[name].default
+    ]
+    if unused:
+        raise ValueError(
+            f"GradientClipping(algorithm={algorithm!r}) does not use {', '.join(unused)}; remove "
+            f"{'it' if len(unused) == 1 else 'them'}, or choose that algorithm."
+        )
 
 
 class GradientClipping(Callback):
@@ -169,6 +207,19 @@ class GradientClipping(Callback):
         self.zclip_z_thresh = check_number("zclip_z_thresh", zclip_z_thresh, low=0, low_open=True)
         self.zclip_warmup_steps = check_int("zclip_warmup_steps", zclip_warmup_steps, low=1)
         self.max_consecutive_skips = check_int("max_consecutive_skips", max_consecutive_skips, low=1)
+        _check_unused_arguments(
+            algorithm,
+            max_norm=max_norm,
+            clip_value=clip_value,
+            clip_factor=clip_factor,
+            agc_eps=agc_eps,
+            agc_exclude=agc_exclude or None,
+            percentile=percentile,
+            history_size=history_size,
+            zclip_alpha=zclip_alpha,
+            zclip_z_thresh=zclip_z_thresh,
+            zclip_warmup_steps=zclip_warmup_steps,
+        )
         self.log_every_n_steps = check_log_every_n_steps(log_every_n_steps)
         self.prefix = check_str("prefix", prefix)
         self.verbose = check_verbose(verbose)

@@ -236,9 +236,9 @@ def test_host_syncs_only_on_logging_steps_one_per_callback_for_every_algorithm(
 @pytest.mark.parametrize("algorithm", ["autoclip", "zclip"])
 def test_resume_continues_adaptive_state_exactly(algorithm: str, tmp_path: Any) -> None:
     def make_cb() -> GradientClipping:
-        return GradientClipping(
-            algorithm, percentile=50, history_size=5, zclip_warmup_steps=3, zclip_z_thresh=0.5
-        )
+        if algorithm == "autoclip":
+            return GradientClipping(algorithm, percentile=50, history_size=5)
+        return GradientClipping(algorithm, zclip_warmup_steps=3, zclip_z_thresh=0.5)
 
     torch.manual_seed(0)
     init = Net().state_dict()
@@ -348,6 +348,17 @@ def test_conflicts_and_bad_input() -> None:
         GradientClipping("zclip", zclip_alpha=1.0)
     with pytest.raises(ValueError, match="skip_nonfinite"):
         GradientClipping(None)
+    # an argument of another algorithm would do nothing: refused, naming it and its algorithm
+    with pytest.raises(ValueError, match=r"'zclip'\) does not use max_norm=5\.0 \(an argument of 'norm'\)"):
+        GradientClipping("zclip", max_norm=5.0)
+    with pytest.raises(ValueError, match=r"not use clip_value=0\.5 .*'value'.*percentile=50 .*'autoclip'"):
+        GradientClipping("norm", percentile=50, clip_value=0.5)
+    with pytest.raises(ValueError, match=r"algorithm=None\) does not use zclip_alpha=0\.9"):
+        GradientClipping(None, skip_nonfinite=True, zclip_alpha=0.9)
+    # each algorithm's own arguments (and norm_type, shared) are accepted
+    GradientClipping("zclip", zclip_alpha=0.9, zclip_z_thresh=3.0, zclip_warmup_steps=5, norm_type=1.0)
+    GradientClipping("agc", clip_factor=0.02, agc_eps=1e-4, agc_exclude=["head"])
+    GradientClipping("autoclip", percentile=20, history_size=50)
     with pytest.raises(ValueError, match=r"`group_by` must be one of .*got 'layer'"):
         GradientMonitor(group_by="layer")
     with pytest.raises(ValueError, match="`group_by='patterns'` needs `patterns="):
