@@ -199,15 +199,29 @@ def soft_target_cross_entropy(
     Returns:
         The loss (a scalar unless ``reduction="none"``).
 
+    Raises:
+        ValueError: probability targets with another number of classes than the logits.
+
     Example:
         >>> logits = torch.tensor([[2.0, 0.0]])
         >>> bool(torch.isclose(soft_target_cross_entropy(logits, torch.tensor([[1.0, 0.0]])),
         ...                    F.cross_entropy(logits, torch.tensor([0]))))
         True
+        >>> soft_target_cross_entropy(logits, torch.tensor([[0.5, 0.25, 0.25]]))
+        Traceback (most recent call last):
+        ...
+        ValueError: The logits have 2 classes (shape (1, 2)) but the probability targets 3 (shape (1, 3)): ...
     """
     check_choice("reduction", reduction, _REDUCTIONS)
     if not target.dtype.is_floating_point:
         return F.cross_entropy(logits, target, label_smoothing=label_smoothing, reduction=reduction)
+    if logits.shape[-1] != target.shape[-1]:
+        raise ValueError(
+            f"The logits have {logits.shape[-1]} classes (shape {tuple(logits.shape)}) but the probability "
+            f"targets {target.shape[-1]} (shape {tuple(target.shape)}): the targets were built with "
+            f"num_classes={target.shape[-1]} (a BatchMixer's, or RegularizedModule(num_classes=...) with a "
+            f"preset); set it to the model's number of outputs, {logits.shape[-1]}."
+        )
     loss = torch.sum(-target * F.log_softmax(logits, dim=-1), dim=-1)
     if reduction == "mean":
         return loss.mean()

@@ -311,3 +311,24 @@ def test_labels_outside_num_classes_are_a_clear_error_not_an_index_error():
     with pytest.raises(RuntimeError, match=r"class indices must be in \[0, num_classes=5\)"):
         soft_targets(torch.tensor([-1, 2]), 5)
     assert soft_targets(torch.tensor([0, 4]), 5).argmax(1).tolist() == [0, 4]  # the edges are valid
+
+
+def test_num_classes_other_than_the_model_outputs_is_named():
+    """A preset built with num_classes=12 on a model with 10 outputs: a raw broadcast error before."""
+    from lightning_reg import RegularizedModule
+
+    class Ten(RegularizedModule):
+        def __init__(self):
+            super().__init__(preset="medium", num_classes=12, verbose=0)
+            self.head = torch.nn.Linear(4, 10)
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return self.mixing_loss(self.head(x), y)
+
+    data = DataLoader(TensorDataset(torch.randn(8, 4), torch.randint(0, 10, (8,))), batch_size=4)
+    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    with pytest.raises(
+        ValueError, match=r"logits have 10 classes .*targets 12 .*num_classes=12.*outputs, 10"
+    ):
+        trainer.fit(Ten(), data)
