@@ -15,7 +15,7 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import EarlyStopping as _LightningEarlyStopping
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, StochasticWeightAveraging
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
@@ -334,6 +334,14 @@ class EarlyStopping(_LightningEarlyStopping):
         if stage == TrainerFn.FITTING:
             self._start_fresh()  # before Lightning loads a checkpoint's state into this callback
         super().setup(trainer, pl_module, stage)
+        if stage == TrainerFn.FITTING and self.restore_best_weights:
+            swa = [type(cb).__name__ for cb in trainer.callbacks if isinstance(cb, StochasticWeightAveraging)]
+            if swa:
+                rank_zero_warn(
+                    f"EarlyStopping(restore_best_weights=True) and {swa[0]} both replace the weights at the "
+                    "end of training; the restore runs after SWA's averaging and discards it. Use one of "
+                    "them (EarlyStopping(restore_best_weights=False) keeps SWA's average)."
+                )
         if stage != TrainerFn.FITTING or self.snapshot != "checkpoint" or not self.restore_best_weights:
             return
         for cb in trainer.checkpoint_callbacks:

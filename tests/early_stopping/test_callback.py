@@ -679,3 +679,28 @@ def test_configurable_from_jsonargparse():
     assert (es.snapshot, es.start_from_epoch, es.restore_best_weights) == ("device", 2, True)
     with pytest.raises(jsonargparse.ArgumentError):
         parser.parse_args(["--es.monitor=v", "--es.snapshot=disk"])
+
+
+def test_swa_with_restore_warns_and_without_restore_keeps_the_average():
+    """Both replace the weights at the end of fit: the restore would discard SWA's average silently."""
+    from lightning.pytorch.callbacks import StochasticWeightAveraging
+
+    def fit(restore: bool):
+        L.seed_everything(0)
+        model = ScaledRegression()
+        swa = StochasticWeightAveraging(swa_lrs=1e-2, swa_epoch_start=2)
+        es = EarlyStopping("val_loss", patience=50, restore_best_weights=restore, verbose=0)
+        _trainer([es, swa], max_epochs=5).fit(model)
+        return model, swa
+
+    with pytest.warns(UserWarning, match=r"StochasticWeightAveraging both replace the weights.*discards it"):
+        restored, swa_r = fit(True)
+    averaged_r = dict(swa_r._average_model.named_parameters())  # what the warning says is discarded
+    assert not all(torch.equal(p, averaged_r[n]) for n, p in restored.named_parameters())
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*both replace the weights")
+        model, swa = fit(False)
+    # without the restore the model ends with SWA's average (its AveragedModel's parameters)
+    averaged = dict(swa._average_model.named_parameters())
+    for name, p in model.named_parameters():
+        assert torch.equal(p, averaged[name]), name
