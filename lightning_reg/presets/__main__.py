@@ -20,11 +20,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "names", nargs="*", metavar="NAME", help=f"one of {', '.join(PRESET_NAMES)} (default: all)"
     )
     parser.add_argument("--monitor", default="val_loss", help="validation metric for early stopping")
-    parser.add_argument("--mode", default="min", choices=["min", "max"])
+    parser.add_argument(
+        "--mode", default=None, choices=["min", "max"], help="required with a --monitor other than val_loss"
+    )
     args = parser.parse_args(argv)
     unknown = [n for n in args.names if n not in PRESET_NAMES]
     if unknown:
         parser.error(f"unknown preset(s) {unknown}; choose from {list(PRESET_NAMES)}")
+    if args.mode is None and args.monitor != "val_loss":
+        parser.error(f"--mode is required with --monitor {args.monitor}: min (a loss) or max (an accuracy)")
     for i, name in enumerate(args.names or PRESET_NAMES):
         if i:
             print("---")

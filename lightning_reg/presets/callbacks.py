@@ -82,7 +82,11 @@ class PresetSummary(Callback):
 
     @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        say(self.verbose, 1, describe_preset(self.preset))
+        line = describe_preset(self.preset)
+        if getattr(pl_module, "_preset_weight_decay_skipped", False):
+            optimizer = type(trainer.optimizers[0]).__name__ if trainer.optimizers else "the optimizer"
+            line += f"; its weight decay is skipped ({optimizer} has no decoupled weight decay)"
+        say(self.verbose, 1, line)
         module_preset = getattr(pl_module, "preset", None)
         if module_preset is None:
             say(
@@ -246,11 +250,32 @@ def _default_pairs(monitor: str, mode: str) -> dict[str, tuple[str, str, str]]:
     )
 
 
+def _monitor_mode(monitor: str, mode: str | None) -> str:
+    """Return the early-stopping mode: as given, or ``"min"`` for the default ``val_loss``; else raise.
+
+    Example:
+        >>> _monitor_mode("val_loss", None), _monitor_mode("val_acc", "max")
+        ('min', 'max')
+        >>> _monitor_mode("val_acc", None)
+        Traceback (most recent call last):
+        ...
+        ValueError: `mode` is required with monitor='val_acc': 'min' if lower is better (a loss), 'max' if ...
+    """
+    if mode is None:
+        if monitor != "val_loss":
+            raise ValueError(
+                f"`mode` is required with monitor={monitor!r}: 'min' if lower is better (a loss), 'max' if "
+                "higher is better (an accuracy); the best weights restored are the best by it."
+            )
+        return "min"
+    return check_choice("mode", mode, ("min", "max"))
+
+
 def preset_callbacks(
     preset: str | Preset = "mild",
     *,
     monitor: str = "val_loss",
-    mode: str = "min",
+    mode: str | None = None,
     pairs: Mapping[str, tuple[str, ...]] | None = None,
     branch_ends: Mapping[Any, str] | None = None,
     verbose: int | bool = 1,
@@ -268,7 +293,8 @@ def preset_callbacks(
     Args:
         preset: a name (``"mild"``, ``"medium"``, ``"strong"``) or a :class:`Preset`.
         monitor: validation metric for early stopping (the restored weights are the best by it).
-        mode: ``"min"`` or ``"max"`` for ``monitor``.
+        mode: ``"min"`` or ``"max"`` for ``monitor``; required with any ``monitor`` but the default
+            ``"val_loss"`` (``"min"``), so an accuracy is never minimised by accident.
         pairs: the overfitting monitor's ``{name: (train_key, val_key[, mode])}``.
         branch_ends: your own residual blocks for drop-path (see :class:`PresetStochasticDepth`).
         verbose: ``0`` quiet, ``1`` one line per callback at fit start and the skip notes, ``2`` details.
@@ -288,23 +314,22 @@ def preset_callbacks(
     """
     p = get_preset(preset, **overrides)
     check_str("monitor", monitor)
-    check_choice("mode", mode, ("min", "max"))
+    mode = _monitor_mode(monitor, mode)
     v = check_verbose(verbose)
     resolved_pairs = dict(pairs) if pairs is not None else _default_pairs(monitor, mode)
     callbacks: list[Callback] = [
         PresetSummary(p, verbose=v),
-        EarlyStopping(
-            monitor=monitor, mode=mode, patience=p.patience, restore_best_weights=True, verbose=v >= 2
-        ),
+        EarlyStopping(monitor=monitor, mode=mode, patience=p.patience, restore_best_weights=True, verbose=v),
         OverfittingMonitor(
             pairs=resolved_pairs,  # type: ignore[arg-type]
             warmup=p.overfitting_warmup,
             probe=p.overfitting_probe,
-            verbose=v >= 2,
+            verbose=v,
         ),
     ]
     if p.clipping is not None:
-        callbacks.append(GradientClipping(algorithm=p.clipping, max_norm=p.clip_max_norm))
+        norm = {"max_norm": p.clip_max_norm} if p.clipping == "norm" else {}
+        callbacks.append(GradientClipping(algorithm=p.clipping, verbose=v, **norm))
     if p.drop_path_rate > 0:
         callbacks.append(
             PresetStochasticDepth(
@@ -324,7 +349,7 @@ def preset_config(
     preset: str | Preset = "mild",
     *,
     monitor: str = "val_loss",
-    mode: str = "min",
+    mode: str | None = None,
     pairs: Mapping[str, tuple[str, ...]] | None = None,
     branch_ends: Mapping[str, str] | None = None,
     verbose: int = 1,
@@ -404,19 +429,20 @@ def _init_args(cb: Callback, p: Preset) -> dict[str, Any]:
             "mode": cb.mode,
             "patience": cb.patience,
             "restore_best_weights": True,
-            "verbose": bool(cb.verbose),
+            "verbose": cb.verbose,
         }
     if isinstance(cb, OverfittingMonitor):
         return {
             "pairs": {k: list(v) for k, v in cb.pairs.items()},
             "warmup": cb.warmup,
             "probe": cb.probe,
-            "verbose": bool(cb.verbose),
+            "verbose": cb.verbose,
         }
     if isinstance(cb, GradientClipping):
         out: dict[str, Any] = {"algorithm": cb.algorithm}
         if cb.algorithm == "norm":
             out["max_norm"] = p.clip_max_norm
+        out["verbose"] = cb.verbose
         return out
     if isinstance(cb, PresetStochasticDepth):
         out = {"max_rate": cb.max_rate, "rule": cb.rule, "schedule": cb.schedule}

@@ -393,7 +393,12 @@ class RegularizedModule(PenaltyMixin, BatchMixingMixin, LightningModule):
         check_str("lr_scheduler_monitor", lr_scheduler_monitor)
         optimizer_name, bound = _bound_optimizer_arguments(optimizer)
         default_name, default_values = _default_optimizer_defaults(type(self))
+        preset = getattr(self, "preset", None)
+        wd_from_preset = isinstance(preset, Preset) and getattr(self, "_preset_weight_decay", False)
         for key, ours in (("lr", lr), ("weight_decay", weight_decay)):
+            ours_from = f"the module's {key}={ours!r}"
+            if key == "weight_decay" and wd_from_preset:
+                ours_from = f"the preset {preset.name!r}'s weight_decay={ours!r}"
             if key in bound and ours is not None and float(bound[key]) != ours:
                 if default_name not in (None, optimizer_name) and default_values.get(key) == bound[key]:
                     # LightningCLI (jsonargparse) keeps the init_args the new class also accepts when a config
@@ -402,10 +407,19 @@ class RegularizedModule(PenaltyMixin, BatchMixingMixin, LightningModule):
                         f"{type(self).__name__}: the optimizer {optimizer_name} has {key}={bound[key]!r}, the"
                         f" default of {default_name} (this module's default optimizer): LightningCLI carries"
                         " init_args over when a config changes class_path, so it is taken as carried over and"
-                        f" the module's {key}={ours!r} is used. If you did set {optimizer_name}({key}="
-                        f"{bound[key]!r}) yourself, set the module's `{key}` to null instead."
+                        f" {ours_from} is used. If you did set {optimizer_name}({key}="
+                        f"{bound[key]!r}) yourself, set the module's `{key}` to it instead."
                     )
                     continue
+                if ours_from.startswith("the preset"):
+                    raise ValueError(
+                        f"`weight_decay` is set twice: {optimizer_name}(weight_decay={bound[key]!r}) in the "
+                        f"optimizer's arguments and {ours_from} on {type(self).__name__}, which goes into "
+                        "the decayed parameter groups and would silently override the optimizer's. Set it in "
+                        "one place: the module's `weight_decay` (model.init_args.weight_decay in a "
+                        "LightningCLI config) overrides the preset's, or remove it from the optimizer's "
+                        "arguments."
+                    )
                 raise ValueError(
                     f"`{key}` is set twice: {optimizer_name}({key}={bound[key]!r}) in the optimizer's "
                     f"arguments and {key}={ours!r} on {type(self).__name__}, whose value goes into every "
@@ -545,8 +559,9 @@ class RegularizedModule(PenaltyMixin, BatchMixingMixin, LightningModule):
             groups = [{k: v for k, v in g.items() if k != "param_names"} for g in groups]
         optimizer = cfg["optimizer"](groups)
         preset = getattr(self, "preset", None)
+        self._preset_weight_decay_skipped = False
         if isinstance(preset, Preset) and getattr(self, "_preset_weight_decay", False):
-            _check_preset_optimizer(optimizer, preset)
+            self._preset_weight_decay_skipped = not _check_preset_optimizer(optimizer, preset)
         if cfg["layer_decay"] is not None and cfg["lr"] is None:
             base = optimizer.defaults["lr"]
             for group in optimizer.param_groups:

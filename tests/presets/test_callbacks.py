@@ -101,9 +101,18 @@ def test_callbacks_follow_the_preset_and_overrides():
     )
     assert clip.algorithm == "norm" and clip.max_norm == 2.0
     with pytest.raises(ValueError, match="pass pairs="):
-        preset_callbacks("mild", monitor="loss")
+        preset_callbacks("mild", monitor="loss", mode="min")
     with pytest.raises(ValueError, match="`mode` must be one of"):
         preset_callbacks("mild", mode="up")
+    # an accuracy monitored without a mode would be minimised (Lightning's default): refused, not guessed
+    with pytest.raises(ValueError, match=r"`mode` is required with monitor='val_acc'"):
+        preset_callbacks("mild", monitor="val_acc")
+    with pytest.raises(ValueError, match=r"`mode` is required with monitor='val_acc'"):
+        preset_config("mild", monitor="val_acc")
+    es = next(
+        cb for cb in preset_callbacks("mild", monitor="val_acc", mode="max") if isinstance(cb, EarlyStopping)
+    )
+    assert (es.monitor, es.mode) == ("val_acc", "max")
 
 
 def test_strong_preset_on_an_mlp_skips_what_does_not_apply(caplog):
@@ -252,3 +261,86 @@ def test_timm_model_gets_the_preset_rates_or_a_note_naming_drop_path_rate(caplog
         _trainer(preset_callbacks("strong"), epochs=1).fit(plain, _loader(x, y, True), _loader(x, y))
     skipped = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
     assert len(skipped) == 1 and "timm models need drop_path_rate > 0" in skipped[0], skipped
+
+
+class CliNet(RegularizedModule):
+    """A classifier LightningCLI can build: preset, weight decay and optimizer from the config."""
+
+    def __init__(self, preset: str | None = None, weight_decay: float | None = None, **kwargs):
+        super().__init__(preset=preset, weight_decay=weight_decay, num_classes=3, **kwargs)
+        self.body = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 3))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return self.mixing_loss(self.body(x), y)
+
+    def train_dataloader(self):
+        return _loader(torch.randn(16, 4), torch.randint(0, 3, (16,)))
+
+
+def test_preset_with_sgd_says_one_consistent_thing(monkeypatch, caplog):
+    """A preset's weight decay is decoupled; with SGD it is skipped. The messages must agree with that: the
+    carried-over warning names the preset's value, and the summary says the weight decay is skipped."""
+    from functools import partial
+
+    from lightning.pytorch.cli import LightningCLI
+
+    monkeypatch.setattr("sys.argv", ["cli"])
+    args = [
+        "--trainer.logger=false",
+        "--trainer.max_steps=1",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_checkpointing=false",
+        "--model.preset=medium",
+        '--model.optimizer={"class_path": "torch.optim.SGD", "init_args": {"lr": 0.1}}',
+        "--model.lr=null",
+    ]
+    with pytest.warns(
+        UserWarning, match=r"SGD has weight_decay=0\.01.*the preset 'medium''s weight_decay=0\.05"
+    ):
+        cli = LightningCLI(CliNet, run=False, args=args, save_config_callback=None)
+    with caplog.at_level(logging.INFO, logger=NOTE_LOGGER):
+        cli.trainer.callbacks.append(PresetSummary("medium"))
+        cli.trainer.fit(cli.model)
+    assert {g["weight_decay"] for g in cli.trainer.optimizers[0].param_groups} == {0.0}
+    msgs = [r.getMessage() for r in caplog.records]
+    assert any("weight decay skipped" in m and "SGD adds weight decay to the gradient" in m for m in msgs)
+    summary = [m for m in msgs if m.startswith("preset 'medium': weight decay 0.05")]
+    assert len(summary) == 1 and summary[0].endswith(
+        "its weight decay is skipped (SGD has no decoupled weight decay)"
+    )
+    # a weight decay the user did write into the optimizer conflicts with the preset's: the error says so
+    with pytest.raises(
+        ValueError,
+        match=r"SGD\(weight_decay=0\.0001\).*the preset 'mild''s weight_decay=0\.05.*"
+        r"overrides the preset's",
+    ):
+        CliNet(preset="mild", optimizer=partial(torch.optim.SGD, lr=0.1, weight_decay=1e-4), lr=None)
+
+
+def test_preset_callbacks_follow_verbose(caplog):
+    """verbose=1: one line per callback at fit start (the restore is said at the end); verbose=0: nothing."""
+    x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+    for verbose in (1, 0):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger=NOTE_LOGGER):
+            model = Net(
+                nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 3)), preset="mild", verbose=0
+            )
+            _trainer(preset_callbacks("mild", verbose=verbose), epochs=2).fit(
+                model, _loader(x, y), _loader(x, y)
+            )
+        ours = [
+            r.getMessage()
+            for r in caplog.records
+            if r.getMessage().split(":")[0] in ("EarlyStopping", "OverfittingMonitor", "GradientClipping")
+        ]
+        if verbose:
+            assert [m.split(":")[0] for m in ours if "restored" not in m and "alert" not in m] == [
+                "EarlyStopping",
+                "OverfittingMonitor",
+                "GradientClipping",
+            ]
+            assert any(m.startswith("EarlyStopping: restored epoch") for m in ours)
+        else:
+            assert ours == []
