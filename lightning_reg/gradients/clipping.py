@@ -108,7 +108,8 @@ class GradientClipping(Callback):
     - ``"norm"``: total ``norm_type``-norm clipped to ``max_norm`` (``clip_grad_norm_`` semantics).
     - ``"value"``: element-wise clamp to ``[-clip_value, clip_value]`` (also a true clamp under FSDP).
     - ``"agc"``: Brock et al. 2021, unit-wise (dim 0) ``||G_i|| <= clip_factor * max(||W_i||, agc_eps)``;
-      ``agc_exclude`` names (the library's selector syntax, e.g. ``["fc"]`` or ``["head", "*.cls_token"]``)
+      ``agc_exclude`` names (the library's selector syntax, e.g. ``["net.fc"]`` for a model held as
+      ``self.net``, or ``["*.head", "*.cls_token"]``)
       leave the classifier head unclipped.
     - ``"autoclip"``: Seetharaman et al. 2020, threshold = ``percentile``-th percentile (in percent, e.g.
       ``10.0``) of the last ``history_size`` total norms (including the current one).

@@ -581,25 +581,28 @@ class ParamGrouping:
 
 
 def group_by_module_depth(model: nn.Module, depth: int = 1, separator: str = ".") -> ParamGrouping:
-    """Group parameters by the first ``depth`` components of their name below the prefix they all share.
+    """Group parameters by the module that owns them, cut to ``depth`` levels below the shared prefix.
 
-    The prefix every parameter name shares (a LightningModule that holds its model as ``self.net`` has
-    ``net.``) is kept but not counted, so ``depth=1`` groups by the model's top-level children
-    (``net.layer1``, ``net.layer2``, ...) and not into one group ``net``.
+    A group is a module path, never a single parameter: the path of the module owning each parameter, cut
+    to its first ``depth`` levels below the prefix every path shares (a LightningModule that holds its
+    model as ``self.net`` has ``net``, which is kept but not counted). So ``depth=1`` groups by the model's
+    top-level children (``net.layer1``, ``net.layer2``, ...) and not into one group ``net``, and
+    ``depth=2`` gives ``net.layer1.0``, ... and keeps a shallower leaf such as ``net.fc`` whole.
 
     Args:
         model: the module.
-        depth: number of name components to keep below the shared prefix (``1``: top-level children; a
-            parameter with a shorter name, e.g. ``weight`` of the root, forms its own group).
+        depth: module levels to keep below the shared prefix (``1``: top-level children). Parameters
+            owned by the shared prefix module itself (e.g. a ViT's ``cls_token``) form its group
+            (``net``); a parameter of the root module, with no module path, forms its own group.
         separator: name separator.
 
     Returns:
         The grouping, groups in registration order.
 
     Example:
-        >>> m = torch.nn.Sequential(torch.nn.Linear(2, 2))
+        >>> m = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Sequential(torch.nn.Linear(2, 1)))
         >>> group_by_module_depth(m, depth=2).names
-        ['0.weight', '0.bias']
+        ['0', '1.0']
         >>> wrapper = torch.nn.Module()
         >>> wrapper.net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
         >>> group_by_module_depth(wrapper).names
@@ -612,7 +615,8 @@ def group_by_module_depth(model: nn.Module, depth: int = 1, separator: str = "."
     index: dict[int, int] = {}
     lookup: dict[str, int] = {}
     for name, p in named:
-        key = separator.join(name.split(separator)[: shared + depth])
+        path = name.split(separator)[:-1]
+        key = separator.join(path[: shared + depth]) if path else name
         if key not in lookup:
             lookup[key] = len(names)
             names.append(key)

@@ -148,13 +148,15 @@ class GradientMonitor(Callback):
     Args:
         log_every_n_steps: logging interval in optimizer steps; ``None``: the Trainer's; ``0``: never.
         norm_type: p of the p-norm (``float("inf")`` allowed).
-        group_by: ``"module"`` (name prefix of ``depth`` components below the prefix all parameters share,
-            e.g. ``net.layer1`` for a model held as ``self.net``), ``"param_groups"`` (the optimizer's
-            param groups, named by their ``"name"`` key, else ``group_<i>``; groups added during training,
-            e.g. by ``BackboneFinetuning``, are picked up) or ``"patterns"``.
+        group_by: ``"module"`` (the owning module's path cut to ``depth`` levels below the prefix all
+            paths share, e.g. ``net.layer1`` for a model held as ``self.net``; a group is never a single
+            parameter), ``"param_groups"`` (the optimizer's param groups, named by their ``"name"`` key,
+            else ``group_<i>``; groups added during training, e.g. by ``BackboneFinetuning``, are picked
+            up) or ``"patterns"``; ``None`` (default): ``"patterns"`` with ``patterns``, else ``"module"``.
         depth: name depth for ``group_by="module"``.
         patterns: ``{group_name: pattern or [patterns]}`` in the library's name-selector syntax (a dotted
-            name or prefix, a glob, or ``re:<regex>``); setting it implies ``group_by="patterns"``. A group
+            name or prefix, a glob, or ``re:<regex>``); setting it implies ``group_by="patterns"`` (another
+            ``group_by`` with it is refused). A group
             that matches no parameter is not logged, and a warning names it.
         log_ratios: also log ``||g|| / ||w||`` per group (one more pass, over the weights).
         log_nonfinite: log the number of NaN/Inf gradient elements (one more pass).
@@ -174,7 +176,7 @@ class GradientMonitor(Callback):
         self,
         log_every_n_steps: int | None = None,
         norm_type: float = 2.0,
-        group_by: str = "module",
+        group_by: str | None = None,
         depth: int = 1,
         patterns: Mapping[str, str | Sequence[str]] | None = None,
         log_ratios: bool = False,
@@ -185,7 +187,13 @@ class GradientMonitor(Callback):
     ) -> None:
         super().__init__()
         if patterns is not None:
+            if group_by not in (None, "patterns"):
+                raise ValueError(
+                    f"`patterns` groups the parameters by name, and `group_by={group_by!r}` by something "
+                    "else: pass one of them (patterns= alone implies group_by='patterns')."
+                )
             group_by = "patterns"
+        group_by = "module" if group_by is None else group_by
         check_choice("group_by", group_by, _GROUP_BY)
         if group_by == "patterns":
             if not isinstance(patterns, Mapping) or not patterns:

@@ -359,6 +359,11 @@ def test_conflicts_and_bad_input() -> None:
     GradientClipping("zclip", zclip_alpha=0.9, zclip_z_thresh=3.0, zclip_warmup_steps=5, norm_type=1.0)
     GradientClipping("agc", clip_factor=0.02, agc_eps=1e-4, agc_exclude=["head"])
     GradientClipping("autoclip", percentile=20, history_size=50)
+    with pytest.raises(ValueError, match=r"groups the parameters by name, and `group_by=.module.`"):
+        GradientMonitor(group_by="module", patterns={"first": "net.1"})
+    assert GradientMonitor(patterns={"first": "net.1"}).group_by == "patterns"
+    assert GradientMonitor(group_by="patterns", patterns={"first": "net.1"}).group_by == "patterns"
+    assert GradientMonitor().group_by == "module"
     with pytest.raises(ValueError, match=r"`group_by` must be one of .*got 'layer'"):
         GradientMonitor(group_by="layer")
     with pytest.raises(ValueError, match="`group_by='patterns'` needs `patterns="):

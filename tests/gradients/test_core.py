@@ -83,8 +83,13 @@ def test_nonfinite_count_and_empty() -> None:
 def test_grouping_helpers() -> None:
     m = nn.Sequential(nn.Linear(2, 2), nn.Sequential(nn.Linear(2, 2), nn.LayerNorm(2)))
     g2 = group_by_module_depth(m, depth=2)
-    assert g2.names == ["0.weight", "0.bias", "1.0", "1.1"]
-    assert g2.index[id(m[1][1].bias)] == 3
+    # groups are modules, never single parameters: the shallow leaf `0` stays whole at depth 2
+    assert g2.names == ["0", "1.0", "1.1"]
+    assert g2.index[id(m[1][1].bias)] == 2 and g2.index[id(m[0].bias)] == g2.index[id(m[0].weight)] == 0
+    root = nn.Module()
+    root.scale = nn.Parameter(torch.ones(1))  # a parameter of the root: no module path, its own group
+    root.net = nn.Linear(2, 2)
+    assert group_by_module_depth(root, depth=3).names == ["scale", "net"]
     opt = torch.optim.SGD(
         [{"params": [m[0].weight], "name": "enc"}, {"params": list(m[1].parameters())}], lr=0.1
     )
