@@ -20,6 +20,7 @@ from lightning.pytorch.callbacks import Callback
 
 from lightning_reg import EarlyStopping
 from tests.distributed.ddp_early_stopping import Model
+from tests.distributed.launch import DestroyProcessGroup
 
 
 class FileRecorder(Callback):
@@ -59,7 +60,7 @@ def main(out: Path) -> None:
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
-        callbacks=[FileRecorder(out), es],
+        callbacks=[FileRecorder(out), es, DestroyProcessGroup()],
     )
     trainer.fit(model)
     torch.save(

@@ -31,6 +31,7 @@ from lightning_reg import (
     ProximalL1,
     StochasticDepthScheduler,
 )
+from tests.distributed.launch import DestroyProcessGroup
 from tests.interop._matrix import Backboned, Manual, PlainLogNet, TunableNet, ours, plateau
 from tests.memory_logger import MemoryLogger
 from tests.reliability._setup import fast_trainer
@@ -279,7 +280,7 @@ def ddp_spawn_fit(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, list[A
     cbs = ours()
     trainer = fast_trainer(
         max_epochs=2, accelerator="cpu", devices=2, strategy="ddp_spawn",
-        default_root_dir=tmp_path_factory.mktemp("spawn"), callbacks=cbs,
+        default_root_dir=tmp_path_factory.mktemp("spawn"), callbacks=[*cbs, DestroyProcessGroup()],
     )
     trainer.fit(model)
     return model, cbs, initial
