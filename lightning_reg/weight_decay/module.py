@@ -396,9 +396,8 @@ class RegularizedModule(PenaltyMixin, BatchMixingMixin, LightningModule):
         preset = getattr(self, "preset", None)
         wd_from_preset = isinstance(preset, Preset) and getattr(self, "_preset_weight_decay", False)
         for key, ours in (("lr", lr), ("weight_decay", weight_decay)):
-            ours_from = f"the module's {key}={ours!r}"
-            if key == "weight_decay" and wd_from_preset:
-                ours_from = f"the preset {preset.name!r}'s weight_decay={ours!r}"
+            from_preset = key == "weight_decay" and wd_from_preset
+            ours_from = f"the preset {preset.name!r}'s" if from_preset else "the module's"
             if key in bound and ours is not None and float(bound[key]) != ours:
                 if default_name not in (None, optimizer_name) and default_values.get(key) == bound[key]:
                     # LightningCLI (jsonargparse) keeps the init_args the new class also accepts when a config
@@ -407,25 +406,28 @@ class RegularizedModule(PenaltyMixin, BatchMixingMixin, LightningModule):
                         f"{type(self).__name__}: the optimizer {optimizer_name} has {key}={bound[key]!r}, the"
                         f" default of {default_name} (this module's default optimizer): LightningCLI carries"
                         " init_args over when a config changes class_path, so it is taken as carried over and"
-                        f" {ours_from} is used. If you did set {optimizer_name}({key}="
+                        f" {ours_from} {key}={ours!r} is used. If you did set {optimizer_name}({key}="
                         f"{bound[key]!r}) yourself, set the module's `{key}` to it instead."
                     )
                     continue
-                if ours_from.startswith("the preset"):
-                    raise ValueError(
-                        f"`weight_decay` is set twice: {optimizer_name}(weight_decay={bound[key]!r}) in the "
-                        f"optimizer's arguments and {ours_from} on {type(self).__name__}, which goes into "
-                        "the decayed parameter groups and would silently override the optimizer's. Set it in "
-                        "one place: the module's `weight_decay` (model.init_args.weight_decay in a "
-                        "LightningCLI config) overrides the preset's, or remove it from the optimizer's "
-                        "arguments."
+                if from_preset:
+                    where = f"{ours_from} {key}={ours!r} on {type(self).__name__}, which goes into the"
+                    where += " decayed parameter groups"
+                    fix = (
+                        "the module's `weight_decay` (model.init_args.weight_decay in a LightningCLI config) "
+                        "overrides the preset's, or remove it from the optimizer's arguments."
+                    )
+                else:
+                    where = f"{key}={ours!r} on {type(self).__name__}, whose value goes into every"
+                    where += " parameter group"
+                    fix = (
+                        f"on the module (model.init_args.{key} in a LightningCLI config), or set the "
+                        f"module's `{key}` to None (null) to use the optimizer's."
                     )
                 raise ValueError(
                     f"`{key}` is set twice: {optimizer_name}({key}={bound[key]!r}) in the optimizer's "
-                    f"arguments and {key}={ours!r} on {type(self).__name__}, whose value goes into every "
-                    "parameter group and would silently override the optimizer's. Set it in one place: on "
-                    f"the module (model.init_args.{key} in a LightningCLI config), or set the module's "
-                    f"`{key}` to None (null) to use the optimizer's."
+                    f"arguments and {where} and would silently override the optimizer's. "
+                    f"Set it in one place: {fix}"
                 )
         if weight_decay is None and "weight_decay" not in bound:
             weight_decay = DEFAULT_WEIGHT_DECAY  # nothing configured anywhere: the library's default
