@@ -1,6 +1,6 @@
 """Cost of the one step-metric path (``log_step_metrics``) against the alternatives, per logging step.
 
-Every callback writes its step metrics with ``lightning_reg._conventions.log_step_metrics``: one stacked
+Every callback writes its step metrics with `lightning_reg._shared.step_logging.log_step_metrics`: one stacked
 ``tolist()`` (one host sync), one ``log_metrics`` call per logger at Lightning's step, and the tensors put
 into ``trainer.callback_metrics`` (so ``EarlyStopping``/``ModelCheckpoint`` can monitor them). The
 alternatives: ``pl_module.log_dict(on_step=True)`` (Lightning's own path: monitorable, but a
@@ -28,7 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from benchmarks.harness import Report, Timings
-from lightning_reg._conventions import log_step_metrics
+from lightning_reg._shared.step_logging import log_step_metrics
 
 KEYS = [f"bench/key_{i}" for i in range(11)]
 

@@ -28,8 +28,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_reg
-from lightning_reg import _conventions as C
 from lightning_reg import _lazy
+from lightning_reg._shared import step_logging, validation, verbosity
+from lightning_reg._shared.names import NameSelector
 from tests.memory_logger import MemoryLogger
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,7 +64,9 @@ print("imported", len(modules))
 
 def test_core_modules_and_the_flat_api_import_without_lightning() -> None:
     core = [f"lightning_reg.{pkg}.{m}" for pkg, (mods, _) in _declared().items() for m in mods]
-    core += ["lightning_reg._conventions", "lightning_reg._lazy"]
+    shared = ("keys", "names", "step_logging", "validation", "verbosity")
+    core += [f"lightning_reg._shared.{m}" for m in shared]
+    core += ["lightning_reg._lazy"]
     proc = subprocess.run(
         [sys.executable, "-c", _BLOCK_LIGHTNING, json.dumps(core)],
         cwd=ROOT,
@@ -117,21 +120,21 @@ def test_test_tree_mirrors_the_package() -> None:
 # ------------------------------------------------------------------------------------------ shared rules
 def test_validators_raise_type_error_for_types_and_value_error_for_values() -> None:
     with pytest.raises(TypeError, match=r"^`n` must be an int >= 1; got '3' of type str\.$"):
-        C.check_int("n", "3", low=1)
+        validation.check_int("n", "3", low=1)
     with pytest.raises(TypeError, match=r"`n` must be an int"):
-        C.check_int("n", True)  # a bool is not an int here
+        validation.check_int("n", True)  # a bool is not an int here
     with pytest.raises(ValueError, match=r"^`n` must be an int >= 1; got 0\.$"):
-        C.check_int("n", 0, low=1)
+        validation.check_int("n", 0, low=1)
     with pytest.raises(ValueError, match=r"^`p` must be a number in \[0, 1\); got nan\.$"):
-        C.check_rate("p", float("nan"))
+        validation.check_rate("p", float("nan"))
     with pytest.raises(TypeError, match=r"not a tensor"):
-        C.check_number("lr", torch.tensor(0.1))
+        validation.check_number("lr", torch.tensor(0.1))
     with pytest.raises(ValueError, match=r"^`mode` must be one of 'min', 'max'; got 'up'\.$"):
-        C.check_choice("mode", "up", ("min", "max"))
+        validation.check_choice("mode", "up", ("min", "max"))
     with pytest.raises(TypeError, match=r"write \['head'\]"):
-        C.check_str_list("exclude", "head")
-    assert C.check_number("t", float("inf"), low=0, finite=False) == float("inf")
-    assert [C.check_verbose(v) for v in (False, True, 0, 1, 2)] == [0, 2, 0, 1, 2]
+        validation.check_str_list("exclude", "head")
+    assert validation.check_number("t", float("inf"), low=0, finite=False) == float("inf")
+    assert [verbosity.check_verbose(v) for v in (False, True, 0, 1, 2)] == [0, 2, 0, 1, 2]
 
 
 def test_one_selector_syntax() -> None:
@@ -145,11 +148,11 @@ def test_one_selector_syntax() -> None:
         "blocks.0.att": [],  # a prefix only at a dot boundary
     }
     for pattern, expected in cases.items():
-        assert [n for n in names if C.NameSelector([pattern]).matches(n)] == expected, pattern
+        assert [n for n in names if NameSelector([pattern]).matches(n)] == expected, pattern
     with pytest.raises(ValueError, match=r"looks like a regular expression; write 're:\^stem'"):
-        C.NameSelector(["^stem"], name="exclude")
+        NameSelector(["^stem"], name="exclude")
     with pytest.raises(ValueError, match=r"not a valid regex"):
-        C.NameSelector(["re:("])
+        NameSelector(["re:("])
 
 
 def test_is_logging_step_equals_lightnings_rule_at_every_batch() -> None:
@@ -159,10 +162,10 @@ def test_is_logging_step_equals_lightnings_rule_at_every_batch() -> None:
         def on_train_batch_start(self, trainer: Any, *args: Any) -> None:
             seen.append(
                 (
-                    C.logger_step(trainer),
-                    C.is_logging_step(trainer, None),
+                    step_logging.logger_step(trainer),
+                    step_logging.is_logging_step(trainer, None),
                     trainer._logger_connector.should_update_logs,
-                    C.is_logging_step(trainer, 0),
+                    step_logging.is_logging_step(trainer, 0),
                 )
             )
 

@@ -14,9 +14,10 @@ from torch import nn
 from torch.optim import Optimizer
 from typing_extensions import override
 
-from lightning_reg._conventions import NameSelector, check_bool, check_int, check_verbose, say
+from lightning_reg._shared.names import NameSelector, strip_wrapper_prefixes
+from lightning_reg._shared.validation import check_bool, check_int
+from lightning_reg._shared.verbosity import check_verbose, say
 from lightning_reg.batchnorm.core import freeze_batchnorm, is_frozen_batchnorm
-from lightning_reg.weight_decay.groups import strip_wrapper_prefixes
 
 __all__ = ["FreezeBatchNorm"]
 

@@ -23,17 +23,10 @@ from lightning.pytorch.utilities.rank_zero import WarningCache, rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
-from lightning_reg._conventions import (
-    Keys,
-    check_bool,
-    check_choice,
-    check_int,
-    check_number,
-    check_str,
-    check_verbose,
-    log_epoch_metrics,
-    say,
-)
+from lightning_reg._shared.keys import Keys
+from lightning_reg._shared.step_logging import log_epoch_metrics
+from lightning_reg._shared.validation import check_bool, check_choice, check_int, check_number, check_str
+from lightning_reg._shared.verbosity import check_verbose, say
 from lightning_reg.early_stopping.snapshot import (
     WeightSnapshot,
     agree_on_score,

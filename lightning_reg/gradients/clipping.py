@@ -13,9 +13,10 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_reg._conventions import (
-    Keys,
-    NameSelector,
+from lightning_reg._shared.keys import Keys
+from lightning_reg._shared.names import NameSelector, strip_wrapper_prefixes
+from lightning_reg._shared.step_logging import is_logging_step, log_interval, log_step_metrics
+from lightning_reg._shared.validation import (
     check_bool,
     check_choice,
     check_int,
@@ -23,12 +24,8 @@ from lightning_reg._conventions import (
     check_number,
     check_str,
     check_str_list,
-    check_verbose,
-    is_logging_step,
-    log_interval,
-    log_step_metrics,
-    say,
 )
+from lightning_reg._shared.verbosity import check_verbose, say
 from lightning_reg.gradients.core import (
     AutoClipState,
     ZClipState,
@@ -49,7 +46,6 @@ from lightning_reg.gradients.monitor import (
     _reduce_fn,
     _step_key,
 )
-from lightning_reg.weight_decay.groups import strip_wrapper_prefixes
 
 __all__ = ["GradientClipping"]
 

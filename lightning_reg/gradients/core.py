@@ -26,7 +26,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from lightning_reg._conventions import NameSelector, check_int, default_group_name
+from lightning_reg._shared.names import NameSelector, default_group_name
+from lightning_reg._shared.validation import check_int
 
 __all__ = [
     "AutoClipState",
@@ -664,7 +665,7 @@ def group_by_patterns(
 ) -> ParamGrouping:
     """Group parameters by the first group whose name selector matches their qualified name.
 
-    Patterns use the library's one selector syntax (:class:`~lightning_reg._conventions.NameSelector`):
+    Patterns use the library's one selector syntax (:class:`~lightning_reg._shared.names.NameSelector`):
     a dotted name (and everything below it), a glob, or ``re:<regex>``.
 
     Args:

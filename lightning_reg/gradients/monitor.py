@@ -16,21 +16,18 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_reg._conventions import (
-    Keys,
-    NameSelector,
+from lightning_reg._shared.keys import Keys
+from lightning_reg._shared.names import NameSelector, strip_wrapper_prefixes
+from lightning_reg._shared.step_logging import is_logging_step, log_interval, log_step_metrics
+from lightning_reg._shared.validation import (
     check_bool,
     check_choice,
     check_int,
     check_log_every_n_steps,
     check_number,
     check_str,
-    check_verbose,
-    is_logging_step,
-    log_interval,
-    log_step_metrics,
-    say,
 )
+from lightning_reg._shared.verbosity import check_verbose, say
 from lightning_reg.gradients.core import (
     ParamGrouping,
     ReduceFn,
@@ -41,7 +38,6 @@ from lightning_reg.gradients.core import (
     per_tensor_norms,
     reduce_norms,
 )
-from lightning_reg.weight_decay.groups import strip_wrapper_prefixes
 
 __all__ = ["GradientMonitor"]
 

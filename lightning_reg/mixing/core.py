@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_reg._conventions import check_choice, check_int, check_number
+from lightning_reg._shared.validation import check_choice, check_int, check_number
 
 __all__ = [
     "BatchMixer",

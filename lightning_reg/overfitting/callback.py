@@ -17,14 +17,9 @@ from torch.utils.data import DataLoader, Subset
 from torchmetrics import Metric
 from typing_extensions import override
 
-from lightning_reg._conventions import (
-    Keys,
-    check_bool,
-    check_callable,
-    check_int,
-    check_verbose,
-    say,
-)
+from lightning_reg._shared.keys import Keys
+from lightning_reg._shared.validation import check_bool, check_callable, check_int
+from lightning_reg._shared.verbosity import check_verbose, say
 from lightning_reg.overfitting.criteria import CheckReport, OverfittingCriteria
 
 __all__ = ["OverfittingMonitor"]
@@ -95,7 +90,7 @@ class OverfittingMonitor(Callback):
     (false alarms and detection delay; the table is in the docs). Logged every check (epoch-level, same
     value on every rank): ``overfit/<pair>_gap``, ``_rel_gap``, ``_gl``, ``_trend`` and ``_pq`` (once
     defined), ``overfit/<pair>_alert`` (1.0 at an alert of that pair) and ``overfit/alert`` (1.0 if any
-    pair alerts); the keys are :class:`lightning_reg._conventions.Keys`' and the report reads them.
+    pair alerts); the keys are :class:`lightning_reg._shared.keys.Keys`' and the report reads them.
 
     An *episode* of a pair starts at its first alerting check and lasts while its checks keep alerting. At
     the start of an episode the action runs once: ``"warn"`` issues one rank-zero warning naming the pair,

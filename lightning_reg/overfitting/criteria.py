@@ -34,7 +34,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from lightning_reg._conventions import check_choice, check_int, check_number
+from lightning_reg._shared.validation import check_choice, check_int, check_number
 
 __all__ = [
     "CRITERIA",

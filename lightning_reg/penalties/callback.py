@@ -13,14 +13,10 @@ from torch.optim import Optimizer
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
-from lightning_reg._conventions import (
-    Keys,
-    check_log_every_n_steps,
-    check_verbose,
-    is_logging_step,
-    log_step_metrics,
-    say,
-)
+from lightning_reg._shared.keys import Keys
+from lightning_reg._shared.step_logging import is_logging_step, log_step_metrics
+from lightning_reg._shared.validation import check_log_every_n_steps
+from lightning_reg._shared.verbosity import check_verbose, say
 from lightning_reg.penalties.core import _check_l1, decayed_parameters, proximal_l1_, zero_fraction
 from lightning_reg.weight_decay.groups import DecayRule, _check_rule
 

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from lightning_reg._conventions import check_bool, check_log_every_n_steps, check_number
+from lightning_reg._shared.validation import check_bool, check_log_every_n_steps, check_number
 from lightning_reg.weight_decay.groups import DecayRule, _check_rule, weight_decay_param_groups
 
 __all__ = [

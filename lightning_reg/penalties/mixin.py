@@ -8,7 +8,8 @@ from lightning.pytorch.utilities.rank_zero import WarningCache
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from lightning_reg._conventions import Keys, is_logging_step, log_step_metrics
+from lightning_reg._shared.keys import Keys
+from lightning_reg._shared.step_logging import is_logging_step, log_step_metrics
 from lightning_reg.penalties.core import (
     WeightPenalty,
     add_penalty_grad_,

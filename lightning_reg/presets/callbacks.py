@@ -19,7 +19,8 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import nn
 from typing_extensions import override
 
-from lightning_reg._conventions import check_choice, check_str, check_verbose, say
+from lightning_reg._shared.validation import check_choice, check_str
+from lightning_reg._shared.verbosity import check_verbose, say
 from lightning_reg.early_stopping.callback import EarlyStopping
 from lightning_reg.gradients.clipping import GradientClipping
 from lightning_reg.overfitting.callback import OverfittingMonitor

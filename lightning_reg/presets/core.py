@@ -22,13 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from lightning_reg._conventions import (
-    check_choice,
-    check_int,
-    check_number,
-    check_rate,
-    check_str,
-)
+from lightning_reg._shared.validation import check_choice, check_int, check_number, check_rate, check_str
 
 __all__ = [
     "PRESETS",

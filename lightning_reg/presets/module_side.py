@@ -19,7 +19,8 @@ from typing import Any
 
 from torch import Tensor
 
-from lightning_reg._conventions import check_int, check_verbose, say
+from lightning_reg._shared.validation import check_int
+from lightning_reg._shared.verbosity import check_verbose, say
 from lightning_reg.mixing.core import BatchMixer, MixParams
 from lightning_reg.presets.core import Preset, _decoupled_weight_decay, _skip_note, get_preset
 

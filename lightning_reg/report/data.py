@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from lightning_reg._conventions import Keys
+from lightning_reg._shared.keys import Keys
 
 __all__ = [
     "DEFAULT_PAIRS",

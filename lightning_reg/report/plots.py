@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lightning_reg._conventions import Keys
+from lightning_reg._shared.keys import Keys
 from lightning_reg.report.data import (
     DEFAULT_PAIRS,
     MissingMetricsError,

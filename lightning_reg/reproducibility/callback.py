@@ -16,7 +16,8 @@ from lightning.pytorch import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
-from lightning_reg._conventions import check_bool, check_verbose, say
+from lightning_reg._shared.validation import check_bool
+from lightning_reg._shared.verbosity import check_verbose, say
 from lightning_reg.reproducibility.rng import capture_rng_states, restore_rng_states
 
 __all__ = ["ReproducibleResume"]

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from lightning_reg._conventions import check_bool
+from lightning_reg._shared.validation import check_bool
 
 __all__ = ["capture_rng_states", "restore_rng_states"]
 

@@ -26,18 +26,16 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from typing_extensions import override
 
-from lightning_reg._conventions import (
-    Keys,
+from lightning_reg._shared.keys import Keys
+from lightning_reg._shared.step_logging import is_logging_step, log_step_metrics
+from lightning_reg._shared.validation import (
     check_bool,
     check_choice,
     check_log_every_n_steps,
     check_number,
     check_rate,
-    check_verbose,
-    is_logging_step,
-    log_step_metrics,
-    say,
 )
+from lightning_reg._shared.verbosity import check_verbose, say
 from lightning_reg.stochastic_depth.layers import DropRateModule, find_drop_rate_modules
 from lightning_reg.stochastic_depth.rates import ScheduledRates
 from lightning_reg.stochastic_depth.schedules import (

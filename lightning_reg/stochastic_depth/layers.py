@@ -28,7 +28,7 @@ import torch
 import torch.fx
 from torch import Tensor, nn
 
-from lightning_reg._conventions import check_bool, check_choice, check_number
+from lightning_reg._shared.validation import check_bool, check_choice, check_number
 from lightning_reg.stochastic_depth.schedules import DepthRule, depth_rates
 
 __all__ = [

@@ -29,7 +29,7 @@ from typing import Literal
 
 import torch
 
-from lightning_reg._conventions import check_callable, check_choice, check_int, check_rate
+from lightning_reg._shared.validation import check_callable, check_choice, check_int, check_rate
 
 __all__ = [
     "DEPTH_RULES",

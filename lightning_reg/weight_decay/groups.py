@@ -32,7 +32,7 @@ name, e.g. ``bias_ih_l0_reverse`` has the words ``bias``, ``ih``, ``l``, ``rever
   ``nn.EmbeddingBag``, or its own name has the word ``embed``, ``embedding(s)`` or ``token(s)``
   (``pos_embed``, ``position_embeddings``, ``class_embedding``, ``cls_token``, ``distillation_token``,
   ``register_tokens``, ``mask_token``);
-* ``pattern``: one of the rule's ``exclude`` selectors (:class:`~lightning_reg._conventions.NameSelector`:
+* ``pattern``: one of the rule's ``exclude`` selectors (:class:`~lightning_reg._shared.names.NameSelector`:
   dotted name or prefix, glob, ``re:<regex>``) selects its full name.
 """
 
@@ -49,30 +49,26 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightning_reg._conventions import NameSelector, check_bool, check_number, default_group_name
+from lightning_reg._shared.names import (
+    WRAPPERS_ANYWHERE,
+    NameSelector,
+    default_group_name,
+    strip_wrapper_prefixes,
+)
+from lightning_reg._shared.validation import check_bool, check_number
 
 __all__ = [
     "DecayRule",
-    "WRAPPER_PREFIXES",
     "block_layer_ids",
     "classify_parameters",
     "describe_param_groups",
     "is_norm_module",
     "is_scale_module",
     "no_weight_decay_names",
-    "strip_wrapper_prefixes",
     "validate_param_groups",
     "weight_decay_param_groups",
 ]
 
-#: Name components inserted by wrappers (FSDP, activation checkpointing, ``torch.compile``, DDP/DataParallel).
-WRAPPER_PREFIXES: tuple[str, ...] = (
-    "_fsdp_wrapped_module.",
-    "_checkpoint_wrapped_module.",
-    "_orig_mod.",
-    "module.",
-)
-_ANYWHERE = tuple(p[:-1] for p in WRAPPER_PREFIXES if p != "module.")
 
 _TORCH_NORMS: tuple[type[nn.Module], ...] = tuple(
     t
@@ -144,7 +140,7 @@ class DecayRule:
 
     @property
     def selector(self) -> NameSelector:
-        """The ``exclude`` patterns as a :class:`~lightning_reg._conventions.NameSelector`.
+        """The ``exclude`` patterns as a :class:`~lightning_reg._shared.names.NameSelector`.
 
         Example:
             >>> DecayRule(exclude=["*.gate"]).selector.matches("blocks.0.gate")
@@ -170,30 +166,6 @@ def _check_rule(rule: Any, name: str = "rule") -> DecayRule:
     return rule
 
 
-def strip_wrapper_prefixes(name: str) -> str:
-    """Remove wrapper components from a dotted parameter or module name.
-
-    ``_fsdp_wrapped_module``, ``_checkpoint_wrapped_module`` and ``_orig_mod`` are removed wherever they
-    occur; ``module`` only as leading components (DDP / DataParallel), so a user's own submodule called
-    ``module`` deeper in the model keeps its name. (With the model at hand, the classification functions
-    strip a leading ``module`` only where the model really is such a wrapper.)
-
-    Args:
-        name: a name as produced by ``named_parameters()`` / ``named_modules()`` of a wrapped model.
-
-    Returns:
-        The name the unwrapped model would use.
-
-    Example:
-        >>> strip_wrapper_prefixes("module._fsdp_wrapped_module.blocks.0._checkpoint_wrapped_module.fc.bias")
-        'blocks.0.fc.bias'
-    """
-    parts = [p for p in name.split(".") if p not in _ANYWHERE]
-    while len(parts) > 1 and parts[0] == "module":
-        parts.pop(0)
-    if parts == ["module"]:
-        return ""
-    return ".".join(parts)
 
 
 def _wrapper_depth(model: nn.Module) -> int:
@@ -210,7 +182,7 @@ def _wrapper_depth(model: nn.Module) -> int:
         (child_name, child), = children.items()
         if child_name == "module":
             depth += 1
-        elif child_name not in _ANYWHERE:
+        elif child_name not in WRAPPERS_ANYWHERE:
             return depth
         m = child
 
@@ -222,7 +194,7 @@ class _Names:
         self.depth = _wrapper_depth(model)
 
     def __call__(self, name: str) -> str:
-        parts = [p for p in name.split(".") if p not in _ANYWHERE]
+        parts = [p for p in name.split(".") if p not in WRAPPERS_ANYWHERE]
         for _ in range(self.depth):
             if len(parts) > 1 and parts[0] == "module":
                 parts.pop(0)

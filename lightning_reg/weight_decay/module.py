@@ -15,14 +15,8 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
-from lightning_reg._conventions import (
-    check_bool,
-    check_callable,
-    check_choice,
-    check_str,
-    check_verbose,
-    say,
-)
+from lightning_reg._shared.validation import check_bool, check_callable, check_choice, check_str
+from lightning_reg._shared.verbosity import check_verbose, say
 from lightning_reg.mixing.core import BatchMixer
 from lightning_reg.mixing.mixin import BatchMixingMixin
 from lightning_reg.penalties.core import WeightPenalty

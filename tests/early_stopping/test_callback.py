@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_reg import EarlyStopping
-from lightning_reg._conventions import Keys
+from lightning_reg._shared.keys import Keys
 from lightning_reg.early_stopping.callback import CHECKPOINT_KEY
 from lightning_reg.early_stopping.snapshot import WeightSnapshot, agree_on_score, local_snapshot_tensors
 

@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from lightning_reg import DecayRule, describe_param_groups, no_weight_decay_names, weight_decay_param_groups
-from lightning_reg.weight_decay.groups import block_layer_ids, strip_wrapper_prefixes, validate_param_groups
+from lightning_reg._shared.names import strip_wrapper_prefixes
+from lightning_reg.weight_decay.groups import block_layer_ids, validate_param_groups
 
 # --------------------------------------------------------------------------------------------- models
 
