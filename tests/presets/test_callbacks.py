@@ -99,7 +99,7 @@ def test_callbacks_follow_the_preset_and_overrides():
         for cb in preset_callbacks("strong", clipping="norm", clip_max_norm=2.0)
         if isinstance(cb, GradientClipping)
     )
-    assert clip.algorithm == "norm" and clip.max_norm == 2.0
+    assert clip.algorithm == "norm" and clip.rule.max_norm == 2.0
     with pytest.raises(ValueError, match="pass pairs="):
         preset_callbacks("mild", monitor="loss", mode="min")
     with pytest.raises(ValueError, match="`mode` must be one of"):
