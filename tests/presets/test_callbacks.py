@@ -115,6 +115,13 @@ def test_callbacks_follow_the_preset_and_overrides():
     assert (es.monitor, es.mode) == ("val_acc", "max")
 
 
+def test_drop_path_rate_none_switches_drop_path_off_as_clipping_none_switches_clipping_off():
+    names = [type(cb).__name__ for cb in preset_callbacks("strong", drop_path_rate=None, clipping=None)]
+    assert names == ["PresetSummary", "EarlyStopping", "OverfittingMonitor"]
+    assert get_preset("strong", drop_path_rate=None).drop_path_rate == 0.0
+    assert "PresetStochasticDepth" not in preset_config("strong", drop_path_rate=None)
+
+
 def test_strong_preset_on_an_mlp_skips_what_does_not_apply(caplog):
     """Tabular inputs and no residual block: CutMix and drop-path are skipped with one note each."""
     torch.manual_seed(0)
