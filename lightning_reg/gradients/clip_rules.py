@@ -2,23 +2,17 @@
 
 Each rule owns its options (validated at construction), its resumable state and the clip itself:
 
-=================  ===============================================================  ======================
-rule               what it does                                                     options
-=================  ===============================================================  ======================
-``NormClipRule``   total norm clipped to ``max_norm`` (``clip_grad_norm_``)          ``max_norm``
-``ValueClipRule``  element-wise clamp to ``[-clip_value, clip_value]``               ``clip_value``
-``AGCRule``        Brock et al. 2021, unit-wise, with a floor on the weight norm     ``clip_factor``,
-                                                                                    ``agc_eps``,
-                                                                                    ``agc_exclude``
-``AutoClipRule``   Seetharaman et al. 2020, a percentile of recent total norms       ``percentile``,
-                                                                                    ``history_size``
-``ZClipRule``      Kumar et al. 2025, z-score of the total norm against its EMA      ``zclip_alpha``,
-                                                                                    ``zclip_z_thresh``,
-                                                                                    ``zclip_warmup_steps``
-=================  ===============================================================  ======================
+- ``NormClipRule`` (``"norm"``): the total norm clipped to ``max_norm`` (``clip_grad_norm_``'s rule);
+- ``ValueClipRule`` (``"value"``): every element clamped to ``[-clip_value, clip_value]``;
+- ``AGCRule`` (``"agc"``): Brock et al. 2021, unit-wise, with a floor on the weight norm (``clip_factor``,
+  ``agc_eps``, ``agc_exclude``);
+- ``AutoClipRule`` (``"autoclip"``): Seetharaman et al. 2020, a percentile of recent total norms
+  (``percentile``, ``history_size``);
+- ``ZClipRule`` (``"zclip"``): Kumar et al. 2025, the z-score of the total norm against its EMA statistics
+  (``zclip_alpha``, ``zclip_z_thresh``, ``zclip_warmup_steps``).
 
 The option names are ``GradientClipping``'s own, so a YAML config, the callback and a rule use one
-vocabulary. :data:`CLIP_RULES` maps each ``algorithm`` name to its rule class.
+vocabulary. ``CLIP_RULES`` maps each ``algorithm`` name to its rule class.
 
 Example:
     >>> import torch
@@ -66,7 +60,7 @@ class ClipRule(ABC):
     """The interface of a clipping rule: options, resumable state and an in-place clip.
 
     Subclasses set ``name`` (the ``algorithm`` that selects them), ``options`` (their constructor
-    arguments, named as ``GradientClipping``'s) and ``uses_total_norm`` (whether :meth:`clip_` needs the
+    arguments, named as ``GradientClipping``'s) and ``uses_total_norm`` (whether ``clip_`` needs the
     total norm; ``GradientClipping`` then computes it once and shares it).
 
     Example:
@@ -124,7 +118,7 @@ class ClipRule(ABC):
         return {}
 
     def load_state_dict(self, state: Mapping[str, Tensor]) -> None:  # noqa: B027 - stateless by default
-        """Restore what :meth:`state_dict` returned.
+        """Restore what ``state_dict`` returned.
 
         Args:
             state: the saved state.
@@ -151,14 +145,14 @@ class NormClipRule(ClipRule):
     def clip_(
         self, params: Sequence[Tensor], grads: Sequence[Tensor], total_norm: Tensor | None
     ) -> dict[str, Tensor]:
-        """Scale every gradient by ``min(1, max_norm / total_norm)``; see :meth:`ClipRule.clip_`."""
+        """Scale every gradient by ``min(1, max_norm / total_norm)``; see ``ClipRule.clip_``."""
         assert total_norm is not None
         coef = clip_coefficient(total_norm, self.max_norm)
         scale_grads_(grads, coef)
         return {"coef": coef}
 
     def describe(self) -> str:
-        """See :meth:`ClipRule.describe`."""
+        """See ``ClipRule.describe``."""
         return f"total norm <= {self.max_norm:g}"
 
 
@@ -183,12 +177,12 @@ class ValueClipRule(ClipRule):
     def clip_(
         self, params: Sequence[Tensor], grads: Sequence[Tensor], total_norm: Tensor | None
     ) -> dict[str, Tensor]:
-        """Clamp in place; see :meth:`ClipRule.clip_`."""
+        """Clamp in place; see ``ClipRule.clip_``."""
         clip_grads_by_value_(params, self.clip_value)
         return {}
 
     def describe(self) -> str:
-        """See :meth:`ClipRule.describe`."""
+        """See ``ClipRule.describe``."""
         return f"|g| <= {self.clip_value:g}"
 
 
@@ -235,12 +229,12 @@ class AGCRule(ClipRule):
     def clip_(
         self, params: Sequence[Tensor], grads: Sequence[Tensor], total_norm: Tensor | None
     ) -> dict[str, Tensor]:
-        """Clip every unit of every parameter not excluded; see :meth:`ClipRule.clip_`."""
+        """Clip every unit of every parameter not excluded; see ``ClipRule.clip_``."""
         agc_clip_([p for p in params if id(p) not in self._excluded], self.clip_factor, self.agc_eps)
         return {}
 
     def describe(self) -> str:
-        """See :meth:`ClipRule.describe`."""
+        """See ``ClipRule.describe``."""
         excluded = f", {len(self._excluded)} tensors excluded" if self.agc_exclude else ""
         return f"AGC clip_factor={self.clip_factor:g}{excluded}"
 
@@ -261,7 +255,7 @@ class AutoClipRule(ClipRule):
     """AutoClip (Seetharaman et al. 2020): clip to a percentile of the recent total norms.
 
     The threshold is the ``percentile``-th percentile of the last ``history_size`` total norms, the current
-    one included; the history (:class:`~lightning_reg.gradients.core.AutoClipState`) is resumable.
+    one included; the history (``AutoClipState``) is resumable.
 
     Args:
         percentile: in percent: ``0`` or a number in ``[1, 100]`` (a value in ``(0, 1)`` looks like a
@@ -293,7 +287,7 @@ class AutoClipRule(ClipRule):
     def clip_(
         self, params: Sequence[Tensor], grads: Sequence[Tensor], total_norm: Tensor | None
     ) -> dict[str, Tensor]:
-        """Record the norm, clip to the percentile; see :meth:`ClipRule.clip_`."""
+        """Record the norm, clip to the percentile; see ``ClipRule.clip_``."""
         assert total_norm is not None
         if self.state is None:
             self.state = AutoClipState.create(self.history_size, device=total_norm.device)
@@ -304,15 +298,15 @@ class AutoClipRule(ClipRule):
         return {"coef": coef, "threshold": threshold}
 
     def describe(self) -> str:
-        """See :meth:`ClipRule.describe`."""
+        """See ``ClipRule.describe``."""
         return f"AutoClip {self.percentile:g}th percentile of the last {self.history_size} norms"
 
     def state_dict(self) -> dict[str, Tensor]:
-        """Return the norm history (see :meth:`ClipRule.state_dict`)."""
+        """Return the norm history (see ``ClipRule.state_dict``)."""
         return _cpu_copy(self.state)
 
     def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
-        """Restore the norm history (see :meth:`ClipRule.load_state_dict`)."""
+        """Restore the norm history (see ``ClipRule.load_state_dict``)."""
         if state:
             self.state = AutoClipState(state["history"].clone(), state["count"].clone())
 
@@ -323,7 +317,7 @@ class ZClipRule(ClipRule):
     After ``zclip_warmup_steps`` steps (no clipping; they initialise mean and variance), a norm with
     z-score above ``zclip_z_thresh`` is clipped to ``mean + z_thresh**2 / z * std``; the EMA (decay
     ``zclip_alpha``) is fed the clipped norm. The statistics
-    (:class:`~lightning_reg.gradients.core.ZClipState`) are resumable.
+    (``ZClipState``) are resumable.
 
     Args:
         zclip_alpha: EMA decay in ``(0, 1)``.
@@ -351,7 +345,7 @@ class ZClipRule(ClipRule):
     def clip_(
         self, params: Sequence[Tensor], grads: Sequence[Tensor], total_norm: Tensor | None
     ) -> dict[str, Tensor]:
-        """Update the statistics, clip a spike; see :meth:`ClipRule.clip_`."""
+        """Update the statistics, clip a spike; see ``ClipRule.clip_``."""
         assert total_norm is not None
         if self.state is None:
             self.state = ZClipState.create(self.zclip_warmup_steps, device=total_norm.device)
@@ -361,15 +355,15 @@ class ZClipRule(ClipRule):
         return {"coef": coef, "threshold": target}
 
     def describe(self) -> str:
-        """See :meth:`ClipRule.describe`."""
+        """See ``ClipRule.describe``."""
         return f"ZClip z > {self.zclip_z_thresh:g} after {self.zclip_warmup_steps} warm-up steps"
 
     def state_dict(self) -> dict[str, Tensor]:
-        """Return the EMA statistics (see :meth:`ClipRule.state_dict`)."""
+        """Return the EMA statistics (see ``ClipRule.state_dict``)."""
         return _cpu_copy(self.state)
 
     def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
-        """Restore the EMA statistics (see :meth:`ClipRule.load_state_dict`)."""
+        """Restore the EMA statistics (see ``ClipRule.load_state_dict``)."""
         if state:
             self.state = ZClipState(
                 state["mean"].clone(), state["var"].clone(), state["warmup"].clone(), state["count"].clone()

@@ -1,14 +1,14 @@
 """One optimizer step's gradients, read once and shared by ``GradientMonitor`` and ``GradientClipping``.
 
 Both callbacks need the gradients of the optimizer step about to happen, and usually the same per-tensor
-norms. A :class:`SharedGradients` instance, one per Trainer and fit, holds what this step has measured so
+norms. A ``SharedGradients`` instance, one per Trainer and fit, holds what this step has measured so
 far, so the norms are computed once however many callbacks read them. It also holds the *pre-change
 readers*: callbacks that must see the gradients before another callback changes them (the monitor
-registers itself; the clipper calls :meth:`SharedGradients.before_change` before it clips), so the monitor
+registers itself; the clipper calls ``SharedGradients.before_change`` before it clips), so the monitor
 logs the pre-clip gradients whatever the order of the callbacks.
 
 The callbacks find each other's instance through their public ``shared_gradients`` attribute: the first
-to set up creates it, the others adopt it (:meth:`SharedGradients.join`), and each drops it at teardown,
+to set up creates it, the others adopt it (``SharedGradients.join``), and each drops it at teardown,
 so a new fit starts fresh. Nothing is kept at module level.
 
 Example:
@@ -75,7 +75,7 @@ class StepGradients:
     total: Tensor | None
 
     def local_weights(self) -> list[Tensor]:
-        """Return the parameters' values (local shards, detached), in the order of :attr:`params`.
+        """Return the parameters' values (local shards, detached), in the order of ``params``.
 
         Example:
             >>> StepGradients([], [], None, None).local_weights()

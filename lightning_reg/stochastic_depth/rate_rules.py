@@ -12,7 +12,7 @@ Two independent pieces decide the drop rate of block ``l`` (0-based, of ``L`` bl
   ``1 - t / cutoff`` (``mode="linear"``) or 1 (``mode="constant"``) before the cutoff, 0 from it),
   ``"late"`` (0 before the cutoff, 1 from it) or a callable ``(step, total_steps) -> multiplier``.
 
-The rate in use is ``target_rate * multiplier``. :class:`DepthRuleSpec` and :class:`TimeScheduleSpec` are
+The rate in use is ``target_rate * multiplier``. ``DepthRuleSpec`` and ``TimeScheduleSpec`` are
 the two pieces as settings (small frozen dataclasses that validate themselves at construction), as
 ``StochasticDepthScheduler`` takes them.
 
@@ -537,7 +537,7 @@ class TimeScheduleSpec:
         """Return the ``(step, total_steps) -> multiplier`` function, its cutoff bound.
 
         Args:
-            cutoff_steps: the cutoff in optimizer steps (:meth:`cutoff_steps`); needed by cutoff schedules.
+            cutoff_steps: the cutoff in optimizer steps (``cutoff_steps``); needed by cutoff schedules.
 
         Example:
             >>> TimeScheduleSpec("early", cutoff=4).function(4)(2, 100)
