@@ -6,7 +6,7 @@ compiled with ``torch.compile`` (``--backend``, default inductor). Three numbers
 
 1. **Graphs** over a 30-step warm-up schedule, counted by dynamo (``torch._dynamo.utils.counters``), with
    rates written as float attributes (what the scheduler did before) and with rates held in a tensor
-   (:class:`lightning_reg.stochastic_depth.rates.ScheduledRates`, what it does now). Counted with the
+   (:class:`lightning_reg.stochastic_depth.rate_tensor.ScheduledRates`, what it does now). Counted with the
    cheap ``eager`` backend; the counts do not depend on the backend.
 2. **Step time** (forward, backward, SGD step) of the compiled model whose rates change at every step,
    over the same compiled model at a constant rate: the ratio is the cost of scheduling under compile
@@ -39,7 +39,7 @@ from torch._dynamo.utils import counters
 from benchmarks.harness import Report, time_interleaved
 from lightning_reg import DropPath
 from lightning_reg.stochastic_depth.layers import find_drop_rate_modules
-from lightning_reg.stochastic_depth.rates import ScheduledRates
+from lightning_reg.stochastic_depth.rate_tensor import ScheduledRates
 
 try:
     from timm.layers import DropPath as TimmDropPath

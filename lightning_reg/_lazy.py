@@ -36,7 +36,7 @@ def module_all(module_name: str) -> list[str]:
         ValueError: if the module has no literal ``__all__`` list.
 
     Example:
-        >>> module_all("lightning_reg.stochastic_depth.schedules")[:2]
+        >>> module_all("lightning_reg.stochastic_depth.rate_rules")[:2]
         ['DEPTH_RULES', 'TIME_SCHEDULES']
     """
     spec = importlib.util.find_spec(module_name)
@@ -66,7 +66,7 @@ def export(
         ``(__getattr__, __dir__, __all__)`` for the package.
 
     Example:
-        >>> getattr_, dir_, names = export("lightning_reg.stochastic_depth", ["schedules"])
+        >>> getattr_, dir_, names = export("lightning_reg.stochastic_depth", ["rate_rules"])
         >>> "linear_depth_rates" in names
         True
     """

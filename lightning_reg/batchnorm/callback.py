@@ -11,6 +11,7 @@ from lightning.pytorch.callbacks import Callback, StochasticWeightAveraging
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, FSDPStrategy
 from lightning.pytorch.utilities.rank_zero import WarningCache
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim import Optimizer
 from typing_extensions import override
 
@@ -84,8 +85,6 @@ class FreezeBatchNorm(Callback):
 
     def _layers(self, pl_module: pl.LightningModule) -> list[tuple[str, nn.Module]]:
         """Return the selected BatchNorm layers with their (wrapper-stripped) names."""
-        from torch.nn.modules.batchnorm import _BatchNorm
-
         layers = [
             (strip_wrapper_prefixes(name), m)
             for name, m in pl_module.named_modules()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import lightning.pytorch as pl
@@ -14,79 +13,51 @@ from torch import Tensor
 from typing_extensions import override
 
 from lightning_reg._shared.keys import Keys
-from lightning_reg._shared.names import NameSelector, strip_wrapper_prefixes
+from lightning_reg._shared.names import strip_wrapper_prefixes
 from lightning_reg._shared.step_logging import is_logging_step, log_interval, log_step_metrics
 from lightning_reg._shared.validation import (
     check_bool,
     check_choice,
     check_int,
     check_log_every_n_steps,
-    check_number,
     check_str,
-    check_str_list,
 )
 from lightning_reg._shared.verbosity import check_verbose, say
-from lightning_reg.gradients.core import (
-    AutoClipState,
-    ZClipState,
-    agc_clip_,
-    autoclip_step,
-    clip_coefficient,
-    clip_grads_by_value_,
-    grad_norms,
-    scale_grads_,
-    zclip_step,
-)
-from lightning_reg.gradients.monitor import (
-    _STEP_CACHE,
-    GradientMonitor,
-    _check_strategy,
-    _is_sharded,
-    _read_step_grads,
-    _reduce_fn,
-    _step_key,
-)
+from lightning_reg.gradients.clip_rules import CLIP_RULES, ClipRule
+from lightning_reg.gradients.core import check_norm_type, grad_norms
+from lightning_reg.gradients.shared_gradients import SharedGradients, StepGradients
 
 __all__ = ["GradientClipping"]
 
-_ALGORITHMS = ("norm", "value", "agc", "autoclip", "zclip", None)
+_ALGORITHMS = (*CLIP_RULES, None)
+
+#: The rule each rule-specific argument belongs to (``norm_type`` serves them all).
+_OWNER = {option: name for name, rule in CLIP_RULES.items() for option in rule.options}
 
 
-#: The algorithm each algorithm-specific argument belongs to (``norm_type`` serves them all).
-_ARGUMENT_OF = {
-    "max_norm": "norm",
-    "clip_value": "value",
-    "clip_factor": "agc",
-    "agc_eps": "agc",
-    "agc_exclude": "agc",
-    "percentile": "autoclip",
-    "history_size": "autoclip",
-    "zclip_alpha": "zclip",
-    "zclip_z_thresh": "zclip",
-    "zclip_warmup_steps": "zclip",
-}
+def _make_rule(algorithm: str | None, options: dict[str, Any]) -> ClipRule | None:
+    """Build the rule of ``algorithm`` from the arguments given (``None``: not given).
 
-
-def _check_unused_arguments(algorithm: str | None, **given: Any) -> None:
-    """Refuse an argument of another algorithm set to a value other than its default (it would do nothing).
+    An argument of another rule would do nothing: it is refused whatever its value, naming the rule it
+    belongs to.
 
     Example:
-        >>> _check_unused_arguments("zclip", max_norm=5.0)
+        >>> _make_rule("zclip", {"max_norm": 1.0, "zclip_alpha": None})
         Traceback (most recent call last):
         ...
-        ValueError: GradientClipping(algorithm='zclip') does not use max_norm=5.0 (an argument of 'norm'); ...
+        ValueError: GradientClipping(algorithm='zclip') does not use max_norm=1.0 (an argument of 'norm'); ...
     """
-    defaults = inspect.signature(GradientClipping.__init__).parameters
-    unused = [
-        f"{name}={value!r} (an argument of {_ARGUMENT_OF[name]!r})"
-        for name, value in given.items()
-        if _ARGUMENT_OF[name] != algorithm and value != defaults[name].default
-    ]
+    given = {name: value for name, value in options.items() if value is not None}
+    rule = CLIP_RULES.get(algorithm) if algorithm is not None else None
+    own = rule.options if rule is not None else ()
+    unused = [(name, value) for name, value in given.items() if name not in own]
     if unused:
+        listed = ", ".join(f"{name}={value!r} (an argument of {_OWNER[name]!r})" for name, value in unused)
         raise ValueError(
-            f"GradientClipping(algorithm={algorithm!r}) does not use {', '.join(unused)}; remove "
+            f"GradientClipping(algorithm={algorithm!r}) does not use {listed}; remove "
             f"{'it' if len(unused) == 1 else 'them'}, or choose that algorithm."
         )
+    return None if rule is None else rule(**given)
 
 
 class GradientClipping(Callback):
@@ -131,46 +102,55 @@ class GradientClipping(Callback):
     with this callback is an error at setup.
 
     Args:
-        algorithm: one of ``"norm"``, ``"value"``, ``"agc"``, ``"autoclip"``, ``"zclip"`` or ``None``.
-        max_norm: threshold for ``"norm"``.
-        norm_type: p of the norm for ``"norm"``, and of the logged/adaptive total norm.
-        clip_value: bound for ``"value"``.
-        clip_factor: AGC's lambda.
-        agc_eps: AGC's floor on the weight norm.
+        algorithm: one of ``"norm"``, ``"value"``, ``"agc"``, ``"autoclip"``, ``"zclip"`` or ``None``; the
+            rule is built as a ``ClipRule`` (``clip.rule``) from the arguments below that belong to it.
+        max_norm: threshold for ``"norm"`` (default ``1.0``).
+        norm_type: p of the norm for ``"norm"``, and of the logged/adaptive total norm: a number ``> 0``,
+            ``float("inf")`` or the string ``"inf"``.
+        clip_value: bound for ``"value"`` (default ``1.0``).
+        clip_factor: AGC's lambda (default ``0.01``).
+        agc_eps: AGC's floor on the weight norm (default ``1e-3``).
         agc_exclude: parameter names AGC leaves alone (e.g. the classifier head), in the library's name
             selector syntax: a dotted name or prefix, a glob, or ``re:<regex>``.
         percentile: AutoClip's percentile, in percent: ``0`` or a number in ``[1, 100]`` (a value in
-            ``(0, 1)`` looks like a fraction and is refused).
-        history_size: AutoClip's bounded history length.
-        zclip_alpha: ZClip's EMA decay in ``(0, 1)``.
-        zclip_z_thresh: ZClip's z-score threshold.
-        zclip_warmup_steps: ZClip's warm-up steps (no clipping; they initialise mean and variance).
+            ``(0, 1)`` looks like a fraction and is refused; default ``10.0``).
+        history_size: AutoClip's bounded history length (default ``1000``).
+        zclip_alpha: ZClip's EMA decay in ``(0, 1)`` (default ``0.97``).
+        zclip_z_thresh: ZClip's z-score threshold (default ``2.5``).
+        zclip_warmup_steps: ZClip's warm-up steps (no clipping; they initialise mean and variance; default
+            ``25``).
         skip_nonfinite: skip optimizer steps with NaN/Inf gradients (one host sync per step).
         max_consecutive_skips: raise after this many consecutive skipped steps.
         log_every_n_steps: logging interval in optimizer steps; ``None``: the Trainer's; ``0``: never.
-        prefix: first component of every key (as :class:`GradientMonitor`'s ``prefix``).
+        prefix: first component of every key (as ``GradientMonitor``'s ``prefix``).
         verbose: 0 quiet; 1 one line at fit start; 2 details.
+
+    The rule options default to ``None``, which means "the rule's default": an option of another rule is
+    refused whatever its value (``GradientClipping("agc", max_norm=1.0)`` raises, naming ``'norm'``).
 
     Example:
         >>> import lightning.pytorch as pl
         >>> from lightning_reg import GradientClipping
-        >>> trainer = pl.Trainer(callbacks=[GradientClipping("zclip")], logger=False)
+        >>> clip = GradientClipping("zclip", zclip_z_thresh=3.0)
+        >>> type(clip.rule).__name__, clip.rule.zclip_z_thresh, clip.rule.zclip_alpha
+        ('ZClipRule', 3.0, 0.97)
+        >>> trainer = pl.Trainer(callbacks=[clip], logger=False)
     """
 
     def __init__(
         self,
         algorithm: str | None = "norm",
-        max_norm: float = 1.0,
-        norm_type: float = 2.0,
-        clip_value: float = 1.0,
-        clip_factor: float = 0.01,
-        agc_eps: float = 1e-3,
+        max_norm: float | None = None,
+        norm_type: float | str = 2.0,
+        clip_value: float | None = None,
+        clip_factor: float | None = None,
+        agc_eps: float | None = None,
         agc_exclude: list[str] | None = None,
-        percentile: float = 10.0,
-        history_size: int = 1000,
-        zclip_alpha: float = 0.97,
-        zclip_z_thresh: float = 2.5,
-        zclip_warmup_steps: int = 25,
+        percentile: float | None = None,
+        history_size: int | None = None,
+        zclip_alpha: float | None = None,
+        zclip_z_thresh: float | None = None,
+        zclip_warmup_steps: int | None = None,
         skip_nonfinite: bool = False,
         max_consecutive_skips: int = 10,
         log_every_n_steps: int | None = None,
@@ -183,50 +163,30 @@ class GradientClipping(Callback):
         if algorithm is None and not skip_nonfinite:
             raise ValueError("`algorithm=None` only makes sense with `skip_nonfinite=True`.")
         self.algorithm = algorithm
-        self.max_norm = check_number("max_norm", max_norm, low=0, low_open=True)
-        self.norm_type = check_number("norm_type", norm_type, low=0, low_open=True, finite=False)
-        self.clip_value = check_number("clip_value", clip_value, low=0, low_open=True)
-        self.clip_factor = check_number("clip_factor", clip_factor, low=0, low_open=True)
-        self.agc_eps = check_number("agc_eps", agc_eps, low=0)
-        self.agc_exclude = check_str_list("agc_exclude", agc_exclude, none_ok=True) or []
-        self._agc_selector = NameSelector(self.agc_exclude, name="agc_exclude")
-        self.percentile = check_number("percentile", percentile, low=0, high=100)
-        if 0 < self.percentile < 1:
-            raise ValueError(
-                f"`percentile` is in percent (0 to 100); got {percentile!r}, which looks like a fraction:"
-                f" pass {self.percentile * 100:g} for the {self.percentile * 100:g}th percentile (values in"
-                " (0, 1) are refused)."
-            )
-        self.history_size = check_int("history_size", history_size, low=1)
-        self.zclip_alpha = check_number(
-            "zclip_alpha", zclip_alpha, low=0, high=1, low_open=True, high_open=True
-        )
-        self.zclip_z_thresh = check_number("zclip_z_thresh", zclip_z_thresh, low=0, low_open=True)
-        self.zclip_warmup_steps = check_int("zclip_warmup_steps", zclip_warmup_steps, low=1)
-        self.max_consecutive_skips = check_int("max_consecutive_skips", max_consecutive_skips, low=1)
-        _check_unused_arguments(
-            algorithm,
+        self.norm_type = check_norm_type(norm_type)
+        options = dict(
             max_norm=max_norm,
             clip_value=clip_value,
             clip_factor=clip_factor,
             agc_eps=agc_eps,
-            agc_exclude=agc_exclude or None,
+            agc_exclude=agc_exclude,
             percentile=percentile,
             history_size=history_size,
             zclip_alpha=zclip_alpha,
             zclip_z_thresh=zclip_z_thresh,
             zclip_warmup_steps=zclip_warmup_steps,
         )
+        #: The clipping rule (``None`` for ``algorithm=None``): its options and resumable state.
+        self.rule = _make_rule(algorithm, options)
+        self.max_consecutive_skips = check_int("max_consecutive_skips", max_consecutive_skips, low=1)
         self.log_every_n_steps = check_log_every_n_steps(log_every_n_steps)
         self.prefix = check_str("prefix", prefix)
         self.verbose = check_verbose(verbose)
-        self.autoclip_state: AutoClipState | None = None
-        self.zclip_state: ZClipState | None = None
+        #: The gradients of the current step, shared with a ``GradientMonitor`` (set at setup).
+        self.shared_gradients: SharedGradients | None = None
         self.skipped_steps = 0
         self.consecutive_skips = 0
         self.last_metrics: dict[str, Tensor] = {}
-        self._done_key: tuple[int, int, float] | None = None
-        self._excluded: set[int] = set()
 
     @property
     @override
@@ -235,9 +195,8 @@ class GradientClipping(Callback):
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        _check_strategy(trainer, type(self).__name__)
-        _STEP_CACHE.pop(trainer, None)
-        self._done_key = None
+        shared = self.shared_gradients = SharedGradients.join(trainer, self)
+        shared.check_strategy(type(self).__name__)
         if trainer.gradient_clip_val is not None and trainer.gradient_clip_val > 0:
             raise MisconfigurationException(
                 f"`Trainer(gradient_clip_val={trainer.gradient_clip_val!r})` and `GradientClipping` would"
@@ -246,32 +205,37 @@ class GradientClipping(Callback):
             )
         if sum(isinstance(cb, GradientClipping) for cb in trainer.callbacks) > 1:
             raise MisconfigurationException("Only one `GradientClipping` callback may be used per Trainer.")
-        if self.algorithm == "agc" and _is_sharded(trainer):
+        if self.rule is None:
+            return
+        if not self.rule.supports_sharding and shared.sharded:
             raise MisconfigurationException(
-                f"`GradientClipping(algorithm='agc')` needs whole parameter rows and is not supported under"
-                f" `{type(trainer.strategy).__name__}`; use 'norm', 'value', 'autoclip' or 'zclip'."
+                f"`GradientClipping(algorithm={self.algorithm!r})` needs whole parameter rows and is not"
+                f" supported under `{type(trainer.strategy).__name__}`; use one of"
+                f" {[n for n, r in CLIP_RULES.items() if r.supports_sharding]}."
             )
         names = {strip_wrapper_prefixes(name): p for name, p in pl_module.named_parameters()}
-        self._excluded = {id(p) for name, p in names.items() if self._agc_selector.matches(name)}
-        message = self._agc_selector.unmatched_message(names)
-        if self.algorithm == "agc" and message:
+        message = self.rule.bind(names)
+        if message:
             rank_zero_warn(f"GradientClipping on {type(pl_module).__name__}: {message}")
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.shared_gradients = None  # the next fit shares a fresh one
+
+    @override
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        self.shared_gradients = None
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         n = log_interval(trainer, self.log_every_n_steps)
-        rule = {
-            "norm": f"total L{self.norm_type:g} norm <= {self.max_norm:g}",
-            "value": f"|g| <= {self.clip_value:g}",
-            "agc": f"AGC clip_factor={self.clip_factor:g}"
-            + (f", {len(self._excluded)} tensors excluded" if self.agc_exclude else ""),
-            "autoclip": f"AutoClip {self.percentile:g}th percentile of the last {self.history_size} norms",
-            "zclip": f"ZClip z > {self.zclip_z_thresh:g} after {self.zclip_warmup_steps} warm-up steps",
-            None: "no clipping",
-        }[self.algorithm]
+        rule = "no clipping" if self.rule is None else self.rule.describe()
         skip = ", non-finite steps skipped" if self.skip_nonfinite else ""
         logs = "not logged" if n == 0 else f"logged every {n} optimizer steps"
-        say(self.verbose, 1, f"GradientClipping: {rule}{skip}; {self.prefix}/clip/* {logs}.")
+        norms = f"L{self.norm_type:g} norms in {self.prefix}/clip/*"
+        say(self.verbose, 1, f"GradientClipping: {rule}{skip}; {norms} {logs}.")
 
     def clip_(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
@@ -315,72 +279,47 @@ class GradientClipping(Callback):
             0.5
         """
         optimizer = getattr(optimizer, "_optimizer", optimizer)  # LightningOptimizer -> torch optimizer
-        key = _step_key(trainer, optimizer, self.norm_type)
-        if self._done_key == key:
+        shared = self._shared(trainer)
+        if not shared.first_call(self, optimizer):
             return
-        self._done_key = key
-        # A present GradientMonitor reads the pre-clip gradients first; its norm pass is then reused.
-        for cb in trainer.callbacks:
-            if isinstance(cb, GradientMonitor) and cb.norm_type == self.norm_type:
-                cb.observe(trainer, pl_module, optimizer)
+        shared.before_change(trainer, pl_module, optimizer)  # a GradientMonitor logs the pre-clip gradients
         log = is_logging_step(trainer, self.log_every_n_steps)
-        needs_total = log or self.skip_nonfinite or self.algorithm in ("norm", "autoclip", "zclip")
-        step = None
-        if needs_total:
-            step, _ = _read_step_grads(trainer, optimizer, self.norm_type)
-            if not step.grads:
-                return
+        needs_total = log or self.skip_nonfinite or (self.rule is not None and self.rule.uses_total_norm)
+        step = shared.read(optimizer, self.norm_type) if needs_total else shared.gradients(optimizer)
+        if not step.grads:
+            return
         if self.skip_nonfinite:
-            assert step is not None
+            assert step.total is not None
             if self._skip_if_nonfinite(step.total, step.params, trainer):
                 if log:
                     self._log(trainer, {"skipped_steps": torch.tensor(self.skipped_steps)})
                 return
-        metrics: dict[str, Tensor] = {}
-        params = step.params if step is not None else [
-            p for g in optimizer.param_groups for p in g["params"] if p.grad is not None
-        ]
-        grads = step.grads if step is not None else [p.grad for p in params]
-        total = step.total if step is not None else None
-        coef = None
-        if self.algorithm == "norm":
-            assert total is not None
-            coef = clip_coefficient(total, self.max_norm)
-        elif self.algorithm == "autoclip":
-            assert total is not None
-            if self.autoclip_state is None:
-                self.autoclip_state = AutoClipState.create(self.history_size, device=total.device)
-            self._move_state(total.device)
-            thr = autoclip_step(self.autoclip_state, total, self.percentile)
-            coef = clip_coefficient(total, thr)
-            metrics["threshold"] = thr
-        elif self.algorithm == "zclip":
-            assert total is not None
-            if self.zclip_state is None:
-                self.zclip_state = ZClipState.create(self.zclip_warmup_steps, device=total.device)
-            self._move_state(total.device)
-            target, coef = zclip_step(self.zclip_state, total, self.zclip_alpha, self.zclip_z_thresh)
-            metrics["threshold"] = target
-        elif self.algorithm == "value":
-            clip_grads_by_value_(params, self.clip_value)
-        elif self.algorithm == "agc":
-            agc_clip_([p for p in params if id(p) not in self._excluded], self.clip_factor, self.agc_eps)
-        if coef is not None:
-            scale_grads_(grads, coef)
+        clipped = {} if self.rule is None else self.rule.clip_(step.params, step.grads, step.total)
         if log:
-            assert total is not None
-            metrics["norm_pre"] = total
-            if coef is not None:
-                metrics["coef"] = coef
-                metrics["norm_post"] = total * coef
-            elif self.algorithm in ("value", "agc"):
-                reduce_fn = _reduce_fn(trainer, self.norm_type)
-                metrics["norm_post"] = grad_norms(grads, self.norm_type, reduce_fn=reduce_fn).total
-            else:
-                metrics["norm_post"] = total
-            if self.skip_nonfinite:
-                metrics["skipped_steps"] = torch.tensor(self.skipped_steps)
-            self._log(trainer, metrics)
+            self._log(trainer, self._clip_metrics(step, clipped, shared))
+
+    def _shared(self, trainer: pl.Trainer) -> SharedGradients:
+        """Return the step's shared gradients; a private instance when called outside a fit's setup."""
+        if self.shared_gradients is None or self.shared_gradients.trainer is not trainer:
+            self.shared_gradients = SharedGradients.join(trainer, self)
+        return self.shared_gradients
+
+    def _clip_metrics(
+        self, step: StepGradients, clipped: dict[str, Tensor], shared: SharedGradients
+    ) -> dict[str, Tensor]:
+        """Pre- and post-clip norms and what the rule reported (coefficient, threshold)."""
+        assert step.total is not None
+        metrics = {"norm_pre": step.total, **clipped}
+        if "coef" in clipped:
+            metrics["norm_post"] = step.total * clipped["coef"]
+        elif self.rule is not None:  # element-wise rules: measure again
+            reduce_fn = shared.reduce_fn(self.norm_type)
+            metrics["norm_post"] = grad_norms(step.grads, self.norm_type, reduce_fn=reduce_fn).total
+        else:
+            metrics["norm_post"] = step.total
+        if self.skip_nonfinite:
+            metrics["skipped_steps"] = torch.tensor(self.skipped_steps)
+        return metrics
 
     def _log(self, trainer: pl.Trainer, metrics: dict[str, Tensor]) -> None:
         metrics = {Keys.grad(f"clip/{k}", self.prefix): v for k, v in metrics.items()}
@@ -409,14 +348,6 @@ class GradientClipping(Callback):
             )
         return True
 
-    def _move_state(self, device: torch.device) -> None:
-        for state in (self.autoclip_state, self.zclip_state):
-            if state is None:
-                continue
-            for name, value in vars(state).items():
-                if value.device != device:
-                    setattr(state, name, value.to(device))
-
     @override
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
@@ -429,20 +360,13 @@ class GradientClipping(Callback):
             "skipped_steps": self.skipped_steps,
             "consecutive_skips": self.consecutive_skips,
         }
-        if self.autoclip_state is not None:
-            out["autoclip"] = {k: v.detach().cpu().clone() for k, v in vars(self.autoclip_state).items()}
-        if self.zclip_state is not None:
-            out["zclip"] = {k: v.detach().cpu().clone() for k, v in vars(self.zclip_state).items()}
+        if self.rule is not None and (rule_state := self.rule.state_dict()):
+            out[self.rule.name] = rule_state  # "autoclip": the norm history, "zclip": the EMA statistics
         return out
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.skipped_steps = int(state_dict.get("skipped_steps", 0))
         self.consecutive_skips = int(state_dict.get("consecutive_skips", 0))
-        if "autoclip" in state_dict:
-            s = state_dict["autoclip"]
-            self.autoclip_state = AutoClipState(s["history"].clone(), s["count"].clone())
-        if "zclip" in state_dict:
-            s = state_dict["zclip"]
-            self.zclip_state = ZClipState(s["mean"].clone(), s["var"].clone(), s["warmup"].clone(),
-                                          s["count"].clone())
+        if self.rule is not None and self.rule.name in state_dict:
+            self.rule.load_state_dict(state_dict[self.rule.name])

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -36,6 +37,7 @@ __all__ = [
     "ZClipState",
     "agc_clip_",
     "autoclip_step",
+    "check_norm_type",
     "clip_coefficient",
     "clip_grads_by_norm_",
     "clip_grads_by_value_",
@@ -51,6 +53,41 @@ __all__ = [
 ]
 
 ReduceFn = Callable[[Tensor], Tensor]
+
+_NORM_TYPE_RULE = "a number > 0, float('inf') or the string 'inf'"
+
+
+def check_norm_type(norm_type: float | str, name: str = "norm_type") -> float:
+    """Return the p of a p-norm as a float: a number ``> 0``, ``float("inf")`` or a string such as ``"inf"``.
+
+    Strings are read with ``float()``, as Lightning's ``grad_norm`` and torch's ``clip_grad_norm_`` read
+    them, so ``"inf"`` (the spelling a YAML config or the command line gives) means the max norm.
+
+    Args:
+        norm_type: the p of the p-norm.
+        name: the argument's name, for the error message.
+
+    Raises:
+        TypeError: not a number or a string.
+        ValueError: ``<= 0``, NaN, or a string that is not a number.
+
+    Example:
+        >>> check_norm_type("inf"), check_norm_type(2)
+        (inf, 2.0)
+    """
+    value: Any = norm_type
+    if isinstance(norm_type, str):
+        try:
+            value = float(norm_type)
+        except ValueError:
+            raise ValueError(f"`{name}` must be {_NORM_TYPE_RULE}; got {norm_type!r}.") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(
+            f"`{name}` must be {_NORM_TYPE_RULE}; got {norm_type!r} of type {type(norm_type).__name__}."
+        )
+    if math.isnan(value) or value <= 0:
+        raise ValueError(f"`{name}` must be {_NORM_TYPE_RULE}; got {norm_type!r}.")
+    return float(value)
 
 
 def _buckets(tensors: Sequence[Tensor]) -> dict[tuple[torch.device, torch.dtype], list[int]]:
@@ -74,7 +111,7 @@ def _norm_dtype(tensors: Sequence[Tensor]) -> torch.dtype:
 
 
 def per_tensor_norms(
-    tensors: Sequence[Tensor], norm_type: float = 2.0, device: torch.device | None = None
+    tensors: Sequence[Tensor], norm_type: float | str = 2.0, device: torch.device | None = None
 ) -> Tensor:
     """Compute the norm of every tensor as one vector (one ``_foreach_norm`` per device/dtype bucket).
 
@@ -85,17 +122,20 @@ def per_tensor_norms(
 
     Args:
         tensors: the tensors (e.g. gradients).
-        norm_type: p of the p-norm (``0`` counts non-zeros, ``inf`` is the max abs).
+        norm_type: p of the p-norm (``0`` counts non-zeros, ``inf`` or ``"inf"`` is the max abs).
         device: where the result lives (default: the first tensor's device).
 
     Example:
         >>> per_tensor_norms([torch.ones(4), torch.ones(9)]).tolist()
         [2.0, 3.0]
+        >>> per_tensor_norms([torch.tensor([3.0, -4.0])], "inf").tolist()
+        [4.0]
         >>> per_tensor_norms([torch.full((2,), 1e23, dtype=torch.float64)]).dtype
         torch.float64
     """
     if not tensors:
         return torch.zeros(0, dtype=torch.float32, device=device)
+    norm_type = float(norm_type)
     device = tensors[0].device if device is None else device
     dtype = _norm_dtype(tensors)
     buckets = _buckets(tensors)
@@ -134,7 +174,7 @@ class GradStats:
 
 def grad_norms(
     grads_or_params: Sequence[Tensor],
-    norm_type: float = 2.0,
+    norm_type: float | str = 2.0,
     group_ids: Tensor | None = None,
     num_groups: int = 0,
     reduce_fn: ReduceFn | None = None,
@@ -144,7 +184,7 @@ def grad_norms(
     Args:
         grads_or_params: gradient tensors, or parameters (their ``.grad`` is used; parameters without a
             gradient are skipped, so pass gradients when you need ``group_ids`` aligned).
-        norm_type: p of the p-norm (``float("inf")`` for the max norm).
+        norm_type: p of the p-norm (``float("inf")`` or ``"inf"`` for the max norm).
         group_ids: int64 tensor, the group index of every gradient (same device as the output), or ``None``;
             the index ``num_groups`` marks an ungrouped gradient (counted in the total only).
         num_groups: number of groups when ``group_ids`` is given.
@@ -171,7 +211,7 @@ def grad_norms(
 
 def reduce_norms(
     per_tensor: Tensor,
-    norm_type: float = 2.0,
+    norm_type: float | str = 2.0,
     group_ids: Tensor | None = None,
     num_groups: int = 0,
     reduce_fn: ReduceFn | None = None,
@@ -276,7 +316,7 @@ def _grads_of(params: Iterable[Tensor]) -> list[Tensor]:
 def clip_grads_by_norm_(
     params: Iterable[Tensor],
     max_norm: float,
-    norm_type: float = 2.0,
+    norm_type: float | str = 2.0,
     total_norm: Tensor | None = None,
     reduce_fn: ReduceFn | None = None,
 ) -> tuple[Tensor, Tensor]:
@@ -580,6 +620,25 @@ class ParamGrouping:
         ids = [self.index.get(id(p), rest) for p in params]
         return torch.tensor(ids, dtype=torch.int64, device=device)
 
+    def trainable_groups(self, params: Iterable[Tensor]) -> set[int]:
+        """Return the indices of the groups that hold at least one of ``params`` with ``requires_grad=True``.
+
+        A group outside this set is frozen: its gradient is not computed, so it has no norm (rather than a
+        norm of 0). Decided on the host from ``requires_grad`` flags, identical on every rank.
+
+        Args:
+            params: the parameters to look at (e.g. ``model.parameters()``).
+
+        Example:
+            >>> m = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
+            >>> m[0].requires_grad_(False)
+            Linear(in_features=2, out_features=2, bias=True)
+            >>> group_by_module_depth(m).trainable_groups(m.parameters())
+            {1}
+        """
+        index = self.index
+        return {index[id(p)] for p in params if p.requires_grad and id(p) in index}
+
 
 def group_by_module_depth(model: nn.Module, depth: int = 1, separator: str = ".") -> ParamGrouping:
     """Group parameters by the module that owns them, cut to ``depth`` levels below the shared prefix.
@@ -590,11 +649,16 @@ def group_by_module_depth(model: nn.Module, depth: int = 1, separator: str = "."
     top-level children (``net.layer1``, ``net.layer2``, ...) and not into one group ``net``, and
     ``depth=2`` gives ``net.layer1.0``, ... and keeps a shallower leaf such as ``net.fc`` whole.
 
+    A group named by a module path holds that module's whole subtree, with one exception named so it
+    cannot be misread: when a module owns parameters directly (e.g. a ViT's ``cls_token`` on ``net``)
+    while its children form groups of their own, its own parameters form the group ``<path>/own``
+    (``net/own``), not ``net``, which would read as the whole network. ``/`` never occurs in a module
+    path, so that name cannot clash with a submodule's.
+
     Args:
         model: the module.
-        depth: module levels to keep below the shared prefix (``1``: top-level children). Parameters
-            owned by the shared prefix module itself (e.g. a ViT's ``cls_token``) form its group
-            (``net``); a parameter of the root module, with no module path, forms its own group.
+        depth: module levels to keep below the shared prefix (``1``: top-level children). A parameter of
+            the root module, with no module path, forms its own group, named by the parameter.
         separator: name separator.
 
     Returns:
@@ -608,6 +672,9 @@ def group_by_module_depth(model: nn.Module, depth: int = 1, separator: str = "."
         >>> wrapper.net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
         >>> group_by_module_depth(wrapper).names
         ['net.0', 'net.1']
+        >>> wrapper.net.register_parameter("cls_token", torch.nn.Parameter(torch.zeros(2)))
+        >>> group_by_module_depth(wrapper).names
+        ['net/own', 'net.0', 'net.1']
     """
     check_int("depth", depth, low=1)
     named = list(model.named_parameters())
@@ -622,7 +689,17 @@ def group_by_module_depth(model: nn.Module, depth: int = 1, separator: str = "."
             lookup[key] = len(names)
             names.append(key)
         index[id(p)] = lookup[key]
-    return ParamGrouping(names, index)
+    return ParamGrouping([_own_group_name(key, names, separator) for key in names], index)
+
+
+#: Suffix of a group that holds only the parameters a module owns directly (its children are grouped apart).
+_OWN_GROUP_SUFFIX = "/own"
+
+
+def _own_group_name(key: str, keys: list[str], separator: str) -> str:
+    """``key`` itself if it names a whole subtree, else ``key + _OWN_GROUP_SUFFIX``."""
+    inner = key + separator
+    return key + _OWN_GROUP_SUFFIX if any(other.startswith(inner) for other in keys) else key
 
 
 def _shared_prefix(paths: list[list[str]]) -> int:

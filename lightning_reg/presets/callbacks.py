@@ -35,7 +35,6 @@ from lightning_reg.presets.core import (
 from lightning_reg.stochastic_depth.callback import StochasticDepthScheduler
 from lightning_reg.stochastic_depth.layers import (
     DEFAULT_BRANCH_ENDS,
-    DropRateModule,
     add_stochastic_depth,
     find_drop_rate_modules,
 )
@@ -136,13 +135,14 @@ class PresetStochasticDepth(StochasticDepthScheduler):
 
     At fit start: if the model already holds drop-path modules (our ``DropPath``, torchvision's
     ``StochasticDepth``, timm's ``DropPath``) and some rate is above 0, the model's own depth profile is
-    kept and scaled so that its deepest rate becomes ``max_rate`` (a timm model built with
-    ``drop_path_rate=d`` gets timm's linear rule up to ``max_rate`` over all its blocks, although timm
-    builds no module for the first block at rate 0); with all their rates at 0 the depth rule sets them;
-    otherwise :func:`~lightning_reg.add_stochastic_depth` inserts DropPath into every residual block it
-    knows (torchvision ``BasicBlock``/``Bottleneck``, plus ``branch_ends``). A model with no residual
-    block (an MLP, a plain CNN) gets nothing: the component is skipped with a one-line note and the
-    callback does nothing else. Everything else is :class:`~lightning_reg.StochasticDepthScheduler`.
+    kept and scaled so that its deepest rate becomes ``max_rate`` (the scheduler's
+    ``scale_model_rates=True``: a timm model built with ``drop_path_rate=d`` gets timm's linear rule up to
+    ``max_rate`` over all its blocks, although timm builds no module for the first block at rate 0); with
+    all their rates at 0 the depth rule sets them; otherwise :func:`~lightning_reg.add_stochastic_depth`
+    inserts DropPath into every residual block it knows (torchvision ``BasicBlock``/``Bottleneck``, plus
+    ``branch_ends``), at the depth rule's rates. A model with no residual block (an MLP, a plain CNN) gets
+    nothing: the component is skipped with a one-line note and the callback does nothing else. Everything
+    else is :class:`~lightning_reg.StochasticDepthScheduler`.
 
     Args:
         max_rate: rate of the deepest block.
@@ -172,7 +172,9 @@ class PresetStochasticDepth(StochasticDepthScheduler):
     ) -> None:
         check_choice("schedule", schedule, ("constant", "warmup"))
         timing: dict[str, Any] = {"cutoff": warmup, "cutoff_unit": "fraction"} if schedule == "warmup" else {}
-        super().__init__(max_rate=max_rate, rule=rule, schedule=schedule, verbose=verbose, **timing)
+        super().__init__(
+            max_rate=max_rate, rule=rule, schedule=schedule, scale_model_rates=True, verbose=verbose, **timing
+        )
         for key, end in (branch_ends or {}).items():
             if not isinstance(key, (str, type)) or not isinstance(end, str):
                 raise TypeError(
@@ -184,12 +186,10 @@ class PresetStochasticDepth(StochasticDepthScheduler):
         self.verbose = check_verbose(verbose)
         #: True when the model had no residual block (nothing inserted, nothing scheduled).
         self.skipped = False
-        self._inserted = False
 
     @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.skipped = False
-        self._inserted = False
         if not find_drop_rate_modules(pl_module):
             ends = _branch_ends(pl_module, self.branch_ends)
             known = tuple({**DEFAULT_BRANCH_ENDS, **ends})
@@ -215,17 +215,9 @@ class PresetStochasticDepth(StochasticDepthScheduler):
                 )
                 return
             assert self.max_rate is not None
+            # the inserted rates follow the rule up to max_rate, which scale_model_rates then keeps
             add_stochastic_depth(pl_module, self.max_rate, self.rule, branch_ends=ends)
-            self._inserted = True
         super().on_fit_start(trainer, pl_module)
-
-    @override
-    def _drop_path_targets(self, drop_paths: list[DropRateModule]) -> list[float]:
-        own = self._original_rates[: len(drop_paths)]
-        top = max(own, default=0.0)
-        if self._inserted or top == 0.0 or self.max_rate is None:
-            return super()._drop_path_targets(drop_paths)
-        return [self.max_rate * rate / top for rate in own]
 
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -288,7 +280,8 @@ def preset_callbacks(
     with the preset's patience and best-weights restore; :class:`~lightning_reg.OverfittingMonitor` on
     ``pairs`` (default: the training twin of ``monitor``, e.g. ``train_loss`` for ``val_loss``) with the
     preset's warm-up and probe; :class:`~lightning_reg.GradientClipping` with the preset's rule (absent
-    when ``clipping`` is None); :class:`PresetStochasticDepth` (absent when ``drop_path_rate`` is 0).
+    when ``clipping`` is None); :class:`PresetStochasticDepth` (absent when ``drop_path_rate`` is None or
+    0).
     Pass ``RegularizedModule(preset=..., num_classes=K)`` for the module side.
 
     Args:
@@ -299,7 +292,8 @@ def preset_callbacks(
         pairs: the overfitting monitor's ``{name: (train_key, val_key[, mode])}``.
         branch_ends: your own residual blocks for drop-path (see :class:`PresetStochasticDepth`).
         verbose: ``0`` quiet, ``1`` one line per callback at fit start and the skip notes, ``2`` details.
-        **overrides: preset components to change, e.g. ``patience=40`` or ``drop_path_rate=0``.
+        **overrides: preset components to change, e.g. ``patience=40``; ``clipping=None`` and
+            ``drop_path_rate=None`` switch those components off.
 
     Returns:
         The callbacks.
@@ -312,6 +306,8 @@ def preset_callbacks(
         >>> cbs = preset_callbacks("strong", patience=40, clipping=None)
         >>> [type(cb).__name__ for cb in cbs], cbs[1].patience
         (['PresetSummary', 'EarlyStopping', 'OverfittingMonitor', 'PresetStochasticDepth'], 40)
+        >>> [type(cb).__name__ for cb in preset_callbacks("strong", clipping=None, drop_path_rate=None)]
+        ['PresetSummary', 'EarlyStopping', 'OverfittingMonitor']
     """
     p = get_preset(preset, **overrides)
     check_str("monitor", monitor)
@@ -331,7 +327,7 @@ def preset_callbacks(
     if p.clipping is not None:
         norm = {"max_norm": p.clip_max_norm} if p.clipping == "norm" else {}
         callbacks.append(GradientClipping(algorithm=p.clipping, verbose=v, **norm))
-    if p.drop_path_rate > 0:
+    if p.drop_path_rate:  # None is stored as 0.0: off
         callbacks.append(
             PresetStochasticDepth(
                 p.drop_path_rate,

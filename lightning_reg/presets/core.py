@@ -60,7 +60,8 @@ class Preset:
         mixup_alpha: Beta parameter of Mixup's weight, ``> 0``.
         cutmix_prob: probability that a training batch is mixed by CutMix (images and sequences only).
         cutmix_alpha: Beta parameter of CutMix's area, ``> 0``.
-        drop_path_rate: drop-path rate of the deepest residual block (0 disables it).
+        drop_path_rate: drop-path rate of the deepest residual block; ``0`` or ``None`` disables it (as
+            ``clipping=None`` disables clipping; stored as ``0.0``).
         drop_path_rule: depth rule of the rates (``"linear"``: timm's ``linspace(0, rate, depth)``).
         drop_path_schedule: ``"constant"``, or ``"warmup"`` (rates rise linearly over the first
             ``drop_path_warmup`` fraction of training).
@@ -90,7 +91,7 @@ class Preset:
     mixup_alpha: float = 0.2
     cutmix_prob: float = 0.0
     cutmix_alpha: float = 1.0
-    drop_path_rate: float = 0.0
+    drop_path_rate: float | None = 0.0
     drop_path_rule: str = "linear"
     drop_path_schedule: str = "constant"
     drop_path_warmup: float = 0.0
@@ -115,7 +116,8 @@ class Preset:
                 f"`mixup_prob` + `cutmix_prob` must be <= 1 (each batch is mixed at most once); got "
                 f"{self.mixup_prob!r} + {self.cutmix_prob!r}."
             )
-        set_(self, "drop_path_rate", check_rate("drop_path_rate", self.drop_path_rate))
+        drop_path_rate = 0.0 if self.drop_path_rate is None else self.drop_path_rate  # None: off
+        set_(self, "drop_path_rate", check_rate("drop_path_rate", drop_path_rate))
         check_str("drop_path_rule", self.drop_path_rule)
         check_choice("drop_path_schedule", self.drop_path_schedule, _SCHEDULES)
         set_(

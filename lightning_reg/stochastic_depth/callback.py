@@ -1,8 +1,8 @@
 """``StochasticDepthScheduler``: drop-path (and dropout) rates by depth rule and time schedule.
 
 A thin Lightning shell over :mod:`lightning_reg.stochastic_depth.layers` (finding drop-path modules),
-:mod:`lightning_reg.stochastic_depth.schedules` (depth rules and time schedules) and
-:mod:`lightning_reg.stochastic_depth.rates` (rates in one device tensor, so ``torch.compile`` does not
+:mod:`lightning_reg.stochastic_depth.rate_rules` (depth rules and time schedules) and
+:mod:`lightning_reg.stochastic_depth.rate_tensor` (rates in one device tensor, so ``torch.compile`` does not
 recompile when they change). Per optimizer step it does nothing when the schedule's multiplier did not
 change, and otherwise one in-place tensor multiply plus float attribute writes: no host-device sync.
 
@@ -16,7 +16,6 @@ Example:
 
 from __future__ import annotations
 
-import importlib
 import math
 from typing import Any, Literal
 
@@ -28,32 +27,13 @@ from typing_extensions import override
 
 from lightning_reg._shared.keys import Keys
 from lightning_reg._shared.step_logging import is_logging_step, log_step_metrics
-from lightning_reg._shared.validation import (
-    check_bool,
-    check_choice,
-    check_log_every_n_steps,
-    check_number,
-    check_rate,
-)
+from lightning_reg._shared.validation import check_bool, check_log_every_n_steps, check_rate
 from lightning_reg._shared.verbosity import check_verbose, say
-from lightning_reg.stochastic_depth.layers import DropRateModule, find_drop_rate_modules
-from lightning_reg.stochastic_depth.rates import ScheduledRates
-from lightning_reg.stochastic_depth.schedules import (
-    DEPTH_RULES,
-    EARLY_MODES,
-    TIME_SCHEDULES,
-    DepthRule,
-    TimeSchedule,
-    _check_rule,
-    _check_schedule,
-    depth_rates,
-)
-from lightning_reg.stochastic_depth.schedules import make_time_schedule as _make_time_schedule
+from lightning_reg.stochastic_depth.layers import DropRateSite, find_drop_rate_modules
+from lightning_reg.stochastic_depth.rate_rules import DepthRule, DepthRuleSpec, TimeSchedule, TimeScheduleSpec
+from lightning_reg.stochastic_depth.rate_tensor import ScheduledRates
 
 __all__ = ["StochasticDepthScheduler"]
-
-_CUTOFF_UNITS = ("step", "epoch", "fraction")
-_CUTOFF_SCHEDULES = ("warmup", "early", "late")
 
 _NONE_FOUND = (
     "StochasticDepthScheduler found no drop-path module in {model}{dropout}. It schedules lightning_reg"
@@ -64,26 +44,6 @@ _NONE_FOUND = (
     " of DropPath when `drop_path_rate=0` (the default): build the timm model with `drop_path_rate>0` (e.g."
     " `timm.create_model(name, drop_path_rate=0.1)`), then this callback can rescale or reschedule it."
 )
-
-
-def _resolve(value: Any, names: tuple[str, ...], what: str) -> Any:
-    """Turn a dotted import path (as LightningCLI passes a callable from YAML) into the object."""
-    if isinstance(value, str) and value not in names and "." in value:
-        module_name, _, attr = value.rpartition(".")
-        try:
-            obj = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as err:
-            raise ValueError(
-                f"Cannot import {what} {value!r}; choose one of {list(names)} or a callable"
-            ) from err
-        if not callable(obj):
-            raise TypeError(f"{what} {value!r} is not callable")
-        return obj
-    return value
-
-
-def _callable_name(value: Any) -> str:
-    return value if isinstance(value, str) else getattr(value, "__name__", "callable")
 
 
 def _module_device(module: nn.Module) -> torch.device:
@@ -114,19 +74,22 @@ class StochasticDepthScheduler(Callback):
     ``FeatureAlphaDropout``) is scheduled too, with its own target; a model with dropout and no drop-path
     module is then scheduled for its dropout alone.
 
-    **Target rates**: with ``max_rate=None`` each module keeps the rate the model was built with as its
-    target (e.g. timm's or torchvision's own depth rule) and only the time schedule is applied; with a
-    ``max_rate``, targets come from ``rule`` over the ``L`` depth levels. Caveat: timm builds
-    ``nn.Identity`` for blocks whose rate is 0 (the first block under its linear rule), so those blocks are
-    not seen and ``L`` is one less than the model's depth.
+    **Target rates** (``DepthRuleSpec``, ``cb.depth``): with ``max_rate=None`` each module keeps the rate
+    the model was built with as its target (e.g. timm's or torchvision's own depth rule) and only the time
+    schedule is applied; with a ``max_rate``, targets come from ``rule`` over the ``L`` depth levels, or,
+    with ``scale_model_rates=True``, from the model's own rates scaled so that the largest becomes
+    ``max_rate`` (the model's depth profile kept; a model whose rates are all 0 gets ``rule``). Caveat:
+    timm builds ``nn.Identity`` for blocks whose rate is 0 (the first block under its linear rule), so
+    those blocks are not seen and ``L`` is one less than the model's depth.
 
-    **Time schedule** (the multiplier of the targets at optimizer step ``t``, ``trainer.global_step``, of
-    ``T = trainer.estimated_stepping_batches``): ``"constant"``, ``"warmup"`` (0 to target by ``cutoff``),
-    ``"early"`` (Liu et al. 2023: target, decaying linearly (``early_mode="linear"``) or constant, until
-    ``cutoff``, then 0), ``"late"`` (0 until ``cutoff``, then target) or a callable ``(t, T) -> multiplier``.
+    **Time schedule** (``TimeScheduleSpec``, ``cb.timing``: the multiplier of the targets at optimizer step
+    ``t``, ``trainer.global_step``, of ``T = trainer.estimated_stepping_batches``): ``"constant"``,
+    ``"warmup"`` (0 to target by ``cutoff``), ``"early"`` (Liu et al. 2023: target, decaying linearly
+    (``early_mode="linear"``) or constant, until ``cutoff``, then 0), ``"late"`` (0 until ``cutoff``, then
+    target) or a callable ``(t, T) -> multiplier``.
 
     **torch.compile**: with any schedule but ``"constant"`` the rates live in one float64 tensor on the
-    model's device, updated in place (:class:`~lightning_reg.stochastic_depth.rates.ScheduledRates`):
+    model's device, updated in place (:class:`~lightning_reg.stochastic_depth.rate_tensor.ScheduledRates`):
     a compiled model builds one graph for the whole schedule instead of one per rate (dynamo gives up after
     8 and runs eagerly). A module whose rate is 0 for two steps in a row or more (after an ``"early"``
     cutoff, before a ``"late"`` one, a target of 0) takes its no-draw path, which is one more graph, compiled
@@ -159,6 +122,9 @@ class StochasticDepthScheduler(Callback):
         include_dropout: also schedule every dropout module.
         dropout_rate: target rate of every dropout module, in ``[0, 1)``; ``None`` keeps each module's own.
             Needs ``include_dropout=True``.
+        scale_model_rates: with ``max_rate``: keep the model's own depth profile (its per-module rates)
+            scaled so that the largest becomes ``max_rate``, instead of ``rule``; a model whose rates are
+            all 0 gets ``rule``. Needs ``max_rate``.
         log_every_n_steps: logging interval (Lightning's rule); ``None`` uses the Trainer's; ``0`` disables.
         verbose: 0 quiet, 1 one line at fit start, 2 also the target rate of every depth level.
 
@@ -166,7 +132,8 @@ class StochasticDepthScheduler(Callback):
         TypeError: an argument of the wrong type.
         ValueError: a rate outside ``[0, 1)``, an unknown rule, schedule, unit or mode, a missing cutoff, or
             an argument the chosen schedule does not use (``cutoff`` with ``"constant"``, ``early_mode``
-            without ``"early"``, ``dropout_rate`` without ``include_dropout``).
+            without ``"early"``, ``dropout_rate`` without ``include_dropout``, ``scale_model_rates``
+            without ``max_rate``).
 
     Example:
         >>> cb = StochasticDepthScheduler(max_rate=0.2, schedule="early", cutoff=2, cutoff_unit="epoch")
@@ -184,54 +151,15 @@ class StochasticDepthScheduler(Callback):
         early_mode: Literal["linear", "constant"] = "linear",
         include_dropout: bool = False,
         dropout_rate: float | None = None,
+        scale_model_rates: bool = False,
         log_every_n_steps: int | None = None,
         verbose: int | bool = 1,
     ) -> None:
         super().__init__()
-        self.max_rate = check_rate("max_rate", max_rate, none_ok=True)
-        rule = _resolve(rule, DEPTH_RULES, "depth rule")
-        schedule = _resolve(schedule, TIME_SCHEDULES, "time schedule")
-        _check_rule(rule)
-        _check_schedule(schedule)
-        check_choice("cutoff_unit", cutoff_unit, _CUTOFF_UNITS)
-        check_choice("early_mode", early_mode, EARLY_MODES)
-        if schedule in _CUTOFF_SCHEDULES:
-            if cutoff is None:
-                raise TypeError(
-                    f"`cutoff` must be a number for schedule {schedule!r} (where it switches); got None."
-                )
-            if cutoff_unit == "fraction":
-                if not 0.0 <= check_number("cutoff", cutoff) <= 1.0:
-                    raise ValueError(
-                        f"`cutoff` with cutoff_unit='fraction' must be a number in [0, 1]; got {cutoff!r}."
-                    )
-            else:
-                check_number("cutoff", cutoff, low=0)
-                if not float(cutoff).is_integer():
-                    raise ValueError(
-                        f"`cutoff` in {cutoff_unit}s must be a whole number >= 0; got {cutoff!r}."
-                    )
-            if schedule == "early" and cutoff == 0:
-                raise ValueError(
-                    "`cutoff` must be > 0 for schedule 'early' (0 would never switch the rates on); got 0."
-                )
-        else:
-            shown = _callable_name(schedule)
-            if cutoff is not None:
-                raise ValueError(
-                    "`cutoff` is used only by the schedules 'warmup', 'early' and 'late'; got"
-                    f" cutoff={cutoff!r} with schedule {shown!r}. Remove it, or choose one of those."
-                )
-            if cutoff_unit != "step":
-                raise ValueError(
-                    f"`cutoff_unit` is used only with a `cutoff`; got cutoff_unit={cutoff_unit!r} with"
-                    f" schedule {shown!r}."
-                )
-        if early_mode != "linear" and schedule != "early":
-            raise ValueError(
-                f"`early_mode` is used only by the 'early' schedule; got early_mode={early_mode!r} with"
-                f" schedule {_callable_name(schedule)!r}."
-            )
+        #: The target rates of drop-path modules: ``max_rate``, ``rule``, ``scale_model_rates``.
+        self.depth = DepthRuleSpec(max_rate, rule, scale_model_rates)
+        #: The time schedule: ``schedule``, ``cutoff``, ``cutoff_unit``, ``early_mode``.
+        self.timing = TimeScheduleSpec(schedule, cutoff, cutoff_unit, early_mode)
         self.include_dropout = check_bool("include_dropout", include_dropout)
         self.dropout_rate = check_rate("dropout_rate", dropout_rate, none_ok=True)
         if self.dropout_rate is not None and not include_dropout:
@@ -239,16 +167,11 @@ class StochasticDepthScheduler(Callback):
                 f"`dropout_rate` applies only with include_dropout=True; got dropout_rate={dropout_rate!r}"
                 " with include_dropout=False."
             )
-        self.rule = rule
-        self.schedule = schedule
-        self.cutoff = cutoff
-        self.cutoff_unit = cutoff_unit
-        self.early_mode = early_mode
         self.log_every_n_steps = check_log_every_n_steps(log_every_n_steps)
         self.verbose = check_verbose(verbose)
 
         # Filled at fit start; parallel lists, one entry per scheduled module.
-        self._found: list[DropRateModule] = []
+        self._found: list[DropRateSite] = []
         self._original_rates: list[float] = []
         self._target_rates: list[float] = []
         self._num_drop_path = 0
@@ -260,13 +183,49 @@ class StochasticDepthScheduler(Callback):
         self._multiplier: float | None = None
         self._loaded: dict[str, Any] | None = None
 
+    # The constructor arguments, as LightningCLI and ``preset_config`` read them back.
+    @property
+    def max_rate(self) -> float | None:
+        """Maximum rate of the depth rule (``None``: the model's own rates)."""
+        return self.depth.max_rate
+
+    @property
+    def rule(self) -> str | DepthRule:
+        """The depth rule (a name or a callable)."""
+        return self.depth.rule
+
+    @property
+    def scale_model_rates(self) -> bool:
+        """Whether the model's own rates are scaled to ``max_rate`` instead of applying ``rule``."""
+        return self.depth.scale_model_rates
+
+    @property
+    def schedule(self) -> str | TimeSchedule:
+        """The time schedule (a name or a callable)."""
+        return self.timing.schedule
+
+    @property
+    def cutoff(self) -> float | None:
+        """Where the schedule switches, in ``cutoff_unit``."""
+        return self.timing.cutoff
+
+    @property
+    def cutoff_unit(self) -> str:
+        """``"step"``, ``"epoch"`` or ``"fraction"``."""
+        return self.timing.cutoff_unit
+
+    @property
+    def early_mode(self) -> str:
+        """``"linear"`` or ``"constant"`` (the ``"early"`` schedule)."""
+        return self.timing.early_mode
+
     @property
     @override
     def state_key(self) -> str:
         return self._generate_state_key(
             max_rate=self.max_rate,
-            rule=_callable_name(self.rule),
-            schedule=_callable_name(self.schedule),
+            rule=self.depth.rule_name,
+            schedule=self.timing.schedule_name,
             include_dropout=self.include_dropout,
         )
 
@@ -294,19 +253,13 @@ class StochasticDepthScheduler(Callback):
         self._found = drop_paths + dropouts
         self._num_drop_path = len(drop_paths)
         self._original_rates = [float(getattr(f.module, f.attr)) for f in self._found]
-        targets = self._drop_path_targets(drop_paths)
+        own = self._original_rates[: len(drop_paths)]
+        targets = self.depth.targets(own, [f.level for f in drop_paths])
         for f in dropouts:
             targets.append(
                 self.dropout_rate if self.dropout_rate is not None else float(getattr(f.module, f.attr))
             )
         self._target_rates = targets
-
-    def _drop_path_targets(self, drop_paths: list[DropRateModule]) -> list[float]:
-        """Target rate of each drop-path module: its own (``max_rate=None``) or the depth rule's."""
-        if self.max_rate is None:
-            return self._original_rates[: len(drop_paths)]
-        level_rates = depth_rates(self._num_levels(), self.max_rate, self.rule)
-        return [level_rates[f.level] for f in drop_paths]
 
     def _num_levels(self) -> int:
         return 1 + max((f.level for f in self._found if not f.is_dropout), default=-1)
@@ -314,7 +267,7 @@ class StochasticDepthScheduler(Callback):
     def _summary(self) -> str:
         parts = []
         if self._num_drop_path:
-            classes = (getattr(type(f.module), "_lr_original", type(f.module)) for f in self._found)
+            classes = (ScheduledRates.original_type(f.module) for f in self._found)
             kinds = sorted({c.__name__ for c in list(classes)[: self._num_drop_path]})
             top = max(self._target_rates[: self._num_drop_path], default=0.0)
             parts.append(
@@ -325,7 +278,7 @@ class StochasticDepthScheduler(Callback):
         if dropouts:
             top = max(self._target_rates[self._num_drop_path :], default=0.0)
             parts.append(f"{dropouts} dropout modules, max target {top:.4g}")
-        schedule = _callable_name(self.schedule)
+        schedule = self.timing.schedule_name
         if self.cutoff is not None:
             schedule += f" (cutoff {self.cutoff:g} {self.cutoff_unit})"
         rates = (
@@ -398,34 +351,18 @@ class StochasticDepthScheduler(Callback):
         self._update(trainer)
 
     def _build_schedule(self, trainer: Trainer) -> TimeSchedule:
-        if callable(self.schedule):
-            return self.schedule
-        if self.schedule == "constant":
-            return _make_time_schedule("constant")
-        assert self.cutoff is not None
-        if self.cutoff_unit == "step":
-            cutoff = int(self.cutoff)
-        elif self.cutoff_unit == "epoch":
-            batches = trainer.num_training_batches
-            if not math.isfinite(batches):
-                raise ValueError("cutoff_unit='epoch' needs a dataloader with a known length; use 'step'")
-            cutoff = int(self.cutoff) * math.ceil(batches / trainer.accumulate_grad_batches)
-        else:
-            if self._total_steps < 0:
-                raise ValueError(
-                    "cutoff_unit='fraction' needs a finite training length (set max_epochs or max_steps);"
-                    " use cutoff_unit='step'"
-                )
-            cutoff = round(self.cutoff * self._total_steps)
+        if not self.timing.needs_cutoff:
+            return self.timing.function()
+        batches = trainer.num_training_batches
+        per_epoch = math.ceil(batches / trainer.accumulate_grad_batches) if math.isfinite(batches) else None
+        cutoff = self.timing.cutoff_steps(per_epoch, self._total_steps)
         if self._total_steps >= 0 and cutoff > self._total_steps:
             rank_zero_warn(
                 f"StochasticDepthScheduler: the {self.schedule!r} cutoff ({cutoff} steps) is beyond the"
                 f" training length ({self._total_steps} optimizer steps); the schedule will not reach"
                 " its cutoff."
             )
-        if self.schedule == "early":
-            cutoff = max(cutoff, 1)  # a tiny fraction still keeps the rates on for step 0
-        return _make_time_schedule(self.schedule, cutoff, self.early_mode)
+        return self.timing.function(cutoff)
 
     @override
     def on_train_batch_start(
@@ -448,7 +385,7 @@ class StochasticDepthScheduler(Callback):
         multiplier = float(self._schedule_fn(step, self._total_steps))
         if not 0.0 <= multiplier <= 1.0:
             raise ValueError(
-                f"Time schedule {_callable_name(self.schedule)!r} returned {multiplier!r} at step {step};"
+                f"Time schedule {self.timing.schedule_name!r} returned {multiplier!r} at step {step};"
                 " it must return a multiplier in [0, 1]."
             )
         return multiplier

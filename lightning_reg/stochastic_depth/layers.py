@@ -29,12 +29,12 @@ import torch.fx
 from torch import Tensor, nn
 
 from lightning_reg._shared.validation import check_bool, check_choice, check_number
-from lightning_reg.stochastic_depth.schedules import DepthRule, depth_rates
+from lightning_reg.stochastic_depth.rate_rules import DepthRule, depth_rates
 
 __all__ = [
     "DEFAULT_BRANCH_ENDS",
     "DropPath",
-    "DropRateModule",
+    "DropRateSite",
     "add_stochastic_depth",
     "attach_drop_path",
     "drop_path",
@@ -306,7 +306,7 @@ def add_stochastic_depth(
         model: the model to modify in place.
         max_rate: the depth rule's maximum rate, in ``[0, 1)``.
         rule: ``"linear"`` (timm), ``"huang"``, ``"uniform"`` or a callable, see
-            :func:`lightning_reg.stochastic_depth.schedules.depth_rates`.
+            :func:`lightning_reg.stochastic_depth.rate_rules.depth_rates`.
         branch_ends: extra (or overriding) ``{block type: branch-end submodule name}`` entries.
         mode: ``"row"`` (per sample; DDP needs no ``find_unused_parameters``) or ``"batch"``.
 
@@ -356,7 +356,7 @@ def add_stochastic_depth(
 
 
 @dataclass(frozen=True)
-class DropRateModule:
+class DropRateSite:
     """One module with a schedulable drop rate, as found by :func:`find_drop_rate_modules`.
 
     Args:
@@ -369,7 +369,7 @@ class DropRateModule:
 
     Example:
         >>> m = DropPath(0.1)
-        >>> DropRateModule("blocks.0.drop_path", m, "p", 0, False).attr
+        >>> DropRateSite("blocks.0.drop_path", m, "p", 0, False).attr
         'p'
     """
 
@@ -393,7 +393,7 @@ def _drop_path_types() -> dict[type[nn.Module], str]:
     return types
 
 
-def find_drop_rate_modules(model: nn.Module, include_dropout: bool = False) -> list[DropRateModule]:
+def find_drop_rate_modules(model: nn.Module, include_dropout: bool = False) -> list[DropRateSite]:
     """Find every drop-path module of ``model`` (and optionally every dropout module), in registration order.
 
     Recognised: :class:`DropPath` and ``torchvision.ops.StochasticDepth`` (rate attribute ``p``), timm
@@ -422,8 +422,8 @@ def find_drop_rate_modules(model: nn.Module, include_dropout: bool = False) -> l
         [('1', 'p', 0), ('2', 'p', -1)]
     """
     known = _drop_path_types()
-    drop_paths: list[DropRateModule] = []
-    dropouts: list[DropRateModule] = []
+    drop_paths: list[DropRateSite] = []
+    dropouts: list[DropRateSite] = []
     levels: dict[str, int] = {}
     for name, module in model.named_modules():
         attr = getattr(type(module), "drop_rate_attribute", None)
@@ -432,7 +432,7 @@ def find_drop_rate_modules(model: nn.Module, include_dropout: bool = False) -> l
         if attr is not None:
             parent = name.rpartition(".")[0]
             level = levels.setdefault(parent, len(levels))
-            drop_paths.append(DropRateModule(name, module, attr, level, False))
+            drop_paths.append(DropRateSite(name, module, attr, level, False))
         elif include_dropout and isinstance(module, nn.modules.dropout._DropoutNd):
-            dropouts.append(DropRateModule(name, module, "p", -1, True))
+            dropouts.append(DropRateSite(name, module, "p", -1, True))
     return drop_paths + dropouts

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -323,7 +325,7 @@ def test_manual_optimization_helper_does_not_double_clip() -> None:
         torch.manual_seed(0)
         model = Manual(clip, call_helper)
         _fit(model, [clip])
-        assert int(clip.autoclip_state.count) == 8  # one record per optimizer step, not two
+        assert int(clip.rule.state.count) == 8  # one record per optimizer step, not two
         # percentile 0: every step is clipped to the smallest norm seen so far (<= its own norm)
         assert all(float(n) <= float(model.seen_norms[0]) * (1 + 1e-5) for n in model.seen_norms)
 
@@ -339,7 +341,7 @@ def test_conflicts_and_bad_input() -> None:
         GradientClipping("autoclip", percentile=150)
     with pytest.raises(ValueError, match="`percentile` is in percent.*0.1.*pass 10 "):
         GradientClipping("autoclip", percentile=0.1)
-    assert GradientClipping("autoclip", percentile=0).percentile == 0.0  # the minimum is a valid choice
+    assert GradientClipping("autoclip", percentile=0).rule.percentile == 0.0  # the minimum is a valid choice
     with pytest.raises(ValueError, match=r"agc_exclude.*\^head.*looks like a regular expression.*'re:\^head"):
         GradientClipping("agc", agc_exclude=[r"^head\."])
     with pytest.raises(TypeError, match=r"`agc_exclude` must be a list of str.*\['head'\]"):
@@ -477,3 +479,119 @@ def test_pattern_groups_use_the_selector_syntax_and_an_empty_group_warns_and_is_
     total = float(logger.calls[-1][1]["grad/norm_total"])
     body, head = (float(logger.calls[-1][1][f"grad/norm/{g}"]) for g in ("body", "head"))
     assert total == pytest.approx((body**2 + head**2) ** 0.5, rel=1e-6)
+
+
+def test_an_option_of_another_rule_is_refused_whatever_its_value() -> None:
+    # each value below is the other rule's default: it would do nothing, so it is refused all the same
+    with pytest.raises(ValueError, match=r"'agc'\) does not use max_norm=1\.0 \(an argument of 'norm'\)"):
+        GradientClipping("agc", max_norm=1.0)
+    with pytest.raises(ValueError, match=r"'norm'\) does not use clip_value=1\.0 \(an argument of 'value'\)"):
+        GradientClipping("norm", clip_value=1.0)
+    with pytest.raises(ValueError, match=r"'zclip'\) does not use percentile=10\.0 .*history_size=1000"):
+        GradientClipping("zclip", percentile=10.0, history_size=1000)
+    with pytest.raises(ValueError, match=r"'autoclip'\) does not use agc_exclude=\[\] \(an argument of 'agc"):
+        GradientClipping("autoclip", agc_exclude=[])
+    # a rule's own options, at any value, build that rule; the others stay at the rule's defaults
+    clip = GradientClipping("agc", clip_factor=0.01)
+    assert type(clip.rule).__name__ == "AGCRule"
+    assert (clip.rule.clip_factor, clip.rule.agc_eps) == (0.01, 1e-3)
+    assert GradientClipping(None, skip_nonfinite=True).rule is None
+
+
+def test_norm_type_inf_string_is_accepted_by_both_callbacks() -> None:
+    torch.manual_seed(0)
+    pre_max: list[float] = []
+
+    class Spy(pl.Callback):
+        def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
+            pre_max.append(max(float(p.grad.abs().max()) for p in pl_module.parameters()))
+
+    model = Net()
+    logger = MemoryLogger()
+    monitor = GradientMonitor(norm_type="inf", log_nonfinite=False)
+    clip = GradientClipping("norm", max_norm=0.01, norm_type="inf")
+    _fit(model, [Spy(), monitor, clip], logger=logger)
+    assert monitor.norm_type == clip.norm_type == math.inf
+    assert clip.state_key == GradientClipping("norm", max_norm=0.01, norm_type=math.inf).state_key
+    totals = [float(v) for _, v in logger.series("grad/norm_total")]
+    assert totals == pytest.approx(pre_max, rel=1e-6)
+    assert totals == pytest.approx([float(v) for _, v in logger.series("grad/max_abs")], rel=1e-6)
+    post = [float(v) for _, v in logger.series("grad/clip/norm_post")]
+    assert post == pytest.approx([min(m, 0.01) for m in pre_max], rel=1e-4)
+    with pytest.raises(ValueError, match=r"`norm_type` must be a number > 0, float\('inf'\) or the string"):
+        GradientMonitor(norm_type="max")
+
+
+def test_a_frozen_group_is_not_logged_and_is_named_at_fit_start(caplog: pytest.LogCaptureFixture) -> None:
+    torch.manual_seed(0)
+    model = Net()
+    model.body.requires_grad_(False)  # a frozen backbone: no gradient, so no norm (not a norm of 0)
+    logger = MemoryLogger()
+    with caplog.at_level(logging.INFO):
+        _fit(model, [GradientMonitor(log_ratios=True)], logger=logger)
+    keys = set().union(*(set(row) for _, row in logger.calls))
+    assert {"grad/norm/head", "grad/ratio/head", "grad/norm_total"} <= keys
+    assert not {k for k in keys if "body" in k}, keys
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("GradientMonitor:")]
+    assert len(lines) == 1 and "frozen, not logged while frozen: ['body']" in lines[0], lines
+    # unfrozen, the group is logged again
+    model.body.requires_grad_(True)
+    logger = MemoryLogger()
+    _fit(model, [GradientMonitor(verbose=0)], logger=logger)
+    assert "grad/norm/body" in logger.calls[0][1]
+
+
+def test_a_module_s_own_parameters_are_logged_as_its_own_group() -> None:
+    class Held(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 1))
+            self.net.register_parameter("offset", nn.Parameter(torch.zeros(1)))  # owned by `net` itself
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            x, y = batch
+            return nn.functional.mse_loss(self.net(x) + self.net.offset, y)
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    logger = MemoryLogger()
+    seen: list[float] = []
+
+    class Spy(pl.Callback):
+        def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
+            seen.append(float(pl_module.net.offset.grad.abs().sum()))
+
+    _fit(Held(), [Spy(), GradientMonitor(log_nonfinite=False, log_max_abs=False)], logger=logger)
+    row = logger.calls[0][1]
+    assert set(row) == {"grad/norm_total", "grad/norm/net/own", "grad/norm/net.0", "grad/norm/net.2"}
+    assert float(row["grad/norm/net/own"]) == pytest.approx(seen[0], rel=1e-6)  # the offset alone
+
+
+@pytest.mark.parametrize("monitor_first", [True, False])
+def test_callbacks_share_one_read_and_the_monitor_sees_pre_clip_gradients(monitor_first: bool) -> None:
+    torch.manual_seed(0)
+    pre: list[torch.Tensor] = []
+
+    class Spy(pl.Callback):
+        def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
+            flat = torch.cat([p.grad.reshape(-1) for p in pl_module.parameters()])
+            pre.append(torch.linalg.vector_norm(flat, 1))
+
+    # another norm type than the clipper's: the monitor still logs the gradients before the clip
+    monitor = GradientMonitor(norm_type=1.0, log_nonfinite=False, log_max_abs=False)
+    clip = GradientClipping("norm", max_norm=0.01)
+    shared: list[Any] = []
+
+    class Shared(pl.Callback):
+        def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+            shared.append((monitor.shared_gradients, clip.shared_gradients))
+
+    logger = MemoryLogger()
+    cbs = [Spy(), monitor, clip, Shared()] if monitor_first else [Spy(), clip, monitor, Shared()]
+    _fit(Net(), cbs, logger=logger)
+    assert shared[0][0] is shared[0][1] is not None
+    assert monitor.shared_gradients is None and clip.shared_gradients is None  # dropped at teardown
+    logged = [float(v) for _, v in logger.series("grad/norm_total")]
+    assert logged == pytest.approx([float(v) for v in pre], rel=1e-5)
+    assert all(float(c) < 1 for _, c in logger.series("grad/clip/coef"))  # every step was clipped

@@ -14,6 +14,7 @@ from lightning_reg.gradients.core import (
     ZClipState,
     agc_clip_,
     autoclip_step,
+    check_norm_type,
     clip_grads_by_norm_,
     clip_grads_by_value_,
     grad_norms,
@@ -228,3 +229,46 @@ def test_float64_gradients_are_reduced_in_float64_like_lightning() -> None:
     assert mixed.dtype == torch.float64 and float(mixed[1]) == 1e300
     assert float(mixed[0]) == pytest.approx(2e10)
     assert per_tensor_norms([torch.ones(4, dtype=torch.bfloat16)]).dtype == torch.float32
+
+
+def test_norm_type_inf_is_accepted_as_a_string_everywhere() -> None:
+    grads = [torch.tensor([3.0, -7.0]), torch.tensor([[5.0, 0.5]])]
+    assert per_tensor_norms(grads, "inf").tolist() == [7.0, 5.0]
+    assert float(grad_norms(grads, "inf").total) == 7.0
+    total, _ = reduce_norms(torch.tensor([7.0, 5.0]), "inf")
+    assert float(total) == 7.0
+    p = nn.Parameter(torch.zeros(2))
+    p.grad = torch.tensor([3.0, -4.0])
+    total, coef = clip_grads_by_norm_([p], 2.0, norm_type="inf")
+    assert float(total) == 4.0 and p.grad.abs().max().item() == pytest.approx(2.0, rel=1e-5)
+    # the string form means the same as float("inf"); numeric strings are read as torch reads them
+    assert check_norm_type("inf") == check_norm_type(math.inf) == math.inf
+    assert check_norm_type("2") == check_norm_type(2) == 2.0
+    for bad in ("l2", "nan", "-inf", 0, -1.0, math.nan):
+        with pytest.raises(ValueError, match=r"`norm_type` must be a number > 0, float\('inf'\) or the"):
+            check_norm_type(bad)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"`norm_type` must be .*; got True of type bool"):
+        check_norm_type(True)  # type: ignore[arg-type]
+
+
+def test_a_module_group_that_holds_only_its_own_parameters_is_named_own() -> None:
+    # a ViT-like model held as `self.net`: `net` owns cls_token directly, its children form their own groups
+    root = nn.Module()
+    root.net = nn.Sequential(nn.Linear(2, 2), nn.Sequential(nn.Linear(2, 2), nn.LayerNorm(2)))
+    root.net.register_parameter("cls_token", nn.Parameter(torch.zeros(2)))
+    g = group_by_module_depth(root, depth=1)
+    assert g.names == ["net/own", "net.0", "net.1"]
+    assert g.index[id(root.net.cls_token)] == 0 and g.index[id(root.net[1][1].bias)] == 2
+    # deeper: `net.1` owns a parameter and has children grouped apart -> `net.1/own`; a leaf keeps its name
+    root.net[1].register_parameter("scale", nn.Parameter(torch.ones(1)))
+    g2 = group_by_module_depth(root, depth=2)
+    assert g2.names == ["net/own", "net.0", "net.1/own", "net.1.0", "net.1.1"]
+    # a group covering a whole subtree keeps the plain module name
+    assert group_by_module_depth(root, depth=1).names == ["net/own", "net.0", "net.1"]
+
+
+def test_trainable_groups_leave_out_frozen_groups() -> None:
+    m = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2), nn.Linear(2, 1))
+    m[1].requires_grad_(False)
+    m[2].weight.requires_grad_(False)  # one trainable parameter is enough
+    assert group_by_module_depth(m).trainable_groups(m.parameters()) == {0, 2}

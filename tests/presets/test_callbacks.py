@@ -99,7 +99,7 @@ def test_callbacks_follow_the_preset_and_overrides():
         for cb in preset_callbacks("strong", clipping="norm", clip_max_norm=2.0)
         if isinstance(cb, GradientClipping)
     )
-    assert clip.algorithm == "norm" and clip.max_norm == 2.0
+    assert clip.algorithm == "norm" and clip.rule.max_norm == 2.0
     with pytest.raises(ValueError, match="pass pairs="):
         preset_callbacks("mild", monitor="loss", mode="min")
     with pytest.raises(ValueError, match="`mode` must be one of"):
@@ -113,6 +113,13 @@ def test_callbacks_follow_the_preset_and_overrides():
         cb for cb in preset_callbacks("mild", monitor="val_acc", mode="max") if isinstance(cb, EarlyStopping)
     )
     assert (es.monitor, es.mode) == ("val_acc", "max")
+
+
+def test_drop_path_rate_none_switches_drop_path_off_as_clipping_none_switches_clipping_off():
+    names = [type(cb).__name__ for cb in preset_callbacks("strong", drop_path_rate=None, clipping=None)]
+    assert names == ["PresetSummary", "EarlyStopping", "OverfittingMonitor"]
+    assert get_preset("strong", drop_path_rate=None).drop_path_rate == 0.0
+    assert "PresetStochasticDepth" not in preset_config("strong", drop_path_rate=None)
 
 
 def test_strong_preset_on_an_mlp_skips_what_does_not_apply(caplog):

@@ -186,6 +186,21 @@ def test_late_schedule_with_fraction_cutoff_and_huang_rule() -> None:
         assert rates == pytest.approx([0.1 * on, 0.2 * on, 0.3 * on])
 
 
+def test_scale_model_rates_keeps_the_model_profile_up_to_max_rate() -> None:
+    model = ResMLP([0.05, 0.1, 0.2])  # the model's own profile: 1 : 2 : 4
+    cb = StochasticDepthScheduler(max_rate=0.4, scale_model_rates=True)
+    assert cb.scale_model_rates and cb.depth.scale_model_rates
+    rec, _ = _fit(model, cb)
+    assert all(rates == pytest.approx([0.1, 0.2, 0.4]) for _, rates in rec.rows)
+    assert [b.drop_path.p for b in model.blocks] == [0.05, 0.1, 0.2]  # the model's rates back after the fit
+    # a model whose rates are all 0 has no profile to keep: the depth rule sets the targets
+    huang = StochasticDepthScheduler(max_rate=0.3, rule="huang", scale_model_rates=True)
+    rec, _ = _fit(ResMLP([0.0] * 3), huang)
+    assert rec.rows[0][1] == pytest.approx([0.1, 0.2, 0.3])
+    with pytest.raises(ValueError, match=r"`scale_model_rates=True` scales the model's own rates to"):
+        StochasticDepthScheduler(scale_model_rates=True)
+
+
 def test_callable_rule_and_schedule() -> None:
     def half_then_full(step: int, total: int) -> float:
         return 0.5 if step < total // 2 else 1.0
@@ -315,7 +330,7 @@ def test_configurable_from_lightning_cli_style_arguments() -> None:
     cfg = parser.parse_args(
         [
             "--sd.max_rate=0.1",
-            "--sd.rule=lightning_reg.stochastic_depth.schedules.huang_depth_rates",
+            "--sd.rule=lightning_reg.stochastic_depth.rate_rules.huang_depth_rates",
             "--sd.schedule=early",
             "--sd.cutoff=0.25",
             "--sd.cutoff_unit=fraction",
@@ -323,7 +338,7 @@ def test_configurable_from_lightning_cli_style_arguments() -> None:
         ]
     )
     cb = StochasticDepthScheduler(**cfg.sd)
-    from lightning_reg.stochastic_depth.schedules import huang_depth_rates
+    from lightning_reg.stochastic_depth.rate_rules import huang_depth_rates
 
     assert cb.rule is huang_depth_rates
     assert (cb.max_rate, cb.schedule, cb.cutoff, cb.cutoff_unit, cb.include_dropout) == (

@@ -23,8 +23,8 @@ from torch._dynamo.utils import counters
 
 from lightning_reg import StochasticDepthScheduler
 from lightning_reg.stochastic_depth.layers import DropPath, find_drop_rate_modules
-from lightning_reg.stochastic_depth.rates import ScheduledRates
-from lightning_reg.stochastic_depth.schedules import make_time_schedule
+from lightning_reg.stochastic_depth.rate_rules import make_time_schedule
+from lightning_reg.stochastic_depth.rate_tensor import ScheduledRates
 from tests.stochastic_depth.test_callback import fast_trainer, loader
 
 timm = pytest.importorskip("timm")
@@ -269,7 +269,7 @@ def test_off_state_draws_nothing_and_swapped_models_copy_and_save() -> None:
     assert torch.equal(y, model.eval()(x))  # and every drop was the identity
     model.train()
     table.apply(0.0, 1.0)  # zero for one step only: tensor path (one graph), rate-0 masks drawn
-    assert model[1].drop._lr_rate is not None and model[0].drop._rate is None  # target 0 stays off
+    assert model[1].drop._scheduled_rate is not None and model[0].drop._rate is None  # target 0 stays off
     # a model holding swapped classes can be deep-copied and saved mid-fit
     clone = copy.deepcopy(model)
     buf = io.BytesIO()

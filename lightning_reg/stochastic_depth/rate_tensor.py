@@ -57,11 +57,11 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import StochasticDepth
 
-from lightning_reg.stochastic_depth.layers import DropPath, DropRateModule, _drop_path_tensor_rate
+from lightning_reg.stochastic_depth.layers import DropPath, DropRateSite, drop_path
 
 __all__ = ["ScheduledRates"]
 
-_RATE = "_lr_rate"  # attribute holding the 0-d rate view (or None when off) on a swapped module
+_RATE = "_scheduled_rate"  # attribute holding the 0-d rate view (or None when off) on a swapped module
 _ALPHA = 1.7580993408473766  # SELU's alpha * scale, as in ATen's alpha dropout
 
 
@@ -88,28 +88,24 @@ def _dropout_tensor_rate(
 
 
 class _ScheduledMixin:
-    """Marks a class swapped in by :class:`ScheduledRates` (``_lr_rate``: 0-d rate view or None)."""
+    """Marks a class swapped in by :class:`ScheduledRates` (``_scheduled_rate``: 0-d rate view or None)."""
 
-    _lr_original: type[nn.Module]
-
-
-def _off(module: Any, attr: str) -> bool:
-    return getattr(module, attr) == 0.0
+    _unscheduled_class: type[nn.Module]
 
 
 class _ScheduledDropoutBase(_ScheduledMixin):
     """The ``forward`` of the swapped ``torch.nn`` dropout classes, set by four class attributes.
 
-    ``_lr_feature``: drops whole channels; ``_lr_alpha``: alpha dropout (keeps SELU's mean and variance);
-    ``_lr_ndims``: the input ranks (inclusive range) the tensor path takes, others go to torch's own
-    ``forward`` (which handles, or warns about, them); ``_lr_unbatched_ndim``: the rank of an input without
-    a batch dimension, whose channels are dimension 0.
+    ``_drops_channels``: drops whole channels; ``_is_alpha``: alpha dropout (keeps SELU's mean and
+    variance); ``_tensor_path_ndims``: the input ranks (inclusive range) the tensor path takes, others go to
+    torch's own ``forward`` (which handles, or warns about, them); ``_unbatched_ndim``: the rank of an input
+    without a batch dimension, whose channels are dimension 0.
     """
 
-    _lr_feature = False
-    _lr_alpha = False
-    _lr_ndims: tuple[int, int] = (0, 1 << 30)
-    _lr_unbatched_ndim = -1
+    _drops_channels = False
+    _is_alpha = False
+    _tensor_path_ndims: tuple[int, int] = (0, 1 << 30)
+    _unbatched_ndim = -1
     p: float
     inplace: bool
 
@@ -120,15 +116,15 @@ class _ScheduledDropoutBase(_ScheduledMixin):
         rate = getattr(self, _RATE)
         if rate is None and self.p == 0.0:
             return input
-        low, high = self._lr_ndims
+        low, high = self._tensor_path_ndims
         if rate is None or not low <= input.ndim <= high:
             return super().forward(input)  # type: ignore[misc]
         return _dropout_tensor_rate(
             input,
             rate,
-            feature=self._lr_feature,
-            batched=input.ndim != self._lr_unbatched_ndim,
-            alpha=self._lr_alpha,
+            feature=self._drops_channels,
+            batched=input.ndim != self._unbatched_ndim,
+            alpha=self._is_alpha,
             inplace=self.inplace,
         )
 
@@ -136,43 +132,44 @@ class _ScheduledDropoutBase(_ScheduledMixin):
 class _ScheduledDropout(_ScheduledDropoutBase, nn.Dropout):
     """``nn.Dropout`` reading its rate from a tensor (swapped in by :class:`ScheduledRates`)."""
 
-    _lr_original = nn.Dropout
+    _unscheduled_class = nn.Dropout
 
 
 class _ScheduledDropout1d(_ScheduledDropoutBase, nn.Dropout1d):
     """``nn.Dropout1d`` reading its rate from a tensor."""
 
-    _lr_original, _lr_feature, _lr_ndims, _lr_unbatched_ndim = nn.Dropout1d, True, (2, 3), 2
+    _unscheduled_class, _drops_channels, _tensor_path_ndims, _unbatched_ndim = nn.Dropout1d, True, (2, 3), 2
 
 
 class _ScheduledDropout2d(_ScheduledDropoutBase, nn.Dropout2d):
     """``nn.Dropout2d`` reading its rate from a tensor (torch treats a 3-D input as batched, and warns)."""
 
-    _lr_original, _lr_feature, _lr_ndims = nn.Dropout2d, True, (3, 4)
+    _unscheduled_class, _drops_channels, _tensor_path_ndims = nn.Dropout2d, True, (3, 4)
 
 
 class _ScheduledDropout3d(_ScheduledDropoutBase, nn.Dropout3d):
     """``nn.Dropout3d`` reading its rate from a tensor."""
 
-    _lr_original, _lr_feature, _lr_ndims, _lr_unbatched_ndim = nn.Dropout3d, True, (4, 5), 4
+    _unscheduled_class, _drops_channels, _tensor_path_ndims, _unbatched_ndim = nn.Dropout3d, True, (4, 5), 4
 
 
 class _ScheduledAlphaDropout(_ScheduledDropoutBase, nn.AlphaDropout):
     """``nn.AlphaDropout`` reading its rate from a tensor."""
 
-    _lr_original, _lr_alpha = nn.AlphaDropout, True
+    _unscheduled_class, _is_alpha = nn.AlphaDropout, True
 
 
 class _ScheduledFeatureAlphaDropout(_ScheduledDropoutBase, nn.FeatureAlphaDropout):
     """``nn.FeatureAlphaDropout`` reading its rate from a tensor."""
 
-    _lr_original, _lr_feature, _lr_alpha, _lr_ndims = nn.FeatureAlphaDropout, True, True, (2, 1 << 30)
+    _unscheduled_class, _drops_channels, _is_alpha = nn.FeatureAlphaDropout, True, True
+    _tensor_path_ndims = (2, 1 << 30)
 
 
 class _ScheduledStochasticDepth(StochasticDepth, _ScheduledMixin):
     """``torchvision.ops.StochasticDepth`` reading its rate from a tensor."""
 
-    _lr_original = StochasticDepth
+    _unscheduled_class = StochasticDepth
 
     def forward(self, input: Tensor) -> Tensor:
         """Stochastic depth with the scheduled rate."""
@@ -183,7 +180,7 @@ class _ScheduledStochasticDepth(StochasticDepth, _ScheduledMixin):
             return input
         if rate is None:
             return super().forward(input)
-        return _drop_path_tensor_rate(input, rate, self.mode, True)
+        return drop_path(input, rate, training=True, mode=self.mode)
 
 
 _SCHEDULED: dict[type[nn.Module], type[nn.Module]] = {StochasticDepth: _ScheduledStochasticDepth}
@@ -197,7 +194,7 @@ else:
     class _ScheduledTimmDropPath(_TimmDropPath, _ScheduledMixin):
         """timm's ``DropPath`` reading its rate from a tensor."""
 
-        _lr_original = _TimmDropPath
+        _unscheduled_class = _TimmDropPath
 
         def forward(self, x: Tensor) -> Tensor:
             """Drop path with the scheduled rate."""
@@ -206,7 +203,7 @@ else:
                 return x
             if rate is None:
                 return super().forward(x)
-            return _drop_path_tensor_rate(x, rate, "row", self.scale_by_keep)
+            return drop_path(x, rate, training=True, scale_by_keep=self.scale_by_keep)
 
     _SCHEDULED[_TimmDropPath] = _ScheduledTimmDropPath
 
@@ -251,7 +248,7 @@ class ScheduledRates:
 
     def __init__(
         self,
-        found: Sequence[DropRateModule],
+        found: Sequence[DropRateSite],
         targets: Sequence[float],
         device: torch.device | str,
         dtype: torch.dtype | None = None,
@@ -344,6 +341,23 @@ class ScheduledRates:
         """
         return [f.name for f, k in zip(self._found, self._kind) if k == _ATTRIBUTE]
 
+    @staticmethod
+    def original_type(module: nn.Module) -> type[nn.Module]:
+        """Return the class ``module`` had before a ``ScheduledRates`` swapped it (else its class).
+
+        Args:
+            module: a scheduled or plain module.
+
+        Example:
+            >>> from lightning_reg.stochastic_depth.layers import find_drop_rate_modules
+            >>> model = nn.Dropout(0.1)
+            >>> table = ScheduledRates(find_drop_rate_modules(model, include_dropout=True), [0.1], "cpu")
+            >>> type(model).__name__, ScheduledRates.original_type(model).__name__
+            ('_ScheduledDropout', 'Dropout')
+            >>> table.release()
+        """
+        return getattr(type(module), "_unscheduled_class", type(module))
+
     def apply(self, multiplier: float, next_multiplier: float) -> None:
         """Set every rate to ``target * multiplier``; switch modules whose rate stays 0 to the off state.
 
@@ -381,7 +395,7 @@ class ScheduledRates:
                 module.__dict__["_rate"] = None
             elif kind == _SWAPPED:
                 module.__dict__.pop(_RATE, None)
-                module.__class__ = type(module)._lr_original  # type: ignore[attr-defined]
+                module.__class__ = type(module)._unscheduled_class  # type: ignore[attr-defined]
         self._kind = [_ATTRIBUTE] * len(self._kind)  # nothing left to release
         self._float_plan, self._slot_plan, self._setattr_plan = [], [], []
         self._multipliers = None

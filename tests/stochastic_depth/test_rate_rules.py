@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import pickle
 
 import pytest
 
-from lightning_reg.stochastic_depth.schedules import (
+from lightning_reg.stochastic_depth.rate_rules import (
+    DepthRuleSpec,
+    TimeScheduleSpec,
     constant_schedule,
     depth_rates,
     early_schedule,
@@ -113,3 +116,37 @@ def test_make_time_schedule_bad_input(args: tuple, error: type[Exception], match
         make_time_schedule(*args)
     with pytest.raises(ValueError, match="`early_mode` must be one of 'linear', 'constant'; got 'cosine'"):
         make_time_schedule("early", 3, mode="cosine")  # type: ignore[arg-type]
+
+
+def test_depth_rule_spec_gives_targets_three_ways_and_validates_itself() -> None:
+    own, levels = [0.0, 0.05, 0.1], [0, 1, 2]
+    assert DepthRuleSpec().targets(own, levels) == own  # no max_rate: the model's own rates
+    assert DepthRuleSpec(0.2, "huang").targets(own, levels) == pytest.approx([0.2 / 3, 0.4 / 3, 0.2])
+    assert DepthRuleSpec(0.2, scale_model_rates=True).targets(own, levels) == pytest.approx([0.0, 0.1, 0.2])
+    # modules sharing a parent share a level, and so a rate
+    assert DepthRuleSpec(0.2, "linear").targets([0.0] * 3, [0, 1, 1]) == pytest.approx([0.0, 0.2, 0.2])
+    spec = DepthRuleSpec(0.1, "lightning_reg.stochastic_depth.rate_rules.huang_depth_rates")
+    assert spec.rule is huang_depth_rates and spec.rule_name == "huang_depth_rates"
+    with pytest.raises(ValueError, match=r"`rule` must be one of 'linear', 'huang', 'uniform' or a callable"):
+        DepthRuleSpec(0.1, "cosine")
+    with pytest.raises(TypeError, match="`scale_model_rates` must be a bool"):
+        DepthRuleSpec(0.1, scale_model_rates=1)  # type: ignore[arg-type]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.max_rate = 0.3  # type: ignore[misc]
+
+
+def test_time_schedule_spec_resolves_its_cutoff_in_steps() -> None:
+    assert TimeScheduleSpec("warmup", cutoff=3).cutoff_steps(None, -1) == 3
+    assert TimeScheduleSpec("late", cutoff=2, cutoff_unit="epoch").cutoff_steps(4, 100) == 8
+    assert TimeScheduleSpec("early", cutoff=0.25, cutoff_unit="fraction").cutoff_steps(None, 10) == 2
+    with pytest.raises(ValueError, match="cutoff_unit='epoch' needs a dataloader with a known length"):
+        TimeScheduleSpec("late", cutoff=2, cutoff_unit="epoch").cutoff_steps(None, 100)
+    with pytest.raises(ValueError, match="cutoff_unit='fraction' needs a finite training length"):
+        TimeScheduleSpec("warmup", cutoff=0.5, cutoff_unit="fraction").cutoff_steps(10, -1)
+    # "early" keeps the rates on for step 0 however small the cutoff in steps
+    assert TimeScheduleSpec("early", cutoff=0.01, cutoff_unit="fraction").function(0)(0, 10) == 1.0
+    assert TimeScheduleSpec().function()(5, 10) == 1.0
+    with pytest.raises(ValueError, match="`early_mode` is used only by the 'early' schedule"):
+        TimeScheduleSpec("warmup", cutoff=3, early_mode="constant")
+    with pytest.raises(ValueError, match="`cutoff` in steps must be a whole number >= 0; got 2.5"):
+        TimeScheduleSpec("late", cutoff=2.5)
