@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # the same names, loaded lazily at run time
     from lightning_reg.early_stopping import *
     from lightning_reg.gradients import *
     from lightning_reg.mixing import *
+    from lightning_reg.module import *
     from lightning_reg.overfitting import *
     from lightning_reg.penalties import *
     from lightning_reg.presets import *
@@ -33,9 +34,10 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
     __version__ = "0.0.0"
 
-#: The technique packages, in the order the documentation presents them.
+#: The packages whose public names are exported flat, in the order the documentation presents them.
 PACKAGES = (
     "weight_decay",
+    "module",
     "early_stopping",
     "gradients",
     "stochastic_depth",

@@ -3,7 +3,7 @@
 The functional core (:func:`soft_targets`, :func:`mixup`, :func:`cutmix_box`, :func:`cutmix`,
 :func:`soft_target_cross_entropy`) is plain PyTorch. :class:`BatchMixer` decides per batch whether and how
 to mix (probability, Mixup/CutMix switch, off after an epoch) from its own seeded random stream, and
-:class:`BatchMixingMixin` applies it in ``LightningModule.on_after_batch_transfer`` (on the device, after
+:class:`BatchMixingMixin` applies it on the way into ``LightningModule.training_step`` (on the device, after
 the batch has been moved there) during training only, saving the random stream in checkpoints.
 
 Why not ``torchvision.transforms.v2.MixUp`` / ``CutMix`` directly? We use the same pairing convention

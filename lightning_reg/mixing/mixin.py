@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from functools import partial
+import weakref
 from typing import Any
 
+from lightning.pytorch.utilities.signature_utils import is_param_in_hook_signature
 from torch import Tensor
 
 from lightning_reg.mixing.core import BatchMixer, soft_target_cross_entropy
@@ -14,14 +15,55 @@ __all__ = ["BatchMixingMixin"]
 _CKPT_KEY = "lightning_reg.batch_mixer"
 
 
-def _mix_after_batch_transfer(module: Any, batch: Any, dataloader_idx: int) -> Any:
-    """``on_after_batch_transfer`` of a module with a mixer: the class's own hook, then mixing in training."""
-    batch = type(module).on_after_batch_transfer(module, batch, dataloader_idx)
-    mixer = module.batch_mixer
-    trainer = getattr(module, "_trainer", None)
-    if mixer is None or trainer is None or not trainer.training:
-        return batch
-    return module.mix_batch(batch, mixer)
+class _MixingTrainingStep:
+    """A module's ``training_step`` while it has a mixer: mix the batch, then run the class's own step.
+
+    Lightning looks ``training_step`` up on the instance (also behind DDP, FSDP and DeepSpeed wrappers), so
+    this instance attribute takes the call and the class's method stays as the user wrote it. The batch
+    arrives after every batch hook ran (the module's ``on_after_batch_transfer``, or a DataModule's), so
+    mixing never needs to override one of the data hooks Lightning shares between a module and a
+    DataModule. An optimizer that evaluates its closure several times for one batch (``LBFGS``) sees the
+    same mixed batch each time: the mixer's random stream is rewound to where it stood for that batch.
+    """
+
+    def __init__(self, module: BatchMixingMixin) -> None:
+        self.module = module
+        self._batch_key: tuple[Any, int] | None = None  # (weakref to the trainer, its batch index)
+        self._stream: dict[str, Any] | None = None  # the mixer's state before that batch was mixed
+        self._takes_iterator: bool | None = None
+
+    @property
+    def __wrapped__(self) -> Any:
+        # the class's step, bound: ``inspect.signature`` and Lightning's hook-signature and override checks
+        # read the user's method through it, so passing ``batch_idx`` and the rest is decided as usual
+        module = self.module
+        return type(module).training_step.__get__(module)  # type: ignore[attr-defined]
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        module = self.module
+        step = type(module).training_step  # type: ignore[attr-defined]
+        mixer = module.batch_mixer
+        trainer = getattr(module, "_trainer", None)
+        if args and mixer is not None and trainer is not None and trainer.training:
+            if self._takes_iterator is None:  # training_step(dataloader_iter): no batch passes here
+                self._takes_iterator = is_param_in_hook_signature(step, "dataloader_iter", explicit=True)
+            if not self._takes_iterator:
+                args = (self._mix(args[0], mixer, trainer), *args[1:])
+        return step(module, *args, **kwargs)
+
+    def _mix(self, batch: Any, mixer: BatchMixer, trainer: Any) -> Any:
+        key = (weakref.ref(trainer), trainer.fit_loop.total_batch_idx)
+        if self._batch_key is not None and self._batch_key[0]() is trainer and self._batch_key[1] == key[1]:
+            mixer.load_state_dict(self._stream)  # the same batch again (a closure re-evaluated): same draws
+        else:
+            self._batch_key, self._stream = key, mixer.state_dict()
+        return self.module.mix_batch(batch, mixer)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"module": self.module}  # the rewind point refers to a live trainer: not worth keeping
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["module"])  # type: ignore[misc]
 
 
 class BatchMixingMixin:
@@ -29,12 +71,18 @@ class BatchMixingMixin:
 
     Put it *before* ``LightningModule`` in the bases (``class Net(BatchMixingMixin, L.LightningModule)``)
     and set ``self.batch_mixer = BatchMixer(...)`` in ``__init__``. During training (never in validation,
-    test, predict or the sanity check), ``on_after_batch_transfer`` replaces ``(x, y, *rest)`` batches by
-    ``(mixed x, soft targets, *rest)``; compute the loss with :meth:`mixing_loss`, which also accepts the
-    index targets of validation batches. Override :meth:`mix_batch` for other batch structures. The
-    mixer's random state is saved into and restored from Lightning checkpoints. If your module overrides
-    ``on_save_checkpoint`` or ``on_load_checkpoint``, call ``super()`` in it. Your own
-    ``on_after_batch_transfer`` (if any) runs first; mixing is applied to its result.
+    test, predict or the sanity check), ``training_step`` receives ``(x, y, *rest)`` batches as
+    ``(mixed x, soft targets, *rest)``, mixed on the device; compute the loss with :meth:`mixing_loss`,
+    which also accepts the index targets of validation batches. Override :meth:`mix_batch` for other batch
+    structures. The mixer's random state is saved into and restored from Lightning checkpoints. If your
+    module overrides ``on_save_checkpoint`` or ``on_load_checkpoint``, call ``super()`` in it.
+
+    Mixing happens on the way into ``training_step``, after every batch hook: your own
+    ``on_after_batch_transfer`` or a ``LightningDataModule``'s runs first and its result is mixed. The
+    mixin overrides none of the data hooks a module shares with a DataModule, so Lightning has nothing to
+    warn about when you train with one. Callbacks' ``on_train_batch_start`` / ``on_train_batch_end`` get
+    the batch before mixing; a ``training_step(dataloader_iter)`` gets its batches unmixed (Lightning moves
+    none of them either).
 
     Example:
         >>> import torch
@@ -55,11 +103,9 @@ class BatchMixingMixin:
     def batch_mixer(self) -> BatchMixer | None:
         """The mixer applied to training batches, or None (no mixing).
 
-        Setting a mixer installs this instance's ``on_after_batch_transfer`` hook; setting None removes it.
-        The hook lives on the instance, not the class, so a module without a mixer does not override
-        ``on_after_batch_transfer`` at all (Lightning would otherwise warn about every ``LightningDataModule``
-        it is trained with) and a module that overrides the hook itself gets its batches mixed after its
-        own hook ran, with or without ``super()``.
+        Setting a mixer routes this instance's ``training_step`` through the mixing (an instance attribute
+        that calls the class's own ``training_step`` with the mixed batch); setting None removes it. The
+        class is never changed, so a module without a mixer trains exactly as written.
 
         Example:
             >>> m = BatchMixingMixin()
@@ -75,10 +121,9 @@ class BatchMixingMixin:
             raise TypeError(f"batch_mixer must be a BatchMixer or None, got {type(mixer).__name__}.")
         self.__dict__["_batch_mixer"] = mixer
         if mixer is None:
-            self.__dict__.pop("on_after_batch_transfer", None)
-        else:
-            # a partial (not a bound method) so the module still pickles and deep-copies with its hook
-            self.__dict__["on_after_batch_transfer"] = partial(_mix_after_batch_transfer, self)
+            self.__dict__.pop("training_step", None)
+        elif not isinstance(self.__dict__.get("training_step"), _MixingTrainingStep):
+            self.__dict__["training_step"] = _MixingTrainingStep(self)
 
     def mix_batch(self, batch: Any, mixer: BatchMixer) -> Any:
         """Mix one training batch; the default handles ``(x, y, *rest)`` tuples and lists.

@@ -7,6 +7,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities.rank_zero import WarningCache
 from torch import Tensor, nn
 from torch.optim import Optimizer
@@ -15,10 +16,10 @@ from typing_extensions import override
 
 from lightning_reg._shared.keys import Keys
 from lightning_reg._shared.step_logging import is_logging_step, log_step_metrics
-from lightning_reg._shared.validation import check_log_every_n_steps
+from lightning_reg._shared.validation import check_log_every_n_steps, check_number
 from lightning_reg._shared.verbosity import check_verbose, say
-from lightning_reg.penalties.core import _check_l1, decayed_parameters, proximal_l1_, zero_fraction
-from lightning_reg.weight_decay.groups import DecayRule, _check_rule
+from lightning_reg.penalties.core import decayed_parameters, proximal_l1_, zero_fraction
+from lightning_reg.weight_decay.groups import DecayRule
 
 __all__ = ["ProximalL1"]
 
@@ -68,8 +69,9 @@ class ProximalL1(Callback):
         log_every_n_steps: int | None = None,
         verbose: int | bool = 1,
     ) -> None:
-        self.l1 = _check_l1(l1)
-        self.rule = None if rule is None else _check_rule(rule)
+        # > 0: a proximal step with l1 = 0 would do nothing
+        self.l1 = check_number("l1", l1, low=0.0, low_open=True)
+        self.rule = None if rule is None else DecayRule.coerce(rule)
         self.log_every_n_steps = check_log_every_n_steps(log_every_n_steps)
         self.verbose = check_verbose(verbose)
         self._params: list[nn.Parameter] = []
@@ -143,6 +145,4 @@ class ProximalL1(Callback):
 
 def _flat_sharded(trainer: pl.Trainer) -> bool:
     """FSDPStrategy (FSDP1, ``use_orig_params=True``): parameters are views of this rank's flat shard."""
-    from lightning.pytorch.strategies import FSDPStrategy
-
     return isinstance(trainer.strategy, FSDPStrategy)

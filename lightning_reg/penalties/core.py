@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from lightning_reg._shared.validation import check_bool, check_log_every_n_steps, check_number
-from lightning_reg.weight_decay.groups import DecayRule, _check_rule, weight_decay_param_groups
+from lightning_reg.weight_decay.groups import DecayRule, weight_decay_param_groups
 
 __all__ = [
     "WeightPenalty",
@@ -163,16 +163,6 @@ def elastic_net_penalty(params: Iterable[Tensor], l1: float = 0.0, l2: float = 0
 
 def _check_coefficients(l1: float, l2: float) -> tuple[float, float]:
     return check_number("l1", l1, low=0.0), check_number("l2", l2, low=0.0)
-
-
-def _check_l1(l1: Any) -> float:
-    """Validate the coefficient of a proximal L1 step: a finite number ``> 0`` (``0`` would do nothing).
-
-    Example:
-        >>> _check_l1(1e-4)
-        0.0001
-    """
-    return check_number("l1", l1, low=0.0, low_open=True)
 
 
 @torch.no_grad()
@@ -316,7 +306,7 @@ class WeightPenalty:
         self.l2 = l2
         self.automatic = check_bool("automatic", automatic)
         self.log_every_n_steps = check_log_every_n_steps(log_every_n_steps)
-        self.rule = None if rule is None else _check_rule(rule)
+        self.rule = None if rule is None else DecayRule.coerce(rule)
 
     def resolve_rule(self, module: nn.Module) -> DecayRule:
         """Return the rule in force: this penalty's own, else the module's ``decay_rule``, else the default.

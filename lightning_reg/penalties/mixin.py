@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities.rank_zero import WarningCache
 from torch import Tensor, nn
 from torch.optim import Optimizer
@@ -191,8 +192,6 @@ class PenaltyMixin:
         if trainer is not None and is_logging_step(trainer, config.log_every_n_steps):
             with torch.no_grad():
                 value = elastic_net_penalty(params, config.l1, config.l2)
-            from lightning.pytorch.strategies import FSDPStrategy
-
             if isinstance(trainer.strategy, FSDPStrategy):  # FSDP1: views of this rank's flat shard only
                 value = trainer.strategy.reduce(value, reduce_op="sum")
             log_step_metrics(trainer, {Keys.PENALTY_VALUE: value})

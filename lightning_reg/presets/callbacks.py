@@ -27,10 +27,10 @@ from lightning_reg.overfitting.callback import OverfittingMonitor
 from lightning_reg.presets.core import (
     PRESET_NAMES,
     Preset,
-    _skip_note,
     describe_preset,
     get_preset,
     overfitting_hint,
+    preset_skip_note,
 )
 from lightning_reg.stochastic_depth.callback import StochasticDepthScheduler
 from lightning_reg.stochastic_depth.layers import (
@@ -92,7 +92,7 @@ class PresetSummary(Callback):
             say(
                 self.verbose,
                 1,
-                _skip_note(
+                preset_skip_note(
                     self.preset,
                     "weight decay, label smoothing and mixing",
                     f"{type(pl_module).__name__} carries no preset; they come from "
@@ -198,7 +198,7 @@ class PresetStochasticDepth(StochasticDepthScheduler):
                 say(
                     self.verbose,
                     1,
-                    _skip_note(
+                    preset_skip_note(
                         self.preset_name,
                         "drop-path",
                         f"no residual block in {type(pl_module).__name__}"

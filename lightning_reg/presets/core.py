@@ -32,6 +32,7 @@ __all__ = [
     "get_preset",
     "next_preset",
     "overfitting_hint",
+    "preset_skip_note",
 ]
 
 _CLIPPING = ("zclip", "norm", "agc")
@@ -336,38 +337,23 @@ def describe_preset(preset: Preset) -> str:
     )
 
 
-def _skip_note(preset: Preset | str, component: str, reason: str) -> str:
-    """Return the one-line note printed when a component of a preset does not apply and is skipped.
+def preset_skip_note(preset: Preset | str, component: str, reason: str) -> str:
+    """Return the one-line note said when a component of a preset does not apply and is skipped.
+
+    Every part of the library that applies a preset (the module side, the callbacks) says a skipped
+    component in this one form, so a user reads one kind of line whatever skipped it.
 
     Args:
         preset: the preset (or its name).
         component: what is skipped, e.g. ``"CutMix"``.
         reason: why, e.g. ``"inputs of shape (64, 30) have no spatial dimensions"``.
 
+    Returns:
+        The note.
+
     Example:
-        >>> _skip_note("strong", "drop-path", "no residual block in MLP")
+        >>> preset_skip_note("strong", "drop-path", "no residual block in MLP")
         "preset 'strong': drop-path skipped (no residual block in MLP)."
     """
     name = preset.name if isinstance(preset, Preset) else preset
     return f"preset {name!r}: {component} skipped ({reason})."
-
-
-def _decoupled_weight_decay(optimizer_defaults: Mapping[str, Any], optimizer_type: type) -> bool:
-    """Whether an optimizer applies weight decay decoupled from the gradient (AdamW-style).
-
-    The presets' weight decay values are decoupled weight decay; an L2 term added to the gradient (SGD,
-    Adam) with the same number is a different regularizer, so the presets do not apply it there.
-
-    Args:
-        optimizer_defaults: the optimizer's ``defaults``.
-        optimizer_type: its class.
-
-    Example:
-        >>> import torch
-        >>> p = [torch.nn.Parameter(torch.zeros(1))]
-        >>> [_decoupled_weight_decay(o.defaults, type(o)) for o in (torch.optim.AdamW(p), torch.optim.SGD(p))]
-        [True, False]
-    """
-    if optimizer_defaults.get("decoupled_weight_decay"):
-        return True
-    return any(cls.__name__ == "AdamW" for cls in optimizer_type.__mro__)

@@ -1,9 +1,10 @@
-"""The module side of a preset: weight decay for ``RegularizedModule``, and its batch mixer.
+"""The module side of a preset: its batch mixer, and whether its weight decay applies to an optimizer.
 
-``RegularizedModule(preset=..., num_classes=K)`` calls :func:`_resolve_module_preset` for the weight
-decay and the mixer, and :func:`_check_preset_optimizer` once its optimizer exists: the presets' weight
-decay is decoupled weight decay (AdamW), so with an optimizer that adds it to the gradient instead (SGD,
-Adam) it is skipped with a note rather than applied with a meaning it does not have.
+``RegularizedModule(preset=..., num_classes=K)`` takes the preset's weight decay and its mixer (unless
+given explicitly; the precedence is ``RegularizationConfig``'s), and calls :func:`check_preset_optimizer`
+once its optimizer exists: the presets' weight decay is decoupled weight decay (AdamW), so with an
+optimizer that adds it to the gradient instead (SGD, Adam) it is skipped with a note rather than applied
+with a meaning it does not have.
 
 A preset states Mixup and CutMix as per-batch probabilities. :class:`PresetMixer` turns them into a
 :class:`~lightning_reg.mixing.BatchMixer` and, at the first training batch, checks that the inputs can
@@ -15,16 +16,16 @@ preset says; the batches CutMix would have taken stay unmixed).
 
 from __future__ import annotations
 
-from typing import Any
-
 from torch import Tensor
+from torch.optim import Optimizer
 
 from lightning_reg._shared.validation import check_int
 from lightning_reg._shared.verbosity import check_verbose, say
 from lightning_reg.mixing.core import BatchMixer, MixParams
-from lightning_reg.presets.core import Preset, _decoupled_weight_decay, _skip_note, get_preset
+from lightning_reg.presets.core import Preset, get_preset, preset_skip_note
+from lightning_reg.weight_decay.groups import uses_decoupled_weight_decay
 
-__all__ = ["PresetMixer", "preset_mixer"]
+__all__ = ["PresetMixer", "check_preset_optimizer", "preset_mixer"]
 
 
 class PresetMixer(BatchMixer):
@@ -81,7 +82,7 @@ class PresetMixer(BatchMixer):
             say(
                 self.verbose,
                 1,
-                _skip_note(
+                preset_skip_note(
                     self.preset,
                     " and ".join(parts),
                     f"inputs of dtype {x.dtype} cannot be interpolated; label smoothing stays",
@@ -96,7 +97,7 @@ class PresetMixer(BatchMixer):
             say(
                 self.verbose,
                 1,
-                _skip_note(
+                preset_skip_note(
                     self.preset,
                     "CutMix",
                     f"inputs of shape {tuple(x.shape)} have no "
@@ -160,7 +161,7 @@ def preset_mixer(
         say(
             check_verbose(verbose),
             1,
-            _skip_note(
+            preset_skip_note(
                 p,
                 ", ".join(parts),
                 "no num_classes given: they apply to classifiers; pass num_classes=K to use them",
@@ -170,47 +171,12 @@ def preset_mixer(
     return PresetMixer(num_classes, p, seed=seed, verbose=verbose)
 
 
-def _resolve_module_preset(
-    preset: str | Preset | None,
-    *,
-    num_classes: int | None,
-    weight_decay: float | None,
-    batch_mixer: Any,
-    default_weight_decay: float = 0.05,
-    verbose: int | bool = 1,
-) -> tuple[Preset | None, float, Any, bool]:
-    """Weight decay and batch mixer of a module: explicit arguments win, then the preset, then the default.
-
-    Args:
-        preset: the module's preset (a name, a :class:`Preset`) or ``None``.
-        num_classes: number of classes (``None``: label smoothing and mixing are skipped with a note).
-        weight_decay: the explicit weight decay, or ``None`` for the preset's (else the default).
-        batch_mixer: the explicit mixer, or ``None`` for the preset's.
-        default_weight_decay: the weight decay without a preset.
-        verbose: ``0`` silences the notes.
-
-    Returns:
-        ``(preset, weight_decay, batch_mixer, weight_decay_from_preset)``.
-
-    Example:
-        >>> _, wd, mixer, from_preset = _resolve_module_preset("medium", num_classes=10, weight_decay=None,
-        ...                                                   batch_mixer=None, verbose=0)
-        >>> wd == get_preset("medium").weight_decay, type(mixer).__name__, from_preset
-        (True, 'PresetMixer', True)
-        >>> _resolve_module_preset(None, num_classes=None, weight_decay=None, batch_mixer=None)[1:]
-        (0.05, None, False)
-    """
-    if preset is None:
-        return None, default_weight_decay if weight_decay is None else weight_decay, batch_mixer, False
-    p = get_preset(preset)
-    from_preset = weight_decay is None
-    if batch_mixer is None:
-        batch_mixer = preset_mixer(p, num_classes, verbose=verbose)
-    return p, p.weight_decay if from_preset else weight_decay, batch_mixer, from_preset
-
-
-def _check_preset_optimizer(optimizer: Any, preset: Preset, verbose: int | bool = 1) -> bool:
+def check_preset_optimizer(optimizer: Optimizer, preset: Preset, verbose: int | bool = 1) -> bool:
     """Switch the preset's weight decay off (with a note) for an optimizer without decoupled weight decay.
+
+    The presets' values are decoupled weight decay (``uses_decoupled_weight_decay``); an optimizer that adds
+    weight decay to the gradient instead (SGD, Adam) would apply the same number as a different regularizer,
+    so every group's ``weight_decay`` is set to 0 and a note says why.
 
     Args:
         optimizer: the constructed optimizer whose decayed groups hold the preset's weight decay.
@@ -224,17 +190,17 @@ def _check_preset_optimizer(optimizer: Any, preset: Preset, verbose: int | bool 
         >>> import torch
         >>> w = torch.nn.Parameter(torch.zeros(2))
         >>> opt = torch.optim.SGD([{"params": [w], "weight_decay": 0.1}], lr=0.1)
-        >>> _check_preset_optimizer(opt, get_preset("mild"), verbose=0), opt.param_groups[0]["weight_decay"]
+        >>> check_preset_optimizer(opt, get_preset("mild"), verbose=0), opt.param_groups[0]["weight_decay"]
         (False, 0.0)
     """
-    if _decoupled_weight_decay(optimizer.defaults, type(optimizer)) or preset.weight_decay == 0:
+    if uses_decoupled_weight_decay(optimizer) or preset.weight_decay == 0:
         return True
     for group in optimizer.param_groups:
         group["weight_decay"] = 0.0
     say(
         check_verbose(verbose),
         1,
-        _skip_note(
+        preset_skip_note(
             preset,
             "weight decay",
             f"its value {preset.weight_decay:g} is decoupled weight decay (AdamW); "

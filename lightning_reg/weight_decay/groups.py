@@ -48,6 +48,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.optim import Optimizer
 
 from lightning_reg._shared.names import (
     WRAPPERS_ANYWHERE,
@@ -60,11 +61,13 @@ from lightning_reg._shared.validation import check_bool, check_number
 __all__ = [
     "DecayRule",
     "block_layer_ids",
+    "canonical_parameters",
     "classify_parameters",
     "describe_param_groups",
     "is_norm_module",
     "is_scale_module",
     "no_weight_decay_names",
+    "uses_decoupled_weight_decay",
     "validate_param_groups",
     "weight_decay_param_groups",
 ]
@@ -148,24 +151,41 @@ class DecayRule:
         """
         return self._selector
 
+    @classmethod
+    def coerce(cls, value: Any, name: str = "rule") -> DecayRule:
+        """Return ``value`` as a ``DecayRule``: a rule as is, a mapping of its arguments, or None (default).
 
-def _check_rule(rule: Any, name: str = "rule") -> DecayRule:
-    if rule is None:
-        return DecayRule()
-    if isinstance(rule, Mapping):  # the YAML / dict form: {embeddings: true, exclude: [head]}
-        unknown = sorted(set(rule) - {f.name for f in fields(DecayRule) if f.init})
-        if unknown:
-            valid = [f.name for f in fields(DecayRule) if f.init]
-            raise ValueError(f"`{name}` has unknown key(s) {unknown}; valid keys: {valid}.")
-        return DecayRule(**rule)
-    if not isinstance(rule, DecayRule):
-        raise TypeError(
-            f"`{name}` must be a DecayRule, a mapping of its arguments, or None; got {rule!r} of type"
-            f" {type(rule).__name__}."
-        )
-    return rule
+        The mapping is the form a LightningCLI (YAML) config gives: ``{embeddings: true, exclude: [head]}``.
 
+        Args:
+            value: a ``DecayRule``, a mapping of its arguments, or ``None``.
+            name: the argument's name, for the error message.
 
+        Returns:
+            The rule.
+
+        Raises:
+            TypeError: ``value`` is none of the above (or a field has the wrong type).
+            ValueError: the mapping has unknown keys (they are named, with the valid ones).
+
+        Example:
+            >>> DecayRule.coerce({"embeddings": True}).embeddings, DecayRule.coerce(None) == DecayRule()
+            (True, True)
+        """
+        if value is None:
+            return cls()
+        if isinstance(value, Mapping):
+            valid = [f.name for f in fields(cls) if f.init]
+            unknown = sorted(set(value) - set(valid))
+            if unknown:
+                raise ValueError(f"`{name}` has unknown key(s) {unknown}; valid keys: {valid}.")
+            return cls(**value)
+        if not isinstance(value, cls):
+            raise TypeError(
+                f"`{name}` must be a DecayRule, a mapping of its arguments, or None; got {value!r} of type"
+                f" {type(value).__name__}."
+            )
+        return value
 
 
 def _wrapper_depth(model: nn.Module) -> int:
@@ -267,8 +287,29 @@ def _matches(name: str, pattern: str) -> bool:
     return name == pattern or name.startswith(pattern + ".") or fnmatch.fnmatchcase(name, pattern)
 
 
-def _parameters(model: nn.Module, include_frozen: bool = False) -> list[tuple[str, nn.Parameter]]:
-    """Canonical (first-seen, stripped) name of each distinct (trainable) parameter, in registration order."""
+def canonical_parameters(model: nn.Module, *, include_frozen: bool = False) -> list[tuple[str, nn.Parameter]]:
+    """Each distinct parameter once, under the name the library reports it by, in registration order.
+
+    The name is the first one ``named_parameters()`` gives (tied parameters appear once) with the wrapper
+    components stripped (``_fsdp_wrapped_module.``, ``_orig_mod.``, a DDP wrapper's ``module.`` ...):
+    the names of :func:`classify_parameters`, :func:`block_layer_ids` and the groups' ``param_names``.
+
+    Args:
+        model: the model, possibly wrapped.
+        include_frozen: also list parameters with ``requires_grad=False``.
+
+    Returns:
+        ``(name, parameter)`` pairs.
+
+    Raises:
+        ValueError: an FSDP ``FlatParameter`` (its contents cannot be classified).
+
+    Example:
+        >>> m = torch.nn.Sequential(torch.nn.Linear(2, 2))
+        >>> _ = m[0].bias.requires_grad_(False)
+        >>> [n for n, _ in canonical_parameters(m)], len(canonical_parameters(m, include_frozen=True))
+        (['0.weight'], 2)
+    """
     strip = _Names(model)
     out = []
     for name, p in model.named_parameters():  # remove_duplicate=True: tied parameters once
@@ -282,10 +323,6 @@ def _parameters(model: nn.Module, include_frozen: bool = False) -> list[tuple[st
             )
         out.append((strip(name), p))
     return out
-
-
-def _trainable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
-    return _parameters(model)
 
 
 def classify_parameters(
@@ -309,9 +346,9 @@ def classify_parameters(
         >>> sorted((k, sorted(v)) for k, v in classify_parameters(m).items())
         [('0.bias', ['bias']), ('0.weight', []), ('1.bias', ['bias', 'norm']), ('1.weight', ['norm'])]
     """
-    rule = _check_rule(rule)
+    rule = DecayRule.coerce(rule)
     strip = _Names(model)
-    canonical = _parameters(model, include_frozen)
+    canonical = canonical_parameters(model, include_frozen=include_frozen)
     name_of = {id(p): n for n, p in canonical}
     reasons: dict[str, set[str]] = {n: set() for n, _ in canonical}
     aliases: dict[str, set[str]] = {n: {n} for n, _ in canonical}
@@ -406,7 +443,7 @@ def block_layer_ids(model: nn.Module, *, include_frozen: bool = False) -> dict[s
         >>> block_layer_ids(m)["stem.weight"], block_layer_ids(m)["head.weight"]
         (0, 3)
     """
-    canonical = _parameters(model, include_frozen)
+    canonical = canonical_parameters(model, include_frozen=include_frozen)
     trainable = {id(p) for _, p in canonical}
     best: tuple[int, str, list[set[int]]] | None = None
     for mod_name, module in model.named_modules():
@@ -489,7 +526,7 @@ def weight_decay_param_groups(
             "carries a real `lr`; standard schedulers ignore `lr_scale`."
         )
     reasons = classify_parameters(model, rule)
-    canonical = _trainable_parameters(model)
+    canonical = canonical_parameters(model)
 
     if layer_decay is None:
         groups = []
@@ -591,6 +628,30 @@ def _check_lr(lr: Any) -> float | None:
     return check_number("lr", lr, low=0.0, none_ok=True)
 
 
+def uses_decoupled_weight_decay(optimizer: Optimizer) -> bool:
+    """Whether an optimizer applies weight decay decoupled from the gradient (AdamW-style).
+
+    Decoupled weight decay shrinks the weights by ``lr * weight_decay`` at each step; SGD and Adam instead
+    add ``weight_decay * w`` to the gradient (an L2 term), which Adam then rescales per coordinate: the same
+    number means a different regularizer. True for ``AdamW`` and its subclasses and for any optimizer
+    built with ``decoupled_weight_decay=True`` (e.g. ``torch.optim.Adam``).
+
+    Args:
+        optimizer: a constructed optimizer.
+
+    Returns:
+        Whether its ``weight_decay`` is decoupled.
+
+    Example:
+        >>> p = [torch.nn.Parameter(torch.zeros(1))]
+        >>> [uses_decoupled_weight_decay(o) for o in (torch.optim.AdamW(p), torch.optim.SGD(p, lr=0.1))]
+        [True, False]
+    """
+    if optimizer.defaults.get("decoupled_weight_decay"):
+        return True
+    return any(cls.__name__ == "AdamW" for cls in type(optimizer).__mro__)
+
+
 def validate_param_groups(groups: Iterable[dict[str, Any]], model: nn.Module | None = None) -> None:
     """Check that no parameter is in two groups and, given ``model``, that every trainable one is in one.
 
@@ -611,7 +672,7 @@ def validate_param_groups(groups: Iterable[dict[str, Any]], model: nn.Module | N
     """
     names = {}
     if model is not None:
-        names = {id(p): n for n, p in _trainable_parameters(model)}
+        names = {id(p): n for n, p in canonical_parameters(model)}
     owner: dict[int, str] = {}
     for gi, group in enumerate(groups):
         gname = str(group.get("name", default_group_name(gi)))

@@ -1,6 +1,6 @@
 """DDP (2 CPU processes, gloo) fit of a RegularizedModule; each rank writes what it saw to out_dir/rank{r}.pt.
 
-Started by tests/test_module.py::test_ddp_two_process_fit through ``run_ddp_script``.
+Started by tests/module/test_regularized.py::test_ddp_two_process_fit through ``run_ddp_script``.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def main(out_dir: Path) -> None:
     from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
     from lightning_reg import weight_decay_param_groups
-    from tests.weight_decay.test_module import LMBlock, TinyLMModule
+    from tests.module.test_regularized import LMBlock, TinyLMModule
 
     lm = TinyLMModule()
     rule = DecayRule(embeddings=True)

@@ -151,7 +151,7 @@ def test_bf16_mixed_accumulation_val_check_interval_and_reduce_lr_on_plateau(tmp
     torch.manual_seed(0)
     model = TunableNet()
     model.configure_regularization(
-        optimizer=model.regularization_config["optimizer"], lr=0.3, weight_decay=1e-3,
+        optimizer=model.regularization_config.optimizer, lr=0.3, weight_decay=1e-3,
         lr_scheduler=plateau(factor=0.5),
     )
     cbs = ours()

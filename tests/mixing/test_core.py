@@ -250,6 +250,31 @@ def test_mixin_mixes_training_batches_only(tmp_path):
         assert y.dtype == torch.long and x.shape == (8, 1, 4, 4)  # validation batches untouched
 
 
+def test_a_closure_evaluated_several_times_sees_one_mixed_batch(tmp_path):
+    """LBFGS evaluates the closure (training_step included) several times per batch: each evaluation must
+    see the same mixed batch, and the mixer draws once per batch, as an optimizer stepping once would."""
+
+    class LBFGSNet(_Net):
+        def training_step(self, batch, batch_idx):
+            self.seen_idx.append(batch_idx)
+            return super().training_step(batch, batch_idx)
+
+        def configure_optimizers(self):
+            return torch.optim.LBFGS(self.parameters(), lr=0.1, max_iter=3)
+
+    train, _ = _data()
+    net = LBFGSNet(BatchMixer(3, mixup_alpha=1.0, cutmix_alpha=1.0, seed=0))
+    net.seen_idx = []
+    _trainer(tmp_path, 1, enable_checkpointing=False).fit(net, train)
+    ref = BatchMixer(3, mixup_alpha=1.0, cutmix_alpha=1.0, seed=0)
+    raw = list(train)
+    wanted = [ref.apply(x, y, ref.sample(x, 0)) for x, y in raw]
+    assert len(net.seen) > len(raw) and sorted(set(net.seen_idx)) == [0, 1, 2, 3]  # re-evaluated
+    for i, (_, x, y) in zip(net.seen_idx, net.seen):
+        assert torch.equal(x, wanted[i][0]) and torch.equal(y, wanted[i][1]), i
+    assert net.batch_mixer.state_dict() == ref.state_dict()  # one draw per batch
+
+
 def test_mix_batch_structures():
     from collections import namedtuple
 

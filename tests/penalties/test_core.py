@@ -19,8 +19,8 @@ from lightning_reg import (
     soft_threshold_,
     zero_fraction,
 )
+from lightning_reg.module.regularized import RegularizedModule
 from lightning_reg.penalties.callback import ProximalL1
-from lightning_reg.weight_decay.module import RegularizedModule
 
 
 class _Tied(nn.Module):

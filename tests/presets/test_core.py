@@ -12,18 +12,13 @@ from lightning_reg.presets.core import (
     PRESET_NAMES,
     PRESETS,
     Preset,
-    _decoupled_weight_decay,
     describe_preset,
     get_preset,
     next_preset,
     overfitting_hint,
 )
-from lightning_reg.presets.module_side import (
-    PresetMixer,
-    _check_preset_optimizer,
-    _resolve_module_preset,
-    preset_mixer,
-)
+from lightning_reg.presets.module_side import PresetMixer, check_preset_optimizer, preset_mixer
+from lightning_reg.weight_decay.groups import uses_decoupled_weight_decay
 
 NOTE_LOGGER = "lightning.pytorch.utilities.rank_zero"
 
@@ -169,24 +164,6 @@ def test_preset_mixer_needs_classes_and_something_to_do(caplog):
     assert any("no num_classes given" in r.getMessage() for r in caplog.records)
 
 
-def test_module_side_precedence():
-    p, wd, mixer, from_preset = _resolve_module_preset(
-        "strong", num_classes=5, weight_decay=None, batch_mixer=None, verbose=0
-    )
-    assert p == PRESETS["strong"] and wd == PRESETS["strong"].weight_decay and from_preset
-    assert isinstance(mixer, PresetMixer) and mixer.label_smoothing == PRESETS["strong"].label_smoothing
-    _, wd, mixer2, from_preset = _resolve_module_preset(
-        "strong", num_classes=5, weight_decay=0.0, batch_mixer=mixer, verbose=0
-    )
-    assert wd == 0.0 and not from_preset and mixer2 is mixer  # explicit arguments win
-    assert _resolve_module_preset(None, num_classes=5, weight_decay=None, batch_mixer=None) == (
-        None,
-        0.05,
-        None,
-        False,
-    )
-
-
 def test_weight_decay_only_for_decoupled_optimizers(caplog):
     w = torch.nn.Parameter(torch.zeros(2))
 
@@ -202,9 +179,9 @@ def test_weight_decay_only_for_decoupled_optimizers(caplog):
         (torch.optim.Adam(groups(), decoupled_weight_decay=True), True),
         (torch.optim.SGD(groups(), lr=0.1), False),
     ):
-        assert _decoupled_weight_decay(opt.defaults, type(opt)) is keeps
+        assert uses_decoupled_weight_decay(opt) is keeps
         with caplog.at_level(logging.INFO, logger=NOTE_LOGGER):
-            assert _check_preset_optimizer(opt, PRESETS["mild"]) is keeps
+            assert check_preset_optimizer(opt, PRESETS["mild"]) is keeps
         assert opt.param_groups[0]["weight_decay"] == (0.1 if keeps else 0.0)
     notes = [r.getMessage() for r in caplog.records if "weight decay skipped" in r.getMessage()]
     assert len(notes) == 2 and "SGD adds weight decay to the gradient" in notes[1]
