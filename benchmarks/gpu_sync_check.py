@@ -45,8 +45,8 @@ from lightning_reg import (
     RegularizedModule,
     ReproducibleResume,
     StochasticDepthScheduler,
-    WeightPenalty,
 )
+from lightning_reg.penalties import WeightPenalty
 
 PER_STEP_HOOKS = (
     "on_train_batch_start",

@@ -30,14 +30,9 @@ from torchvision.transforms.v2 import CutMix, MixUp
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's lightning_reg and harness
 
 from benchmarks.harness import Report, time_interleaved  # noqa: E402
-from lightning_reg import (  # noqa: E402
-    BatchMixer,
-    add_penalty_grad_,
-    decayed_parameters,
-    elastic_net_penalty,
-    freeze_batchnorm,
-    soft_threshold_,
-)
+from lightning_reg import BatchMixer, freeze_batchnorm
+from lightning_reg.penalties import elastic_net_penalty
+from lightning_reg.penalties.core import add_penalty_grad_, decayed_parameters, soft_threshold_
 
 
 def penalties(report: Report) -> None:

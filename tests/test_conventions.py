@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import ast
 import importlib
 import inspect
 import json
@@ -22,13 +23,13 @@ from typing import Any
 
 import lightning as L
 import pytest
+import tomllib
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_reg
-from lightning_reg import _lazy
 from lightning_reg._shared import step_logging, validation, verbosity
 from lightning_reg._shared.names import NameSelector
 from tests.memory_logger import MemoryLogger
@@ -37,10 +38,23 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_DIR = ROOT / "lightning_reg"
 
 
-def _declared() -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
-    for pkg in lightning_reg.PACKAGES:
-        importlib.import_module(f"lightning_reg.{pkg}")
-    return {name.split(".", 1)[1]: mods for name, mods in _lazy.DECLARED.items()}
+def packages() -> list[str]:
+    """The technique packages (and module/, presets/, report/): every public sub-package."""
+    return sorted(p.name for p in PACKAGE_DIR.iterdir() if (p / "__init__.py").exists() and p.name[0] != "_")
+
+
+def core_modules() -> list[str]:
+    """The modules the import-linter contract "Core modules import no Lightning" covers, expanded."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    (contract,) = [c for c in config["contracts"] if c["type"] == "forbidden"]
+    out = []
+    for name in contract["source_modules"]:
+        path = ROOT / name.replace(".", "/")
+        if path.is_dir():
+            out += [f"{name}.{p.stem}" for p in sorted(path.glob("*.py")) if not p.stem.startswith("__")]
+        else:
+            out.append(name)
+    return out
 
 
 # ------------------------------------------------------------------------------------------ import guards
@@ -63,10 +77,9 @@ print("imported", len(modules))
 
 
 def test_core_modules_and_the_flat_api_import_without_lightning() -> None:
-    core = [f"lightning_reg.{pkg}.{m}" for pkg, (mods, _) in _declared().items() for m in mods]
-    shared = ("keys", "names", "step_logging", "validation", "verbosity")
-    core += [f"lightning_reg._shared.{m}" for m in shared]
-    core += ["lightning_reg._lazy"]
+    # the same list import-linter checks statically; this imports them with Lightning blocked
+    core = core_modules()
+    assert len(core) >= 15
     proc = subprocess.run(
         [sys.executable, "-c", _BLOCK_LIGHTNING, json.dumps(core)],
         cwd=ROOT,
@@ -78,42 +91,66 @@ def test_core_modules_and_the_flat_api_import_without_lightning() -> None:
     assert f"imported {len(core)}" in proc.stdout
 
 
-def test_every_module_is_declared_or_private_and_every_all_is_exported() -> None:
-    declared = _declared()
-    assert sorted(declared) == sorted(lightning_reg.PACKAGES)
-    flat = set(lightning_reg.__all__)
-    for pkg, (core, shell) in declared.items():
-        files = {p.stem for p in (PACKAGE_DIR / pkg).glob("*.py") if p.stem != "__init__"}
-        undeclared = {f for f in files - set(core) - set(shell) if not f.startswith("_") and f != "__main__"}
-        assert not undeclared, f"{pkg}: modules neither declared in export() nor private: {undeclared}"
+def _stub_names(path: Path) -> tuple[dict[str, str], list[str]]:
+    """``{name: module}`` imported by an ``__init__.pyi`` and its ``__all__``."""
+    tree = ast.parse(path.read_text())
+    imported = {a.asname or a.name: node.module for node in tree.body if isinstance(node, ast.ImportFrom)
+                for a in node.names}
+    (listed,) = [ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)
+                 and getattr(n.targets[0], "id", "") == "__all__"]
+    return imported, listed
+
+
+def test_the_public_api_is_the_static_stub_and_dir_shows_only_it() -> None:
+    flat, flat_all = _stub_names(PACKAGE_DIR / "__init__.pyi")
+    assert sorted(flat_all) == sorted([*flat, "__version__"])
+    assert sorted(lightning_reg.__all__) == sorted(flat_all) == sorted(dir(lightning_reg))
+    for pkg in packages():
         package = importlib.import_module(f"lightning_reg.{pkg}")
-        for mod in (*core, *shell):
-            module = importlib.import_module(f"lightning_reg.{pkg}.{mod}")
-            names = list(module.__all__)
-            assert set(names) <= set(package.__all__) <= flat | {"__version__"}, (pkg, mod)
-            for name in names:
-                assert getattr(lightning_reg, name) is getattr(module, name), name
-            # public classes/functions defined here are in __all__ (else: prefix them with _)
-            defined = {
-                n
-                for n, obj in vars(module).items()
-                if not n.startswith("_")
-                and (inspect.isclass(obj) or inspect.isfunction(obj))
-                and getattr(obj, "__module__", None) == module.__name__
-            }
-            assert defined <= set(names), f"{pkg}.{mod}: public but not in __all__: {defined - set(names)}"
-        # the TYPE_CHECKING star imports list exactly the declared modules
-        source = (PACKAGE_DIR / pkg / "__init__.py").read_text()
-        starred = {line.split(".")[-1].split()[0] for line in source.splitlines() if "import *" in line}
-        assert starred == set(core) | set(shell), pkg
+        names, listed = _stub_names(PACKAGE_DIR / pkg / "__init__.pyi")
+        assert sorted(names) == sorted(listed) == sorted(package.__all__) == sorted(dir(package)), pkg
+        for name, module in names.items():
+            defining = importlib.import_module(f"lightning_reg.{pkg}.{module}")
+            assert name in defining.__all__, f"{pkg}: {name} is not in {module}.__all__"
+            assert getattr(package, name) is getattr(defining, name)
+    for name, pkg in flat.items():
+        assert getattr(lightning_reg, name) is getattr(importlib.import_module(f"lightning_reg.{pkg}"), name)
+    assert len(flat) <= 30, "the flat API is for what users call most; reach the rest through its package"
+
+
+def test_every_public_definition_is_in_its_modules_all() -> None:
+    for path in sorted(PACKAGE_DIR.rglob("*.py")):
+        if path.stem.startswith("__"):
+            continue
+        module = importlib.import_module(".".join(path.relative_to(ROOT).with_suffix("").parts))
+        names = set(getattr(module, "__all__", ()))
+        # public classes/functions defined here are in __all__ (else: prefix them with _)
+        defined = {
+            n
+            for n, obj in vars(module).items()
+            if not n.startswith("_")
+            and (inspect.isclass(obj) or inspect.isfunction(obj))
+            and getattr(obj, "__module__", None) == module.__name__
+        }
+        assert defined <= names, f"{module.__name__}: public but not in __all__: {defined - names}"
+
+
+def test_no_module_imports_an_underscore_name_from_another_module() -> None:
+    offenders = []
+    for path in sorted(PACKAGE_DIR.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("lightning_reg"):
+                offenders += [f"{path.relative_to(ROOT)}: {node.module}.{a.name}" for a in node.names
+                              if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not offenders, "make the name public in the module that owns it: " + ", ".join(offenders)
 
 
 def test_test_tree_mirrors_the_package() -> None:
-    for pkg in lightning_reg.PACKAGES:
+    for pkg in packages():
         tests = list((ROOT / "tests" / pkg).glob("test_*.py"))
         assert tests, f"tests/{pkg}/ has no test file"
         assert (ROOT / "tests" / pkg / "__init__.py").exists()
-    stray = [p.name for p in (ROOT / "tests").glob("test_*.py") if p.stem[5:] in lightning_reg.PACKAGES]
+    stray = [p.name for p in (ROOT / "tests").glob("test_*.py") if p.stem[5:] in packages()]
     assert not stray, f"package tests outside their folder: {stray}"
 
 
@@ -236,7 +273,7 @@ _STEP_KEY_PREFIXES = ("grad/", "stochastic_depth/", "proximal_l1/", "penalty/")
 def test_every_step_key_lands_on_lightnings_rows_and_is_monitorable(n: int | None) -> None:
     torch.manual_seed(0)
     logger = MemoryLogger()
-    module = _Module(weight_penalty=lightning_reg.WeightPenalty(l2=1e-3))
+    module = _Module(weight_penalty=lightning_reg.penalties.WeightPenalty(l2=1e-3))
     trainer_n = 3 if n is None else n if n else 3
     callbacks = _step_callbacks(n)
     trainer = L.Trainer(
@@ -291,7 +328,8 @@ def test_a_pattern_relative_to_the_wrapped_model_gets_the_full_name_suggested() 
 
 def test_every_callback_and_the_module_take_verbose() -> None:
     """One console switch everywhere: 0 quiet, 1 (default) one line at fit start, 2 details."""
-    exported = [getattr(lightning_reg, n) for n in lightning_reg.__all__ if n != "__version__"]
+    subpackages = [importlib.import_module(f"lightning_reg.{p}") for p in packages()]
+    exported = [getattr(p, n) for p in subpackages for n in p.__all__]
     callbacks = [c for c in exported if inspect.isclass(c) and issubclass(c, L.Callback)]
     assert len(callbacks) >= 10
     for cls in [*callbacks, lightning_reg.RegularizedModule]:

@@ -1,11 +1,8 @@
-"""Early stopping with best-weights restore: rank-local weight snapshots and the callback."""
+"""Early stopping with best-weights restore: rank-local weight snapshots and the callback.
 
-from typing import TYPE_CHECKING
+The public names are listed in ``__init__.pyi`` and loaded when first used.
+"""
 
-from lightning_reg._lazy import export
+import lazy_loader
 
-if TYPE_CHECKING:  # the same names, loaded lazily at run time
-    from lightning_reg.early_stopping.callback import *
-    from lightning_reg.early_stopping.snapshot import *
-
-__getattr__, __dir__, __all__ = export(__name__, core=['snapshot'], lightning=['callback'])
+__getattr__, __dir__, __all__ = lazy_loader.attach_stub(__name__, __file__)

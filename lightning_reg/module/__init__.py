@@ -2,14 +2,10 @@
 
 Its settings are one frozen ``RegularizationConfig`` (preset < module argument < explicit component),
 validated once when the module is built.
+
+The public names are listed in ``__init__.pyi`` and loaded when first used.
 """
 
-from typing import TYPE_CHECKING
+import lazy_loader
 
-from lightning_reg._lazy import export
-
-if TYPE_CHECKING:  # the same names, loaded lazily at run time
-    from lightning_reg.module.config import *
-    from lightning_reg.module.regularized import *
-
-__getattr__, __dir__, __all__ = export(__name__, core=[], lightning=['config', 'regularized'])
+__getattr__, __dir__, __all__ = lazy_loader.attach_stub(__name__, __file__)

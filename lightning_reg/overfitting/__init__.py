@@ -1,11 +1,8 @@
-"""Overfitting criteria over train/validation histories and the ``OverfittingMonitor`` callback."""
+"""Overfitting criteria over train/validation histories and the ``OverfittingMonitor`` callback.
 
-from typing import TYPE_CHECKING
+The public names are listed in ``__init__.pyi`` and loaded when first used.
+"""
 
-from lightning_reg._lazy import export
+import lazy_loader
 
-if TYPE_CHECKING:  # the same names, loaded lazily at run time
-    from lightning_reg.overfitting.callback import *
-    from lightning_reg.overfitting.criteria import *
-
-__getattr__, __dir__, __all__ = export(__name__, core=['criteria'], lightning=['callback'])
+__getattr__, __dir__, __all__ = lazy_loader.attach_stub(__name__, __file__)

@@ -1,12 +1,8 @@
-"""Explicit L1 / L2 / elastic-net penalties and proximal L1 on the decayed parameters."""
+"""Explicit L1 / L2 / elastic-net penalties and proximal L1 on the decayed parameters.
 
-from typing import TYPE_CHECKING
+The public names are listed in ``__init__.pyi`` and loaded when first used.
+"""
 
-from lightning_reg._lazy import export
+import lazy_loader
 
-if TYPE_CHECKING:  # the same names, loaded lazily at run time
-    from lightning_reg.penalties.callback import *
-    from lightning_reg.penalties.core import *
-    from lightning_reg.penalties.mixin import *
-
-__getattr__, __dir__, __all__ = export(__name__, core=['core'], lightning=['mixin', 'callback'])
+__getattr__, __dir__, __all__ = lazy_loader.attach_stub(__name__, __file__)

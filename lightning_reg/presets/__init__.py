@@ -1,12 +1,8 @@
-"""Named regularization presets (``mild``, ``medium``, ``strong``): the module side and the callbacks."""
+"""Named regularization presets (``mild``, ``medium``, ``strong``): the module side and the callbacks.
 
-from typing import TYPE_CHECKING
+The public names are listed in ``__init__.pyi`` and loaded when first used.
+"""
 
-from lightning_reg._lazy import export
+import lazy_loader
 
-if TYPE_CHECKING:  # the same names, loaded lazily at run time
-    from lightning_reg.presets.callbacks import *
-    from lightning_reg.presets.core import *
-    from lightning_reg.presets.module_side import *
-
-__getattr__, __dir__, __all__ = export(__name__, core=["core", "module_side"], lightning=["callbacks"])
+__getattr__, __dir__, __all__ = lazy_loader.attach_stub(__name__, __file__)

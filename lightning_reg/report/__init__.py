@@ -1,12 +1,8 @@
-"""Plots of a training run from its logs (CSV or TensorBoard); ``python -m lightning_reg.report``."""
+"""Plots of a training run from its logs (CSV or TensorBoard); ``python -m lightning_reg.report``.
 
-from typing import TYPE_CHECKING
+The public names are listed in ``__init__.pyi`` and loaded when first used.
+"""
 
-from lightning_reg._lazy import export
+import lazy_loader
 
-if TYPE_CHECKING:  # the same names, loaded lazily at run time
-    from lightning_reg.report.cli import *
-    from lightning_reg.report.data import *
-    from lightning_reg.report.plots import *
-
-__getattr__, __dir__, __all__ = export(__name__, core=['data', 'plots', 'cli'])
+__getattr__, __dir__, __all__ = lazy_loader.attach_stub(__name__, __file__)

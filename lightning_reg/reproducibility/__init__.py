@@ -1,11 +1,8 @@
-"""Exact resume: every rank's random-number states saved in checkpoints and restored at the right point."""
+"""Exact resume: every rank's random-number states saved in checkpoints and restored at the right point.
 
-from typing import TYPE_CHECKING
+The public names are listed in ``__init__.pyi`` and loaded when first used.
+"""
 
-from lightning_reg._lazy import export
+import lazy_loader
 
-if TYPE_CHECKING:  # the same names, loaded lazily at run time
-    from lightning_reg.reproducibility.callback import *
-    from lightning_reg.reproducibility.rng import *
-
-__getattr__, __dir__, __all__ = export(__name__, core=["rng"], lightning=["callback"])
+__getattr__, __dir__, __all__ = lazy_loader.attach_stub(__name__, __file__)

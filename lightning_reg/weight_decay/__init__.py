@@ -1,11 +1,8 @@
-"""Weight-decay parameter groups (decay / no decay, layer-wise LR decay) and the LR schedules they use."""
+"""Weight-decay parameter groups (decay / no decay, layer-wise LR decay) and the LR schedules they use.
 
-from typing import TYPE_CHECKING
+The public names are listed in ``__init__.pyi`` and loaded when first used.
+"""
 
-from lightning_reg._lazy import export
+import lazy_loader
 
-if TYPE_CHECKING:  # the same names, loaded lazily at run time
-    from lightning_reg.weight_decay.groups import *
-    from lightning_reg.weight_decay.schedulers import *
-
-__getattr__, __dir__, __all__ = export(__name__, core=['groups', 'schedulers'])
+__getattr__, __dir__, __all__ = lazy_loader.attach_stub(__name__, __file__)

@@ -103,9 +103,9 @@ class DecayRule:
     """Which parameters are kept out of weight decay (and out of the explicit penalties).
 
     One object shared by :func:`weight_decay_param_groups`, :class:`~lightning_reg.RegularizedModule`
-    (``decay_rule=``), :class:`~lightning_reg.WeightPenalty` and :class:`~lightning_reg.ProximalL1`; in a
-    LightningCLI config it is a plain mapping (``decay_rule: {embeddings: true, exclude: [head]}``). The
-    rules are described in :mod:`lightning_reg.weight_decay.groups`; parameters declared by a module's
+    (``decay_rule=``), :class:`~lightning_reg.penalties.WeightPenalty` and
+    :class:`~lightning_reg.ProximalL1`; in a LightningCLI config it is a plain mapping
+    (``decay_rule: {embeddings: true, exclude: [head]}``). The rules are described in :mod:`lightning_reg.weight_decay.groups`; parameters declared by a module's
     ``no_weight_decay()`` or marked ``_no_weight_decay`` are always excluded.
 
     Args:

@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from lightning_reg import (  # noqa: E402
+from lightning_reg import (
     BatchMixer,
     DropPath,
     EarlyStopping,
@@ -49,8 +49,8 @@ from lightning_reg import (  # noqa: E402
     RegularizedModule,
     ReproducibleResume,
     StochasticDepthScheduler,
-    WeightPenalty,
 )
+from lightning_reg.penalties import WeightPenalty
 from tests.memory_logger import MemoryLogger  # noqa: E402
 
 IN, WIDTH, CLASSES = 8, 16, 4

@@ -7,16 +7,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 from torchvision.transforms.v2 import CutMix, MixUp
 
-from lightning_reg import (
-    BatchMixer,
-    BatchMixingMixin,
-    MixParams,
-    cutmix,
-    cutmix_box,
-    mixup,
-    soft_target_cross_entropy,
-    soft_targets,
-)
+from lightning_reg import BatchMixer, BatchMixingMixin, cutmix, mixup
+from lightning_reg.mixing import soft_target_cross_entropy
+from lightning_reg.mixing.core import MixParams, cutmix_box, soft_targets
 
 
 def test_soft_targets_by_hand():

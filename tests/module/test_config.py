@@ -11,15 +11,11 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_reg import (
-    DEFAULT_WEIGHT_DECAY,
-    PRESETS,
-    BatchMixer,
-    DecayRule,
-    PresetMixer,
-    RegularizationConfig,
-    RegularizedModule,
-)
+from lightning_reg import BatchMixer, DecayRule, RegularizedModule
+from lightning_reg.module import RegularizationConfig
+from lightning_reg.module.config import DEFAULT_WEIGHT_DECAY
+from lightning_reg.presets.core import PRESETS
+from lightning_reg.presets.module_side import PresetMixer
 
 NOTE_LOGGER = "lightning.pytorch.utilities.rank_zero"
 

@@ -508,7 +508,7 @@ def test_reduce_lr_on_plateau_under_the_default_interval():
 
 
 def test_on_before_optimizer_step_without_super_is_refused_when_a_penalty_is_set():
-    from lightning_reg import WeightPenalty
+    from lightning_reg.penalties import WeightPenalty
 
     class NoSuper(Stack):
         def on_before_optimizer_step(self, optimizer):

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_reg import BatchMixer, RegularizedModule, WeightPenalty
+from lightning_reg import BatchMixer, RegularizedModule
+from lightning_reg.penalties import WeightPenalty
 
 
 class Net(RegularizedModule):

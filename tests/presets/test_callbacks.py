@@ -15,17 +15,16 @@ from torchvision.models.resnet import BasicBlock
 
 import lightning_reg
 from lightning_reg import (
-    PRESETS,
     EarlyStopping,
     GradientClipping,
     OverfittingMonitor,
-    PresetStochasticDepth,
-    PresetSummary,
     RegularizedModule,
     get_preset,
     preset_callbacks,
-    preset_config,
 )
+from lightning_reg.presets import PresetSummary, preset_config
+from lightning_reg.presets.callbacks import PresetStochasticDepth
+from lightning_reg.presets.core import PRESETS
 
 REPO = Path(__file__).resolve().parents[2]
 NOTE_LOGGER = "lightning.pytorch.utilities.rank_zero"

@@ -29,8 +29,8 @@ from lightning_reg import (
     RegularizedModule,
     StochasticDepthScheduler,
     WarmupCosineLR,
-    WeightPenalty,
 )
+from lightning_reg.penalties import WeightPenalty
 
 IN, WIDTH, CLASSES = 8, 16, 4
 BATCH, N_TRAIN, N_VAL = 8, 64, 48

@@ -22,29 +22,24 @@ from lightning_reg import (
     FreezeBatchNorm,
     GradientClipping,
     GradientMonitor,
-    OverfittingCriteria,
     OverfittingMonitor,
     ProximalL1,
     RegularizedModule,
     ReproducibleResume,
     StochasticDepthScheduler,
     WarmupCosineLR,
-    WeightPenalty,
     add_stochastic_depth,
-    cutmix_box,
-    depth_rates,
     drop_path,
-    elastic_net_penalty,
-    generalization_loss,
-    linear_depth_rates,
-    make_time_schedule,
     mixup,
-    overfitting_gap,
-    soft_target_cross_entropy,
-    soft_targets,
-    soft_threshold_,
     weight_decay_param_groups,
 )
+from lightning_reg.mixing import soft_target_cross_entropy
+from lightning_reg.mixing.core import cutmix_box, soft_targets
+from lightning_reg.overfitting import OverfittingCriteria, generalization_loss, overfitting_gap
+from lightning_reg.penalties import WeightPenalty, elastic_net_penalty
+from lightning_reg.penalties.core import soft_threshold_
+from lightning_reg.stochastic_depth import depth_rates, linear_depth_rates
+from lightning_reg.stochastic_depth.rate_rules import make_time_schedule
 
 
 def _opt() -> torch.optim.Optimizer:

@@ -13,8 +13,9 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_reg import DecayRule, describe_param_groups, no_weight_decay_names, weight_decay_param_groups
+from lightning_reg import DecayRule, weight_decay_param_groups
 from lightning_reg._shared.names import strip_wrapper_prefixes
+from lightning_reg.weight_decay import describe_param_groups, no_weight_decay_names
 from lightning_reg.weight_decay.groups import block_layer_ids, validate_param_groups
 
 # --------------------------------------------------------------------------------------------- models

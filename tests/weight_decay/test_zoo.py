@@ -22,7 +22,8 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_reg import DecayRule, no_weight_decay_names, weight_decay_param_groups
+from lightning_reg import DecayRule, weight_decay_param_groups
+from lightning_reg.weight_decay import no_weight_decay_names
 
 T = pytest.importorskip("transformers")
 timm = pytest.importorskip("timm")

@@ -1,0 +1,13 @@
+"""Public names of ``lightning_reg.batchnorm``: read by lazy_loader, editors and type checkers."""
+
+from .callback import FreezeBatchNorm as FreezeBatchNorm
+from .core import freeze_batchnorm as freeze_batchnorm
+from .core import is_frozen_batchnorm as is_frozen_batchnorm
+from .core import unfreeze_batchnorm as unfreeze_batchnorm
+
+__all__ = [
+    "FreezeBatchNorm",
+    "freeze_batchnorm",
+    "is_frozen_batchnorm",
+    "unfreeze_batchnorm",
+]
