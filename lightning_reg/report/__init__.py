@@ -8,5 +8,6 @@ if TYPE_CHECKING:  # the same names, loaded lazily at run time
     from lightning_reg.report.cli import *
     from lightning_reg.report.data import *
     from lightning_reg.report.plots import *
+    from lightning_reg.report.series import *
 
-__getattr__, __dir__, __all__ = export(__name__, core=['data', 'plots', 'cli'])
+__getattr__, __dir__, __all__ = export(__name__, core=['data', 'series', 'plots', 'cli'])
