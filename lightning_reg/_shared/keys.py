@@ -65,7 +65,7 @@ class Keys:
 
 
 def maximised_score_name(key: str) -> str | None:
-    """Return the component of ``key`` that names a score to maximise (``"acc"`` in ``"val_acc"``), or ``None``.
+    """Return the component of ``key`` naming a score to maximise (``"acc"`` in ``"val_acc"``), or ``None``.
 
     ``key`` is split on ``/``, ``_``, ``.`` and ``-``; its last component (the one before a trailing
     ``epoch`` or ``step``, which Lightning appends to keys logged both per step and per epoch) is looked up,

@@ -53,6 +53,11 @@ _PUBLISHED = (
 )  # fmt: skip
 
 
+def _published() -> Published:
+    """Return an attribute that takes a spawned worker's results before it is read (see ``_spawn``)."""
+    return Published(lambda es: es._take_spawn_results())
+
+
 class EarlyStopping(_LightningEarlyStopping):
     r"""Lightning's ``EarlyStopping`` plus restore of the best weights, ``start_from_epoch`` and ``baseline``.
 
@@ -152,12 +157,12 @@ class EarlyStopping(_LightningEarlyStopping):
     """
 
     # Read in the launching process after a spawn-based fit, these hold the workers' results.
-    best_epoch = Published(lambda self: self._take_spawn_results())
-    best_step = Published(lambda self: self._take_spawn_results())
-    best_score = Published(lambda self: self._take_spawn_results())
-    stopped_epoch = Published(lambda self: self._take_spawn_results())
-    stopping_reason = Published(lambda self: self._take_spawn_results())
-    restored = Published(lambda self: self._take_spawn_results())
+    best_epoch = _published()
+    best_step = _published()
+    best_score = _published()
+    stopped_epoch = _published()
+    stopping_reason = _published()
+    restored = _published()
 
     def __init__(
         self,
