@@ -17,16 +17,18 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping as _LightningEarlyStopping
 from lightning.pytorch.callbacks import ModelCheckpoint, StochasticWeightAveraging
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
+from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.rank_zero import WarningCache, rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
-from lightning_reg._shared.keys import Keys
+from lightning_reg._shared.keys import Keys, maximised_score_name
 from lightning_reg._shared.step_logging import log_epoch_metrics
 from lightning_reg._shared.validation import check_bool, check_choice, check_int, check_number, check_str
 from lightning_reg._shared.verbosity import check_verbose, say
+from lightning_reg.early_stopping._spawn import Published, SpawnResultChannel
 from lightning_reg.early_stopping.snapshot import (
     WeightSnapshot,
     agree_on_score,
@@ -44,54 +46,16 @@ CHECKPOINT_KEY = "lightning_reg.early_stopping.best_weights"
 #: Stored instead of the weights when the checkpoint's own ``state_dict`` holds exactly the best weights.
 _SAME_AS_MODEL = "same_as_checkpoint_state_dict"
 _REASONS = list(EarlyStoppingReason)
+#: What a ``ddp_spawn`` worker hands back (see ``_spawn``); ``score_is_double``: the best score's dtype.
+_PUBLISHED = (
+    "best_epoch", "best_step", "best_score", "stopped_epoch", "wait_count", "stopping_reason", "restored",
+    "score_is_double",
+)  # fmt: skip
 
 
-class _ResultChannel:
-    """A few numbers a spawned worker hands back to the callback object in the launching process.
-
-    Lightning's spawn- and fork-based launchers (``ddp_spawn``, ``ddp_fork``, ``ddp_notebook``) run ``fit``
-    on copies of the callbacks in worker processes and bring back only the weights and
-    ``trainer.callback_metrics``; the callback the user holds is never touched. This tensor is moved to
-    shared memory at construction, so the workers' copies (pickled by ``torch.multiprocessing``, or forked)
-    write into the same memory the launching process reads. Layout: generation, best epoch, best step, best
-    score, stopped epoch, wait count, stopping reason, restored, best-score dtype (``nan`` = ``None``).
-    """
-
-    SIZE = 9
-
-    def __init__(self) -> None:
-        self.values = torch.zeros(self.SIZE, dtype=torch.float64)
-        try:
-            self.values.share_memory_()
-        except (RuntimeError, OSError):  # pragma: no cover - no shared memory: results stay in the workers
-            pass
-
-    @property
-    def generation(self) -> int:
-        return int(self.values[0])
-
-    def __eq__(self, other: object) -> bool:  # copies compare equal (pickling must preserve vars())
-        if not isinstance(other, _ResultChannel):
-            return False
-        return torch.equal(self.values.nan_to_num(-1.0), other.values.nan_to_num(-1.0))
-
-    __hash__ = None  # type: ignore[assignment]
-
-
-class _Published:
-    """An attribute that first takes the values a spawned worker published (see :class:`_ResultChannel`)."""
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.slot = f"_{name}"
-
-    def __get__(self, obj: Any, objtype: type | None = None) -> Any:
-        if obj is None:
-            return self
-        obj._pull_published()
-        return obj.__dict__[self.slot]
-
-    def __set__(self, obj: Any, value: Any) -> None:
-        obj.__dict__[self.slot] = value
+def _published() -> Published:
+    """Return an attribute that takes a spawned worker's results before it is read (see ``_spawn``)."""
+    return Published(lambda es: es._take_spawn_results())
 
 
 class EarlyStopping(_LightningEarlyStopping):
@@ -124,11 +88,13 @@ class EarlyStopping(_LightningEarlyStopping):
 
     Under DDP each rank's monitored value is all-gathered: if all ranks agree (``sync_dist=True``) that
     exact value is used, otherwise their mean, so the best score, ``best_epoch``/``best_step`` and the stop
-    decision are identical on every rank. With several instances, each restores its own best and the last
-    to run wins. Under ``ddp_spawn`` (and ``ddp_fork``/``ddp_notebook``) the instance in the launching
-    process ends with the workers' ``best_epoch``, ``best_step``, ``best_score``, ``stopped_epoch``,
-    ``stopping_reason`` and ``restored`` (and the model with the restored weights, which Lightning copies
-    back from rank 0).
+    decision are identical on every rank. The mean is in no log (each rank logs its own value and the
+    loggers show rank 0's), so the first check where the ranks differ warns once, with the values, and the
+    restore message marks the best score as the mean over ranks. With several instances, each restores its
+    own best and the last to run wins. Under ``ddp_spawn`` (and ``ddp_fork``/``ddp_notebook``) the instance
+    in the launching process ends with the workers' ``best_epoch``, ``best_step``, ``best_score``,
+    ``stopped_epoch``, ``stopping_reason`` and ``restored`` (and the model with the restored weights, which
+    Lightning copies back from rank 0).
 
     At every check the best epoch so far is logged as ``early_stopping/best_epoch`` and, once restored,
     ``early_stopping/restored_epoch`` (written to the loggers and to ``trainer.callback_metrics``;
@@ -141,7 +107,9 @@ class EarlyStopping(_LightningEarlyStopping):
         verbose: ``0``/``False``: nothing but warnings (Lightning's ``False``); ``1`` (default): one line at
             fit start and one when the best weights are restored; ``2``/``True``: also Lightning's message
             at every improvement and stop (Lightning's ``True``).
-        mode: ``"min"`` or ``"max"``.
+        mode: ``"min"`` or ``"max"``. ``"min"`` (Lightning's default) with a ``monitor`` that names a
+            score to maximise (its last component ``acc``, ``f1``, ``auc``, ``iou``, ``precision``, ...:
+            ``lightning_reg._shared.keys.MAXIMISED_SCORE_NAMES``) warns once at construction.
         strict: raise if ``monitor`` is not among the logged metrics.
         check_finite: stop when the monitored value becomes NaN or infinite.
         stopping_threshold: stop once the monitored value reaches this threshold.
@@ -188,12 +156,13 @@ class EarlyStopping(_LightningEarlyStopping):
         True
     """
 
-    best_epoch = _Published()
-    best_step = _Published()
-    best_score = _Published()
-    stopped_epoch = _Published()
-    stopping_reason = _Published()
-    restored = _Published()
+    # Read in the launching process after a spawn-based fit, these hold the workers' results.
+    best_epoch = _published()
+    best_step = _published()
+    best_score = _published()
+    stopped_epoch = _published()
+    stopping_reason = _published()
+    restored = _published()
 
     def __init__(
         self,
@@ -217,8 +186,7 @@ class EarlyStopping(_LightningEarlyStopping):
         # Lightning's class accepts these silently: a non-string monitor never matches a logged key, a
         # negative patience stops at the first check, a negative min_delta turns worse values into
         # "improvements".
-        self._channel = _ResultChannel()
-        self._seen_generation = 0
+        self._channel = SpawnResultChannel(len(_PUBLISHED))
         check_str("monitor", monitor)
         min_delta = check_number("min_delta", min_delta, low=0)
         check_int("patience", patience, low=0)
@@ -249,6 +217,7 @@ class EarlyStopping(_LightningEarlyStopping):
             log_rank_zero_only=log_rank_zero_only,
         )
         self.verbose: int = verbose
+        _warn_if_a_score_is_minimised(monitor, self.mode)
         self.restore_best_weights = restore_best_weights
         self.snapshot = snapshot
         self.start_from_epoch = start_from_epoch
@@ -277,48 +246,47 @@ class EarlyStopping(_LightningEarlyStopping):
         self._sharded: bool | None = None
         self._checkpoint_callback: ModelCheckpoint | None = None
         self._num_checks = 0
+        self._unsynced = False  # the ranks logged different values of `monitor` (warned once)
 
     # ------------------------------------------------------------------ results from spawned workers
 
-    def _pull_published(self) -> None:
-        """Take the results a spawned worker of the last ``fit`` wrote into the shared channel, once."""
-        channel = self.__dict__.get("_channel")
-        if channel is None or channel.generation <= self._seen_generation:
+    def _take_spawn_results(self) -> None:
+        """Take the results a spawned worker of the last ``fit`` published, once (see ``_spawn``)."""
+        channel = self.__dict__.get("_channel")  # absent while Lightning's __init__ sets the attributes
+        values = channel.take() if channel is not None else None
+        if values is None:
             return
-        v = channel.values.tolist()
-        self._seen_generation = int(v[0])
+        v = dict(zip(_PUBLISHED, values))
         d = self.__dict__
-        d["_best_epoch"] = None if math.isnan(v[1]) else int(v[1])
-        d["_best_step"] = None if math.isnan(v[2]) else int(v[2])
-        d["_best_score"] = torch.tensor(v[3], dtype=torch.float64 if v[8] == 1 else torch.float32)
-        d["_stopped_epoch"] = int(v[4])
-        self.wait_count = int(v[5])
-        d["_stopping_reason"] = _REASONS[int(v[6])]
-        d["_restored"] = bool(v[7])
+        d["_best_epoch"] = None if math.isnan(v["best_epoch"]) else int(v["best_epoch"])
+        d["_best_step"] = None if math.isnan(v["best_step"]) else int(v["best_step"])
+        d["_best_score"] = torch.tensor(
+            v["best_score"], dtype=torch.float64 if v["score_is_double"] == 1 else torch.float32
+        )
+        d["_stopped_epoch"] = int(v["stopped_epoch"])
+        self.wait_count = int(v["wait_count"])
+        d["_stopping_reason"] = _REASONS[int(v["stopping_reason"])]
+        d["_restored"] = bool(v["restored"])
 
     def _publish(self, trainer: pl.Trainer) -> None:
-        """In a worker of a spawn/fork launcher, write the results for the launching process (rank 0)."""
-        from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
-
+        """In a worker of a spawn/fork launcher, publish the results for the launching process (rank 0)."""
         if not isinstance(getattr(trainer.strategy, "launcher", None), _MultiProcessingLauncher):
             return
-        generation = self._seen_generation + 1
-        self._seen_generation = generation  # every rank: never pull what this fit itself publishes
         if trainer.global_rank != 0:
+            self._channel.publish(None)
             return
         score = self.best_score
-        values = [
-            generation,
-            math.nan if self.best_epoch is None else self.best_epoch,
-            math.nan if self.best_step is None else self.best_step,
-            float(score),
-            self.stopped_epoch,
-            self.wait_count,
-            _REASONS.index(self.stopping_reason),
-            float(self.restored),
-            1.0 if score.dtype == torch.float64 else 0.0,
-        ]
-        self._channel.values.copy_(torch.tensor(values, dtype=torch.float64))
+        results = {
+            "best_epoch": math.nan if self.best_epoch is None else self.best_epoch,
+            "best_step": math.nan if self.best_step is None else self.best_step,
+            "best_score": float(score),
+            "stopped_epoch": self.stopped_epoch,
+            "wait_count": self.wait_count,
+            "stopping_reason": _REASONS.index(self.stopping_reason),
+            "restored": float(self.restored),
+            "score_is_double": 1.0 if score.dtype == torch.float64 else 0.0,
+        }
+        self._channel.publish([float(results[k]) for k in _PUBLISHED])
 
     # ------------------------------------------------------------------ setup and state
 
@@ -467,8 +435,24 @@ class EarlyStopping(_LightningEarlyStopping):
     def _agreed_value(self, trainer: pl.Trainer, current: Tensor) -> Tensor:
         if trainer.world_size <= 1:
             return current
-        gathered = trainer.strategy.all_gather(current.detach().reshape(()))
-        return agree_on_score(gathered).to(current.device)
+        gathered = trainer.strategy.all_gather(current.detach().reshape(())).reshape(-1)
+        agreed = agree_on_score(gathered).to(current.device)
+        if not self._unsynced and not bool((gathered == gathered[0]).all()):
+            self._unsynced = True  # checked until the first disagreement: one host sync per check
+            self._warn_unsynced(gathered.tolist(), float(agreed))
+        return agreed
+
+    def _warn_unsynced(self, values: list[float], agreed: float) -> None:
+        """Once per fit: the ranks logged different values; say which value early stopping uses."""
+        shown = ", ".join(f"{v:.6g}" for v in values)
+        rank_zero_warn(
+            f"EarlyStopping: `{self.monitor}` differs across the {len(values)} ranks ({shown}): it was "
+            "logged without `sync_dist=True`, so each rank logs its own value and the loggers show rank 0's "
+            f"({values[0]:.6g}). EarlyStopping uses their mean ({agreed:.6g}) on every rank, for the best "
+            "score, the stop decision and its messages, so the best score it reports is in no log. Log it "
+            f"with `self.log({self.monitor!r}, ..., sync_dist=True)` to make the logged value the one it "
+            "uses."
+        )
 
     def _beats(self, value: Tensor, reference: Tensor | float) -> bool:
         reference = torch.as_tensor(reference, dtype=value.dtype, device=value.device)
@@ -563,11 +547,12 @@ class EarlyStopping(_LightningEarlyStopping):
         if self.best_epoch is not None:
             value = torch.tensor(float(self.best_epoch))
             log_epoch_metrics(trainer, {Keys.RESTORED_EPOCH: value}, with_epoch=False)
+        mean = " (the mean over ranks)" if self._unsynced else ""
         say(
             self.verbose,
             1,
             f"EarlyStopping: restored epoch {self.best_epoch}, step {self.best_step},"
-            f" {self.monitor}={float(self.best_score):.4f}",
+            f" {self.monitor}={float(self.best_score):.4f}{mean}",
         )
 
     def _why_nothing(self) -> str:
@@ -605,6 +590,22 @@ class EarlyStopping(_LightningEarlyStopping):
         checkpoint = trainer.strategy.load_checkpoint(cb.best_model_path)
         trainer.strategy.load_model_state_dict(checkpoint)
         return True
+
+
+def _warn_if_a_score_is_minimised(monitor: str, mode: str) -> None:
+    """Warn when ``monitor`` names a score to maximise (an accuracy) but ``mode`` is ``"min"``.
+
+    A warning, not an error: ``mode="min"`` is Lightning's default, and the class stays a drop-in
+    replacement of Lightning's, whose own tests construct it so.
+    """
+    score = maximised_score_name(monitor)
+    if score is None or mode != "min":
+        return
+    rank_zero_warn(
+        f"EarlyStopping(monitor={monitor!r}) runs with mode='min' (the default), but {score!r} names a score "
+        "where higher is better: the best epoch, and the weights restored, would be its worst. Pass "
+        "mode='max'."
+    )
 
 
 def _progress(trainer: pl.Trainer) -> tuple[int, int]:

@@ -2,70 +2,114 @@
 
 from __future__ import annotations
 
-import math
-import random
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import EarlyStopping as LightningEarlyStopping
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
-from torch.utils.data import DataLoader, Subset
+from lightning.pytorch.utilities.model_helpers import is_overridden
+from torch.utils.data import DataLoader
 from torchmetrics import Metric
 from typing_extensions import override
 
-from lightning_reg._shared.keys import Keys
-from lightning_reg._shared.validation import check_bool, check_callable, check_int
+from lightning_reg._shared.keys import Keys, maximised_score_name
+from lightning_reg._shared.validation import check_bool, check_callable, check_int, check_str
 from lightning_reg._shared.verbosity import check_verbose, say
+from lightning_reg.overfitting._wording import AlertWording
 from lightning_reg.overfitting.criteria import CheckReport, OverfittingCriteria
+from lightning_reg.overfitting.probe import EvalModeProbe
 
 __all__ = ["OverfittingMonitor"]
 
 _ACTIONS = ("warn", "stop")
+#: What the alert proposes to regularize more when no ``hint`` is given.
+_DEFAULT_HINT = "Try the 'mild' preset: RegularizedModule(preset='mild') and preset_callbacks('mild')."
 
 
-def _default_probe_forward(pl_module: pl.LightningModule, batch: Any) -> tuple[Any, Any]:
-    """Split ``batch`` as ``(x, y, ...)`` and return ``(pl_module(x), y)``."""
-    return pl_module(batch[0]), batch[1]
-
-
-def _acc_dtype(device: torch.device) -> torch.dtype:
+def _value_dtype(device: torch.device) -> torch.dtype:
     """Float64 for the few per-check values, except on MPS, which has no float64."""
     return torch.float32 if device.type == "mps" else torch.float64
 
 
-def _batch_size(batch: Any) -> int:
-    """Infer the batch size as the length of the first tensor found in ``batch``."""
-    if isinstance(batch, torch.Tensor):
-        return int(batch.shape[0]) if batch.ndim else 1
-    if isinstance(batch, Mapping):
-        batch = list(batch.values())
-    if isinstance(batch, Sequence) and not isinstance(batch, str):
-        for item in batch:
-            size = _batch_size(item)
-            if size:
-                return size
-    return 0
+def _parse_pairs(pairs: Any) -> dict[str, tuple[str, str, str]]:
+    """Validate ``{name: (train_key, val_key[, mode])}``; return ``{name: (train_key, val_key, mode)}``.
+
+    A pair without a mode is ``"min"``; one whose key names a score to maximise (an accuracy) must say its
+    mode, since ``"min"`` would call every improvement of it a deterioration.
+    """
+    if not isinstance(pairs, Mapping) or not pairs:
+        raise ValueError(
+            f"`pairs` must be a non-empty dict {{name: (train_key, val_key[, mode])}}; got {pairs!r}."
+        )
+    out: dict[str, tuple[str, str, str]] = {}
+    for name, spec in pairs.items():
+        if isinstance(spec, str) or not isinstance(spec, Sequence):
+            raise TypeError(
+                f"Pair {name!r} must be (train_key, val_key) or (train_key, val_key, mode); got {spec!r}."
+            )
+        spec = tuple(spec)
+        if len(spec) not in (2, 3) or not all(isinstance(s, str) for s in spec):
+            raise ValueError(
+                f"Pair {name!r} must be (train_key, val_key) or (train_key, val_key, mode); got {spec!r}."
+            )
+        if len(spec) == 2:
+            score = maximised_score_name(spec[1]) or maximised_score_name(spec[0])
+            if score is not None:
+                raise ValueError(
+                    f"Pair {name!r} {spec!r} has no mode, so it would be 'min' (lower is better), but "
+                    f"{score!r} names a score where higher is better: validation improving would read as "
+                    f"validation getting worse. Write ({spec[0]!r}, {spec[1]!r}, 'max') (or 'min' if lower "
+                    "really is better)."
+                )
+        mode = spec[2] if len(spec) == 3 else "min"
+        if mode not in ("min", "max"):
+            raise ValueError(f"Mode of pair {name!r} must be one of 'min', 'max'; got {mode!r}.")
+        out[name] = (spec[0], spec[1], mode)
+    return out
 
 
-def _snapshot_metric(metric: Metric) -> dict[str, Any]:
-    """Copy a torchmetrics object's accumulated state (tensors and list states)."""
-    state = {
-        k: v.clone() if isinstance(v, torch.Tensor) else [t.clone() for t in v]
-        for k, v in metric.metric_state.items()
-    }
-    return {"state": state, "update_count": metric._update_count, "computed": metric._computed}
+def _check_probe(
+    probe: Any, probe_metrics: Mapping[str, Any] | None, pairs: Mapping[str, Any]
+) -> dict[str, Metric]:
+    """Validate the probe arguments; return the probe metrics as a dict."""
+    if probe is not None and not isinstance(probe, DataLoader):
+        bad_type = isinstance(probe, bool) or not isinstance(probe, (int, float))
+        if bad_type or not 0 < probe <= 1:
+            raise (TypeError if bad_type else ValueError)(
+                "`probe` must be None, a number in (0, 1] (a fraction of the training set) or a "
+                f"DataLoader; got {probe!r}."
+            )
+    metrics = dict(probe_metrics or {})
+    if metrics and probe is None:
+        raise ValueError("`probe_metrics` needs `probe` (a fraction of the training set or a DataLoader).")
+    for name, metric in metrics.items():
+        if name not in pairs:
+            raise ValueError(f"`probe_metrics` names unknown pair {name!r}. Valid pairs: {list(pairs)}.")
+        if not isinstance(metric, Metric):
+            raise TypeError(f"`probe_metrics[{name!r}]` must be a torchmetrics.Metric; got {type(metric)}.")
+    return metrics
 
 
-def _restore_metric(metric: Metric, snapshot: dict[str, Any]) -> None:
-    """Put back a state copied by :func:`_snapshot_metric`."""
-    for k, v in snapshot["state"].items():
-        setattr(metric, k, v)
-    metric._update_count = snapshot["update_count"]
-    metric._computed = snapshot["computed"]
+def _restore_advice(trainer: pl.Trainer, val_key: str, mode: str, best_epoch: int | None) -> str | None:
+    """How to keep the best weights, or ``None`` when an early stopping on the Trainer restores them."""
+    stoppers = [cb for cb in trainer.callbacks if isinstance(cb, LightningEarlyStopping)]  # type: ignore[attr-defined]
+    if any(getattr(cb, "restore_best_weights", False) for cb in stoppers):
+        return None
+    epoch = "the best epoch" if best_epoch is None else f"the weights of epoch {best_epoch}"
+    ours = f'`lightning_reg.EarlyStopping(monitor="{val_key}", mode="{mode}")`'
+    if not stoppers:
+        return f"keep {epoch} with {ours}, which restores the best epoch when fit ends"
+    if any(hasattr(cb, "restore_best_weights") for cb in stoppers):
+        return f"keep {epoch}: set `restore_best_weights=True` on the EarlyStopping of the Trainer"
+    return (
+        f"keep {epoch}: Lightning's EarlyStopping on the Trainer stops without restoring them; {ours} in "
+        "its place restores the best epoch when fit ends"
+    )
 
 
 class OverfittingMonitor(Callback):
@@ -76,7 +120,7 @@ class OverfittingMonitor(Callback):
     overfitting), the relative gap, Prechelt's generalization loss ``GL`` (how much worse validation is than
     its best so far, in percent), the validation trend (t-statistic of the least-squares slope over the last
     ``window`` checks), Prechelt's ``PQ`` and ``UP_s``, and decides, per pair, whether the check is an
-    **alert** (see :class:`~lightning_reg.overfitting.criteria.OverfittingCriteria`):
+    **alert** (see ``OverfittingCriteria``):
 
     * the pair's criteria fire; by default ``trend``: validation more than 5 % (``"min"`` pairs, losses) or
       10 % (``"max"`` pairs, accuracies) worse than its best *and* rising as a trend over the last 8 checks
@@ -90,11 +134,13 @@ class OverfittingMonitor(Callback):
     (false alarms and detection delay; the table is in the docs). Logged every check (epoch-level, same
     value on every rank): ``overfit/<pair>_gap``, ``_rel_gap``, ``_gl``, ``_trend`` and ``_pq`` (once
     defined), ``overfit/<pair>_alert`` (1.0 at an alert of that pair) and ``overfit/alert`` (1.0 if any
-    pair alerts); the keys are :class:`lightning_reg._shared.keys.Keys`' and the report reads them.
+    pair alerts); the keys are ``lightning_reg._shared.keys.Keys``' and the report reads them.
 
     An *episode* of a pair starts at its first alerting check and lasts while its checks keep alerting. At
     the start of an episode the action runs once: ``"warn"`` issues one rank-zero warning naming the pair,
-    the numbers and concrete next steps; ``"stop"`` warns and stops training on all ranks (decided through
+    the numbers and the next steps that are not already in place (keeping the best epoch's weights is
+    proposed only when no early stopping on the Trainer restores them; regularizing more as ``hint`` says);
+    ``"stop"`` warns and stops training on all ranks (decided through
     ``trainer.strategy.reduce_boolean_decision``); a callable is called as ``action(trainer, pl_module,
     report)`` with ``report`` a dict holding ``epoch``, ``step``, ``check``, ``alert`` (any pair),
     ``new_episodes`` (the pairs whose episode starts) and ``pairs`` (``{pair: CheckReport.as_dict()}``).
@@ -108,11 +154,11 @@ class OverfittingMonitor(Callback):
     decision even if a metric was logged without ``sync_dist``.
 
     **Probe** (honest gap): training metrics are measured with dropout, augmentation and batch mixing on.
-    With ``probe`` set, after every validation the model is evaluated in eval mode, without gradients, on a
-    fixed subset of the training data (``probe=<float>``: that fraction of the training set, chosen once
-    with ``probe_seed``, sharded across ranks, in batches of the training loader's size, also when it is
-    built with a ``batch_sampler``; ``probe=<DataLoader>``: that loader, evaluated as given on every rank),
-    and that value replaces the train side:
+    With ``probe`` set, after every validation an ``EvalModeProbe`` evaluates the model in eval mode,
+    without gradients, on a fixed subset of the training data (``probe=<float>``: that fraction of the
+    training set, chosen once with ``probe_seed``, sharded across ranks, in batches of the training
+    loader's size; ``probe=<DataLoader>``: that loader, evaluated as given on every rank), and that value
+    replaces the train side:
 
     * with ``probe_metrics={pair: torchmetrics.Metric}``, the metric is updated with
       ``probe_forward(pl_module, batch)`` (default ``(pl_module(batch[0]), batch[1])``) and computed (synced
@@ -131,18 +177,19 @@ class OverfittingMonitor(Callback):
 
     Args:
         pairs: ``{name: (train_key, val_key)}`` or ``{name: (train_key, val_key, mode)}``, mode ``"min"``
-            (default) or ``"max"``.
+            (the default) or ``"max"``. A pair whose key names a score to maximise (``acc``, ``f1``,
+            ``auc``, ...: see ``lightning_reg._shared.keys.maximised_score_name``) must give its mode.
         criteria: ``{criterion: threshold}`` or ``{criterion: {pair: threshold}}`` with criteria ``"trend"``
             (GL floor in percent, with a t >= 2.5 rise over ``window`` checks), ``"gl"`` (GL in percent,
             Prechelt's alpha), ``"pq"`` (Prechelt's alpha), ``"up"`` (threshold = s), ``"gap"``,
             ``"rel_gap"`` (above threshold ``patience`` checks in a row). Default: ``trend`` at 5.0 for
-            ``"min"`` pairs and 10.0 for ``"max"`` pairs (see
-            :func:`~lightning_reg.overfitting.criteria.default_criteria`).
+            ``"min"`` pairs and 10.0 for ``"max"`` pairs (see ``default_criteria``).
         action: ``"warn"``, ``"stop"``, or a callable ``(trainer, pl_module, report)``.
         warmup: number of checks at the start of training during which no alert is raised (values are still
             computed, logged and counted).
         patience: checks in a row a ``gap`` / ``rel_gap`` condition must hold.
-        strip: ``k`` of Prechelt's P_k (train values of the last ``k`` checks).
+        strip_length: ``k`` of Prechelt's P_k, the training progress over a strip of the last ``k``
+            checks' train values (``>= 2``).
         window: checks of the trend test and of the training-still-improves condition (``>= 3``).
         probe: ``None`` (use the logged train metrics), a fraction in ``(0, 1]`` of the training set, or a
             ``DataLoader``.
@@ -150,12 +197,15 @@ class OverfittingMonitor(Callback):
         probe_forward: ``(pl_module, batch) -> (preds, target)`` for ``probe_metrics``.
         probe_seed: seed of the fixed random subset when ``probe`` is a fraction.
         sync_values: average the values over ranks before deciding (one all-reduce per check).
+        hint: the sentence an alert gives as the way to regularize more (``preset_callbacks`` passes the
+            next stronger preset); ``None``: try the ``'mild'`` preset.
         verbose: ``0``/``False``: warnings only; ``1`` (default): one line at fit start and, if any pair
             alerted, one line at fit end; ``2``/``True``: the whole table of checks at fit end.
 
     Raises:
         TypeError: an argument of the wrong type.
-        ValueError: a bad value (unknown criterion or pair, a GL threshold below 1 %, ...).
+        ValueError: a bad value (unknown criterion or pair, a GL threshold below 1 %, a pair of accuracies
+            without its mode, ...).
 
     Example:
         >>> monitor = OverfittingMonitor(
@@ -173,35 +223,18 @@ class OverfittingMonitor(Callback):
         action: str | Callable[[pl.Trainer, pl.LightningModule, dict[str, Any]], None] = "warn",
         warmup: int = 0,
         patience: int = 1,
-        strip: int = 5,
+        strip_length: int = 5,
         window: int = 8,
         probe: float | DataLoader | None = None,
         probe_metrics: dict[str, Metric] | None = None,
         probe_forward: Callable[[pl.LightningModule, Any], tuple[Any, Any]] | None = None,
         probe_seed: int = 0,
         sync_values: bool = True,
+        hint: str | None = None,
         verbose: bool | int = 1,
     ) -> None:
         super().__init__()
-        if not isinstance(pairs, Mapping) or not pairs:
-            raise ValueError(
-                f"`pairs` must be a non-empty dict {{name: (train_key, val_key[, mode])}}; got {pairs!r}."
-            )
-        self.pairs: dict[str, tuple[str, str, str]] = {}
-        for name, spec in pairs.items():
-            if isinstance(spec, str) or not isinstance(spec, Sequence):
-                raise TypeError(
-                    f"Pair {name!r} must be (train_key, val_key) or (train_key, val_key, mode); got {spec!r}."
-                )
-            spec = tuple(spec)
-            if len(spec) not in (2, 3) or not all(isinstance(s, str) for s in spec):
-                raise ValueError(
-                    f"Pair {name!r} must be (train_key, val_key) or (train_key, val_key, mode); got {spec!r}."
-                )
-            mode = spec[2] if len(spec) == 3 else "min"
-            if mode not in ("min", "max"):
-                raise ValueError(f"Mode of pair {name!r} must be one of 'min', 'max'; got {mode!r}.")
-            self.pairs[name] = (spec[0], spec[1], mode)
+        self.pairs = _parse_pairs(pairs)
         if not callable(action) and action not in _ACTIONS:
             raise ValueError(
                 f"`action` must be one of 'warn', 'stop' or a callable (trainer, pl_module, report); got "
@@ -211,59 +244,43 @@ class OverfittingMonitor(Callback):
         check_int("probe_seed", probe_seed)
         check_bool("sync_values", sync_values)
         check_callable("probe_forward", probe_forward, none_ok=True)
+        self.hint = _DEFAULT_HINT if hint is None else check_str("hint", hint)
         self.verbose = check_verbose(verbose)
-        # validates criteria names and thresholds, patience, strip and window
+        self.probe_metrics = _check_probe(probe, probe_metrics, self.pairs)
+        # validates criteria names and thresholds, patience, strip_length and window
         modes = {n: p[2] for n, p in self.pairs.items()}
-        self._criteria = OverfittingCriteria(modes, criteria, patience, strip, window, warmup)
-        if probe is not None and not isinstance(probe, DataLoader):
-            bad_type = isinstance(probe, bool) or not isinstance(probe, (int, float))
-            if bad_type or not 0 < probe <= 1:
-                raise (TypeError if bad_type else ValueError)(
-                    "`probe` must be None, a number in (0, 1] (a fraction of the training set) or a "
-                    f"DataLoader; got {probe!r}."
-                )
-        probe_metrics = dict(probe_metrics or {})
-        if probe_metrics and probe is None:
-            raise ValueError(
-                "`probe_metrics` needs `probe` (a fraction of the training set or a DataLoader)."
-            )
-        for name, metric in probe_metrics.items():
-            if name not in self.pairs:
-                raise ValueError(
-                    f"`probe_metrics` names unknown pair {name!r}. Valid pairs: {list(self.pairs)}."
-                )
-            if not isinstance(metric, Metric):
-                raise TypeError(
-                    f"`probe_metrics[{name!r}]` must be a torchmetrics.Metric; got {type(metric)}."
-                )
-        self.criteria = self._criteria.criteria
+        self.criteria = OverfittingCriteria(modes, criteria, patience, strip_length, window, warmup).criteria
         self.action = action
         self.warmup = warmup
         self.patience = patience
-        self.strip = strip
+        self.strip_length = strip_length
         self.window = window
         self.probe = probe
-        self.probe_metrics = probe_metrics
-        self.probe_forward = probe_forward or _default_probe_forward
+        self.probe_forward = probe_forward
         self.probe_seed = probe_seed
         self.sync_values = sync_values
+        self._wording = AlertWording(self.pairs, window, self.criteria)
+        self._probe: EvalModeProbe | None = None
+        if probe is not None:
+            keys = {n: val for n, (_, val, _) in self.pairs.items() if n not in self.probe_metrics}
+            self._probe = EvalModeProbe(probe, keys, self.probe_metrics, probe_forward, probe_seed)
         self._start_fresh()
 
     def _start_fresh(self) -> None:
         modes = {n: p[2] for n, p in self.pairs.items()}
         self._criteria = OverfittingCriteria(
-            modes, self.criteria, self.patience, self.strip, self.window, self.warmup
+            modes, self.criteria, self.patience, self.strip_length, self.window, self.warmup
         )
         self.history: list[dict[str, Any]] = []
         self.in_episode: dict[str, bool] = {name: False for name in self.pairs}
         self.num_episodes = 0
         self.stopped_epoch: int | None = None
-        self._pending_val: dict[str, float] | None = None
+        self._pending_val: dict[str, Any] | None = None
         self._pending_probe: dict[str, float] | None = None
-        self._probe_loader: DataLoader | None = None
+        if self._probe is not None:
+            self._probe.reset()
         self._checked_logging = False
         self._hinted_negative_gap = False
-        self._preset: Any = None
 
     @property
     @override
@@ -276,7 +293,7 @@ class OverfittingMonitor(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":
             self._start_fresh()  # before Lightning loads a checkpoint's state into this callback
-        if self.probe is not None and isinstance(
+        if self._probe is not None and isinstance(
             trainer.strategy, (FSDPStrategy, DeepSpeedStrategy, ModelParallelStrategy)
         ):
             raise MisconfigurationException(
@@ -284,21 +301,18 @@ class OverfittingMonitor(Callback):
                 "calls the unwrapped LightningModule, whose sharded parameters would not be gathered. Use "
                 "`probe=None` (the logged train metrics) with this strategy."
             )
-        for metric in self.probe_metrics.values():
-            metric.to(pl_module.device)
+        if self._probe is not None:
+            self._probe.to(pl_module.device)
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._preset = getattr(pl_module, "preset", None)  # RegularizedModule(preset=...): named in the hint
         pairs = ", ".join(f"{n} ({t} vs {v}, {m})" for n, (t, v, m) in self.pairs.items())
         crit = ", ".join(
             f"{c} {sorted(set(t.values()))[0]:g}" if len(set(t.values())) == 1 else f"{c} {t}"
             for c, t in self.criteria.items()
         )
-        side = "logged train metrics" if self.probe is None else "eval-mode probe of the training set"
+        side = "logged train metrics" if self._probe is None else "eval-mode probe of the training set"
         say(self.verbose, 1, f"OverfittingMonitor: {pairs}; criteria {crit}; train side from {side}.")
-        from lightning.pytorch.utilities.model_helpers import is_overridden
-
         if trainer.limit_val_batches == 0 or not is_overridden("validation_step", pl_module):
             why = "limit_val_batches=0" if trainer.limit_val_batches == 0 else "no validation_step"
             rank_zero_warn(
@@ -321,45 +335,26 @@ class OverfittingMonitor(Callback):
         self._pending_val = {
             name: torch.as_tensor(metrics[val]).detach().clone() for name, (_, val, _) in self.pairs.items()
         }
-        if self.probe is not None:
-            self._pending_probe = self._run_probe(trainer, pl_module)
+        if self._probe is not None:
+            self._pending_probe = self._probe.measure(trainer, pl_module)
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._pending_val is None:
             return  # no validation since the last check
         probe = self._pending_probe or {}
-        metrics = trainer.callback_metrics
-        missing = [tr for name, (tr, _, _) in self.pairs.items() if name not in probe and tr not in metrics]
-        if missing and trainer.fit_loop.restarting:
-            # Resumed from a checkpoint written at `on_validation_end` of an epoch's last batch: Lightning
-            # replays only the epoch-end hooks and does not restore that epoch's train metrics.
-            rank_zero_warn(
-                f"OverfittingMonitor: skipping the check of epoch {trainer.current_epoch}: the run resumed "
-                "from a checkpoint saved after validation but before the end of the training epoch, and "
-                f"Lightning does not restore the epoch's train metrics {missing}. Save checkpoints at the "
-                "end of the training epoch (`ModelCheckpoint(save_on_train_epoch_end=True)`) to keep all "
-                "checks."
-            )
+        if not self._train_side_logged(trainer, probe):
             self._pending_val = None
             self._pending_probe = None
             return
-        if missing:
-            raise MisconfigurationException(
-                f"OverfittingMonitor: train metric(s) {missing} were never logged. Logged keys: "
-                f"{sorted(metrics)}. Log them in `training_step` with `self.log(..., on_epoch=True)`, or fix "
-                "`pairs`."
-            )
-        if not self._checked_logging:
-            self._checked_logging = True
-            self._warn_per_step_train_keys(trainer, probe)
         names = list(self.pairs)
         device = pl_module.device
+        metrics = trainer.callback_metrics
         train = [probe[n] if n in probe else metrics[self.pairs[n][0]] for n in names]
         vals = [self._pending_val[n] for n in names]
         stacked = torch.stack(
             [
-                torch.as_tensor(v, dtype=_acc_dtype(device), device=device).detach().reshape(())
+                torch.as_tensor(v, dtype=_value_dtype(device), device=device).detach().reshape(())
                 for v in train + vals
             ]
         )
@@ -411,6 +406,32 @@ class OverfittingMonitor(Callback):
 
     # ------------------------------------------------------------------ logic
 
+    def _train_side_logged(self, trainer: pl.Trainer, probe: Mapping[str, float]) -> bool:
+        """Whether every pair has its train side; skip a resumed epoch's check (with a warning) if not."""
+        metrics = trainer.callback_metrics
+        missing = [tr for name, (tr, _, _) in self.pairs.items() if name not in probe and tr not in metrics]
+        if missing and trainer.fit_loop.restarting:
+            # Resumed from a checkpoint written at `on_validation_end` of an epoch's last batch: Lightning
+            # replays only the epoch-end hooks and does not restore that epoch's train metrics.
+            rank_zero_warn(
+                f"OverfittingMonitor: skipping the check of epoch {trainer.current_epoch}: the run resumed "
+                "from a checkpoint saved after validation but before the end of the training epoch, and "
+                f"Lightning does not restore the epoch's train metrics {missing}. Save checkpoints at the "
+                "end of the training epoch (`ModelCheckpoint(save_on_train_epoch_end=True)`) to keep all "
+                "checks."
+            )
+            return False
+        if missing:
+            raise MisconfigurationException(
+                f"OverfittingMonitor: train metric(s) {missing} were never logged. Logged keys: "
+                f"{sorted(metrics)}. Log them in `training_step` with `self.log(..., on_epoch=True)`, or fix "
+                "`pairs`."
+            )
+        if not self._checked_logging:
+            self._checked_logging = True
+            self._warn_per_step_train_keys(trainer, probe)
+        return True
+
     def _warn_per_step_train_keys(self, trainer: pl.Trainer, probe: Mapping[str, float]) -> None:
         """Warn once if a train key was logged per step only: its epoch-end value is the last batch's."""
         results = getattr(trainer, "_results", None)
@@ -434,43 +455,17 @@ class OverfittingMonitor(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, values: dict[str, tuple[float, float]]
     ) -> None:
         reports: dict[str, CheckReport] = self._criteria.update(values)
-        check = self._criteria.num_checks - 1
         alerts = {name: r.alert for name, r in reports.items()}
         entry = {
             "epoch": trainer.current_epoch,
             "step": trainer.global_step,
-            "check": check,
+            "check": self._criteria.num_checks - 1,
             "alert": any(alerts.values()),
             "pairs": {n: r.as_dict() for n, r in reports.items()},
         }
         self.history.append(entry)
-        logs: dict[str, float] = {}
-        for name, r in reports.items():
-            logs[Keys.overfit(name, "gap")] = r.gap
-            logs[Keys.overfit(name, "rel_gap")] = r.rel_gap
-            logs[Keys.overfit(name, "gl")] = r.gl
-            if r.trend is not None:  # defined from the `window`-th check on, on every rank alike
-                logs[Keys.overfit(name, "trend")] = r.trend
-            if r.pq is not None:  # defined from the `strip`-th check on, on every rank alike
-                logs[Keys.overfit(name, "pq")] = r.pq
-            logs[Keys.overfit(name, "alert")] = float(r.alert)
-        logs[Keys.OVERFIT_ALERT] = float(entry["alert"])
-        # The key set must be the same on every rank (each key is one collective). Values are identical on all
-        # ranks when `sync_values`; "max" keeps them exact and silences the epoch-level sync warning.
-        pl_module.log_dict(logs, on_step=False, on_epoch=True, sync_dist=True, reduce_fx="max")
-
-        held = [n for n, r in reports.items() if r.held_back == "negative gap"]
-        if held and not self._hinted_negative_gap and self.probe is None:
-            self._hinted_negative_gap = True
-            r = reports[held[0]]
-            train_key, val_key, _ = self.pairs[held[0]]
-            rank_zero_warn(
-                f"OverfittingMonitor: {val_key} is getting worse while {train_key} improves (epoch "
-                f"{trainer.current_epoch}), but validation is still better than training (gap {r.gap:.4g}), "
-                "so this is not called overfitting: the train side is measured in train mode (dropout, "
-                "augmentation, batch mixing make it pessimistic). Set `probe=0.1` to measure it in eval mode "
-                "on a fixed tenth of the training set."
-            )
+        self._log_check(pl_module, reports, entry["alert"])
+        self._hint_at_negative_gap(trainer, reports)
         new = [name for name, alert in alerts.items() if alert and not self.in_episode[name]]
         self.in_episode = alerts
         entry["new_episodes"] = new
@@ -480,7 +475,7 @@ class OverfittingMonitor(Callback):
             if callable(self.action):
                 self.action(trainer, pl_module, entry)
             else:
-                rank_zero_warn(self._message(entry, new), category=UserWarning)
+                rank_zero_warn(self._message(trainer, entry, new), category=UserWarning)
                 stop = self.action == "stop"
         if self.action == "stop":
             stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
@@ -488,58 +483,46 @@ class OverfittingMonitor(Callback):
                 trainer.should_stop = True
                 self.stopped_epoch = trainer.current_epoch
 
-    def _epoch_of_check(self, check: int) -> int | None:
-        for h in self.history:
-            if h["check"] == check:
-                return int(h["epoch"])
-        return None
+    @staticmethod
+    def _log_check(pl_module: pl.LightningModule, reports: Mapping[str, CheckReport], alert: bool) -> None:
+        logs: dict[str, float] = {}
+        for name, r in reports.items():
+            logs[Keys.overfit(name, "gap")] = r.gap
+            logs[Keys.overfit(name, "rel_gap")] = r.rel_gap
+            logs[Keys.overfit(name, "gl")] = r.gl
+            if r.trend is not None:  # defined from the `window`-th check on, on every rank alike
+                logs[Keys.overfit(name, "trend")] = r.trend
+            if r.pq is not None:  # defined from the `strip_length`-th check on, on every rank alike
+                logs[Keys.overfit(name, "pq")] = r.pq
+            logs[Keys.overfit(name, "alert")] = float(r.alert)
+        logs[Keys.OVERFIT_ALERT] = float(alert)
+        # The key set must be the same on every rank (each key is one collective). Values are identical on all
+        # ranks when `sync_values`; "max" keeps them exact and silences the epoch-level sync warning.
+        pl_module.log_dict(logs, on_step=False, on_epoch=True, sync_dist=True, reduce_fx="max")
 
-    def _describe(self, name: str, r: Mapping[str, Any]) -> str:
-        train_key, val_key, mode = self.pairs[name]
-        best_epoch = self._epoch_of_check(r["best_check"])
-        best = f"{r['best_val']:.4g}" + ("" if best_epoch is None else f" (epoch {best_epoch})")
-        parts = []
-        for crit in r["fired"]:
-            if crit in ("trend", "gl"):
-                rise = f"{val_key}={r['val']:.4g} is {r['gl']:.3g} % worse than its best {best}"
-                if crit == "trend":
-                    rise += f" and has risen over the last {self.window} checks (t = {r['trend']:.2g})"
-                parts.append(rise)
-            elif crit == "pq":
-                parts.append(f"PQ = {r['pq']:.3g} (GL {r['gl']:.3g} % against little training progress)")
-            elif crit == "up":
-                parts.append(f"{val_key} got worse {r['up_count']} checks in a row")
-            else:
-                parts.append(
-                    f"the train/validation gap is {r['gap']:.4g} (relative {r['rel_gap']:.3g}), above "
-                    f"{self.criteria[crit][name]:g} ({crit})"
-                )
-        return (
-            f"{'; '.join(dict.fromkeys(parts))}, while {train_key}={r['train']:.4g} kept improving "
-            f"(gap {r['gap']:.4g})"
+    def _hint_at_negative_gap(self, trainer: pl.Trainer, reports: Mapping[str, CheckReport]) -> None:
+        """Once per fit: validation worsens but stays better than a train-mode train side; propose a probe."""
+        held = [n for n, r in reports.items() if r.held_back == "negative gap"]
+        if not held or self._hinted_negative_gap or self._probe is not None:
+            return
+        self._hinted_negative_gap = True
+        r = reports[held[0]]
+        train_key, val_key, _ = self.pairs[held[0]]
+        rank_zero_warn(
+            f"OverfittingMonitor: {val_key} is getting worse while {train_key} improves (epoch "
+            f"{trainer.current_epoch}), but validation is still better than training (gap {r.gap:.4g}), "
+            "so this is not called overfitting: the train side is measured in train mode (dropout, "
+            "augmentation, batch mixing make it pessimistic). Set `probe=0.1` to measure it in eval mode "
+            "on a fixed tenth of the training set."
         )
 
-    def _message(self, entry: dict[str, Any], new: list[str]) -> str:
-        described = [f"`{n}`: {self._describe(n, entry['pairs'][n])}" for n in new]
-        name = new[0]
-        r = entry["pairs"][name]
-        _, val_key, mode = self.pairs[name]
-        best_epoch = self._epoch_of_check(r["best_check"])
-        restore = (
-            f"keep the weights of epoch {best_epoch} with "
-            f'`lightning_reg.EarlyStopping(monitor="{val_key}", mode="{mode}")`, which restores the best '
-            "epoch when fit ends"
-        )
-        what = "Stopping training. " if self.action == "stop" else ""
-        from lightning_reg.presets.core import overfitting_hint
-
-        hint = overfitting_hint(self._preset)
-        return (
-            f"OverfittingMonitor: overfitting at epoch {entry['epoch']} (step {entry['step']}) in "
-            + "; ".join(described)
-            + f". {what}Next steps: {restore}; regularize more: {hint[0].lower() + hint[1:]} Or train on"
-            " more data, with a smaller model or for fewer epochs."
-        )
+    def _message(self, trainer: pl.Trainer, entry: dict[str, Any], new: list[str]) -> str:
+        _, val_key, mode = self.pairs[new[0]]
+        best_epoch = self._wording.epoch_of_check(self.history, entry["pairs"][new[0]]["best_check"])
+        restore = _restore_advice(trainer, val_key, mode, best_epoch)
+        regularize = f"regularize more: {self.hint[0].lower() + self.hint[1:]}"
+        steps = [restore, regularize] if restore else [regularize]
+        return self._wording.alert(self.history, entry, new, steps, stopping=self.action == "stop")
 
     def summary_line(self) -> str:
         """One line: per pair, the epochs its alert episodes started at (or that it never alerted).
@@ -548,20 +531,7 @@ class OverfittingMonitor(Callback):
             >>> OverfittingMonitor({"loss": ("train_loss", "val_loss")}).summary_line()
             'OverfittingMonitor: no alert (loss).'
         """
-        starts: dict[str, list[int]] = {name: [] for name in self.pairs}
-        previous = {name: False for name in self.pairs}
-        for h in self.history:
-            for name, r in h["pairs"].items():
-                alert = bool(r.get("alert", h["alert"]))
-                if alert and not previous[name]:
-                    starts[name].append(int(h["epoch"]))
-                previous[name] = alert
-        parts = [f"{n} from epoch {', '.join(map(str, e))}" for n, e in starts.items() if e]
-        quiet = [n for n, e in starts.items() if not e]
-        if not parts:
-            return f"OverfittingMonitor: no alert ({', '.join(quiet)})."
-        tail = f"; no alert: {', '.join(quiet)}" if quiet else ""
-        return f"OverfittingMonitor: overfitting alerts in {'; '.join(parts)}{tail}."
+        return self._wording.summary_line(self.history)
 
     def summary_table(self) -> str:
         """Return the history as a text table: per check and pair, the values and whether that pair alerted.
@@ -571,146 +541,4 @@ class OverfittingMonitor(Callback):
             >>> monitor.summary_table().splitlines()[0]
             'OverfittingMonitor summary'
         """
-        lines = [
-            "OverfittingMonitor summary",
-            f"{'epoch':>5} {'pair':<12} {'train':>10} {'val':>10} "
-            f"{'gap':>10} {'GL %':>8} {'trend t':>8} alert fired",
-        ]
-        for h in self.history:
-            for name, r in h["pairs"].items():
-                trend = "" if r.get("trend") is None else f"{r['trend']:.3g}"
-                alert = "yes" if r.get("alert", h["alert"]) else "no"
-                fired = ",".join(r["fired"])
-                if r["fired"] and r.get("held_back"):
-                    fired += f" (held back: {r['held_back']})"
-                lines.append(
-                    f"{h['epoch']:>5} {name:<12} {r['train']:>10.4g} {r['val']:>10.4g} {r['gap']:>10.4g} "
-                    f"{r['gl']:>8.3g} {trend:>8} {alert:>5} {fired}"
-                )
-        return "\n".join(lines)
-
-    # ------------------------------------------------------------------ probe
-
-    def _build_probe_loader(self, trainer: pl.Trainer) -> DataLoader:
-        if isinstance(self.probe, DataLoader):
-            return self.probe
-        train_loader = trainer.train_dataloader
-        if not isinstance(train_loader, DataLoader):
-            raise MisconfigurationException(
-                "OverfittingMonitor: `probe` as a fraction needs a single training DataLoader (got "
-                f"{type(train_loader).__name__}); pass a DataLoader as `probe` instead."
-            )
-        dataset = train_loader.dataset
-        n = len(dataset)  # type: ignore[arg-type]
-        size = max(1, round(float(self.probe) * n))  # type: ignore[arg-type]
-        generator = torch.Generator().manual_seed(self.probe_seed)
-        indices = torch.randperm(n, generator=generator)[:size].sort().values
-        indices = indices[trainer.global_rank :: trainer.world_size].tolist()  # shard across ranks
-        return DataLoader(
-            Subset(dataset, indices),
-            batch_size=_loader_batch_size(train_loader),
-            shuffle=False,
-            collate_fn=train_loader.collate_fn,
-            num_workers=0,
-        )
-
-    @torch.no_grad()
-    def _run_probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
-        if self._probe_loader is None:
-            self._probe_loader = self._build_probe_loader(trainer)
-        module_pairs = [n for n in self.pairs if n not in self.probe_metrics]
-        device = pl_module.device
-        dtype = _acc_dtype(device)
-        zero = torch.zeros((), dtype=dtype, device=device)
-        sums = {n: zero for n in module_pairs}
-        counts = {n: 0 for n in module_pairs}
-        metric_objs: dict[str, Metric] = {}
-        out: dict[str, float] = {}
-        modes = {m: m.training for m in pl_module.modules()}
-        # torchmetrics objects the module updates in validation_step: run the probe on clean states and put
-        # the module's own states back afterwards, so neither side pollutes the other.
-        module_metrics = [m for m in pl_module.modules() if isinstance(m, Metric)] if module_pairs else []
-        snapshots = [_snapshot_metric(m) for m in module_metrics]
-        captured: dict[str, Any] = {}
-
-        def capture(name: str, value: Any, *args: Any, **kwargs: Any) -> None:
-            captured[name] = (value, kwargs.get("batch_size"))
-
-        # The probe must not shift the training run's random streams (a DataLoader iterator draws a seed).
-        rng_devices = [device.index or 0] if device.type == "cuda" else []
-        rng = torch.random.fork_rng(devices=rng_devices)
-        rng.__enter__()
-        pl_module.eval()
-        try:
-            if module_pairs:
-                pl_module.log = capture  # type: ignore[method-assign]
-            for metric in [*self.probe_metrics.values(), *module_metrics]:
-                metric.reset()
-            for batch_idx, batch in enumerate(self._probe_loader):
-                batch = trainer.strategy.batch_to_device(batch)
-                if self.probe_metrics:
-                    preds, target = self.probe_forward(pl_module, batch)
-                    for metric in self.probe_metrics.values():
-                        metric.update(preds, target)
-                if not module_pairs:
-                    continue
-                captured.clear()
-                pl_module.validation_step(batch, batch_idx)
-                for name in module_pairs:
-                    key = self.pairs[name][1]
-                    if key not in captured:
-                        raise MisconfigurationException(
-                            f"OverfittingMonitor probe: `validation_step` did not log {key!r} "
-                            f"(it logged {sorted(captured)})."
-                        )
-                    value, size = captured[key]
-                    if isinstance(value, Metric):  # it accumulates the probe batches itself
-                        metric_objs[name] = value
-                        continue
-                    size = size or _batch_size(batch)
-                    value = torch.as_tensor(value, device=device).detach().to(dtype)
-                    sums[name] = sums[name] + value * size
-                    counts[name] += size
-            for name, metric in [*self.probe_metrics.items(), *metric_objs.items()]:
-                out[name] = float(metric.compute())  # synced across ranks by torchmetrics
-        finally:
-            if module_pairs:
-                del pl_module.log
-            for metric, snapshot in zip(module_metrics, snapshots):
-                _restore_metric(metric, snapshot)
-            for metric in self.probe_metrics.values():
-                metric.reset()
-            for module, was_training in modes.items():
-                module.train(was_training)
-            rng.__exit__(None, None, None)
-        plain = [n for n in module_pairs if n not in metric_objs]
-        if plain:
-            counts_t = torch.tensor([counts[n] for n in plain], dtype=dtype, device=device)
-            totals = torch.cat([torch.stack([sums[n] for n in plain]), counts_t])
-            if trainer.world_size > 1:
-                totals = trainer.strategy.reduce(totals, reduce_op="sum")
-            t = totals.tolist()  # one host sync for the whole probe
-            for i, name in enumerate(plain):
-                out[name] = t[i] / t[len(plain) + i] if t[len(plain) + i] else math.nan
-        return out
-
-
-def _loader_batch_size(loader: DataLoader) -> int:
-    """Return the training loader's batch size, also when it is built with a ``batch_sampler``."""
-    if loader.batch_size:
-        return int(loader.batch_size)
-    sampler = loader.batch_sampler
-    for _ in range(4):  # Lightning and users wrap batch samplers; look a few levels down
-        size = getattr(sampler, "batch_size", None)
-        if isinstance(size, int) and size > 0:
-            return size
-        inner = getattr(sampler, "batch_sampler", None) or getattr(sampler, "_batch_sampler", None)
-        if inner is None:
-            break
-        sampler = inner
-    # a custom batch sampler without `batch_size`: the size of its first batch (random state left untouched)
-    state = random.getstate()
-    with torch.random.fork_rng():
-        first = next(iter(loader.batch_sampler), None) if loader.batch_sampler is not None else None
-    random.setstate(state)
-    return max(1, len(first)) if first is not None else 1
+        return self._wording.summary_table(self.history)

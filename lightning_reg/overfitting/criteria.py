@@ -151,11 +151,11 @@ def generalization_loss(val: float, best_val: float, mode: str = "min") -> float
     return 100.0 * worse / abs(best_val)
 
 
-def training_progress(strip: Sequence[float], mode: str = "min") -> float:
+def training_progress(strip_values: Sequence[float], mode: str = "min") -> float:
     """Prechelt's training progress P_k over a strip of ``k`` train values, in per mille.
 
     Args:
-        strip: the last ``k`` train values (``k >= 1``).
+        strip_values: the last ``k`` train values (``k >= 1``).
         mode: ``"min"`` or ``"max"``.
 
     Returns:
@@ -168,10 +168,10 @@ def training_progress(strip: Sequence[float], mode: str = "min") -> float:
         500.0
     """
     _check_mode(mode)
-    if len(strip) == 0:
-        raise ValueError("`strip` must hold at least one value.")
-    mean = math.fsum(strip) / len(strip)
-    best = min(strip) if mode == "min" else max(strip)
+    if len(strip_values) == 0:
+        raise ValueError("`strip_values` must hold at least one value.")
+    mean = math.fsum(strip_values) / len(strip_values)
+    best = min(strip_values) if mode == "min" else max(strip_values)
     diff = mean - best if mode == "min" else best - mean
     if diff <= 0:
         return 0.0
@@ -364,8 +364,8 @@ class OverfittingCriteria:
       (GL, in percent) and getting worse as a trend: :func:`trend_statistic` of the last ``window``
       validation values at least ``trend_t`` (:data:`TREND_T`, 2.5). A single bad check does not fire it;
     * ``"gl"``: Prechelt's GL above the threshold (percent; fires on a single bad check);
-    * ``"pq"``: Prechelt's PQ above the threshold (needs ``strip`` train values; P_k is computed over the
-      train values of the last ``strip`` checks, a sliding window);
+    * ``"pq"``: Prechelt's PQ above the threshold (needs ``strip_length`` train values; P_k is computed
+      over the train values of the last ``strip_length`` checks, a sliding window);
     * ``"up"``: validation worse than at the previous check while training improves, ``s`` checks in a row
       (the threshold is ``s``);
     * ``"gap"`` / ``"rel_gap"``: absolute / relative gap above the threshold for ``patience`` checks in
@@ -381,7 +381,7 @@ class OverfittingCriteria:
         criteria: ``{criterion: threshold or {pair: threshold}}``; default :func:`default_criteria`
             (``trend`` 5 % for ``"min"`` pairs, 10 % for ``"max"`` pairs).
         patience: checks in a row the ``gap`` / ``rel_gap`` conditions must hold (``>= 1``).
-        strip: ``k`` of P_k (``>= 2``).
+        strip_length: ``k`` of P_k, the number of checks whose train values make the strip (``>= 2``).
         window: checks of the trend test and of the training-improves condition (``>= 3``).
         warmup: checks at the start that never alert (``>= 0``).
         trend_t: t-statistic the validation trend must reach for the ``trend`` criterion (``> 0``).
@@ -399,7 +399,7 @@ class OverfittingCriteria:
         pairs: Mapping[str, str],
         criteria: Mapping[str, float | Mapping[str, float]] | None = None,
         patience: int = 1,
-        strip: int = 5,
+        strip_length: int = 5,
         window: int = 8,
         warmup: int = 0,
         trend_t: float = TREND_T,
@@ -409,7 +409,7 @@ class OverfittingCriteria:
         for name, mode in pairs.items():
             check_choice(f"mode of pair {name!r}", mode, _MODES)
         check_int("patience", patience, low=1)
-        check_int("strip", strip, low=2)
+        check_int("strip_length", strip_length, low=2)
         check_int("window", window, low=3)
         check_int("warmup", warmup, low=0)
         self.trend_t = check_number("trend_t", trend_t, low=0, low_open=True)
@@ -417,7 +417,7 @@ class OverfittingCriteria:
         chosen = default_criteria(self.pairs) if criteria is None else criteria
         self.criteria = _validate_criteria(chosen, self.pairs)
         self.patience = patience
-        self.strip = strip
+        self.strip_length = strip_length
         self.window = window
         self.warmup = warmup
         self.num_checks = 0
@@ -476,11 +476,11 @@ class OverfittingCriteria:
             gap = overfitting_gap(train, val, mode)
             rgap = relative_gap(train, val, mode)
             gl = generalization_loss(val, best, mode)
-            keep = max(self.strip, self.window)
+            keep = max(self.strip_length, self.window)
             st["train_window"] = (st["train_window"] + [train])[-keep:]
             st["val_window"] = (st["val_window"] + [val])[-self.window :]
-            strip = st["train_window"][-self.strip :]
-            progress = training_progress(strip, mode) if len(strip) == self.strip else None
+            strip = st["train_window"][-self.strip_length :]
+            progress = training_progress(strip, mode) if len(strip) == self.strip_length else None
             pq = progress_quotient(gl, progress) if progress is not None else None
             vals = st["val_window"]
             trend = trend_statistic(vals, mode) if len(vals) == self.window else None
@@ -492,26 +492,7 @@ class OverfittingCriteria:
             else:
                 st["up_count"] = 0
             st["prev_train"], st["prev_val"] = train, val
-            fired = []
-            thr = self._threshold("trend", pair)
-            if thr is not None and trend is not None and trend >= self.trend_t and gl > thr:
-                fired.append("trend")
-            thr = self._threshold("gl", pair)
-            if thr is not None and gl > thr:
-                fired.append("gl")
-            thr = self._threshold("pq", pair)
-            if thr is not None and pq is not None and pq > thr:
-                fired.append("pq")
-            thr = self._threshold("up", pair)
-            if thr is not None and st["up_count"] >= thr:
-                fired.append("up")
-            for crit, value, key in (("gap", gap, "gap_count"), ("rel_gap", rgap, "rel_gap_count")):
-                thr = self._threshold(crit, pair)
-                if thr is None:
-                    continue
-                st[key] = st[key] + 1 if value > thr else 0
-                if st[key] >= self.patience:
-                    fired.append(crit)
+            fired = self._fired(pair, trend, gl, pq, {"gap": gap, "rel_gap": rgap})
             alert, held_back = self._decide(fired, check, gap, improving)
             reports[pair] = CheckReport(
                 pair, check, train, val, gap, rgap, best, gl, progress, pq, st["up_count"], fired,
@@ -519,6 +500,34 @@ class OverfittingCriteria:
             )  # fmt: skip
         self.num_checks += 1
         return reports
+
+    def _fired(
+        self, pair: str, trend: float | None, gl: float, pq: float | None, gaps: Mapping[str, float]
+    ) -> list[str]:
+        """Return the criteria of ``pair`` whose condition holds at this check (and count the gap streaks)."""
+        st = self._state[pair]
+        fired = []
+        thr = self._threshold("trend", pair)
+        if thr is not None and trend is not None and trend >= self.trend_t and gl > thr:
+            fired.append("trend")
+        thr = self._threshold("gl", pair)
+        if thr is not None and gl > thr:
+            fired.append("gl")
+        thr = self._threshold("pq", pair)
+        if thr is not None and pq is not None and pq > thr:
+            fired.append("pq")
+        thr = self._threshold("up", pair)
+        if thr is not None and st["up_count"] >= thr:
+            fired.append("up")
+        for crit in ("gap", "rel_gap"):
+            thr = self._threshold(crit, pair)
+            if thr is None:
+                continue
+            count = f"{crit}_count"
+            st[count] = st[count] + 1 if gaps[crit] > thr else 0
+            if st[count] >= self.patience:
+                fired.append(crit)
+        return fired
 
     def _decide(
         self, fired: list[str], check: int, gap: float, improving: bool | None

@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import importlib
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -321,6 +322,7 @@ def preset_callbacks(
             pairs=resolved_pairs,  # type: ignore[arg-type]
             warmup=p.overfitting_warmup,
             probe=p.overfitting_probe,
+            hint=overfitting_hint(p),
             verbose=v,
         ),
     ]
@@ -433,6 +435,7 @@ def _init_args(cb: Callback, p: Preset) -> dict[str, Any]:
             "pairs": {k: list(v) for k, v in cb.pairs.items()},
             "warmup": cb.warmup,
             "probe": cb.probe,
+            "hint": json.dumps(cb.hint),  # a JSON string is a YAML scalar (the hint holds ': ' and quotes)
             "verbose": cb.verbose,
         }
     if isinstance(cb, GradientClipping):

@@ -27,13 +27,13 @@ from pathlib import Path
 
 from lightning_reg._shared.keys import Keys
 from lightning_reg.report.data import (
-    DEFAULT_PAIRS,
     MissingMetricsError,
     ReportKeys,
     RunMetrics,
     best_epoch_of,
     load_metrics,
 )
+from lightning_reg.report.series import PairCurves, train_val_series
 
 __all__ = ["PlotResult", "plot_drop_path", "plot_grad_norms", "plot_train_val", "render_report"]
 
@@ -83,13 +83,16 @@ def plot_train_val(
 ) -> PlotResult:
     r"""Train vs validation curves per epoch, the gap between them shaded, alerts and best epoch marked.
 
-    One panel per pair whose two keys were both logged (at least one pair must be). Values are taken
-    per epoch (the last value logged in each epoch).
+    One panel per pair whose two keys were both logged (at least one pair must be). The series are
+    ``train_val_series``' (see ``lightning_reg.report.series`` for its rules): values per epoch (the last
+    value logged in each) over the fit's epochs only, so a ``trainer.validate()`` after ``fit`` is not drawn
+    as one more epoch; the gap is ``OverfittingMonitor``'s ``overfit/<pair>_gap`` when logged (drawn on
+    the panel's right axis, shaded down to zero), else the band between the two curves.
 
     Args:
-        metrics: from :func:`load_metrics`.
+        metrics: from ``load_metrics``.
         out_path: PNG file to write.
-        pairs: name -> (train key, validation key); default :data:`DEFAULT_PAIRS`.
+        pairs: name -> (train key, validation key); default ``DEFAULT_PAIRS``.
         alert_key: metric that is non-zero at epochs with an overfitting alert of any pair; ignored if not
             logged; ``None`` to skip alerts. Each panel marks the alerts of its own pair when
             ``OverfittingMonitor`` logged them (``overfit/<pair>_alert``), else these: red triangles on
@@ -114,79 +117,23 @@ def plot_train_val(
         >>> r.series["loss/gap"]
         ([0.0, 1.0], [0.5, 0.75])
     """
-    pairs = dict(DEFAULT_PAIRS if pairs is None else pairs)
-    present = {n: kv for n, kv in pairs.items() if kv[0] in metrics.series and kv[1] in metrics.series}
-    if not present:
-        wanted = [k for kv in pairs.values() for k in kv]
-        raise MissingMetricsError(
-            f"cannot plot train/validation curves: no pair {list(pairs.values())} has both keys logged "
-            f"(missing: {[k for k in wanted if k not in metrics.series]}) in "
-            f"{[str(s) for s in metrics.sources]}; found: {sorted(metrics.series) or 'no metrics'}"
-        )
+    data = train_val_series(metrics, pairs, alert_key)
     plt = _pyplot()
     result = PlotResult(Path(out_path))
-    def alert_epochs(key: str) -> list[float]:
-        ep, vals = metrics.series[key].per_epoch()
-        return [float(e) for e, v in zip(ep, vals) if v > 0]
-
-    alerts: list[float] = []
-    if alert_key and alert_key in metrics.series:
-        alerts = alert_epochs(alert_key)
-        result.markers["alerts"] = alerts
-        result.markers["first_alert"] = alerts[:1]
+    if data.alerts is not None:
+        result.markers["alerts"] = data.alerts
+        result.markers["first_alert"] = data.alerts[:1]
     if best_epoch is not None:
         result.markers["best_epoch"] = [float(best_epoch)]
-
-    fig, axes = plt.subplots(len(present), 1, figsize=(7, 3.2 * len(present)), sharex=True, squeeze=False)
-    for ax, (name, (tk, vk)) in zip(axes[:, 0], present.items()):
-        tx, ty = metrics.series[tk].per_epoch()
-        vx, vy = metrics.series[vk].per_epoch()
-        ax.plot(tx, ty, color="tab:blue", marker=".", label=tk)
-        ax.plot(vx, vy, color="tab:orange", marker=".", label=vk)
-        tmap = dict(zip(tx, ty))
-        common = [e for e in vx if e in tmap]
-        gap = [v - tmap[e] for e, v in zip(vx, vy) if e in tmap]
-        ax.fill_between(
-            common,
-            [tmap[e] for e in common],
-            [v for e, v in zip(vx, vy) if e in tmap],
-            color="tab:red",
-            alpha=0.15,
-            label="train/val gap",
-        )
-        result.series[tk] = ([float(e) for e in tx], list(ty))
-        result.series[vk] = ([float(e) for e in vx], list(vy))
-        result.series[f"{name}/gap"] = ([float(e) for e in common], gap)
-        own_key = Keys.overfit(name, "alert")
-        own = alert_key is not None and own_key in metrics.series
-        panel_alerts = alert_epochs(own_key) if own else alerts
-        if alert_key is not None and (own or alert_key in metrics.series):
-            result.markers[f"{name}/alerts"] = panel_alerts
-        if panel_alerts:
-            vmap = dict(zip(vx, vy))
-            ax.scatter(
-                [e for e in panel_alerts if e in vmap],
-                [vmap[e] for e in panel_alerts if e in vmap],
-                marker="v",
-                color="red",
-                zorder=5,
-                label=f"overfitting alert ({own_key if own else alert_key})",
-            )
-            ax.axvline(
-                panel_alerts[0],
-                color="red",
-                linestyle=":",
-                linewidth=1,
-                label=f"first alert (epoch {panel_alerts[0]:g})",
-            )
-        if best_epoch is not None:
-            ax.axvline(
-                best_epoch, color="tab:green", linestyle="--", label=f"restored best epoch {best_epoch}"
-            )
-        ax.set_ylabel(name)
-        ax.grid(alpha=0.3)
-        legend = ax.legend(fontsize=8)
-        result.legends[name] = [t.get_text() for t in legend.get_texts()]
+    n = len(data.pairs)
+    fig, axes = plt.subplots(n, 1, figsize=(7, 3.2 * n), sharex=True, squeeze=False)
+    for ax, curves in zip(axes[:, 0], data.pairs.values()):
+        result.series[curves.train_key] = curves.train
+        result.series[curves.val_key] = curves.val
+        result.series[f"{curves.name}/gap"] = curves.gap
+        if curves.alerts is not None:
+            result.markers[f"{curves.name}/alerts"] = curves.alerts
+        result.legends[curves.name] = _draw_pair(ax, curves, best_epoch)
     axes[-1, 0].set_xlabel("epoch")
     from matplotlib.ticker import MaxNLocator
 
@@ -195,6 +142,51 @@ def plot_train_val(
         fig.suptitle(title)
     _save(fig, result.path)
     return result
+
+
+def _draw_pair(ax, curves: PairCurves, best_epoch: int | None) -> list[str]:
+    """Draw one pair's panel; return its legend entries."""
+    (tx, ty), (vx, vy) = curves.train, curves.val
+    ax.plot(tx, ty, color="tab:blue", marker=".", label=curves.train_key)
+    ax.plot(vx, vy, color="tab:orange", marker=".", label=curves.val_key)
+    extra = []  # handles drawn on the right axis
+    if curves.gap_key is not None:
+        right = ax.twinx()
+        gx, gy = curves.gap
+        (line,) = right.plot(
+            gx, gy, color="tab:red", linestyle="--", label=f"gap the monitor uses ({curves.gap_key})"
+        )
+        right.fill_between(gx, [0.0] * len(gy), gy, color="tab:red", alpha=0.1)
+        right.set_ylabel("gap")
+        extra.append(line)
+    else:
+        train_at = dict(zip(tx, ty))
+        common = [e for e in vx if e in train_at]
+        upper = [v for e, v in zip(vx, vy) if e in train_at]
+        lower = [train_at[e] for e in common]
+        ax.fill_between(common, lower, upper, color="tab:red", alpha=0.15, label="train/val gap")
+    alerts = curves.alerts or []
+    if alerts:
+        val_at = dict(zip(vx, vy))
+        marked = [e for e in alerts if e in val_at]
+        ax.scatter(
+            marked,
+            [val_at[e] for e in marked],
+            marker="v",
+            color="red",
+            zorder=5,
+            label=f"overfitting alert ({curves.alert_key})",
+        )
+        ax.axvline(
+            alerts[0], color="red", linestyle=":", linewidth=1, label=f"first alert (epoch {alerts[0]:g})"
+        )
+    if best_epoch is not None:
+        ax.axvline(best_epoch, color="tab:green", linestyle="--", label=f"restored best epoch {best_epoch}")
+    ax.set_ylabel(curves.name)
+    ax.grid(alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    legend = ax.legend(handles + extra, labels + [h.get_label() for h in extra], fontsize=8)
+    return [t.get_text() for t in legend.get_texts()]
 
 
 def _plot_over_steps(

@@ -105,8 +105,9 @@ class DecayRule:
     One object shared by :func:`weight_decay_param_groups`, :class:`~lightning_reg.RegularizedModule`
     (``decay_rule=``), :class:`~lightning_reg.penalties.WeightPenalty` and
     :class:`~lightning_reg.ProximalL1`; in a LightningCLI config it is a plain mapping
-    (``decay_rule: {embeddings: true, exclude: [head]}``). The rules are described in :mod:`lightning_reg.weight_decay.groups`; parameters declared by a module's
-    ``no_weight_decay()`` or marked ``_no_weight_decay`` are always excluded.
+    (``decay_rule: {embeddings: true, exclude: [head]}``). The rules are described in
+    :mod:`lightning_reg.weight_decay.groups`; parameters declared by a module's ``no_weight_decay()`` or
+    marked ``_no_weight_decay`` are always excluded.
 
     Args:
         bias: exclude parameters whose own name has the word ``bias``.

@@ -3,15 +3,18 @@
 Usage: python ddp_early_stopping.py OUT_DIR
 
 Scenario "unsynced": every rank logs its own local validation loss (``sync_dist=False``), so the ranks see
-different values; the callback must agree on one best score and epoch and restore the same weights.
+different values; the callback must agree on one best score and epoch, restore the same weights, and say
+once which value it uses.
 Scenario "checkpoint": ``snapshot="checkpoint"`` with a ModelCheckpoint and a synced metric.
-Each rank writes ``{scenario}_rank{r}.pt`` with what it saw.
+Each rank writes ``{scenario}_rank{r}.pt`` with what it saw, the warnings it issued and the lines it said.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 import sys
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -88,7 +91,14 @@ def run(out: Path, scenario: str) -> None:
         default_root_dir=str(out),
         callbacks=callbacks,
     )
-    trainer.fit(model)
+    said: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: said.append(record.getMessage())  # type: ignore[method-assign]
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addHandler(handler)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        trainer.fit(model)
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").removeHandler(handler)
     torch.save(
         {
             "records": rec.records,
@@ -98,6 +108,8 @@ def run(out: Path, scenario: str) -> None:
             "stopped_epoch": es.stopped_epoch,
             "restored": es.restored,
             "final": copy.deepcopy(model.state_dict()),
+            "warnings": [str(w.message) for w in record if str(w.message).startswith("EarlyStopping")],
+            "said": [line for line in said if line.startswith("EarlyStopping")],
         },
         out / f"{scenario}_rank{trainer.global_rank}.pt",
     )

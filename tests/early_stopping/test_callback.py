@@ -704,3 +704,37 @@ def test_swa_with_restore_warns_and_without_restore_keeps_the_average():
     averaged = dict(swa._average_model.named_parameters())
     for name, p in model.named_parameters():
         assert torch.equal(p, averaged[name]), name
+
+
+class AccuracySequence(ScaledRegression):
+    """Logs a rising ``val_acc`` (higher is better) instead of the loss."""
+
+    ACC = [0.5, 0.625, 0.75, 0.875, 0.75, 0.625]
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val_acc", self.ACC[self.current_epoch])
+
+
+def test_a_score_to_maximise_with_mode_min_warns_once_naming_the_key_and_the_fix():
+    def fit(es):
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            es = es()
+            _trainer([es], max_epochs=6).fit(AccuracySequence())
+        return es, [str(w.message) for w in record if "names a score" in str(w.message)]
+
+    es, msgs = fit(lambda: EarlyStopping("val_acc", patience=100, verbose=0))
+    # mode="min" (Lightning's default) keeps the worst accuracy: the warning is the only sign of it
+    assert es.best_epoch == 0 and es.best_score.item() == 0.5
+    assert len(msgs) == 1
+    assert "EarlyStopping(monitor='val_acc') runs with mode='min' (the default)" in msgs[0]
+    assert "'acc' names a score where higher is better" in msgs[0] and "Pass mode='max'" in msgs[0]
+    es, msgs = fit(lambda: EarlyStopping("val_acc", mode="max", patience=100, verbose=0))
+    assert es.best_epoch == 3 and msgs == []
+    for monitor in ("val/Top1_epoch", "valid-F1", "val.auroc"):
+        with pytest.warns(UserWarning, match=f"monitor={monitor!r}.*names a score"):
+            EarlyStopping(monitor)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for monitor in ("val_loss", "val_acc_loss", "val_error"):
+            EarlyStopping(monitor)

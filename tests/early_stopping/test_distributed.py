@@ -49,6 +49,18 @@ def test_ddp_ranks_agree_and_restore_best(tmp_path):
                 assert torch.equal(r0["final"][k], r1["final"][k]), (scenario, k)
         # and the restored weights are not simply the last ones
         assert not torch.equal(r0["final"]["net.0.weight"], r0["records"][-1][2]["net.0.weight"])
+        # what is reported: unsynced, one warning (rank 0, once) says the value used is in no log, and which
+        assert r1["warnings"] == [] and r1["said"] == []  # rank-zero only
+        restored = [line for line in r0["said"] if line.startswith("EarlyStopping: restored")]
+        assert len(restored) == 1
+        if scenario == "unsynced":
+            (msg,) = r0["warnings"]
+            assert f"`val_loss` differs across the 2 ranks ({v0[0]:.6g}, {v1[0]:.6g})" in msg
+            assert f"the loggers show rank 0's ({v0[0]:.6g})" in msg
+            assert f"uses their mean ({agreed[0]:.6g}) on every rank" in msg and "sync_dist=True" in msg
+            assert restored[0].endswith(f"val_loss={agreed[best_epoch]:.4f} (the mean over ranks)")
+        else:
+            assert r0["warnings"] == [] and restored[0].endswith(f"val_loss={agreed[best_epoch]:.4f}")
 
 
 FSDP_SCRIPT = Path(__file__).parents[1] / "distributed" / "fsdp_cpu_snapshot.py"

@@ -30,7 +30,7 @@ CRITERIA = {
     "gap": {"acc": 0.25},
     "rel_gap": {"acc": 0.3},
 }
-# Worked by hand (strip k=3, patience 2, warm-up 4 checks):
+# Worked by hand (strip_length k=3, patience 2, warm-up 4 checks):
 #  best val loss 1,.75,.625,.5,.5,.5,.5,.5,.5 -> GL 0,0,0,0,6.25,12.5,12.5,0,25 -> gl>10 at 5,6,8
 #  UP (val worse & train better than the check before): counts 0,0,0,0,1,2,0,0,1 -> up>=2 at 5
 #  P_3 at 4: [.5,.4375,.375] -> 1000*(.4375-.375)/.375=166.7, PQ .0375; at 5: [.4375,.375,.3125] -> 200, PQ
@@ -129,19 +129,83 @@ def overfit_warnings(record):
 
 
 @pytest.mark.parametrize(("preset", "hint"), [("mild", "'medium'"), ("strong", "'strong' is the strongest")])
-def test_the_hint_names_the_next_preset_after_the_modules_own(tmp_path, preset, hint):
-    module = Scripted()
-    module.preset = preset  # what RegularizedModule(preset=...) holds
-    monitor = OverfittingMonitor(PAIRS, criteria=CRITERIA, warmup=4, patience=2, strip=3, verbose=0)
+def test_the_alert_gives_the_hint_preset_callbacks_passes(tmp_path, preset, hint):
+    from lightning_reg import preset_callbacks
+
+    (given,) = [cb.hint for cb in preset_callbacks(preset) if isinstance(cb, OverfittingMonitor)]
+    monitor = OverfittingMonitor(
+        PAIRS, criteria=CRITERIA, warmup=4, patience=2, strip_length=3, hint=given, verbose=0
+    )
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
-        trainer(tmp_path, [monitor]).fit(module, *loaders())
+        trainer(tmp_path, [monitor]).fit(Scripted(), *loaders())
     msgs = overfit_warnings(record)
     assert msgs and all(hint in m for m in msgs)
 
 
+def test_overfitting_imports_nothing_from_presets():
+    # the hint comes in through the constructor; an import of presets here (even inside a function) would
+    # make a cycle, since presets builds the monitor
+    import ast
+
+    package = Path(__file__).parents[2] / "lightning_reg" / "overfitting"
+    imported = set()
+    for path in package.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module)
+            elif isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names)
+    assert "lightning_reg.overfitting.probe" in imported  # the scan sees the package's own imports
+    assert not [m for m in imported if m.startswith("lightning_reg.") and m.split(".")[1] == "presets"]
+
+
+@pytest.mark.parametrize(
+    ("stopper", "advice"),
+    [
+        (None, 'keep the weights of epoch 3 with `lightning_reg.EarlyStopping(monitor="val_loss"'),
+        ("ours", None),
+        ("ours, no restore", "keep the weights of epoch 3: set `restore_best_weights=True` on the"),
+        ("lightning", "Lightning's EarlyStopping on the Trainer stops without restoring them"),
+    ],
+)
+def test_the_alert_advises_an_early_stopping_only_where_none_restores(tmp_path, stopper, advice):
+    from lightning.pytorch.callbacks import EarlyStopping as LightningEarlyStopping
+
+    from lightning_reg import EarlyStopping
+
+    stoppers = {
+        None: [],
+        "ours": [EarlyStopping("val_loss", patience=100, verbose=0)],
+        "ours, no restore": [EarlyStopping("val_loss", patience=100, restore_best_weights=False, verbose=0)],
+        "lightning": [LightningEarlyStopping("val_loss", patience=100)],
+    }[stopper]
+    monitor = OverfittingMonitor(PAIRS, criteria=CRITERIA, warmup=4, patience=2, strip_length=3, verbose=0)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        trainer(tmp_path, [monitor, *stoppers]).fit(Scripted(), *loaders())
+    msgs = overfit_warnings(record)
+    assert len(msgs) == 3 and "at epoch 5" in msgs[1]
+    assert "regularize more: try the 'mild' preset" in msgs[1]  # the hint stays in every case
+    if advice is None:
+        assert not any("EarlyStopping" in m for m in msgs)
+    else:
+        assert advice in msgs[1]
+
+
+def test_a_pair_of_scores_to_maximise_must_say_its_mode():
+    with pytest.raises(ValueError, match=r"Pair 'acc'.*no mode.*'acc' names a score where higher is better"):
+        OverfittingMonitor({"acc": ("train_acc", "val_acc")})
+    with pytest.raises(ValueError, match=r"Write \('train/F1', 'val/F1', 'max'\)"):
+        OverfittingMonitor({"f1": ("train/F1", "val/F1")})
+    # given explicitly, either mode is taken as meant
+    assert OverfittingMonitor({"acc": ("train_acc", "val_acc", "max")}).pairs["acc"][2] == "max"
+    assert OverfittingMonitor({"acc": ("train_acc", "val_acc", "min")}).pairs["acc"][2] == "min"
+    assert OverfittingMonitor({"loss": ("train_loss", "val_loss")}).pairs["loss"][2] == "min"
+
+
 def test_each_criterion_fires_at_hand_worked_epoch_and_alerts_per_pair(tmp_path, caplog):
-    monitor = OverfittingMonitor(PAIRS, criteria=CRITERIA, warmup=4, patience=2, strip=3, verbose=2)
+    monitor = OverfittingMonitor(PAIRS, criteria=CRITERIA, warmup=4, patience=2, strip_length=3, verbose=2)
     cap = CaptureLogger()
     with warnings.catch_warnings(record=True) as record, caplog.at_level(logging.INFO):
         warnings.simplefilter("always")
@@ -183,7 +247,7 @@ def test_each_criterion_fires_at_hand_worked_epoch_and_alerts_per_pair(tmp_path,
     assert [r["overfit/acc_alert"] for r in rows] == [0, 0, 0, 0, 1, 0, 0, 0, 0]
     assert [r["overfit/alert"] for r in rows] == [0, 0, 0, 0, 1, 1, 1, 0, 1]
     assert rows[6]["overfit/loss_pq"] == pytest.approx(12.5 / 250)
-    assert "overfit/loss_pq" not in rows[1]  # undefined before `strip` checks
+    assert "overfit/loss_pq" not in rows[1]  # undefined before `strip_length` checks
     assert "overfit/loss_trend" not in rows[6] and "overfit/loss_trend" in rows[7]  # from the 8th check on
     # summary table at fit end (verbose=2): one row per check and pair, the pair's own alert
     starts = ("5 loss", "5 acc", "4 acc")
@@ -224,7 +288,9 @@ def test_val_check_interval_uses_last_validation_of_the_epoch(tmp_path):
 
 
 def test_stop_action_stops_at_first_alert(tmp_path):
-    monitor = OverfittingMonitor(PAIRS, criteria=CRITERIA, action="stop", warmup=4, patience=2, strip=3)
+    monitor = OverfittingMonitor(
+        PAIRS, criteria=CRITERIA, action="stop", warmup=4, patience=2, strip_length=3
+    )
     with pytest.warns(UserWarning, match="at epoch 4.*Stopping training"):
         t = trainer(tmp_path, [monitor])
         t.fit(Scripted(), *loaders())
@@ -239,7 +305,9 @@ def test_callable_action_called_once_per_episode(tmp_path):
         alerting = sorted(name for name, r in report["pairs"].items() if r["alert"])
         calls.append((trainer.current_epoch, report["new_episodes"], alerting))
 
-    monitor = OverfittingMonitor(PAIRS, criteria=CRITERIA, action=action, warmup=4, patience=2, strip=3)
+    monitor = OverfittingMonitor(
+        PAIRS, criteria=CRITERIA, action=action, warmup=4, patience=2, strip_length=3
+    )
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         trainer(tmp_path, [monitor]).fit(Scripted(), *loaders())
@@ -249,7 +317,7 @@ def test_callable_action_called_once_per_episode(tmp_path):
 
 
 def test_resume_keeps_history_and_counters(tmp_path):
-    kw = dict(criteria=CRITERIA, warmup=4, patience=2, strip=3)
+    kw = dict(criteria=CRITERIA, warmup=4, patience=2, strip_length=3)
     full = OverfittingMonitor(PAIRS, **kw)
     trainer(tmp_path / "full", [full]).fit(Scripted(), *loaders())
 
@@ -270,7 +338,7 @@ def test_resume_keeps_history_and_counters(tmp_path):
 
 
 def test_reused_instance_starts_fresh_unless_resuming(tmp_path):
-    monitor = OverfittingMonitor(PAIRS, criteria=CRITERIA, warmup=4, patience=2, strip=3, verbose=0)
+    monitor = OverfittingMonitor(PAIRS, criteria=CRITERIA, warmup=4, patience=2, strip_length=3, verbose=0)
     trainer(tmp_path / "a", [monitor]).fit(Scripted(), *loaders())
     first = [dict(h) for h in monitor.history]
     with warnings.catch_warnings(record=True) as record:
@@ -281,7 +349,7 @@ def test_reused_instance_starts_fresh_unless_resuming(tmp_path):
 
 
 def test_resume_from_checkpoints_written_by_model_checkpoint(tmp_path):
-    kw = dict(criteria=CRITERIA, warmup=4, patience=2, strip=3, verbose=False)
+    kw = dict(criteria=CRITERIA, warmup=4, patience=2, strip_length=3, verbose=False)
     full = OverfittingMonitor(PAIRS, **kw)
     trainer(tmp_path / "full", [full]).fit(Scripted(), *loaders())
     histories = {}

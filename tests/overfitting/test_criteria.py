@@ -86,7 +86,7 @@ def test_gl_max_mode():
 def test_pq_uses_last_k_train_values():
     train = [1.0, 0.5, 0.25, 0.25, 0.25]
     val = [1.0, 0.5, 0.53125, 0.5625, 0.5625]
-    reports = run({"pq": 0.01}, {"loss": "min"}, [{"loss": tv} for tv in zip(train, val)], strip=3)
+    reports = run({"pq": 0.01}, {"loss": "min"}, [{"loss": tv} for tv in zip(train, val)], strip_length=3)
     # check 0, 1: fewer than k=3 train values -> undefined, cannot fire
     assert reports[0]["loss"].pq is None and reports[1]["loss"].pq is None
     # check 2: GL 6.25, P_3 over [1, .5, .25] = 1000 * (1.75 / .75 - 1) = 4000/3 -> PQ = 6.25 * 3 / 4000
@@ -135,10 +135,10 @@ def test_state_dict_round_trip_continues_identically():
     val = [1.0, 0.75, 0.8125, 0.875, 0.9375, 1.0, 1.0625]
     seq = [{"loss": tv} for tv in zip(train, val)]
     criteria = {"gl": 20.0, "up": 3, "pq": 0.05, "gap": 0.5}
-    full = run(criteria, {"loss": "min"}, seq, strip=3, patience=2)
-    first = OverfittingCriteria({"loss": "min"}, criteria, strip=3, patience=2)
+    full = run(criteria, {"loss": "min"}, seq, strip_length=3, patience=2)
+    first = OverfittingCriteria({"loss": "min"}, criteria, strip_length=3, patience=2)
     head = [first.update(v) for v in seq[:4]]
-    second = OverfittingCriteria({"loss": "min"}, criteria, strip=3, patience=2)
+    second = OverfittingCriteria({"loss": "min"}, criteria, strip_length=3, patience=2)
     second.load_state_dict(first.state_dict())
     tail = [second.update(v) for v in seq[4:]]
     assert [r["loss"].as_dict() for r in head + tail] == [r["loss"].as_dict() for r in full]
@@ -160,7 +160,7 @@ def test_state_dict_round_trip_continues_identically():
         ({"criteria": {"gl": {"accuracy": 1.0}}}, r"unknown pair 'accuracy'.*\['loss'\]"),
         ({"criteria": {}}, r"non-empty"),
         ({"criteria": {"gl": 1.0}, "patience": 0}, r"patience.*got 0"),
-        ({"criteria": {"gl": 1.0}, "strip": 1}, r"strip.*got 1"),
+        ({"criteria": {"gl": 1.0}, "strip_length": 1}, r"strip_length.*got 1"),
         ({"criteria": {"gl": 1.0}, "pairs": {"loss": "lower"}}, r"pair 'loss'.*'min', 'max'; got 'lower'"),
     ],
 )

@@ -114,7 +114,7 @@ CASES: list[tuple[str, Callable[[], Any], type[Exception], str]] = [
     ("om-probe", lambda: OverfittingMonitor(PAIR, probe=1.5), ValueError, r"`probe`.*\(0, 1\].*DataLoader"),
     ("om-probe-metrics-conflict", lambda: OverfittingMonitor(PAIR, probe_metrics={"loss": None}), ValueError, r"`probe_metrics` needs `probe`"),
     ("om-patience", lambda: OverfittingMonitor(PAIR, patience=0), ValueError, r"`patience`.*>= 1"),
-    ("om-strip", lambda: OverfittingMonitor(PAIR, strip=1), ValueError, r"`strip`.*>= 2"),
+    ("om-strip-length", lambda: OverfittingMonitor(PAIR, strip_length=1), ValueError, r"`strip_length`.*>= 2"),
     ("om-gl-percent", lambda: OverfittingMonitor(PAIR, criteria={"gl": 0.05}), ValueError, r"'gl'.*percent.*got 0.05.*Write 5 for 5 %"),
     ("om-window-type", lambda: OverfittingMonitor(PAIR, window=2.5), TypeError, r"`window` must be an int >= 3; got 2.5"),
     ("criteria-patience", lambda: OverfittingCriteria({"loss": "min"}, {"gl": 5.0}, patience=0), ValueError, r"`patience`.*>= 1"),

@@ -323,3 +323,54 @@ def test_matplotlib_and_tensorboard_are_imported_lazily():
             elif isinstance(node, ast.ImportFrom):
                 top_level.append(node.module or "")
     assert top_level and not [m for m in top_level if m.split(".")[0] in ("matplotlib", "tensorboard")]
+
+
+def test_a_validate_after_fit_is_no_epoch_and_the_gap_is_the_probes(tmp_path: Path):
+    """A fit with the monitor's eval-mode probe, then ``trainer.validate()``: what the report draws."""
+    import torch
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from lightning_reg import OverfittingMonitor
+
+    class Net(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(4, 32), nn.ReLU(), nn.Dropout(0.5), nn.Linear(32, 1))
+
+        def training_step(self, batch, batch_idx):
+            loss = nn.functional.mse_loss(self.net(batch[0]), batch[1])
+            self.log("train_loss", loss, on_step=False, on_epoch=True)
+            return loss
+
+        def validation_step(self, batch, batch_idx):
+            self.log("val_loss", nn.functional.mse_loss(self.net(batch[0]), batch[1]))
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.05)
+
+    L.seed_everything(0)
+    x = torch.randn(64, 4)
+    data = TensorDataset(x, x.sum(1, keepdim=True))
+    logger = CSVLogger(tmp_path, name="run", version=0)
+    monitor = OverfittingMonitor({"loss": ("train_loss", "val_loss")}, probe=1.0, verbose=0)
+    trainer = L.Trainer(
+        max_epochs=3, logger=logger, callbacks=[monitor], enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+    )  # fmt: skip
+    model = Net()
+    trainer.fit(model, DataLoader(data, batch_size=16), DataLoader(data, batch_size=32))
+    trainer.validate(model, DataLoader(data, batch_size=32), verbose=False)
+    cols = csv_columns(Path(logger.log_dir) / "metrics.csv")
+    assert [e for e, _, _ in cols["val_loss"]] == [0, 1, 2, 3]  # the validate() lands at "epoch 3"
+    curves = render_report(logger.log_dir, tmp_path / "plots")["curves"]
+    assert curves.series["val_loss"] == ([0.0, 1.0, 2.0], [v for _, _, v in cols["val_loss"][:3]])
+    # the gap drawn is the one the monitor alerts on: the eval-mode probe's, not val - train-mode train
+    logged_gap = [v for _, _, v in cols["overfit/loss_gap"]]
+    assert curves.series["loss/gap"] == ([0.0, 1.0, 2.0], logged_gap)
+    assert logged_gap == pytest.approx([h["pairs"]["loss"]["gap"] for h in monitor.history], rel=1e-6)
+    train = [v for _, _, v in cols["train_loss"]]
+    train_mode_gap = [v - t for (_, _, v), t in zip(cols["val_loss"], train)]
+    assert all(abs(a - b) > 1e-3 for a, b in zip(logged_gap, train_mode_gap))
+    assert "gap the monitor uses (overfit/loss_gap)" in curves.legends["loss"]
+    assert_png(curves.path)
