@@ -161,7 +161,7 @@ def run_one(
 
     from example_projects.common import accuracy, make_cli
     from example_projects.mnist1d.data import MNIST1DDataModule
-    from lightning_reg.report import ReportKeys
+    from lightning_reg.report.data import ReportKeys
 
     torch.set_num_threads(threads)
     out = Path(out_dir)
@@ -364,7 +364,8 @@ def main(argv: Sequence[str] | None = None) -> list[RunResult]:
     alert = run_one(ALERT, a.seeds[0], str(a.out), alert_overrides, a.threads)
     total = time.perf_counter() - start
     with quiet_lightning():
-        from lightning_reg.report import load_metrics, plot_train_val
+        from lightning_reg.report import load_metrics
+        from lightning_reg.report.plots import plot_train_val
 
         plots["alert"] = plot_train_val(
             load_metrics(alert.log_dir),

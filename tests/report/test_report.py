@@ -15,17 +15,10 @@ import lightning as L
 import pytest
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from lightning_reg.report import (
-    MissingMetricsError,
-    ReportKeys,
-    best_epoch_of,
-    load_metrics,
-    main,
-    plot_drop_path,
-    plot_grad_norms,
-    plot_train_val,
-    render_report,
-)
+from lightning_reg.report import MissingMetricsError, load_metrics, render_report
+from lightning_reg.report.cli import main
+from lightning_reg.report.data import ReportKeys, best_epoch_of
+from lightning_reg.report.plots import plot_drop_path, plot_grad_norms, plot_train_val
 
 REPO = Path(__file__).resolve().parents[2]
 

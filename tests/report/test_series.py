@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from lightning_reg.report import MissingMetricsError, last_fit_epoch, load_metrics, train_val_series
+from lightning_reg.report import MissingMetricsError, load_metrics
+from lightning_reg.report.series import last_fit_epoch, train_val_series
 
 # 3 trained epochs, then trainer.validate() (epoch 3, one step further) and trainer.test()
 AFTER_FIT_CSV = """epoch,step,train_loss,val_loss,test_loss
