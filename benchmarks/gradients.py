@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 
 from benchmarks.harness import Report, Timings, time_interleaved  # noqa: E402
 from lightning_reg import GradientClipping, GradientMonitor  # noqa: E402
-from lightning_reg.gradients.core import (  # noqa: E402
+from lightning_reg.gradients.functional import (  # noqa: E402
     clip_coefficient,
     group_by_module_depth,
     per_tensor_norms,

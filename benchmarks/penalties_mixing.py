@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 from benchmarks.harness import Report, time_interleaved  # noqa: E402
 from lightning_reg import BatchMixer, freeze_batchnorm
 from lightning_reg.penalties import elastic_net_penalty
-from lightning_reg.penalties.core import add_penalty_grad_, decayed_parameters, soft_threshold_
+from lightning_reg.penalties.functional import add_penalty_grad_, decayed_parameters, soft_threshold_
 
 
 def penalties(report: Report) -> None:

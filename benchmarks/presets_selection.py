@@ -34,7 +34,7 @@ The procedure (the documentation's presets page states it in words):
    over the settings. ``strong``: the eligible strong candidate with the largest mean difference in the
    setting whose baseline overfits most (the largest rise of its validation loss from its minimum to its
    last epoch, averaged over seeds). Ties within 0.1 pp go to the weaker candidate (listed first). The
-   chosen values are then written into ``lightning_reg/presets/core.py`` by hand.
+   chosen values are then written into ``lightning_reg/presets/registry.py`` by hand.
 
 4. **Evaluation after the choice is fixed** (``evaluate``, fresh seeds :data:`EVAL_SEEDS`): baseline and
    the library's :data:`~lightning_reg.presets.PRESETS` in every setting; validation and test accuracy,
@@ -67,7 +67,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lightning_reg.presets.core import PRESET_NAMES, PRESETS, Preset  # noqa: E402
+from lightning_reg.presets.registry import PRESET_NAMES, PRESETS, Preset  # noqa: E402
 
 SELECT_SEEDS = (0, 1, 2, 3, 4)
 EVAL_SEEDS = (100, 101, 102, 103, 104, 105, 106, 107)

@@ -247,7 +247,7 @@ def test_preset_fragment_on_a_baseline_config(
         args.append("--data.channel_dim=true")
     with caplog.at_level(logging.INFO, logger="lightning.pytorch.utilities.rank_zero"):
         cli = entry.main(args)
-    p = lightning_reg.presets.core.PRESETS[preset]
+    p = lightning_reg.presets.registry.PRESETS[preset]
     assert cli.trainer.state.finished and cli.model.preset == p
     ours = [
         type(cb).__name__ for cb in cli.trainer.callbacks if type(cb).__module__.startswith("lightning_reg")

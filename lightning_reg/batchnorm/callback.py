@@ -18,7 +18,7 @@ from typing_extensions import override
 from lightning_reg._shared.names import NameSelector, strip_wrapper_prefixes
 from lightning_reg._shared.validation import check_bool, check_int
 from lightning_reg._shared.verbosity import check_verbose, say
-from lightning_reg.batchnorm.core import freeze_batchnorm, is_frozen_batchnorm
+from lightning_reg.batchnorm.functional import freeze_batchnorm, is_frozen_batchnorm
 
 __all__ = ["FreezeBatchNorm"]
 

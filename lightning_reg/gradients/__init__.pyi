@@ -1,13 +1,13 @@
 """Public names of ``lightning_reg.gradients``: read by lazy_loader, editors and type checkers."""
 
 from .clipping import GradientClipping as GradientClipping
-from .core import GradStats as GradStats
-from .core import agc_clip_ as agc_clip_
-from .core import clip_grads_by_norm_ as clip_grads_by_norm_
-from .core import clip_grads_by_value_ as clip_grads_by_value_
-from .core import grad_norms as grad_norms
-from .core import nonfinite_count as nonfinite_count
-from .core import per_tensor_norms as per_tensor_norms
+from .functional import GradStats as GradStats
+from .functional import agc_clip_ as agc_clip_
+from .functional import clip_grads_by_norm_ as clip_grads_by_norm_
+from .functional import clip_grads_by_value_ as clip_grads_by_value_
+from .functional import grad_norms as grad_norms
+from .functional import nonfinite_count as nonfinite_count
+from .functional import per_tensor_norms as per_tensor_norms
 from .monitor import GradientMonitor as GradientMonitor
 
 __all__ = [

@@ -34,7 +34,7 @@ from torch import Tensor
 
 from lightning_reg._shared.names import NameSelector
 from lightning_reg._shared.validation import check_int, check_number, check_str_list
-from lightning_reg.gradients.core import (
+from lightning_reg.gradients.functional import (
     AutoClipState,
     ZClipState,
     agc_clip_,

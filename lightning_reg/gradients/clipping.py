@@ -24,7 +24,7 @@ from lightning_reg._shared.validation import (
 )
 from lightning_reg._shared.verbosity import check_verbose, say
 from lightning_reg.gradients.clip_rules import CLIP_RULES, ClipRule
-from lightning_reg.gradients.core import check_norm_type, grad_norms
+from lightning_reg.gradients.functional import check_norm_type, grad_norms
 from lightning_reg.gradients.shared_gradients import SharedGradients, StepGradients
 
 __all__ = ["GradientClipping"]

@@ -23,7 +23,7 @@ from lightning_reg._shared.validation import (
     check_str,
 )
 from lightning_reg._shared.verbosity import check_verbose, say
-from lightning_reg.gradients.core import (
+from lightning_reg.gradients.functional import (
     ParamGrouping,
     check_norm_type,
     group_by_module_depth,

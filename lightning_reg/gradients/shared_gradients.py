@@ -38,7 +38,7 @@ from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelP
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor
 
-from lightning_reg.gradients.core import ReduceFn, per_tensor_norms, reduce_norms
+from lightning_reg.gradients.functional import ReduceFn, per_tensor_norms, reduce_norms
 
 __all__ = ["SharedGradients", "StepGradients"]
 

@@ -8,7 +8,7 @@ from typing import Any
 from lightning.pytorch.utilities.signature_utils import is_param_in_hook_signature
 from torch import Tensor
 
-from lightning_reg.mixing.core import BatchMixer, soft_target_cross_entropy
+from lightning_reg.mixing.mixers import BatchMixer, soft_target_cross_entropy
 
 __all__ = ["BatchMixingMixin"]
 

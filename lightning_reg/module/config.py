@@ -32,10 +32,10 @@ from lightning_reg._shared.validation import (
     check_str,
 )
 from lightning_reg._shared.verbosity import check_verbose
-from lightning_reg.mixing.core import BatchMixer
+from lightning_reg.mixing.mixers import BatchMixer
 from lightning_reg.module._optimizer_args import bound_optimizer_arguments, default_optimizer_defaults
-from lightning_reg.presets.core import Preset, get_preset
 from lightning_reg.presets.module_side import preset_mixer
+from lightning_reg.presets.registry import Preset, get_preset
 from lightning_reg.weight_decay.groups import DecayRule
 
 __all__ = ["DEFAULT_WEIGHT_DECAY", "RegularizationConfig"]

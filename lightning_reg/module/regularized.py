@@ -20,14 +20,14 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from lightning_reg._shared.verbosity import say
-from lightning_reg.mixing.core import BatchMixer
+from lightning_reg.mixing.mixers import BatchMixer
 from lightning_reg.mixing.mixin import BatchMixingMixin
 from lightning_reg.module._added_groups import DecaySplitOnAdd, follow_leader_lrs
 from lightning_reg.module.config import RegularizationConfig
-from lightning_reg.penalties.core import WeightPenalty
+from lightning_reg.penalties.functional import WeightPenalty
 from lightning_reg.penalties.mixin import PenaltyMixin
-from lightning_reg.presets.core import Preset
 from lightning_reg.presets.module_side import check_preset_optimizer
+from lightning_reg.presets.registry import Preset
 from lightning_reg.weight_decay.groups import (
     DecayRule,
     block_layer_ids,

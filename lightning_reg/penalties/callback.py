@@ -18,7 +18,7 @@ from lightning_reg._shared.keys import Keys
 from lightning_reg._shared.step_logging import is_logging_step, log_step_metrics
 from lightning_reg._shared.validation import check_log_every_n_steps, check_number
 from lightning_reg._shared.verbosity import check_verbose, say
-from lightning_reg.penalties.core import decayed_parameters, proximal_l1_, zero_fraction
+from lightning_reg.penalties.functional import decayed_parameters, proximal_l1_, zero_fraction
 from lightning_reg.weight_decay.groups import DecayRule
 
 __all__ = ["ProximalL1"]

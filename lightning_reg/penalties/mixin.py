@@ -1,4 +1,4 @@
-"""``PenaltyMixin``: the L1 / L2 / elastic-net penalty of :mod:`lightning_reg.penalties.core` in a module."""
+"""``PenaltyMixin``: the L1 / L2 / elastic-net penalty of ``penalties.functional`` in a module."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from torch.optim import Optimizer
 
 from lightning_reg._shared.keys import Keys
 from lightning_reg._shared.step_logging import is_logging_step, log_step_metrics
-from lightning_reg.penalties.core import (
+from lightning_reg.penalties.functional import (
     WeightPenalty,
     add_penalty_grad_,
     decayed_parameters,

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 def main(argv: Sequence[str] | None = None) -> int:
     """Print the config fragment of each named preset (all of them without arguments)."""
     from lightning_reg.presets.callbacks import preset_config
-    from lightning_reg.presets.core import PRESET_NAMES
+    from lightning_reg.presets.registry import PRESET_NAMES
 
     parser = argparse.ArgumentParser(
         prog="python -m lightning_reg.presets",

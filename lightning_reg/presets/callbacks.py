@@ -25,7 +25,7 @@ from lightning_reg._shared.verbosity import check_verbose, say
 from lightning_reg.early_stopping.callback import EarlyStopping
 from lightning_reg.gradients.clipping import GradientClipping
 from lightning_reg.overfitting.callback import OverfittingMonitor
-from lightning_reg.presets.core import (
+from lightning_reg.presets.registry import (
     PRESET_NAMES,
     Preset,
     describe_preset,

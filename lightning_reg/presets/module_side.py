@@ -21,8 +21,8 @@ from torch.optim import Optimizer
 
 from lightning_reg._shared.validation import check_int
 from lightning_reg._shared.verbosity import check_verbose, say
-from lightning_reg.mixing.core import BatchMixer, MixParams
-from lightning_reg.presets.core import Preset, get_preset, preset_skip_note
+from lightning_reg.mixing.mixers import BatchMixer, MixParams
+from lightning_reg.presets.registry import Preset, get_preset, preset_skip_note
 from lightning_reg.weight_decay.groups import uses_decoupled_weight_decay
 
 __all__ = ["PresetMixer", "check_preset_optimizer", "preset_mixer"]

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_reg.batchnorm.callback import FreezeBatchNorm
 from lightning_reg.penalties.callback import ProximalL1
-from lightning_reg.penalties.core import WeightPenalty
+from lightning_reg.penalties.functional import WeightPenalty
 from lightning_reg.penalties.mixin import PenaltyMixin
 
 

@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import DataLoader, TensorDataset
 
-import lightning_reg.gradients.core as G
+import lightning_reg.gradients.functional as G
 from lightning_reg import GradientClipping, GradientMonitor
 from tests.distributed import ddp_gradients
 from tests.distributed.launch import run_ddp_script

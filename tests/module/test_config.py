@@ -14,8 +14,8 @@ from torch import nn
 from lightning_reg import BatchMixer, DecayRule, RegularizedModule
 from lightning_reg.module import RegularizationConfig
 from lightning_reg.module.config import DEFAULT_WEIGHT_DECAY
-from lightning_reg.presets.core import PRESETS
 from lightning_reg.presets.module_side import PresetMixer
+from lightning_reg.presets.registry import PRESETS
 
 NOTE_LOGGER = "lightning.pytorch.utilities.rank_zero"
 

@@ -24,7 +24,7 @@ from lightning_reg import (
 )
 from lightning_reg.presets import PresetSummary, preset_config
 from lightning_reg.presets.callbacks import PresetStochasticDepth
-from lightning_reg.presets.core import PRESETS
+from lightning_reg.presets.registry import PRESETS
 
 REPO = Path(__file__).resolve().parents[2]
 NOTE_LOGGER = "lightning.pytorch.utilities.rank_zero"

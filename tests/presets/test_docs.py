@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lightning_reg.presets.core import PRESET_NAMES, PRESETS, Preset
+from lightning_reg.presets.registry import PRESET_NAMES, PRESETS, Preset
 
 PAGE = Path(__file__).resolve().parents[2] / "docs" / "techniques" / "presets.md"
 

@@ -34,10 +34,10 @@ from lightning_reg import (
     weight_decay_param_groups,
 )
 from lightning_reg.mixing import soft_target_cross_entropy
-from lightning_reg.mixing.core import cutmix_box, soft_targets
+from lightning_reg.mixing.mixers import cutmix_box, soft_targets
 from lightning_reg.overfitting import OverfittingCriteria, generalization_loss, overfitting_gap
 from lightning_reg.penalties import WeightPenalty, elastic_net_penalty
-from lightning_reg.penalties.core import soft_threshold_
+from lightning_reg.penalties.functional import soft_threshold_
 from lightning_reg.stochastic_depth import depth_rates, linear_depth_rates
 from lightning_reg.stochastic_depth.rate_rules import make_time_schedule
 

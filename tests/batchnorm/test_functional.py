@@ -13,7 +13,7 @@ from torchvision.models import resnet18
 from torchvision.ops import FrozenBatchNorm2d
 
 from lightning_reg.batchnorm.callback import FreezeBatchNorm
-from lightning_reg.batchnorm.core import (
+from lightning_reg.batchnorm.functional import (
     batchnorm_layers,
     freeze_batchnorm,
     frozen_batchnorm_parameters,

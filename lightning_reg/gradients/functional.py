@@ -8,7 +8,7 @@ whenever the total norm they are fed is identical (which it is after DDP's all-r
 
 Example:
     >>> import torch
-    >>> from lightning_reg.gradients.core import grad_norms, clip_grads_by_norm_
+    >>> from lightning_reg.gradients.functional import grad_norms, clip_grads_by_norm_
     >>> lin = torch.nn.Linear(3, 2)
     >>> lin(torch.ones(1, 3)).sum().backward()
     >>> stats = grad_norms(list(lin.parameters()))

@@ -10,7 +10,12 @@ from lightning_reg import DecayRule, PenaltyMixin
 from lightning_reg.module.regularized import RegularizedModule
 from lightning_reg.penalties import WeightPenalty, elastic_net_penalty, l1_penalty, l2_penalty, proximal_l1_
 from lightning_reg.penalties.callback import ProximalL1
-from lightning_reg.penalties.core import add_penalty_grad_, decayed_parameters, soft_threshold_, zero_fraction
+from lightning_reg.penalties.functional import (
+    add_penalty_grad_,
+    decayed_parameters,
+    soft_threshold_,
+    zero_fraction,
+)
 
 
 class _Tied(nn.Module):

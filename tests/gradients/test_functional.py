@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_reg.gradients.core import (
+from lightning_reg.gradients.functional import (
     AutoClipState,
     ZClipState,
     agc_clip_,

@@ -9,7 +9,7 @@ from torchvision.transforms.v2 import CutMix, MixUp
 
 from lightning_reg import BatchMixer, BatchMixingMixin, cutmix, mixup
 from lightning_reg.mixing import soft_target_cross_entropy
-from lightning_reg.mixing.core import MixParams, cutmix_box, soft_targets
+from lightning_reg.mixing.mixers import MixParams, cutmix_box, soft_targets
 
 
 def test_soft_targets_by_hand():
@@ -310,7 +310,7 @@ def test_mixin_resume_matches_uninterrupted(tmp_path):
 
 
 def test_mixing_does_not_sync():
-    from tests.penalties.test_core import _SyncCounter
+    from tests.penalties.test_functional import _SyncCounter
 
     x, y = torch.randn(8, 3, 6, 6), torch.randint(0, 4, (8,))
     mixer = BatchMixer(4, mixup_alpha=1.0, cutmix_alpha=1.0, label_smoothing=0.1, seed=0)

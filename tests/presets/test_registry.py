@@ -8,7 +8,8 @@ from collections import Counter
 import pytest
 import torch
 
-from lightning_reg.presets.core import (
+from lightning_reg.presets.module_side import PresetMixer, check_preset_optimizer, preset_mixer
+from lightning_reg.presets.registry import (
     PRESET_NAMES,
     PRESETS,
     Preset,
@@ -17,7 +18,6 @@ from lightning_reg.presets.core import (
     next_preset,
     overfitting_hint,
 )
-from lightning_reg.presets.module_side import PresetMixer, check_preset_optimizer, preset_mixer
 from lightning_reg.weight_decay.groups import uses_decoupled_weight_decay
 
 NOTE_LOGGER = "lightning.pytorch.utilities.rank_zero"
