@@ -621,11 +621,14 @@ def cell(text: str) -> str:
     """Text made safe for a Markdown table cell.
 
     ``|`` would end the cell; ``{...}`` at the end of a cell is read as an attribute list by ``attr_list``
-    (the cell then shows nothing), so braces outside code spans become HTML entities.
+    (the cell then shows nothing), so braces outside code spans become HTML entities; ``_`` and ``*``
+    outside code spans are escaped (``__setattr__`` would turn bold).
     """
     parts = str(text).replace("\n", " ").split("`")
     for i in range(0, len(parts), 2):  # even parts are outside code spans
         parts[i] = parts[i].replace("{", "&#123;").replace("}", "&#125;")
+        # generated text is not Markdown: `__setattr__` must not turn bold, nor `*` emphasise
+        parts[i] = parts[i].replace("_", "\\_").replace("*", "\\*")
     return "`".join(parts).replace("|", "\\|")
 
 

@@ -126,7 +126,7 @@ def compare(
                        column=f"{column}, share of a train step", summary=group)
         report.add(section, op, t.ratio(ref, ours), "x", targets.get(op, ""), column="reference / ours",
                    summary=group)
-    report.add(section, step_label, base * 1e3, "ms", column="reference")
+    report.add(section, step_label, base * 1e3, "ms", column="reference", summary=group)
 
 
 def mixing(report: Report) -> None:
