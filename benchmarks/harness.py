@@ -2,22 +2,22 @@
 
 Discipline every timing follows:
 
-* **paired, interleaved rounds**: :func:`time_interleaved` (and :func:`interleaved_samples` for samples a
+* **paired, interleaved rounds**: ``time_interleaved`` (and ``interleaved_samples`` for samples a
   script measures itself, e.g. a step time inside a ``fit``) runs the variants in turn, round after round,
   reversing the order every other round (a, b, c, c, b, a, ...), so slow drifts of a shared machine and
   position effects hit every variant alike;
-* **a 95 % interval on every ratio**: :meth:`Timings.ratio` is the geometric mean of the per-round ratios
-  with a Student-t interval on their logarithms (a :class:`Ratio`);
-* **a quiet machine**: a :class:`LoadGuard` reads the 1-minute load average before and after each
+* **a 95 % interval on every ratio**: ``Timings.ratio`` is the geometric mean of the per-round ratios
+  with a Student-t interval on their logarithms (a ``Ratio``);
+* **a quiet machine**: a ``LoadGuard`` reads the 1-minute load average before and after each
   measurement, waits while other work keeps it above half the cores, repeats a measurement that ended on a
-  busy machine and refuses (:class:`MachineBusyError`) when the machine stays busy. Its own contribution
+  busy machine and refuses (``MachineBusyError``) when the machine stays busy. Its own contribution
   to the load average is estimated from its CPU time and subtracted, so a benchmark that keeps both cores
   busy is not refused for its own work. ``LIGHTNING_REG_BENCH_ALLOW_LOAD=1`` measures anyway (smoke runs);
   such results say so under their table;
-* **a target and a verdict on every claim**: :meth:`Report.add` takes a ``target`` (``"<= 1.02"``,
+* **a target and a verdict on every claim**: ``Report.add`` takes a ``target`` (``"<= 1.02"``,
   ``">= 2"``, ``"0"``, ``"bitwise equal"``) and records ``pass`` / ``fail``, or ``inconclusive`` when the
   95 % interval contains the target;
-* **result files that say where they come from**: :meth:`Report.save` writes
+* **result files that say where they come from**: ``Report.save`` writes
 
   - ``benchmarks/results/<name>.json``: every number, the command, the commit, the date, the machine, the
     load before and after, every measurement's load, the versions;
@@ -29,7 +29,7 @@ Discipline every timing follows:
 e.g. after a change of the layout. So the numbers on the documentation site are always the ones a script
 wrote, never pasted.
 
-Example (a tiny run; real scripts use more rounds)::
+Example (a tiny run; real scripts use more rounds):
 
     report = Report("demo", "python benchmarks/demo.py")
     t = time_interleaved({"a": lambda: sum(range(1000)), "b": lambda: sum(range(2000))}, rounds=5)
@@ -343,7 +343,7 @@ def interleaved_samples(
     """Collect one sample per variant and round from functions that measure themselves, interleaved.
 
     For timings a script takes inside a larger run (e.g. the median step time of one ``fit``): each
-    function returns its sample in seconds. The order alternates between rounds (:func:`round_order`), the
+    function returns its sample in seconds. The order alternates between rounds (``round_order``), the
     whole collection runs under the load guard.
     """
     guard = guard or default_guard()
@@ -523,7 +523,7 @@ class Report:
             metric: the row's label.
             value: a number, a ``Ratio`` or a text.
             unit: shown after the value (``"ms"``, ``"x"``, ...).
-            target: what the value must meet (see :func:`verdict`).
+            target: what the value must meet (see ``verdict``).
             note: a remark shown in the table's note column.
             column: the column of a wide table (empty: the table's single value column).
             summary: ``True`` or a group name: the row also goes into the method card's summary
