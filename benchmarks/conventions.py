@@ -27,7 +27,7 @@ from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from benchmarks.harness import Report, Timings
+from benchmarks.harness import Report, interleaved_samples
 from lightning_reg._shared.step_logging import log_step_metrics
 
 KEYS = [f"bench/key_{i}" for i in range(11)]
@@ -104,18 +104,15 @@ def main() -> None:
     arms = ["none", "log_step_metrics", "log_dict", "loggers"]
     # Rounds of whole fits, arms interleaved within each round; a sample is the median step time of one fit
     # (steps 10+), so the harness's medians and paired ratios apply to per-step times.
-    samples: dict[str, list[float]] = {a: [] for a in arms}
-    for _ in range(args.rounds):
-        for arm in arms:
-            samples[arm].append(run(arm, args.steps))
-    timings = Timings(samples)
-    report.add("step", "plain step (no metrics)", timings.median("none") * 1e3, "ms")
+    timings = interleaved_samples({arm: (lambda arm=arm: run(arm, args.steps)) for arm in arms}, args.rounds)
+    report.add("step", "plain step (no metrics)", timings.median("none") * 1e3, "ms", summary=True)
     for arm, label in (("log_step_metrics", "log_step_metrics (ours: loggers + callback_metrics)"),
                        ("log_dict", "pl_module.log_dict(on_step=True)"),
                        ("loggers", "tensors straight to the loggers (not monitorable)")):
         added = (timings.median(arm) - timings.median("none")) * 1e3
         ratio = timings.ratio(arm, "none")
-        report.add("added per logging step", label, added, "ms", note=f"{ratio:.3f}x a plain step")
+        report.add("added per logging step", label, added, "ms", note=f"{ratio:.3f}x a plain step",
+                   summary=True)
     report.note("Medians over steps 10+ of each fit, then over rounds. Subtract nothing else: each arm also "
                 "pays the CSVLogger's own row handling.")
     report.save()

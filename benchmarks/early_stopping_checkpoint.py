@@ -85,13 +85,15 @@ def main() -> None:
         no_copy = EarlyStopping("val_loss", patience=5, verbose=0, save_weights_in_checkpoint=False)
         off = fit(no_copy, root / "off")
     report.add("sizes", "weights (parameters + buffers)", weights / mb, "MB")
-    report.add("sizes", "Lightning EarlyStopping checkpoint", lightning[2] / mb, "MB", note="the reference")
+    report.add("sizes", "Lightning EarlyStopping checkpoint", lightning[2] / mb, "MB", note="the reference",
+               summary=True)
     report.add(
         "sizes",
         "ours, checkpoint at a best epoch",
         ours[1] / mb,
         "MB",
         note=f"{(ours[1] - lightning[1]) / 1e3:+.1f} kB vs Lightning: a marker (its state_dict is the best)",
+        summary=True,
     )
     report.add(
         "sizes",
@@ -99,6 +101,7 @@ def main() -> None:
         ours[2] / mb,
         "MB",
         note=f"{(ours[2] - lightning[2]) / mb:+.1f} MB vs Lightning: one copy of the best weights",
+        summary=True,
     )
     report.add(
         "sizes",
@@ -106,6 +109,7 @@ def main() -> None:
         off[2] / mb,
         "MB",
         note=f"{(off[2] - lightning[2]) / 1e3:+.1f} kB vs Lightning",
+        summary=True,
     )
     report.note(
         "A ModelCheckpoint monitoring the same metric writes its files at best epochs, so they carry only "

@@ -17,11 +17,11 @@ Run from the repository root:
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's lightning_reg and harness
 
-from benchmarks.harness import Report, Timings, time_interleaved  # noqa: E402
+from benchmarks.harness import Ratio, Report, interleaved_samples, time_interleaved  # noqa: E402
 from lightning_reg import GradientClipping, GradientMonitor  # noqa: E402
 from lightning_reg.gradients.functional import (  # noqa: E402
     clip_coefficient,
@@ -61,8 +61,8 @@ def make_grads(model: nn.Module, kind: str, device: str) -> None:
     model(x).float().pow(2).mean().backward()
 
 
-def bench_pair(fa: Any, fb: Any, device: str, reps: int) -> tuple[float, float, float]:
-    """``(median a, median b, median of per-round b / a)`` from one interleaved harness run."""
+def bench_pair(fa: Any, fb: Any, device: str, reps: int) -> tuple[float, float, Ratio]:
+    """``(median a, median b, paired ratio b / a)`` from one interleaved harness run."""
     t = time_interleaved({"a": fa, "b": fb}, rounds=reps, warmup=5, device=device)
     return t.median("a"), t.median("b"), t.ratio("b", "a")
 
@@ -147,13 +147,13 @@ def e2e(kind: str, device: str, steps: int, batch: int, rounds: int = 3) -> dict
     n = steps * batch
     x = torch.randn(n, 16, 32) if kind == "transformer" else torch.randn(n, 3, 64, 64)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x), batch_size=batch)
-    med: dict[str, list[float]] = {"plain": [], "both": [], "lightning_clip": []}
-    for _ in range(rounds):  # alternate to spread contention noise over the arms
-        for arm in ("plain", "both", "lightning_clip"):
+
+    def arm(name: str) -> Callable[[], float]:
+        def run() -> float:
             net = transformer() if kind == "transformer" else torchvision.models.resnet18(num_classes=10)
             timer = StepTimer()
             cbs: list[pl.Callback] = [timer]
-            if arm == "both":
+            if name == "both":
                 cbs = [
                     GradientMonitor(group_by="module", depth=2),
                     GradientClipping("norm", max_norm=1.0),
@@ -170,11 +170,15 @@ def e2e(kind: str, device: str, steps: int, batch: int, rounds: int = 3) -> dict
                 log_every_n_steps=50,
                 callbacks=cbs,
                 # the user's alternative to GradientClipping: Lightning's built-in norm clipping
-                gradient_clip_val=1.0 if arm == "lightning_clip" else None,
+                gradient_clip_val=1.0 if name == "lightning_clip" else None,
             )
             trainer.fit(LitWrap(net, kind), loader)
-            med[arm].append(statistics.median(timer.times[3:]))
-    t = Timings(med)  # one median step time per arm and round: the harness's statistics, paired by round
+            return statistics.median(timer.times[3:])
+
+        return run
+
+    # one median step time per arm and round, the arms interleaved: the harness's statistics, paired by round
+    t = interleaved_samples({name: arm(name) for name in ("plain", "both", "lightning_clip")}, rounds=rounds)
     return {
         "step_plain_ms": t.median("plain") * 1e3,
         "step_both_ms": t.median("both") * 1e3,
@@ -184,7 +188,7 @@ def e2e(kind: str, device: str, steps: int, batch: int, rounds: int = 3) -> dict
     }
 
 
-def fixed_cost_per_tensor(device: str, reps: int, n: int = 512) -> tuple[float, float]:
+def fixed_cost_per_tensor(device: str, reps: int, n: int = 512) -> tuple[float, float, Ratio]:
     """Per-tensor fixed cost (us) of ours vs Lightning's ``grad_norm`` on ``n`` tiny (16-element) gradients.
 
     With tiny tensors the bytes read are negligible, so the time per tensor is the per-call overhead the
@@ -200,8 +204,8 @@ def fixed_cost_per_tensor(device: str, reps: int, n: int = 512) -> tuple[float, 
         per = per_tensor_norms(grads, 2.0)
         return per, reduce_norms(per, 2.0)[0]
 
-    t_ours, t_light, _ = bench_pair(ours, lambda: grad_norm(model, 2.0), device, reps)
-    return t_ours / n * 1e6, t_light / n * 1e6
+    t_ours, t_light, speedup = bench_pair(ours, lambda: grad_norm(model, 2.0), device, reps)
+    return t_ours / n * 1e6, t_light / n * 1e6, speedup
 
 
 def main() -> None:
@@ -228,12 +232,12 @@ def main() -> None:
         "PYTHONPATH=. python " + shlex.join(["benchmarks/gradients.py", *sys.argv[1:]]),
         title=f"Gradient monitoring and clipping against plain baselines ({a.device})",
     )
-    report.note(f"Load average (1 min) at the start: {os.getloadavg()[0]:.2f}.")
-    us_ours, us_light = fixed_cost_per_tensor(a.device, a.reps)
+    us_ours, us_light, speedup = fixed_cost_per_tensor(a.device, a.reps)
     section = "fixed cost per tensor (512 tiny gradients)"
     report.add(section, "ours (per-tensor norms + total)", us_ours, unit="us")
     report.add(section, "Lightning grad_norm", us_light, unit="us")
-    report.add(section, "speed-up", us_light / us_ours, unit="x", target=">= 2")
+    report.add(section, "speed-up", speedup, unit="x", target=">= 2", summary=True)
+    section = "per optimizer step, two models"
     for kind in ("transformer", "resnet18"):
         torch.manual_seed(0)
         model = transformer() if kind == "transformer" else torchvision.models.resnet18(num_classes=10)
@@ -242,45 +246,32 @@ def main() -> None:
         print(f"[{kind}] micro-benchmarks done", flush=True)
         if not a.skip_e2e:
             r.update(e2e(kind, a.device, a.e2e_steps, a.e2e_batch, rounds=a.e2e_rounds))
-        section = f"{kind}: {r['tensors']} grad tensors, {r['groups']} groups"
-        report.add(section, "monitor (total + groups)", r["monitor_ms"], unit="ms")
-        report.add(section, "torch get_total_norm", r["get_total_norm_ms"], unit="ms")
-        report.add(section, "monitor / get_total_norm", r["ratio_monitor"], unit="x", target="<= 1.10")
-        report.add(section, "monitor + norm clip", r["monitor_clip_ms"], unit="ms")
-        report.add(section, "torch clip_grad_norm_", r["clip_grad_norm_ms"], unit="ms")
-        report.add(
-            section,
-            "monitor + norm clip / clip_grad_norm_",
-            r["ratio_monitor_clip"],
-            unit="x",
-            target="<= 1.10",
-        )
-        report.add(section, "per-tensor + total (ours)", r["per_tensor_ms"], unit="ms")
-        report.add(section, "Lightning grad_norm", r["lightning_grad_norm_ms"], unit="ms")
-        report.add(
-            section,
-            "per-tensor: Lightning / ours (speed-up)",
-            r["speedup_per_tensor"],
-            unit="x",
-            target=">= 2",
-        )
+        model_label = f"{kind}: {r['tensors']} grad tensors, {r['groups']} groups"
+
+        def add(
+            metric: str, key: str, unit: str, target: str = "", r: dict = r, column: str = model_label
+        ) -> None:
+            report.add(section, metric, r[key], unit=unit, target=target, column=column, summary=bool(target))
+
+        add("monitor (total + groups)", "monitor_ms", "ms")
+        add("torch get_total_norm", "get_total_norm_ms", "ms")
+        add("monitor / get_total_norm", "ratio_monitor", "x", "<= 1.10")
+        add("monitor + norm clip", "monitor_clip_ms", "ms")
+        add("torch clip_grad_norm_", "clip_grad_norm_ms", "ms")
+        add("monitor + norm clip / clip_grad_norm_", "ratio_monitor_clip", "x", "<= 1.10")
+        add("per-tensor + total (ours)", "per_tensor_ms", "ms")
+        add("Lightning grad_norm", "lightning_grad_norm_ms", "ms")
+        add("per-tensor: Lightning / ours (speed-up)", "speedup_per_tensor", "x", ">= 2")
         if a.skip_e2e:
             continue
-        report.add(section, "end-to-end step, plain", r["step_plain_ms"], unit="ms")
-        report.add(
-            section, "end-to-end step, Trainer(gradient_clip_val=1.0)", r["step_lightning_clip_ms"], unit="ms"
-        )
-        report.add(section, "end-to-end step, both callbacks", r["step_both_ms"], unit="ms")
-        report.add(section, "end-to-end: both callbacks / plain", r["ratio_e2e"], unit="x", target="<= 1.02")
-        report.add(
-            section,
-            "end-to-end: both callbacks / Trainer(gradient_clip_val=1.0)",
-            r["ratio_e2e_vs_lightning_clip"],
-            unit="x",
-        )
+        add("end-to-end step, plain", "step_plain_ms", "ms")
+        add("end-to-end step, Trainer(gradient_clip_val=1.0)", "step_lightning_clip_ms", "ms")
+        add("end-to-end step, both callbacks", "step_both_ms", "ms")
+        add("end-to-end: both callbacks / plain", "ratio_e2e", "x", "<= 1.02")
+        add("end-to-end: both callbacks / Trainer(gradient_clip_val=1.0)", "ratio_e2e_vs_lightning_clip", "x")
     report.note(
-        f"Micro-benchmarks: {a.reps} interleaved rounds, medians; ratios are medians of per-round paired"
-        " ratios."
+        f"Micro-benchmarks: {a.reps} interleaved rounds, medians; ratios paired per round (geometric mean,"
+        " 95 % interval)."
         f" End-to-end: a Lightning `fit` of {a.e2e_steps} steps at batch {a.e2e_batch} with AdamW;"
         ' `GradientMonitor(group_by="module", depth=2)` + `GradientClipping("norm", max_norm=1.0)` against'
         f" the same fit without them and against `Trainer(gradient_clip_val=1.0)`; {a.e2e_rounds} rounds of"

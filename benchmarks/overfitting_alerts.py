@@ -386,16 +386,23 @@ class Score:
     delays: list[int] = field(default_factory=list)  # first alert - onset (measurable rise)
     delays_turning: list[int] = field(default_factory=list)  # first alert - turning point
 
-    def summary(self) -> str:
+    def cells(self, targets: bool = False) -> list[tuple[str, str, str, bool | None]]:
+        """``(column, value, target, passed)`` of the table; the targets only for the default."""
+
         def med(xs: list[int]) -> str:
             return "-" if not xs else f"{statistics.median(xs):g}"
 
-        return (
-            f"false alarms {self.false_alarm_runs}/{self.runs} runs ({self.false_alarm_checks} checks); "
-            f"improving runs alerted {self.improving_alerted}/{self.improving}; overfitting runs missed "
-            f"{self.missed}/{self.overfitting}, delay {med(self.delays)} ({med(self.delays_turning)} after "
-            f"the turning point); plateau runs alerted {self.plateau_alerted}/{self.plateau}"
-        )
+        delay_ok = bool(self.delays) and statistics.median(self.delays) <= 3 and self.missed == 0
+        return [
+            ("false alarms: runs (checks)",
+             f"{self.false_alarm_runs}/{self.runs} ({self.false_alarm_checks})", "", None),
+            ("improving runs alerted", f"{self.improving_alerted}/{self.improving}",
+             "none" if targets else "", (self.improving_alerted == 0) if targets else None),
+            ("overfitting runs missed", f"{self.missed}/{self.overfitting}", "", None),
+            ("delay after onset (after turning point)", f"{med(self.delays)} ({med(self.delays_turning)})",
+             "<= 3, none missed" if targets else "", delay_ok if targets else None),
+            ("plateau runs alerted", f"{self.plateau_alerted}/{self.plateau}", "", None),
+        ]
 
 
 def score(runs: Sequence[dict[str, Any]], cand: Candidate) -> dict[str, Score]:
@@ -446,8 +453,10 @@ def evaluate(runs: Sequence[dict[str, Any]], quick: bool, meta: dict[str, Any] |
         scores = score(runs, cand)
         for p, s in scores.items():
             is_default = cand.label == DEFAULT
-            report.add(cand.label, p, s.summary(),
-                       target="improving runs 0; delay <= 3" if is_default else "")
+            summary = "overfitting_alerts" if is_default or cand.legacy else False
+            for column, value, target, passed in s.cells(targets=is_default):
+                report.add(f"{p} pair ({PAIRS[p][0]} / {PAIRS[p][1]})", cand.label, value, target=target,
+                           column=column, summary=summary, passed=passed)
     kinds: dict[str, dict[str, int]] = {p: {} for p in PAIRS}
     for run in runs:
         for p, (_, vk, mode) in PAIRS.items():

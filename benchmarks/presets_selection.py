@@ -390,22 +390,23 @@ def _report_select(records: Sequence[dict[str, Any]], command: str) -> dict[str,
     table = _table(records)
     chosen = choose(records)
     report = Report("presets_select", command, title="Preset selection: validation accuracy (no test data)")
+    base_section = "baseline (no regularization)"
+    diff_section = "candidate − baseline: validation accuracy, paired by seed, 95 % t-interval"
     for s in SETTINGS:
         base = [table[(s, "baseline")][seed]["val_acc"] for seed in SELECT_SEEDS]
-        report.add(
-            s,
-            "baseline val acc",
-            f"{100 * statistics.fmean(base):.1f}% ± {100 * statistics.stdev(base):.1f}",
-            note=f"val loss rise after its minimum {overfitting_rise(records, s):.3f}",
-        )
-        for c in ALL_CANDIDATES:
-            d = _diff(table, s, c, SELECT_SEEDS, "val_acc")
-            mark = " (chosen)" if any(v["candidate"] == c for v in chosen["levels"].values()) else ""
-            report.add(s, f"{c}{mark} - baseline", d.pp(), note="val acc, paired by seed, 95% t-interval")
+        acc = f"{100 * statistics.fmean(base):.1f}% ± {100 * statistics.stdev(base):.1f}"
+        report.add(base_section, "validation accuracy, mean ± std over seeds", acc, column=s)
+        rise = overfitting_rise(records, s)
+        report.add(base_section, "validation-loss rise after its minimum", rise, column=s)
+    for c in ALL_CANDIDATES:
+        mark = " (chosen)" if any(v["candidate"] == c for v in chosen["levels"].values()) else ""
+        for s in SETTINGS:
+            report.add(diff_section, f"{c}{mark}", _diff(table, s, c, SELECT_SEEDS, "val_acc").pp(), column=s)
     for level, v in chosen["levels"].items():
-        report.add(
-            "choice", level, v["candidate"], note=f"eligible {v['eligible']}; scores (pp) {v['scores_pp']}"
-        )
+        scores = ", ".join(f"{c} {pp:+.2f}" for c, pp in v["scores_pp"].items())
+        report.add("choice", level, v["candidate"], column="chosen")
+        report.add("choice", level, ", ".join(v["eligible"]) or "none", column="eligible")
+        report.add("choice", level, scores, column="score (pp)")
     report.note(
         f"Seeds {list(SELECT_SEEDS)}; strong is scored in the most overfitting setting: "
         f"{chosen['most_overfit_setting']}. Rules: benchmarks/presets_selection.py docstring. {_RUNS_NOTE}"
@@ -425,31 +426,25 @@ def _report_evaluate(records: Sequence[dict[str, Any]], command: str) -> None:
         command,
         title="Presets after the choice was fixed: validation and test accuracy (fresh seeds)",
     )
-    for s in SETTINGS:
-        for c in ("baseline", *PRESET_NAMES):
-            rs = [table[(s, c)][seed] for seed in EVAL_SEEDS]
-            for key in ("val_acc", "test_acc"):
+    rows = {c: {s: [table[(s, c)][seed] for seed in EVAL_SEEDS] for s in SETTINGS}
+            for c in ("baseline", *PRESET_NAMES)}  # fmt: skip
+    for key, which in (("val_acc", "validation"), ("test_acc", "test")):
+        for c, per_setting in rows.items():
+            for s, rs in per_setting.items():
                 xs = [r[key] for r in rs]
-                report.add(
-                    s,
-                    f"{c} {key.replace('_acc', '')} acc",
-                    f"{100 * statistics.fmean(xs):.1f}% ± {100 * statistics.stdev(xs):.1f}",
-                )
-            if c != "baseline":
-                for key in ("val_acc", "test_acc"):
-                    d = _diff(table, s, c, EVAL_SEEDS, key)
-                    report.add(
-                        s,
-                        f"{c} - baseline, {key.replace('_acc', '')}",
-                        d.pp(),
-                        note="paired by seed, 95% t-interval" + (" (excludes 0)" if d.excludes_zero else ""),
-                    )
-            report.add(
-                s,
-                f"{c} epochs run / time per run",
-                f"{statistics.fmean(r['epochs_run'] for r in rs):.0f} / "
-                f"{statistics.fmean(r['seconds'] for r in rs):.0f} s",
-            )
+                acc = f"{100 * statistics.fmean(xs):.1f}% ± {100 * statistics.stdev(xs):.1f}"
+                report.add(f"{which} accuracy, mean ± std over seeds", c, acc, column=s)
+    for key, which in (("val_acc", "validation"), ("test_acc", "test")):
+        section = f"preset − baseline, {which} accuracy: paired by seed, 95 % t-interval"
+        for c in PRESET_NAMES:
+            for s in SETTINGS:
+                d = _diff(table, s, c, EVAL_SEEDS, key)
+                report.add(section, c, d.pp(), column=s, summary="presets" if key == "test_acc" else False)
+    for c, per_setting in rows.items():
+        for s, rs in per_setting.items():
+            epochs = statistics.fmean(r["epochs_run"] for r in rs)
+            seconds = statistics.fmean(r["seconds"] for r in rs)
+            report.add("epochs run / time per run", c, f"{epochs:.0f} / {seconds:.0f} s", column=s)
     report.note(
         f"Seeds {list(EVAL_SEEDS)} (none of them used in the selection). Mean ± sample std over seeds. "
         + _RUNS_NOTE

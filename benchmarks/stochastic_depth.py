@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import shlex
 import sys
 from collections.abc import Callable
@@ -68,23 +67,27 @@ def bench_drop_path(report: Report, rounds: int, number: int, device: str) -> No
             device=device,
         )
         s = "x".join(map(str, shape))
-        report.add(section, f"torchvision stochastic_depth {s}", t.median("tv_fn") * 1e6, unit="us")
-        report.add(section, f"drop_path {s}", t.median("our_fn") * 1e6, unit="us")
+        report.add(section, "torchvision stochastic_depth", t.median("tv_fn") * 1e6, unit="us", column=s)
+        report.add(section, "drop_path", t.median("our_fn") * 1e6, unit="us", column=s)
         report.add(
             section,
-            f"drop_path / stochastic_depth {s}",
+            "drop_path / stochastic_depth",
             t.ratio("our_fn", "tv_fn"),
             unit="x",
             target="<= 1.05",
+            column=s,
+            summary=True,
         )
-        report.add(section, f"torchvision StochasticDepth {s}", t.median("tv_mod") * 1e6, unit="us")
-        report.add(section, f"DropPath {s}", t.median("our_mod") * 1e6, unit="us")
+        report.add(section, "torchvision StochasticDepth", t.median("tv_mod") * 1e6, unit="us", column=s)
+        report.add(section, "DropPath", t.median("our_mod") * 1e6, unit="us", column=s)
         report.add(
             section,
-            f"DropPath / StochasticDepth {s}",
+            "DropPath / StochasticDepth",
             t.ratio("our_mod", "tv_mod"),
             unit="x",
             target="<= 1.05",
+            column=s,
+            summary=True,
         )
 
 
@@ -133,7 +136,7 @@ def bench_scheduler(report: Report, steps: int, rounds: int) -> None:
         cb.on_fit_end(trainers[label], model)  # type: ignore[arg-type]
     section = "scheduler per optimizer step"
     for label in cases:
-        report.add(section, label, t.median(label) * 1e6, unit="us", target="<= 50")
+        report.add(section, label, t.median(label) * 1e6, unit="us", target="<= 50", summary=True)
     # reference: the cheapest possible loop of 100 attribute writes
     mods = [block[0] for block in model]
 
@@ -158,7 +161,6 @@ def main() -> None:
         "PYTHONPATH=. python " + shlex.join(["benchmarks/stochastic_depth.py", *sys.argv[1:]]),
         title="Stochastic depth: DropPath vs torchvision, scheduler cost per step",
     )
-    report.note(f"Load average (1 min) at the start: {os.getloadavg()[0]:.2f}.")
     if args.quick:
         bench_drop_path(report, rounds=7, number=5, device=args.device)
         bench_scheduler(report, steps=2000, rounds=3)
@@ -167,7 +169,7 @@ def main() -> None:
         bench_scheduler(report, steps=10000, rounds=7)
     report.note(
         "Drop path: medians of interleaved rounds of 5 calls (forward + backward, p=0.2, row mode, float32);"
-        " a ratio is the median over rounds of the paired per-round ratio. Scheduler: microseconds per"
+        " a ratio is paired per round (geometric mean, 95 % interval). Scheduler: microseconds per"
         " `on_train_batch_start` call with 100 depth levels, the rate written to every module on each step"
         " (warm-up) or skipped (constant)."
     )

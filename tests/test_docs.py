@@ -122,3 +122,54 @@ def test_the_site_quickstart_is_the_tested_readme_quickstart():
     index = QUICKSTART.search((DOCS / "index.md").read_text())
     assert readme and index
     assert index.group(1) == readme.group(1), "docs/index.md and README.md quickstarts differ"
+
+
+def table_body_rows(markdown: str) -> int:
+    """Rows of the Markdown tables in ``markdown``, headers and separators not counted."""
+    rows, previous = 0, ""
+    for line in markdown.splitlines():
+        if line.startswith("|") and not re.fullmatch(r"\|(\s*:?-+:?\s*\|)+", line.strip()):
+            rows += previous.startswith("|")  # the first row of a table is its header
+        previous = line
+    return rows
+
+
+def test_full_benchmark_tables_only_on_the_benchmarks_page_summaries_on_the_cards():
+    results = DOCS / "benchmarks" / "results"
+    includes = [
+        (p.relative_to(DOCS).as_posix(), m) for p in doc_pages() for m in SNIPPET.findall(p.read_text())
+    ]
+    for full in sorted(results.glob("*.md")):
+        pages = [page for page, m in includes if m == full.relative_to(ROOT).as_posix()]
+        assert pages == ["benchmarks.md"], f"{full.name} is included by {pages}: full tables on one page"
+    summaries = sorted((results / "summary").glob("*.md"))
+    assert summaries
+    for summary in summaries:
+        pages = [page for page, m in includes if m == summary.relative_to(ROOT).as_posix()]
+        assert pages and "benchmarks.md" not in pages, f"{summary.name}: included by {pages}"
+        rows = table_body_rows(summary.read_text())
+        assert 3 <= rows <= 5, f"{summary.name}: a card's summary has 3-5 rows, this one {rows}"
+
+
+def test_table_body_rows_counts_rows_not_headers():
+    assert table_body_rows("| a | b |\n|---|---|\n| 1 | 2 |\n\n*s*\n\n| c |\n|---|\n| 3 |\n| 4 |\n") == 3
+
+
+def test_home_page_has_an_install_line_and_a_which_callback_table():
+    text = (DOCS / "index.md").read_text()
+    install = text.split("## Install", 1)[1].split("##", 1)[0]
+    assert re.search(r"```bash\npip install \S+\n```", install), "a plain install line under ## Install"
+    table = text.split("## Which callback do I need?", 1)[1].split("\n## ", 1)[0]
+    cards = set(re.findall(r"\]\((techniques/[\w-]+\.md)\)", table))
+    pages = {p.relative_to(DOCS).as_posix() for p in (DOCS / "techniques").glob("*.md")}
+    assert cards == pages, f"cards missing from the table: {sorted(pages - cards)}"
+    assert table_body_rows(table) >= len(pages)
+
+
+def test_site_url_and_repo_url_are_set():
+    config = load_config()
+    assert config["site_url"] == "https://lightning-reg.github.io/lightning-reg/"
+    assert config["repo_url"] == "https://github.com/lightning-reg/lightning-reg"
+    css = config.get("extra_css", [])
+    assert css and all((DOCS / c).is_file() for c in css)
+    assert "white-space: nowrap" in "".join((DOCS / c).read_text() for c in css)

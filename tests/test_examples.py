@@ -310,6 +310,15 @@ def test_compare_tiny(data_root: Path, tmp_path: Path, capsys):
     for name in ("compare.png", "alert.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     assert (tmp_path / "summary.md").read_text().startswith("| config |")
+    # the published table (docs, README) has the columns the demo writes now: a change of the demo's table
+    # must be republished (`--publish`), and .ci/check_demo.sh then compares the numbers of a full run
+    from example_projects.check_demo import PUBLISHED, differences, parse_table
+
+    summary = (tmp_path / "summary.md").read_text()
+    assert parse_table(summary)[0] == parse_table(PUBLISHED.read_text())[0]
+    assert differences(summary, summary + "\nReproduce: `x`.\n", "") == [
+        "README.md: no table between <!-- demo-table --> and <!-- /demo-table -->"
+    ]
 
 
 def test_paired_t_interval_matches_scipy():
