@@ -112,7 +112,14 @@ def finder_main(argv: Sequence[str] | None = None) -> int:
         built = parser.instantiate(cfg)
         cls, kwargs = _model_kwargs(cfg.model.class_path, cfg.model.init_args)
     except Exception as err:  # jsonargparse reports parse and build errors as several exception types
-        print(f"error: {err}", file=sys.stderr)
+        hint = ""
+        for key in ("model", "data"):
+            if f'Parser key "{key}"' in str(err):
+                hint = (
+                    f"\nThe finder needs {key}.class_path: a config written for a LightningCLI with a fixed "
+                    f"class has none; give it first: --{key}.class_path my.module.Class --config my.yaml"
+                )
+        print(f"error: {err}{hint}", file=sys.stderr)
         return 2
     set_by_config = {k: kwargs.pop(k) for k in ("preset", "weight_decay") if kwargs.get(k) is not None}
     trainer_kwargs = dict(vars(built.trainer))

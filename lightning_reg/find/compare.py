@@ -4,7 +4,7 @@ Each (configuration, seed) pair is one job, and each job is one trial of a secon
 storage, so workers sharing the storage split the jobs as they split the search: a fresh trial takes the
 next job in order (its number, less the retries before it), a retried trial carries its job. Every job
 trains once to the end (no pruning); the values are the validation metric of the weights each run returns,
-paired by seed in :class:`~lightning_reg.find.result.FinderResult`.
+paired by seed in ``lightning_reg.find.result.FinderResult``.
 
 Example:
     >>> import optuna

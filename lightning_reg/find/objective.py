@@ -149,10 +149,10 @@ class TrainingSetup:
     """What every run of the finder shares: how to build the model, the data, the Trainer, the metric.
 
     Args:
-        build: ``candidate -> LightningModule`` (see :func:`model_factory`).
+        build: ``candidate -> LightningModule`` (see ``model_factory``).
         datamodule: the user's DataModule (its validation data only is measured).
         trainer_kwargs: the user's Trainer arguments (``max_epochs`` or ``max_steps`` set; no callbacks the
-            candidate replaces, see :func:`split_user_callbacks`).
+            candidate replaces, see ``split_user_callbacks``).
         metric: the validation metric of the objective, as logged by the model (e.g. ``"val_acc"``).
         mode: ``"min"`` or ``"max"`` for ``metric``.
         branch_ends: the model's own residual blocks for drop-path (see ``preset_callbacks``).
@@ -249,7 +249,7 @@ def run_candidate(
         on_progress: called with ``(cost so far, epochs so far)`` after every validation.
 
     Returns:
-        The :class:`RunResult`.
+        The ``RunResult``.
 
     Raises:
         ValueError: the model logs no ``setup.metric`` in validation, or the run has no known length.

@@ -2,7 +2,7 @@
 
 The fragment and the Python arguments say the same thing: the chosen preset override for the module
 (``model.init_args.preset``) and the preset's callbacks (written by ``preset_config``), so a result is
-used exactly like a preset. :func:`write_outputs` writes all of them to a folder (each file replaced in
+used exactly like a preset. ``write_outputs`` writes all of them to a folder (each file replaced in
 one step, so workers that finish together write the same files safely).
 
 Example:

@@ -1,7 +1,7 @@
 """What the finder returns: the choice, every trial, the seed-paired comparison and the cost.
 
-Plain data: :func:`~lightning_reg.find.search.find_regularization` fills it from the Optuna study, and the
-writers of :mod:`lightning_reg.find.output` turn it into a config fragment, Python arguments, a table and
+Plain data: ``lightning_reg.find.search.find_regularization`` fills it from the Optuna study, and the
+writers of ``lightning_reg.find.output`` turn it into a config fragment, Python arguments, a table and
 a plot.
 
 Example:

@@ -1,6 +1,6 @@
 """The regularization finder: an Optuna study over the presets and the components' strengths, on a budget.
 
-:func:`find_regularization` runs three phases against one Optuna storage:
+``find_regularization`` runs three phases against one Optuna storage:
 
 1. **the ladder**: every preset of the search space as it is (enqueued once, when the study is created),
    trained to the end so the best preset is measured fairly; their validation curves are reported to
@@ -8,13 +8,13 @@
 2. **the search**: Optuna's sampler (TPE) proposes candidates; each run reports its validation curve
    through ``optuna-integration``'s ``PyTorchLightningPruningCallback`` and Optuna's pruner (successive
    halving, first decision after a quarter of the run) stops the poor ones. A trial starts only while the
-   budget, in full-run equivalents, has room for one more full run (see :mod:`lightning_reg.find.budget`);
-3. **the comparison** (:mod:`lightning_reg.find.compare`): the best trial, no regularization and the best
+   budget, in full-run equivalents, has room for one more full run (see ``lightning_reg.find.budget``);
+3. **the comparison** (``lightning_reg.find.compare``): the best trial, no regularization and the best
    preset re-run on fresh seeds.
 
 The finder drives Optuna through its ask-and-tell interface and reads every decision from the storage, so
 the same call in several processes (or machines) sharing one storage splits the work, and a call started
-again resumes an interrupted search (see :mod:`lightning_reg.find.study`).
+again resumes an interrupted search (see ``lightning_reg.find.study``).
 """
 
 from __future__ import annotations
@@ -371,7 +371,7 @@ def find_regularization(
         study_name: the study's name in ``storage`` (the comparison's studies are named after it).
         sampler: Optuna sampler (default ``TPESampler`` with ``constant_liar``, seeded by ``seed`` when
             the study is in memory).
-        pruner: Optuna pruner (default :func:`default_pruner`).
+        pruner: Optuna pruner (default ``default_pruner``).
         branch_ends: the model's own residual blocks for drop-path (see ``preset_callbacks``).
         out: a folder for the outputs (config fragment, Python arguments, tables, plot), or ``None``.
         stale_after: seconds after which a running trial without heartbeat is taken to have lost its
@@ -380,7 +380,7 @@ def find_regularization(
             also Lightning's own info lines of every run.
 
     Returns:
-        The :class:`~lightning_reg.find.result.FinderResult`.
+        The ``lightning_reg.find.result.FinderResult``.
 
     Raises:
         ValueError: a bad argument, a run without a known length, a metric the model does not log, or a

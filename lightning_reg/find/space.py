@@ -1,8 +1,8 @@
 """The finder's search space: the preset ladder and the strength of every component, as one preset override.
 
-A point of the space is a :class:`Candidate`: a ``Preset`` (a named preset with some components changed,
+A point of the space is a ``Candidate``: a ``Preset`` (a named preset with some components changed,
 so ``get_preset(name, **overrides)`` rebuilds it), the metric early stopping watches, and optional
-arguments of the model's own constructor (e.g. ``dropout``). :func:`suggest` draws a candidate from any
+arguments of the model's own constructor (e.g. ``dropout``). ``suggest_candidate`` draws a candidate from any
 object with Optuna's ``suggest_categorical`` / ``suggest_float`` / ``suggest_int`` methods (an Optuna
 ``Trial`` or ``FixedTrial``), so this module imports neither Optuna nor Lightning.
 
@@ -29,7 +29,7 @@ _CLIPPING = ("zclip", "norm", "agc", None)
 
 
 class _TrialLike(Protocol):
-    """What :func:`suggest` needs from an Optuna trial."""
+    """What ``suggest_candidate`` needs from an Optuna trial."""
 
     def suggest_categorical(self, name: str, choices: Any) -> Any: ...
 
@@ -247,7 +247,7 @@ def suggest_candidate(
     metric: str = "val_loss",
     mode: str = "min",
 ) -> Candidate:
-    """Draw a :class:`Candidate` from ``space`` with an Optuna trial (or anything with its ``suggest_*``).
+    """Draw a ``Candidate`` from ``space`` with an Optuna trial (or anything with its ``suggest_*``).
 
     Parameter names: ``preset`` (when the ladder has more than one step), each searched component by its
     ``Preset`` field name, ``clip_max_norm`` only when ``clipping`` is ``"norm"``, ``monitor`` (when there
@@ -312,7 +312,7 @@ def ladder_params(
     metric: str = "val_loss",
     mode: str = "min",
 ) -> dict[str, Any]:
-    """Return the trial parameters that make :func:`suggest_candidate` return the named preset as it is.
+    """Return the trial parameters that make ``suggest_candidate`` return the named preset as it is.
 
     A preset's value outside a searched range is clipped to the range. Early stopping watches the
     first of the space's monitors (``val_loss`` by default, as in the presets).

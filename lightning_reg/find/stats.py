@@ -154,7 +154,7 @@ def paired_difference(a: Sequence[float], b: Sequence[float], level: float = 0.9
         level: confidence level in ``(0, 1)``.
 
     Returns:
-        The :class:`PairedDifference` (with a single pair the interval is infinite).
+        The ``PairedDifference`` (with a single pair the interval is infinite).
 
     Raises:
         ValueError: no pairs, or ``a`` and ``b`` of different lengths.

@@ -216,7 +216,7 @@ class StudyWorker:
     ) -> RunResult | None:
         """Train ``trial`` and tell the study how it ended.
 
-        ``train(record)`` trains and returns the :class:`RunResult`; it calls
+        ``train(record)`` trains and returns the ``RunResult``; it calls
         ``record(cost, epochs)`` after every validation, which stores them with a heartbeat. A pruned run
         is told as pruned (Optuna keeps the last reported value); an interrupt marks the trial failed,
         calls ``retry()`` (which enqueues it again) and goes on; an error marks it failed with the message
