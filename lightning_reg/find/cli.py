@@ -123,6 +123,8 @@ def finder_main(argv: Sequence[str] | None = None) -> int:
         return 2
     set_by_config = {k: kwargs.pop(k) for k in ("preset", "weight_decay") if kwargs.get(k) is not None}
     trainer_kwargs = dict(vars(built.trainer))
+    if trainer_kwargs.get("devices") == "auto":  # the parser's default: one device per run, as in Python
+        trainer_kwargs["devices"] = 1
     replaced = [k for k, v in CONTROLLED_TRAINER_ARGS.items() if trainer_kwargs.get(k) not in (None, v)]
     for key in CONTROLLED_TRAINER_ARGS:
         trainer_kwargs.pop(key, None)

@@ -152,7 +152,7 @@ class TrainingSetup:
         build: ``candidate -> LightningModule`` (see ``model_factory``).
         datamodule: the user's DataModule (its validation data only is measured).
         trainer_kwargs: the user's Trainer arguments (``max_epochs`` or ``max_steps`` set; no callbacks the
-            candidate replaces, see ``split_user_callbacks``).
+            candidate replaces, see ``split_user_callbacks``); every run trains on one device.
         metric: the validation metric of the objective, as logged by the model (e.g. ``"val_acc"``).
         mode: ``"min"`` or ``"max"`` for ``metric``.
         branch_ends: the model's own residual blocks for drop-path (see ``preset_callbacks``).
@@ -276,6 +276,13 @@ def run_candidate(
     kwargs = {**setup.trainer_kwargs, **CONTROLLED_TRAINER_ARGS, "callbacks": run_callbacks}
     with _lightning_info(setup.lightning_info):
         trainer = Trainer(**kwargs)
+        if trainer.world_size > 1:
+            where = f"devices={kwargs.get('devices')!r}, num_nodes={kwargs.get('num_nodes', 1)!r}"
+            raise ValueError(
+                "the finder trains each run in one process, on one device; this Trainer has world size "
+                f"{trainer.world_size} ({where}): set devices=1, and run one finder worker per device to use "
+                "several."
+            )
         try:
             trainer.fit(model, datamodule=setup.datamodule)
         except optuna.TrialPruned:

@@ -314,6 +314,7 @@ def _trainer_kwargs(trainer_kwargs: Mapping[str, Any] | None, worker: StudyWorke
         raise ValueError(
             "`trainer_kwargs` must set `max_epochs` (or `max_steps`): one full run is the unit of the budget."
         )
+    kwargs.setdefault("devices", 1)  # one run, one device: several devices are used by several workers
     kwargs["callbacks"], dropped = split_user_callbacks(kwargs.get("callbacks"))
     if dropped:
         worker.say(f"the runs leave out the Trainer callbacks {dropped} (each candidate brings its own)")
@@ -354,9 +355,11 @@ def find_regularization(
         model: a LightningModule class (or factory) taking ``preset`` and passing it to ``RegularizedModule``.
         datamodule: the data; only its training and validation data are used.
         model_kwargs: the model's other arguments.
-        trainer_kwargs: the Trainer's arguments; ``max_epochs`` (or ``max_steps``) is one full run. Logging,
-            checkpoints, progress bar and model summary are off in every run; callbacks that early
-            stopping, the preset or checkpointing would replace are left out (with a note).
+        trainer_kwargs: the Trainer's arguments; ``max_epochs`` (or ``max_steps``) is one full run. Every
+            run trains in this process on one device (``devices`` defaults to 1; start one worker per
+            device to use several). Logging, checkpoints, progress bar and model summary are off in every
+            run; callbacks that early stopping, the preset or checkpointing would replace are left out (with
+            a note).
         metric: the validation metric to optimise, as the model logs it.
         mode: ``"min"`` or ``"max"``; required unless ``metric`` is ``"val_loss"``.
         space: the search space (default ``SearchSpace()``; drop-path is left out for a model without a
@@ -385,7 +388,8 @@ def find_regularization(
     Raises:
         ValueError: a bad argument, a run without a known length, a metric the model does not log, or a
             storage holding a study of another metric, mode or search space.
-        RuntimeError: no trial completed, or a comparison run failed.
+        RuntimeError: no trial completed.
+        Exception: what stopped a run (the run is enqueued again, for the search started again).
     """
     metric = check_str("metric", metric)
     mode = _check_mode(metric, mode)

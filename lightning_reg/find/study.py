@@ -4,8 +4,9 @@ Every worker (a process running the finder against the same storage) writes its 
 heartbeat into the trial it trains, and records the trial's cost after every validation. A running trial
 whose worker is gone (its process no longer exists on this machine, or its heartbeat is older than
 ``stale_after`` seconds) is marked failed by the first worker that notices; the storage lets exactly one
-worker finish a trial, so exactly one of them enqueues it again. A trial interrupted here (Ctrl-C) is
-marked failed and enqueued again before the interrupt goes on, so a resumed search runs it first.
+worker finish a trial, so exactly one of them enqueues it again. A trial interrupted here (Ctrl-C) or
+stopped by an error is marked failed and enqueued again before the interrupt or the error goes on, so the
+search started again (after the cause is fixed) runs it first.
 
 Nothing here imports Lightning.
 
@@ -218,9 +219,9 @@ class StudyWorker:
 
         ``train(record)`` trains and returns the ``RunResult``; it calls
         ``record(cost, epochs)`` after every validation, which stores them with a heartbeat. A pruned run
-        is told as pruned (Optuna keeps the last reported value); an interrupt marks the trial failed,
-        calls ``retry()`` (which enqueues it again) and goes on; an error marks it failed with the message
-        in its ``error`` attribute and goes on.
+        is told as pruned (Optuna keeps the last reported value). An interrupt or an error marks the trial
+        failed (with ``interrupted`` or the message in ``error`` among its attributes), calls ``retry()``
+        (which enqueues it again) and goes on.
 
         Returns:
             The result, or ``None`` when another worker took the trial over meanwhile (its result is
@@ -255,6 +256,7 @@ class StudyWorker:
         except Exception as err:
             trial.set_user_attr("error", f"{type(err).__name__}: {err}"[:1000])
             study.tell(trial, state=TrialState.FAIL)
+            retry()  # once the cause is fixed, the search started again runs it first
             raise
         finally:
             self.running.discard(key)

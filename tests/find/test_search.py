@@ -97,27 +97,35 @@ def test_a_search_compares_its_choice_with_no_regularization_paired_by_seed(tmp_
     ]
 
 
-_INTERRUPT = {"at": None}
-
-
-class _InterruptSecondSearchTrial(L.Callback):
-    """Ctrl-C in the fifth run (the second search trial), once."""
+class _StopFifthRun(L.Callback):
+    """Raise ``error`` in the fifth run (the second search trial), once."""
 
     runs = 0
+    stopped_at: int | None = None
+
+    def __init__(self, error: type[BaseException]) -> None:
+        self.error = error
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         type(self).runs += 1
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if type(self).runs == 5 and _INTERRUPT["at"] is None:
-            _INTERRUPT["at"] = trainer.current_epoch
-            raise KeyboardInterrupt
+        if type(self).runs == 5 and type(self).stopped_at is None:
+            type(self).stopped_at = trainer.current_epoch
+            raise self.error("stop here")
 
 
-def test_an_interrupted_search_resumes_from_its_storage(tmp_path) -> None:
+@pytest.mark.parametrize(
+    ("error", "raised", "attr"),
+    [(KeyboardInterrupt, SystemExit, "interrupted"), (RuntimeError, RuntimeError, "error")],
+    ids=["interrupt", "error"],
+)
+def test_a_stopped_search_resumes_from_its_storage(tmp_path, monkeypatch, error, raised, attr) -> None:
+    monkeypatch.setattr(_StopFifthRun, "runs", 0)
+    monkeypatch.setattr(_StopFifthRun, "stopped_at", None)
     journal = tmp_path / "journal.log"
     kwargs = dict(
-        trainer_kwargs={**TRAINER, "callbacks": [_InterruptSecondSearchTrial()]},
+        trainer_kwargs={**TRAINER, "callbacks": [_StopFifthRun(error)]},
         space=SPACE,
         budget=6,
         seeds=0,
@@ -127,23 +135,23 @@ def test_an_interrupted_search_resumes_from_its_storage(tmp_path) -> None:
     )
     handler = signal.getsignal(signal.SIGINT)
     try:
-        with pytest.raises(SystemExit):  # Lightning turns the KeyboardInterrupt into SystemExit(1)
+        with pytest.raises(raised):  # Lightning turns a KeyboardInterrupt into SystemExit(1)
             find_regularization(ToyNet, ToyData(), **kwargs)
     finally:
         signal.signal(signal.SIGINT, handler)  # Lightning ignores SIGINT after an interrupt
     study = optuna.load_study(study_name="lightning-reg-find", storage=open_storage(journal))
     states = {t.number: t.state.name for t in study.trials}
     assert states == {0: "COMPLETE", 1: "COMPLETE", 2: "COMPLETE", 3: "COMPLETE", 4: "FAIL", 5: "WAITING"}
-    assert study.trials[4].user_attrs["interrupted"] and study.trials[5].user_attrs["retry_of"] == 4
+    assert study.trials[4].user_attrs[attr] and study.trials[5].user_attrs["retry_of"] == 4
 
     result = find_regularization(ToyNet, ToyData(), **kwargs)
     study = optuna.load_study(study_name="lightning-reg-find", storage=open_storage(journal))
     trained = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
-    assert [t.number for t in trained] == [0, 1, 2, 3, 5]  # nothing ran twice; the interrupted one ran again
+    assert [t.number for t in trained] == [0, 1, 2, 3, 5]  # nothing ran twice; the stopped one ran again
     assert study.trials[5].params == study.trials[4].params
-    # the budget counts what the interrupted run trained before the interrupt
-    interrupted = next(t for t in result.trials if t.number == 4)
-    assert (interrupted.state, interrupted.cost) == ("FAIL", (_INTERRUPT["at"] + 1) / 4)
+    # the budget counts what the stopped run trained before it stopped
+    stopped = next(t for t in result.trials if t.number == 4)
+    assert (stopped.state, stopped.cost) == ("FAIL", (_StopFifthRun.stopped_at + 1) / 4)
     assert result.search_cost == pytest.approx(sum(t.cost for t in result.trials)) and result.search_cost <= 6
 
 
@@ -156,3 +164,9 @@ def test_bad_arguments_are_refused_before_any_training() -> None:
         find_regularization(ToyNet, ToyData(), trainer_kwargs=TRAINER, budget=3)
     with pytest.raises(TypeError, match=r"takes no `preset` argument"):
         find_regularization(lambda: torch.nn.Linear(1, 1), ToyData(), trainer_kwargs=TRAINER)
+
+
+def test_a_run_on_several_devices_is_refused() -> None:
+    trainer = {**TRAINER, "devices": 2, "strategy": "ddp"}
+    with pytest.raises(ValueError, match=r"one process, on one device; this Trainer has world size 2"):
+        find_regularization(ToyNet, ToyData(), trainer_kwargs=trainer, budget=5, seeds=0, verbose=0)
