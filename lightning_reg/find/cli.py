@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -130,7 +131,7 @@ def finder_main(argv: Sequence[str] | None = None) -> int:
         trainer_kwargs.pop(key, None)
     if cfg.verbose and (set_by_config or replaced):
         print(
-            "[find] the finder sets these itself: "
+            f"[find{f' pid {os.getpid()}' if cfg.storage else ''}] the finder sets these itself: "
             + ", ".join(
                 [f"model.init_args.{k}={v!r}" for k, v in set_by_config.items()]
                 + [f"trainer.{k}" for k in replaced]
@@ -157,7 +158,7 @@ def finder_main(argv: Sequence[str] | None = None) -> int:
             stale_after=cfg.stale_after,
             verbose=cfg.verbose,
         )
-    except (ValueError, TypeError, RuntimeError) as err:
+    except (ValueError, TypeError) as err:  # a bad setting; anything else keeps its traceback
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

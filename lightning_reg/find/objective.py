@@ -108,6 +108,7 @@ def model_factory(
 
     Raises:
         TypeError: ``model`` is not callable, or takes no ``preset`` argument.
+        ValueError: ``model_kwargs`` sets ``preset`` or ``weight_decay``.
 
     Example:
         >>> from lightning_reg import RegularizedModule, get_preset
@@ -120,6 +121,12 @@ def model_factory(
             f"`model` must be a LightningModule class or a callable returning one; got {model!r}."
         )
     kwargs = dict(model_kwargs or {})
+    taken = sorted(k for k in ("preset", "weight_decay") if kwargs.get(k) is not None)
+    if taken:
+        raise ValueError(
+            f"`model_kwargs` sets {taken}: the finder sets them in every run (the candidate's preset, whose "
+            "weight decay applies); remove them."
+        )
     try:
         params = inspect.signature(model).parameters
     except (TypeError, ValueError):  # pragma: no cover - builtins without a signature

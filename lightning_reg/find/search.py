@@ -121,7 +121,7 @@ def _resolve_space(
 ) -> SearchSpace:
     """Fit the space to the model: ``dropout`` when it takes one; no drop-path without residual blocks."""
     if space.model_args is None:
-        takes_dropout = _signature_default(model, "dropout") is not None and "dropout" in _arguments(model)
+        takes_dropout = "dropout" in _arguments(model) and _signature_default(model, "dropout") is not None
         space = space.replace(model_args={"dropout": (0.0, 0.5)} if takes_dropout else {})
         if takes_dropout:
             worker.say("the model takes `dropout`: searched in [0, 0.5] (SearchSpace.model_args changes it)")
@@ -170,6 +170,21 @@ def _open_study(
                 f"{key}={value}: resume it with the same settings, or use another `study_name`."
             )
     return study, False
+
+
+def _enqueue_ladder(
+    study: optuna.Study,
+    space: SearchSpace,
+    model: Callable[..., Any],
+    model_kwargs: Mapping[str, Any],
+    setup: TrainingSetup,
+) -> None:
+    """Enqueue every preset of the ladder as it is, with the model arguments given (or their defaults)."""
+    values = {k: model_kwargs.get(k, _signature_default(model, k)) for k in space.model_args or {}}
+    values = {k: v for k, v in values.items() if isinstance(v, (int, float))}
+    for name in space.presets:
+        params = ladder_params(space, name, values, metric=setup.metric, mode=setup.mode)
+        study.enqueue_trial(params, user_attrs={"ladder": name})
 
 
 # ------------------------------------------------------------------------------------------ the search
@@ -399,9 +414,8 @@ def find_regularization(
     verbose = check_int("verbose", verbose, low=0, high=2)
     worker = StudyWorker(shared=storage is not None, stale_after=stale_after, verbose=min(verbose, 1))
     build = model_factory(model, model_kwargs)
-    setup = TrainingSetup(
-        build, datamodule, _trainer_kwargs(trainer_kwargs, worker), metric, mode, branch_ends
-    )
+    tkw = _trainer_kwargs(trainer_kwargs, worker)
+    setup = TrainingSetup(build, datamodule, tkw, metric, mode, branch_ends, lightning_info=verbose >= 2)
     space = _resolve_space(space or SearchSpace(), model, build, branch_ends, worker)
     if budget < len(space.presets) + 1:
         raise ValueError(
@@ -419,12 +433,7 @@ def find_regularization(
     pruner = pruner or default_pruner(setup.trainer_kwargs.get("max_epochs"))
     study, created = _open_study(store, study_name, direction, sampler, pruner, identity)
     if created:  # the ladder is enqueued once, by the worker that created the study
-        given = dict(model_kwargs or {})
-        for name in space.presets:
-            values = {k: given.get(k, _signature_default(model, k)) for k in space.model_args or {}}
-            values = {k: v for k, v in values.items() if isinstance(v, (int, float))}
-            params = ladder_params(space, name, values, metric=metric, mode=mode)
-            study.enqueue_trial(params, user_attrs={"ladder": name})
+        _enqueue_ladder(study, space, model, model_kwargs or {}, setup)
 
     _Search(study, setup, space, budget, seed, worker).run()
     trials = [
@@ -437,23 +446,23 @@ def find_regularization(
         f"{best.number}, {metric} {best.value:.4g}, {arms[0][1].describe()}"
     )
     compare_seeds = tuple(seed + 1 + i for i in range(seeds))
-    values: dict[str, tuple[float, ...]] = {}
-    costs: dict[str, float] = {}
+    arm_results: tuple[ArmResult, ...] = ()
     if seeds:
         name = f"{study_name}/compare/trial-{best.number}/seeds-{'-'.join(map(str, compare_seeds))}"
         values, costs = run_comparison(store, name, direction, arms, compare_seeds, setup, worker)
+        arm_results = tuple(ArmResult(label, c, values[label], costs.get(label, 0.0)) for label, c in arms)
     result = FinderResult(
         metric=metric,
         mode=mode,
         choice=arms[0][1],
         choice_trial=best.number,
         choice_value=float(best.value),  # type: ignore[arg-type]
-        arms=tuple(ArmResult(label, c, values[label], costs.get(label, 0.0)) for label, c in arms if values),
+        arms=arm_results,
         seeds=compare_seeds,
         trials=tuple(_summary(t, space, setup) for t in sorted(trials, key=lambda t: t.number)),
         budget=budget,
         search_cost=search_cost,
-        compare_cost=sum(costs.values()),
+        compare_cost=sum(a.cost for a in arm_results),
     )
     if verbose:
         print(comparison_table(result), flush=True)
