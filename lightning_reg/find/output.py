@@ -172,7 +172,7 @@ def comparison_table(result: FinderResult) -> str:
     if r.arms:
         diffs = r.differences()
         lines += [
-            f"| configuration | {r.metric}, mean of {len(r.seeds)} seeds "
+            f"| configuration | {r.metric}, mean of {len(r.seeds)} seed{'s' if len(r.seeds) != 1 else ''} "
             "| choice - configuration (95 % interval) "
             f"| per seed {', '.join(map(str, r.seeds))} |",
             "|---|---|---|---|",

@@ -207,8 +207,21 @@ class Candidate:
     early_stopping: bool = True
     model_args: Mapping[str, float] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.preset, Preset):
+            raise TypeError(f"`preset` must be a Preset (see get_preset); got {self.preset!r}.")
+        check_str("monitor", self.monitor)
+        check_choice("mode", self.mode, ("min", "max"))
+        if not isinstance(self.early_stopping, bool):
+            raise TypeError(f"`early_stopping` must be a bool; got {self.early_stopping!r}.")
+        args = {
+            check_str("model_args key", k): check_number(f"model_args[{k!r}]", v)
+            for k, v in self.model_args.items()
+        }
+        object.__setattr__(self, "model_args", args)
+
     def overrides(self) -> dict[str, Any]:
-        """Components that differ from the named preset (for another name: from ``Preset``'s defaults).
+        """Return the components that differ from the named preset (another name: from ``Preset()``).
 
         Example:
             >>> Candidate(get_preset("strong")).overrides()

@@ -121,3 +121,12 @@ def test_candidate_describe_and_overrides() -> None:
         == "medium + mixup_prob=0, patience=7; early stopping on val_acc, patience 7; dropout=0.25"
     )
     assert SearchSpace().monitor_choices("val_acc", "max") == {"val_loss": "min", "val_acc": "max"}
+
+
+def test_bad_candidates_are_refused() -> None:
+    with pytest.raises(TypeError, match=r"`preset` must be a Preset \(see get_preset\); got 'mild'"):
+        Candidate("mild")
+    with pytest.raises(ValueError, match=r"`mode` must be one of 'min', 'max'; got 'up'"):
+        Candidate(get_preset("mild"), monitor="val_acc", mode="up")
+    with pytest.raises(TypeError, match=r"`model_args\['dropout'\]` must be a finite number"):
+        Candidate(get_preset("mild"), model_args={"dropout": "0.1"})
