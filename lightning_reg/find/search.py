@@ -417,6 +417,13 @@ def find_regularization(
     tkw = _trainer_kwargs(trainer_kwargs, worker)
     setup = TrainingSetup(build, datamodule, tkw, metric, mode, branch_ends, lightning_info=verbose >= 2)
     space = _resolve_space(space or SearchSpace(), model, build, branch_ends, worker)
+    for name in space.monitor_choices(metric, mode):
+        if not name.startswith(("val_", "val/", "validation_")):
+            raise ValueError(
+                f"early stopping may watch {name!r}, but the preset's callbacks pair each watched metric "
+                "with its training twin by a 'val_' or 'val/' prefix (val_acc -> train_acc): log the "
+                "validation metrics with such a prefix, or set SearchSpace.monitors to metrics that have one."
+            )
     if budget < len(space.presets) + 1:
         raise ValueError(
             f"`budget` must be at least {len(space.presets) + 1} full runs (the {len(space.presets)} presets "

@@ -164,6 +164,8 @@ def test_bad_arguments_are_refused_before_any_training() -> None:
         find_regularization(ToyNet, ToyData(), trainer_kwargs=TRAINER, budget=3)
     with pytest.raises(ValueError, match=r"`model_kwargs` sets \['weight_decay'\]: the finder sets them"):
         find_regularization(ToyNet, ToyData(), model_kwargs={"weight_decay": 0.1}, trainer_kwargs=TRAINER)
+    with pytest.raises(ValueError, match=r"early stopping may watch 'accuracy', but the preset's callbacks"):
+        find_regularization(ToyNet, ToyData(), trainer_kwargs=TRAINER, metric="accuracy", mode="max")
     with pytest.raises(TypeError, match=r"takes no `preset` argument"):
         find_regularization(lambda: torch.nn.Linear(1, 1), ToyData(), trainer_kwargs=TRAINER)
 
