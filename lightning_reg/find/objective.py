@@ -181,11 +181,19 @@ class TrainingSetup:
     lightning_info: bool = False
 
 
+def _missing_metric(metric: str, logged: Mapping[str, Any]) -> ValueError:
+    return ValueError(
+        f"the model logs no {metric!r} in validation; it logs {sorted(logged)}: pass one of them as the "
+        "finder's `metric` (with its `mode`)."
+    )
+
+
 class _Progress(Callback):
     """Measures a run's cost (trained steps over the full run's) and hands it on at every validation."""
 
-    def __init__(self, on_progress: Callable[[float, int], None] | None) -> None:
+    def __init__(self, on_progress: Callable[[float, int], None] | None, metric: str) -> None:
         self.on_progress = on_progress
+        self.metric = metric
         self.total = 0.0
         self.cost = 0.0
         self.epochs = 0
@@ -207,6 +215,8 @@ class _Progress(Callback):
     @override
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not trainer.sanity_checking:
+            if self.metric not in trainer.callback_metrics:  # say so after one epoch, not after a whole run
+                raise _missing_metric(self.metric, trainer.callback_metrics)
             self.epochs = max(self.epochs, trainer.current_epoch + 1)  # validation ends the epoch's training
             self._update(trainer)
 
@@ -277,7 +287,7 @@ def run_candidate(
         if isinstance(cb, LightningEarlyStopping) and not candidate.early_stopping:
             continue
         run_callbacks.append(cb)
-    progress = _Progress(on_progress)
+    progress = _Progress(on_progress, setup.metric)
     run_callbacks.append(progress)  # before a pruning callback: the cost is recorded when it prunes
     run_callbacks.extend(callbacks)
     kwargs = {**setup.trainer_kwargs, **CONTROLLED_TRAINER_ARGS, "callbacks": run_callbacks}
@@ -297,10 +307,8 @@ def run_candidate(
         # the measurement is no step of the curve: the pruner and the cost stop watching
         watching = (progress, *callbacks)
         trainer.callbacks = [cb for cb in trainer.callbacks if not any(cb is w for w in watching)]
-        metrics = trainer.validate(model, datamodule=setup.datamodule, verbose=False)[0]
+        results = trainer.validate(model, datamodule=setup.datamodule, verbose=False)
+    metrics = results[0] if results else {}
     if setup.metric not in metrics:
-        raise ValueError(
-            f"the model logs no {setup.metric!r} in validation; it logs {sorted(metrics)}: pass one of them "
-            "as the finder's `metric` (with its `mode`)."
-        )
+        raise _missing_metric(setup.metric, metrics)
     return RunResult(float(metrics[setup.metric]), progress.cost, progress.epochs)

@@ -155,6 +155,14 @@ def test_a_stopped_search_resumes_from_its_storage(tmp_path, monkeypatch, error,
     assert result.search_cost == pytest.approx(sum(t.cost for t in result.trials)) and result.search_cost <= 6
 
 
+def test_a_metric_the_model_does_not_log_stops_the_first_run_after_one_epoch() -> None:
+    epochs = []
+    setup = TrainingSetup(model_factory(ToyNet), ToyData(), TRAINER, metric="val_f1", mode="max")
+    with pytest.raises(ValueError, match=r"no 'val_f1' in validation; it logs \['val_acc', 'val_loss'\]"):
+        run_candidate(setup, Candidate(get_preset("mild")), seed=0, on_progress=lambda c, e: epochs.append(e))
+    assert epochs == []  # stopped at the first validation, before any progress was recorded
+
+
 def test_bad_arguments_are_refused_before_any_training() -> None:
     with pytest.raises(ValueError, match=r"`mode` is required with metric='val_acc'"):
         find_regularization(ToyNet, ToyData(), trainer_kwargs=TRAINER, metric="val_acc")
