@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -286,11 +285,15 @@ def plot_trials(result: FinderResult, path: str | os.PathLike[str]) -> Path:
     return out
 
 
+def _partial(path: Path) -> Path:
+    """Return a temporary name next to ``path`` for this process (workers may write the same outputs)."""
+    return path.with_name(f".{path.stem}.{os.getpid()}{path.suffix}")
+
+
 def _write(path: Path, text: str) -> Path:
     """Write ``text`` to ``path`` in one step (a temporary file renamed over it)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
+    tmp = _partial(path)
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
     return path
 
@@ -318,13 +321,9 @@ def write_outputs(
     ]
     plot_note = ""
     try:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".trials.", suffix=".png")
-        os.close(fd)
-        plot_trials(result, tmp)
-        os.replace(tmp, folder / "trials.png")
+        os.replace(plot_trials(result, _partial(folder / "trials.png")), folder / "trials.png")
         paths.append(folder / "trials.png")
-    except ImportError as err:  # pragma: no cover - matplotlib is in the dev extra
-        os.unlink(tmp)
+    except ImportError as err:  # pragma: no cover - matplotlib is in the find extra
         plot_note = f"\n\n(no plot: {err})"
     report = comparison_table(result) + "\n\n## Trials\n\n" + trials_table(result) + plot_note + "\n"
     paths.insert(2, _write(folder / "comparison.md", report))
