@@ -78,11 +78,19 @@ def test_core_modules_and_the_flat_api_import_without_lightning() -> None:
     assert f"imported {len(core)}" in proc.stdout
 
 
+# Packages that declare their modules with export() but are not in the flat API (an optional extra, whose
+# names are imported from the package): their tests may have imported them before this one runs.
+NOT_FLAT = {"find"}
+
+
 def test_every_module_is_declared_or_private_and_every_all_is_exported() -> None:
     declared = _declared()
-    assert sorted(declared) == sorted(lightning_reg.PACKAGES)
+    assert set(lightning_reg.PACKAGES) <= set(declared)
+    assert set(declared) - set(lightning_reg.PACKAGES) <= NOT_FLAT, sorted(declared)
     flat = set(lightning_reg.__all__)
     for pkg, (core, shell) in declared.items():
+        if pkg not in lightning_reg.PACKAGES:
+            continue
         files = {p.stem for p in (PACKAGE_DIR / pkg).glob("*.py") if p.stem != "__init__"}
         undeclared = {f for f in files - set(core) - set(shell) if not f.startswith("_") and f != "__main__"}
         assert not undeclared, f"{pkg}: modules neither declared in export() nor private: {undeclared}"
