@@ -1,0 +1,111 @@
+"""The finder's outputs: the fragment loads back through LightningCLI; the Python text runs; tables; plot."""
+
+import yaml
+from lightning.pytorch.cli import LightningCLI
+
+import lightning_reg
+from lightning_reg import EarlyStopping, GradientClipping, get_preset
+from lightning_reg.find.output import (
+    cli_fragment,
+    comparison_table,
+    plot_trials,
+    python_arguments,
+    trials_table,
+)
+from lightning_reg.find.result import ArmResult, FinderResult, TrialSummary
+from lightning_reg.find.space import Candidate, SearchSpace, no_regularization
+from lightning_reg.presets import PresetSummary
+from tests.find.toy import ToyData, ToyNet
+
+CHOICE = Candidate(
+    get_preset(
+        "medium", weight_decay=0.0213, label_smoothing=0.05, clipping="norm", clip_max_norm=2.5, patience=7
+    ),
+    monitor="val_acc",
+    mode="max",
+    model_args={"dropout": 0.125},
+)
+TRIALS = (
+    TrialSummary(0, "COMPLETE", 0.80, 1.0, "mild ...", "mild", ((0, 0.6), (1, 0.8))),
+    TrialSummary(1, "PRUNED", 0.55, 0.25, "strong + ...", None, ((0, 0.55),)),
+    TrialSummary(2, "COMPLETE", 0.86, 0.75, CHOICE.describe(), None, ((0, 0.7), (1, 0.86))),
+)
+RESULT = FinderResult(
+    metric="val_acc",
+    mode="max",
+    choice=CHOICE,
+    choice_trial=2,
+    choice_value=0.86,
+    arms=(
+        ArmResult("choice", CHOICE, (0.86, 0.84, 0.88), 2.4),
+        ArmResult("none", no_regularization(SearchSpace()), (0.80, 0.79, 0.83), 3.0),
+        ArmResult("preset mild", Candidate(get_preset("mild")), (0.84, 0.84, 0.85), 2.9),
+    ),
+    seeds=(1, 2, 3),
+    trials=TRIALS,
+    budget=10.0,
+    search_cost=2.0,
+    compare_cost=8.3,
+)
+
+
+def test_the_fragment_loads_back_through_lightning_cli(tmp_path) -> None:
+    base = tmp_path / "base.yaml"
+    base.write_text(
+        yaml.safe_dump(
+            {
+                "model": {
+                    "class_path": "tests.find.toy.ToyNet",
+                    "init_args": {"hidden": 16, "weight_decay": 0.3},
+                },
+                "trainer": {"max_epochs": 2, "logger": False, "enable_checkpointing": False},
+            }
+        )
+    )
+    fragment = tmp_path / "choice.yaml"
+    fragment.write_text(cli_fragment(RESULT))
+    cli = LightningCLI(
+        ToyNet,
+        ToyData,
+        subclass_mode_model=True,
+        run=False,
+        args=["--config", str(base), "--config", str(fragment)],
+    )
+    model = cli.model
+    assert model.preset == CHOICE.preset  # a Preset built from the fragment's mapping
+    assert model.net[2].p == 0.125 and model.net[0].out_features == 16  # searched arg, and the base's
+    assert model.regularization_config["weight_decay"] == 0.0213  # the preset's, not the base config's 0.3
+    callbacks = {type(cb): cb for cb in cli.trainer.callbacks}
+    es = callbacks[EarlyStopping]
+    assert (es.monitor, es.mode, es.patience) == ("val_acc", "max", 7)
+    assert callbacks[GradientClipping].algorithm == "norm"
+    assert callbacks[PresetSummary].preset == CHOICE.preset
+
+
+def test_the_python_arguments_rebuild_the_choice() -> None:
+    text = python_arguments(RESULT, model_name="ToyNet")
+    namespace = {"lightning": __import__("lightning"), "ToyNet": lambda *a, **k: k}
+    code = text.replace("(..., ", "(").replace("lightning.Trainer", "dict")
+    exec(compile(code, "<choice>", "exec"), namespace)
+    assert namespace["preset"] == CHOICE.preset
+    assert namespace["model"] == {"preset": CHOICE.preset, "weight_decay": None, "dropout": 0.125}
+    callbacks = namespace["trainer"]["callbacks"]
+    assert [type(cb).__name__ for cb in callbacks] == [
+        type(cb).__name__
+        for cb in lightning_reg.preset_callbacks(CHOICE.preset, monitor="val_acc", mode="max")
+    ]
+
+
+def test_tables_pair_the_arms_by_seed_and_state_the_cost() -> None:
+    table = comparison_table(RESULT)
+    assert "| none | 0.8067 | +0.0533 [+0.039, +0.0677] | 0.8, 0.79, 0.83 |" in table  # choice - none
+    assert "| preset mild |" in table and "Higher is better for val_acc" in table
+    assert "total 10.30 full-run equivalents" in table
+    rows = trials_table(RESULT).splitlines()
+    assert rows[3].startswith("| 1 | pruned | 0.55 | 0.25 |")
+    assert rows[4].startswith("| 2 | **complete, chosen** | 0.86 | 0.75 |")
+
+
+def test_the_plot_of_the_trials_is_written(tmp_path) -> None:
+    path = plot_trials(RESULT, tmp_path / "plots" / "trials.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
