@@ -411,7 +411,8 @@ def preset_config(
         "  callbacks:",
     ]
     for cb in cbs:
-        lines.append(f"    - class_path: lightning_reg.{type(cb).__name__}")
+        package = type(cb).__module__.rsplit(".", 1)[0]  # the package that lists the class publicly
+        lines.append(f"    - class_path: {package}.{type(cb).__name__}")
         args = _init_args(cb, p)
         if args:
             lines.append("      init_args:")
