@@ -4,9 +4,9 @@ The supported range and the API that sets each floor are listed in ``docs/versio
 papers over one difference between the floor and the newest releases, so the rest of the package is
 written once, against the newest API.
 
-The torch names are resolved at import; the Lightning names (``EarlyStoppingReason``,
-``LIGHTNING_TRACKS_STOPPING_REASON``) on first use, so a core module importing this one for ``DTensor``
-does not import Lightning.
+The torch names are resolved at import; the Lightning names (``EarlyStoppingReason`` and the two
+``LIGHTNING_*`` flags) on first use, so a core module importing this one for ``DTensor`` does not import
+Lightning.
 """
 
 from __future__ import annotations
@@ -16,8 +16,10 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 import torch
+from packaging.version import Version
 
 __all__ = [
+    "LIGHTNING_EXACT_MID_EPOCH_RESUME",
     "LIGHTNING_TRACKS_STOPPING_REASON",
     "DTensor",
     "EarlyStoppingReason",
@@ -55,11 +57,24 @@ class _EarlyStoppingReason(Enum):
 
 @functools.cache
 def _lightning_names() -> dict[str, Any]:
+    try:
+        from lightning import __version__ as lightning_version
+    except ImportError:  # Lightning absent (a core module's user): the names keep their oldest meaning
+        lightning_version = "0"
+    # Lightning 2.5 reworked how its loops restart from a checkpoint saved in the middle of an epoch; 2.4
+    # continues such a checkpoint at another point of the epoch, so no resumed run can be bitwise exact
+    exact_mid_epoch = Version(lightning_version) >= Version("2.5")
     try:  # Lightning >= 2.6 names the reason a run stopped
         from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason as reason
     except ImportError:  # Lightning 2.4 / 2.5, or Lightning absent
-        return {"EarlyStoppingReason": _EarlyStoppingReason, "LIGHTNING_TRACKS_STOPPING_REASON": False}
-    return {"EarlyStoppingReason": reason, "LIGHTNING_TRACKS_STOPPING_REASON": True}
+        reason, tracks = _EarlyStoppingReason, False
+    else:
+        tracks = True
+    return {
+        "EarlyStoppingReason": reason,
+        "LIGHTNING_TRACKS_STOPPING_REASON": tracks,
+        "LIGHTNING_EXACT_MID_EPOCH_RESUME": exact_mid_epoch,
+    }
 
 
 if TYPE_CHECKING:
@@ -67,12 +82,21 @@ if TYPE_CHECKING:
 
     #: Whether Lightning's ``EarlyStopping`` sets and saves ``stopping_reason`` itself (Lightning >= 2.6).
     LIGHTNING_TRACKS_STOPPING_REASON: bool
+    #: Whether Lightning resumes a mid-epoch checkpoint exactly where it was saved (Lightning >= 2.5).
+    LIGHTNING_EXACT_MID_EPOCH_RESUME: bool
+
+
+_LIGHTNING_NAMES = (
+    "EarlyStoppingReason",
+    "LIGHTNING_TRACKS_STOPPING_REASON",
+    "LIGHTNING_EXACT_MID_EPOCH_RESUME",
+)
 
 
 def __getattr__(name: str) -> Any:
     # The Lightning names are looked up on first use, so the core modules that import this module for
     # the torch names (``DTensor``) do not import Lightning.
-    if name in ("EarlyStoppingReason", "LIGHTNING_TRACKS_STOPPING_REASON"):
+    if name in _LIGHTNING_NAMES:
         return _lightning_names()[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
