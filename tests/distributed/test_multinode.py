@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from lightning_reg._shared.compat import LIGHTNING_EXACT_MID_EPOCH_RESUME
 from tests.distributed.multinode_all import FREEZE_EPOCH, PATIENCE, RESUME_FROM, launch_multinode
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
@@ -108,6 +109,8 @@ def test_each_rank_resumes_its_own_rng_states(job) -> None:
         assert res["restored_at"] == "on_fit_start"  # an end-of-epoch checkpoint
         # the generator state this rank had when the checkpoint was written, not another rank's
         assert torch.equal(res["rng_at_fit_start"], r["rng_at_save"][saved_at]), r["global_rank"]
+        if not LIGHTNING_EXACT_MID_EPOCH_RESUME:
+            continue  # Lightning < 2.5 continues a checkpoint written at validation end elsewhere
         checks = [c["own_val_loss"] for c in res["checks"]]
         assert checks == [c["own_val_loss"] for c in r["checks"][saved_at + 1 :]]
         assert (res["best_epoch"], res["stopped_epoch"]) == (r["best_epoch"], r["stopped_epoch"])

@@ -140,6 +140,7 @@ def test_tuner_lr_finder_and_batch_size_finder(tmp_path):
     tuner.scale_batch_size(model, mode="power", steps_per_trial=1, max_trials=3, init_val=4)
     # 4 -> 8 -> 16: max_trials reached (Lightning < 2.6 also doubled after the last trial: 32)
     assert model.batch_size == (16 if Version(L.__version__) >= Version("2.6") else 32)
+    model.batch_size = 16  # the fit below: 4 optimizer steps per epoch, longer than the LR warm-up
     trainer.fit(model)
     opt = trainer.optimizers[0]
     assert {g["name"] for g in opt.param_groups} == {"decay", "no_decay"}
