@@ -82,7 +82,7 @@ def _check_sdist(sdist: Path, version: str) -> None:
     assert modules == in_tree, f"sdist modules differ from the tree: {sorted(modules ^ in_tree)}"
     assert re.search(rf"^Version: {re.escape(version)}$", meta, re.M), "sdist PKG-INFO has another version"
     allowed = {"PKG-INFO", "README.md", "pyproject.toml", "setup.cfg", "MANIFEST.in"}
-    package = ("lightning_reg/", "lightning_reg.egg-info/")
+    package = ("lightning_reg/", "lightning_reg.egg-info/", "lightning_reg")  # also the directory entries
     stray = sorted(n for n in names if not n.startswith(package) and n not in allowed)
     assert not stray, f"sdist {sdist.name} holds files outside the package: {stray}"
 
