@@ -16,7 +16,6 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import EarlyStopping as _LightningEarlyStopping
 from lightning.pytorch.callbacks import ModelCheckpoint, StochasticWeightAveraging
-from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
@@ -25,6 +24,11 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from lightning_reg._shared.keys import Keys, maximised_score_name
+from lightning_reg._shared.lightning_compat import (
+    LIGHTNING_TRACKS_STOPPING_REASON,
+    EarlyStoppingReason,
+    infer_stopping_reason,
+)
 from lightning_reg._shared.step_logging import log_epoch_metrics
 from lightning_reg._shared.validation import check_bool, check_choice, check_int, check_number, check_str
 from lightning_reg._shared.verbosity import check_verbose, say
@@ -353,11 +357,17 @@ class EarlyStopping(_LightningEarlyStopping):
         state.update(
             best_epoch=self.best_epoch, best_step=self.best_step, start_from_epoch=self.start_from_epoch
         )
+        if not LIGHTNING_TRACKS_STOPPING_REASON:  # Lightning >= 2.6 saves these two itself
+            reason, message = self.stopping_reason.value, self.stopping_reason_message
+            state.update(stopping_reason=reason, stopping_reason_message=message)
         return state
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
+        if not LIGHTNING_TRACKS_STOPPING_REASON:
+            self.stopping_reason = EarlyStoppingReason(state_dict.get("stopping_reason", 0))
+            self.stopping_reason_message = state_dict.get("stopping_reason_message")
         self.best_epoch = state_dict.get("best_epoch")
         self.best_step = state_dict.get("best_step")
         if "best_weights" in state_dict:  # checkpoints of lightning-reg 0.1 kept the weights here
@@ -457,6 +467,13 @@ class EarlyStopping(_LightningEarlyStopping):
     def _beats(self, value: Tensor, reference: Tensor | float) -> bool:
         reference = torch.as_tensor(reference, dtype=value.dtype, device=value.device)
         return bool(self.monitor_op(value - self.min_delta, reference))
+
+    @override
+    def _evaluate_stopping_criteria(self, current: Tensor) -> tuple[bool, str | None]:
+        should_stop, reason = super()._evaluate_stopping_criteria(current)
+        if should_stop and not LIGHTNING_TRACKS_STOPPING_REASON:  # Lightning < 2.6 records no reason
+            self.stopping_reason = infer_stopping_reason(self, current)
+        return should_stop, reason
 
     @override
     def _run_early_stopping_check(self, trainer: pl.Trainer) -> None:

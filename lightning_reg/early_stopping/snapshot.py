@@ -20,6 +20,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from lightning_reg._shared.torch_compat import DTensor
+
 __all__ = ["WeightSnapshot", "agree_on_score", "is_sharded_module", "local_snapshot_tensors"]
 
 SnapshotPlacement = Literal["cpu", "device"]
@@ -34,11 +36,7 @@ def _fsdp1_modules(module: nn.Module) -> list[nn.Module]:
 
 
 def _is_dtensor(t: Tensor) -> bool:
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # pragma: no cover - torch built without distributed
-        return False
-    return isinstance(t, DTensor)
+    return DTensor is not None and isinstance(t, DTensor)
 
 
 def _local(t: Tensor) -> Tensor:

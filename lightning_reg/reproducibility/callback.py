@@ -16,6 +16,7 @@ from lightning.pytorch import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
+from lightning_reg._shared.lightning_compat import LIGHTNING_EXACT_MID_EPOCH_RESUME
 from lightning_reg._shared.validation import check_bool
 from lightning_reg._shared.verbosity import check_verbose, say
 from lightning_reg.reproducibility.rng import capture_rng_states, restore_rng_states
@@ -181,6 +182,13 @@ class ReproducibleResume(Callback):
             f" {'mid-epoch (at train start)' if mid_epoch else 'at an epoch boundary (at fit start)'}.",
         )
         if mid_epoch:
+            if not LIGHTNING_EXACT_MID_EPOCH_RESUME:
+                rank_zero_warn(
+                    "ReproducibleResume: the checkpoint was saved mid-epoch and Lightning < 2.5 does not"
+                    " continue such a checkpoint exactly where it was saved, so the resumed run will not be"
+                    " bitwise the uninterrupted one even with its RNG states restored. Upgrade to"
+                    " lightning>=2.5, or resume from end-of-epoch checkpoints (exact on every release)."
+                )
             self._pending = states
         else:
             restore_rng_states(states)

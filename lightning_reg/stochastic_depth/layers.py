@@ -78,7 +78,8 @@ def drop_path(
       while it schedules a model) is read only by tensor operations: no host sync, no branch on its
       value, so ``torch.compile`` builds one graph for every rate. Its value is not checked (that would
       need a sync) and must be in ``[0, 1)``; the mask is drawn even when it is 0. With a float64 tensor the
-      draws equal those of the same rate given as a number.
+      draws equal those of the same rate given as a number (on CPU, torch < 2.7 on Intel processors draws
+      a number rate from MKL's generator instead: the same distribution, other masks).
 
     The function is a ``torch.fx`` leaf (``torch.fx.wrap``, as torchvision wraps ``stochastic_depth``):
     symbolic tracing, and so ``torchvision.models.feature_extraction``, records one ``drop_path`` node.

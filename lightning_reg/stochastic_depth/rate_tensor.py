@@ -28,7 +28,8 @@ draws a mask at rate 0 so that no second graph is compiled for it.
 
 **Same draws.** The tensor path performs the same operations as the float path (``bernoulli_`` of the
 keep probability, ``div_`` by it, ``mul``); with the default float64 tensor the masks and outputs are
-bitwise those of the float path on CPU (tested against torchvision, timm and ``torch.nn.functional``),
+bitwise those of the float path on CPU (tested against torchvision, timm and ``torch.nn.functional``;
+torch < 2.7 on Intel CPUs draws a float rate from MKL's generator: the same distribution, other masks),
 and a compiled model draws bitwise what the eager model draws with the ``"eager"`` and ``"aot_eager"``
 backends. Inductor generates its own random numbers unless ``torch._inductor.config.fallback_random =
 True``. On CUDA, PyTorch's eager ``nn.Dropout`` uses a fused kernel with its own draws; the scheduled
@@ -198,8 +199,10 @@ else:
 
         def forward(self, x: Tensor) -> Tensor:
             """Drop path with the scheduled rate."""
+            if not self.training:  # eval graphs never read the rate slot
+                return x
             rate = getattr(self, _RATE)
-            if not self.training or (rate is None and self.drop_prob == 0.0):
+            if rate is None and self.drop_prob == 0.0:
                 return x
             if rate is None:
                 return super().forward(x)

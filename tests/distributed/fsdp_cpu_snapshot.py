@@ -21,6 +21,8 @@ from torch import nn
 
 from lightning_reg.early_stopping.snapshot import WeightSnapshot, is_sharded_module, local_snapshot_tensors
 
+FSDP2_ON_CPU = torch.__version__ >= "2.6"  # FSDP2 creates CUDA streams unconditionally before torch 2.6
+
 
 def _full(m: nn.Module) -> dict[str, torch.Tensor]:
     return {
@@ -39,11 +41,14 @@ def worker(rank: int, out: str, port: int) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=2)
-    from torch.distributed.fsdp import FullyShardedDataParallel, fully_shard
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    from lightning_reg._shared.torch_compat import fully_shard
 
     results = {}
     try:
-        for kind in ("fsdp1", "fsdp1_orig_params", "fsdp2"):
+        kinds = ("fsdp1", "fsdp1_orig_params") + (("fsdp2",) if FSDP2_ON_CPU else ())
+        for kind in kinds:
             torch.manual_seed(0)
             net = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 1))
             n_params = sum(p.numel() for p in net.parameters())

@@ -12,10 +12,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from lightning.pytorch import Callback
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+
+#: FSDP2 (``fully_shard``) runs on CPU ranks from torch 2.6; before, it creates CUDA streams unconditionally.
+FSDP2_ON_CPU = torch.__version__ >= "2.6"
+needs_cpu_fsdp2 = pytest.mark.skipif(
+    not FSDP2_ON_CPU,
+    reason=f"torch {torch.__version__}: FSDP2 (fully_shard) creates CUDA streams, so it runs on CPU ranks"
+    " only from torch 2.6 (the GPU paths are the same code)",
+)
 
 
 def run_ddp_script(script: str | Path, out_dir: str | Path, *args: str, timeout: float = 240) -> None:

@@ -106,7 +106,7 @@ class Net(RegularizedModule):
     def configure_model(self) -> None:
         strategy = self.trainer.strategy
         if isinstance(strategy, ModelParallelStrategy):  # FSDP2: shard every block, then the root
-            from torch.distributed.fsdp import fully_shard
+            from lightning_reg._shared.torch_compat import fully_shard
 
             mesh = self.device_mesh["data_parallel"]
             for module in (self.stem, *self.blocks, self.head):

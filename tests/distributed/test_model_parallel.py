@@ -14,7 +14,9 @@ from typing import Any
 import pytest
 import torch
 
-from tests.distributed.launch import run_ddp_script
+from tests.distributed.launch import needs_cpu_fsdp2, run_ddp_script
+
+pytestmark = needs_cpu_fsdp2  # the one launch runs ModelParallel (FSDP2) before FSDPStrategy
 
 SCRIPT = Path(__file__).parent / "model_parallel_callbacks.py"
 STEP_KEYS = ("grad/", "penalty/", "proximal_l1/", "stochastic_depth/")

@@ -18,15 +18,20 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_reg import EarlyStopping
 from lightning_reg._shared.keys import Keys
+from lightning_reg._shared.lightning_compat import EarlyStoppingReason
 from lightning_reg.early_stopping.callback import CHECKPOINT_KEY
-from lightning_reg.early_stopping.snapshot import WeightSnapshot, agree_on_score, local_snapshot_tensors
+from lightning_reg.early_stopping.snapshot import (
+    WeightSnapshot,
+    agree_on_score,
+    is_sharded_module,
+    local_snapshot_tensors,
+)
 
 # Training targets are scaled per epoch; validation targets are not. Validation loss is therefore
 # lowest around the epoch trained at scale 1 and worse before and after it.
@@ -561,6 +566,33 @@ def test_weight_snapshot_reuses_buffers_and_restores_bn():
     assert list(local_snapshot_tensors(tied)) == ["0.weight"]
 
 
+def test_dtensor_parameters_snapshot_only_the_local_shard(tmp_path):
+    # FSDP2 / tensor-parallel parameters are DTensors: public in torch.distributed.tensor from torch 2.5,
+    # in torch.distributed._tensor on torch 2.4 (a missed look-up there snapshotted them as plain tensors)
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from lightning_reg._shared.torch_compat import DTensor
+
+    try:
+        from torch.distributed.tensor import Shard
+    except ImportError:  # torch 2.4
+        from torch.distributed._tensor import Shard
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        mesh = init_device_mesh("cpu", (1,))
+        net = nn.Linear(4, 2)
+        local = net.weight.detach().clone()
+        net.weight = nn.Parameter(DTensor.from_local(local, mesh, [Shard(0)]))
+        assert is_sharded_module(net)
+        tensors = local_snapshot_tensors(net)
+        assert not isinstance(tensors["weight"], DTensor) and torch.equal(tensors["weight"], local)
+        assert not is_sharded_module(nn.Linear(4, 2))
+    finally:
+        dist.destroy_process_group()
+
+
 def test_agree_on_score():
     # identical values are kept bit for bit; a float32 mean of three copies of 2.9 would round
     x = torch.tensor(2.9, dtype=torch.float32)
@@ -603,7 +635,7 @@ class StrategyRecorder(Recorder):
 
 class FullyShardedRegression(ScaledRegression):
     def configure_model(self):
-        from torch.distributed.fsdp import fully_shard
+        from lightning_reg._shared.torch_compat import fully_shard
 
         fully_shard(self.net, mesh=self.device_mesh["data_parallel"])
 

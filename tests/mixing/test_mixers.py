@@ -12,6 +12,12 @@ from lightning_reg.mixing import soft_target_cross_entropy
 from lightning_reg.mixing.mixers import MixParams, cutmix_box, soft_targets
 
 
+def _tv_transform(tv, inpt, params):
+    """torchvision's per-input transform step: ``transform`` from torchvision 0.21, ``_transform`` before."""
+    step = getattr(tv, "transform", None) or tv._transform
+    return step(inpt, params)
+
+
 def test_soft_targets_by_hand():
     y = torch.tensor([2, 0])
     got = soft_targets(y, 4, label_smoothing=0.2)
@@ -71,8 +77,8 @@ def test_mixup_fixed_lambda_vs_hand_and_torchvision():
     assert not torch.equal(got, x)  # and x itself is untouched
     params = {"lam": lam, "labels": y, "batch_size": 4}
     tv = MixUp(alpha=1.0, num_classes=3)
-    torch.testing.assert_close(got, tv.transform(x, params))
-    torch.testing.assert_close(mixup(soft_targets(y, 3), lam), tv.transform(y, params))
+    torch.testing.assert_close(got, _tv_transform(tv, x, params))
+    torch.testing.assert_close(mixup(soft_targets(y, 3), lam), _tv_transform(tv, y, params))
     # any shape: tabular batches too (torchvision's MixUp rejects them)
     t = torch.tensor([[1.0, 2.0], [5.0, 6.0]])
     torch.testing.assert_close(mixup(t, 0.25), torch.tensor([[4.0, 5.0], [2.0, 3.0]]))
@@ -109,8 +115,8 @@ def test_cutmix_vs_hand_and_torchvision():
     tv_box = (box[1].start, box[0].start, box[1].stop, box[0].stop)  # torchvision: (x1, y1, x2, y2)
     params = {"box": tv_box, "lam_adjusted": lam_adj, "labels": y, "batch_size": 3}
     tv = CutMix(alpha=1.0, num_classes=3)
-    assert torch.equal(got, tv.transform(x, params))
-    torch.testing.assert_close(mixup(soft_targets(y, 3), lam_adj), tv.transform(y, params))
+    assert torch.equal(got, _tv_transform(tv, x, params))
+    torch.testing.assert_close(mixup(soft_targets(y, 3), lam_adj), _tv_transform(tv, y, params))
     # 1-D sequences: (B, C, L)
     s = torch.arange(12.0).reshape(2, 1, 6)
     assert torch.equal(

@@ -15,7 +15,7 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
-from torchmetrics import MeanMetric
+from torchmetrics import Metric
 
 from lightning_reg import (
     BatchMixer,
@@ -79,6 +79,26 @@ class ResumableBatches:
         self._skip = int(state["consumed"])
 
 
+class NanMean(Metric):
+    """Mean of the values seen, NaN and inf included (``MeanMetric(nan_strategy="disable")`` on every
+    torchmetrics release: "disable" exists from torchmetrics 1.7, older ones can only drop or replace NaN).
+    """
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("total", torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("count", torch.tensor(0.0), dist_reduce_fx="sum")
+
+    def update(self, value: Tensor) -> None:
+        self.total += value.sum()
+        self.count += value.numel()
+
+    def compute(self) -> Tensor:
+        return self.total / self.count
+
+
 class Block(nn.Module):
     """Pre-norm residual block with a DropPath on its branch."""
 
@@ -118,7 +138,7 @@ class Net(RegularizedModule):
         # Lightning does not checkpoint its epoch accumulators of logged values: after a mid-epoch resume a
         # plain ``self.log(..., on_epoch=True)`` averages only the batches after the resume. A persistent
         # torchmetrics state is part of the module's state_dict, so the epoch mean survives the resume.
-        self.train_loss_mean = MeanMetric(nan_strategy="disable")
+        self.train_loss_mean = NanMean()
         self.train_loss_mean.persistent(True)
 
     def forward(self, x: Tensor) -> Tensor:

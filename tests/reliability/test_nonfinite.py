@@ -23,9 +23,9 @@ from typing import Any
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 
 from lightning_reg import EarlyStopping, GradientClipping, OverfittingMonitor, StochasticDepthScheduler
+from lightning_reg._shared.lightning_compat import EarlyStoppingReason
 from tests.memory_logger import MemoryLogger
 from tests.reliability._setup import Net, all_callbacks, fast_trainer, train_loader, val_loader
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from lightning_reg._shared.lightning_compat import LIGHTNING_EXACT_MID_EPOCH_RESUME
 from tests.reliability._setup import assert_same
 
 SCRIPT = Path(__file__).with_name("train_all.py")
@@ -111,7 +112,15 @@ def _assert_equal_runs(a: dict, b: dict) -> None:
     ("where", "pause_args", "expected_ckpt"),
     [
         ("epoch_boundary", ("--pause-epoch", "2"), "ep-epoch=1-step=16.ckpt"),
-        ("mid_epoch", ("--pause-step", "33"), "st-epoch=4-step=33.ckpt"),  # after the BN freeze
+        pytest.param(
+            "mid_epoch",
+            ("--pause-step", "33"),
+            "st-epoch=4-step=33.ckpt",  # after the BN freeze
+            marks=pytest.mark.skipif(
+                not LIGHTNING_EXACT_MID_EPOCH_RESUME,
+                reason="Lightning < 2.5 continues a mid-epoch checkpoint elsewhere",
+            ),
+        ),
     ],
 )
 def test_killed_run_resumes_to_the_uninterrupted_result(

@@ -8,6 +8,7 @@ elsewhere (the control that shows the comparison can fail).
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -15,6 +16,8 @@ import pytest
 import torch
 
 from lightning_reg import ReproducibleResume
+from lightning_reg._shared.lightning_compat import LIGHTNING_EXACT_MID_EPOCH_RESUME
+from lightning_reg.reproducibility import callback as reproducibility_callback
 from tests.reproducibility._setup import MID_STEP, run, weights
 
 
@@ -45,6 +48,9 @@ def test_resume_at_an_epoch_boundary_is_bitwise_exact(uninterrupted, tmp_path: P
     _assert_equal(weights(model), full)
 
 
+@pytest.mark.skipif(
+    not LIGHTNING_EXACT_MID_EPOCH_RESUME, reason="Lightning < 2.5 continues a mid-epoch checkpoint elsewhere"
+)
 def test_resume_mid_epoch_with_a_stateful_loader_is_bitwise_exact(uninterrupted, tmp_path: Path) -> None:
     full, out = uninterrupted
     ckpt = str(out / f"st{MID_STEP}.ckpt")
@@ -53,6 +59,18 @@ def test_resume_mid_epoch_with_a_stateful_loader_is_bitwise_exact(uninterrupted,
     (cb,) = [c for c in trainer.callbacks if isinstance(c, ReproducibleResume)]
     assert cb.restored_at == "on_train_start"
     _assert_equal(weights(model), full)
+
+
+def test_a_mid_epoch_resume_on_lightning_before_2_5_says_it_cannot_be_exact(
+    uninterrupted, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, out = uninterrupted
+    monkeypatch.setattr(reproducibility_callback, "LIGHTNING_EXACT_MID_EPOCH_RESUME", False)
+    with pytest.warns(UserWarning, match=r"saved mid-epoch and Lightning < 2\.5 does not continue"):
+        run(tmp_path, ckpt_path=str(out / f"st{MID_STEP}.ckpt"))
+    with warnings.catch_warnings():  # an end-of-epoch checkpoint is exact on every release: no warning
+        warnings.filterwarnings("error", message=".*saved mid-epoch.*")
+        run(tmp_path / "b", ckpt_path=str(out / "ep2.ckpt"))
 
 
 def test_without_the_callback_the_resume_draws_differently(uninterrupted, tmp_path: Path) -> None:

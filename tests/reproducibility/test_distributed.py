@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from lightning_reg._shared.lightning_compat import LIGHTNING_EXACT_MID_EPOCH_RESUME
 from tests.distributed.launch import run_ddp_script
 
 SCRIPT = Path(__file__).parents[1] / "distributed" / "ddp_reproducible_resume.py"
@@ -21,7 +22,8 @@ def test_two_ddp_ranks_resume_bitwise_at_an_epoch_boundary_and_mid_epoch(tmp_pat
         assert res["saved_ranks"] == 2
         assert res["boundary_restored_at"] == "on_fit_start"
         assert res["mid_epoch_restored_at"] == "on_train_start"
-        for scenario in ("boundary", "mid_epoch"):
+        # Lightning < 2.5 continues a mid-epoch checkpoint elsewhere (ReproducibleResume warns there)
+        for scenario in ("boundary", "mid_epoch") if LIGHTNING_EXACT_MID_EPOCH_RESUME else ("boundary",):
             for k, v in res["full"].items():
                 assert torch.equal(res[scenario][k], v), (r, scenario, k)
     # the ranks' generators had diverged (torch, numpy, Python): each rank had to restore its own states

@@ -25,6 +25,7 @@ from lightning_reg import StochasticDepthScheduler
 from lightning_reg.stochastic_depth.layers import DropPath, find_drop_rate_modules
 from lightning_reg.stochastic_depth.rate_rules import make_time_schedule
 from lightning_reg.stochastic_depth.rate_tensor import ScheduledRates
+from tests.stochastic_depth._rng import same_bernoulli_stream
 from tests.stochastic_depth.test_callback import fast_trainer, loader
 
 timm = pytest.importorskip("timm")
@@ -233,6 +234,7 @@ def _same(run: Callable[[], Tensor], ref: Callable[[], Tensor], seed: int) -> No
         (lambda p: nn.FeatureAlphaDropout(p), (2, 5, 3)),
     ],
 )
+@same_bernoulli_stream
 @pytest.mark.parametrize("p", [0.1, 0.5])
 def test_tensor_rate_draws_bitwise_what_the_original_class_draws(
     make: Callable[[float], nn.Module], shape: tuple[int, ...], p: float
@@ -253,6 +255,30 @@ def test_tensor_rate_draws_bitwise_what_the_original_class_draws(
     assert module(x) is x
     table.release()
     assert type(module) is original
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: torchvision.ops.StochasticDepth(0.0, "row"),
+        lambda: timm.layers.DropPath(0.0),
+        lambda: nn.Dropout(0.0),
+        lambda: nn.Dropout2d(0.0),
+    ],
+    ids=["torchvision", "timm", "dropout", "dropout2d"],
+)
+def test_eval_forward_never_reads_the_rate_slot(make: Callable[[], nn.Module]) -> None:
+    # An eval graph that read the slot would be guarded on it, and older dynamo (torch 2.4) compiles the
+    # validation graph again when the slot changes from its sanity-check value (None) to the rate view.
+    module = make()
+    table = ScheduledRates(find_drop_rate_modules(module, include_dropout=True), [0.2], "cpu")
+    table.apply(1.0, 1.0)
+    module.eval()
+    del module.__dict__["_lr_rate"]  # any read of the slot now raises
+    x = torch.randn(4, 3, 2, 2)
+    assert module(x) is x
+    module.__dict__["_lr_rate"] = None
+    table.release()
 
 
 def test_off_state_draws_nothing_and_swapped_models_copy_and_save() -> None:

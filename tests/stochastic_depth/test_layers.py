@@ -21,6 +21,7 @@ from lightning_reg.stochastic_depth.layers import (
     drop_path,
     find_drop_rate_modules,
 )
+from tests.stochastic_depth._rng import same_bernoulli_stream
 
 
 @pytest.mark.parametrize("mode", ["row", "batch"])
@@ -339,6 +340,7 @@ def test_positional_misuse_is_impossible_and_types_are_checked() -> None:
         DropPath(0.1, scale_by_keep="no")  # type: ignore[arg-type]
 
 
+@same_bernoulli_stream
 @pytest.mark.parametrize("mode", ["row", "batch"])
 def test_tensor_rate_draws_what_the_number_draws(mode: str) -> None:
     x = torch.randn(64, 5)
