@@ -74,7 +74,8 @@ def _check_sdist(sdist: Path, version: str) -> None:
         pkg_info = tar.extractfile(f"{sdist.name[: -len('.tar.gz')]}/PKG-INFO")
         assert pkg_info is not None
         meta = pkg_info.read().decode()
-    wanted = {"pyproject.toml", "README.md", "lightning_reg/__init__.py", "lightning_reg/py.typed"}
+    wanted = {"pyproject.toml", "README.md", "lightning_reg/__init__.py", "lightning_reg/__init__.pyi",
+              "lightning_reg/py.typed"}
     missing = wanted - names
     assert not missing, f"sdist {sdist.name} lacks {sorted(missing)}"
     modules = {n for n in names if n.startswith("lightning_reg/") and n.endswith(".py")}
@@ -91,6 +92,9 @@ def _check_wheel(wheel: Path) -> None:
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
     assert "lightning_reg/py.typed" in names, "wheel lacks lightning_reg/py.typed"
+    # lazy_loader reads the public names from the stubs at run time: a wheel without them cannot import
+    stubs = {p.relative_to(ROOT).as_posix() for p in (ROOT / "lightning_reg").rglob("*.pyi")}
+    assert stubs and stubs <= names, f"wheel lacks {sorted(stubs - names)}"
     stray = sorted(n for n in names if n.split("/")[0] not in ("lightning_reg",) and ".dist-info/" not in n)
     assert not stray, f"wheel ships files outside the package: {stray[:10]}"
 
