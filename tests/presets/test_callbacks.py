@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 from pathlib import Path
 
@@ -206,9 +207,10 @@ def test_config_fragment_matches_the_python_callbacks(name):
     cfg = yaml.safe_load(text)
     assert cfg["model"]["init_args"] == {"preset": name, "weight_decay": None}
     py = preset_callbacks(name, branch_ends={"BasicBlock1d": "bn2"})
-    assert [c["class_path"] for c in cfg["trainer"]["callbacks"]] == [
-        f"lightning_reg.{type(c).__name__}" for c in py
-    ]
+    paths = [c["class_path"].rsplit(".", 1) for c in cfg["trainer"]["callbacks"]]
+    # each class path names the public name of exactly the class the Python call builds
+    assert [getattr(importlib.import_module(m), n) for m, n in paths] == [type(c) for c in py]
+    assert all(n in importlib.import_module(m).__all__ for m, n in paths)
     renamed = {"warmup": "cutoff"}  # PresetStochasticDepth(warmup=...) is the scheduler's cutoff fraction
     for entry, cb in zip(cfg["trainer"]["callbacks"], py):  # every init arg equals the callback's attribute
         for key, value in entry.get("init_args", {}).items():

@@ -274,10 +274,10 @@ def test_eval_forward_never_reads_the_rate_slot(make: Callable[[], nn.Module]) -
     table = ScheduledRates(find_drop_rate_modules(module, include_dropout=True), [0.2], "cpu")
     table.apply(1.0, 1.0)
     module.eval()
-    del module.__dict__["_lr_rate"]  # any read of the slot now raises
+    del module.__dict__["_scheduled_rate"]  # any read of the slot now raises
     x = torch.randn(4, 3, 2, 2)
     assert module(x) is x
-    module.__dict__["_lr_rate"] = None
+    module.__dict__["_scheduled_rate"] = None
     table.release()
 
 
