@@ -28,7 +28,7 @@ __all__ = [
     "check_str_list",
 ]
 
-T = TypeVar("T")
+_T = TypeVar("_T")
 
 
 def _fmt(value: Any) -> str:
@@ -206,7 +206,7 @@ def _number_rule(low: Any, high: Any, low_open: bool, high_open: bool, finite: b
     return what
 
 
-def check_choice(name: str, value: Any, choices: Iterable[T]) -> T:
+def check_choice(name: str, value: Any, choices: Iterable[_T]) -> _T:
     """Return ``value`` if it is one of ``choices``.
 
     Example:

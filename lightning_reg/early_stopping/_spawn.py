@@ -16,7 +16,7 @@ import torch
 
 __all__ = ["Published", "SpawnResultChannel"]
 
-T = TypeVar("T")
+_T = TypeVar("_T")
 
 
 class SpawnResultChannel:
@@ -89,7 +89,7 @@ class SpawnResultChannel:
     __hash__ = None  # type: ignore[assignment]  # unhashable; typeshed declares object.__hash__ a method
 
 
-class Published(Generic[T]):
+class Published(Generic[_T]):
     """An attribute a spawned worker may have set: reading it first applies the channel's new results.
 
     The value lives in the instance's ``__dict__`` under ``_<name>``; ``take(instance)`` (the owner's
@@ -115,17 +115,16 @@ class Published(Generic[T]):
         self.slot = f"_{name}"
 
     @overload
-    def __get__(self, obj: None, objtype: type | None = None) -> Published[T]: ...
+    def __get__(self, obj: None, objtype: type | None = None) -> Published[_T]: ...
 
     @overload
-    def __get__(self, obj: object, objtype: type | None = None) -> T: ...
+    def __get__(self, obj: object, objtype: type | None = None) -> _T: ...
 
-    def __get__(self, obj: object | None, objtype: type | None = None) -> Published[T] | T:
+    def __get__(self, obj: object | None, objtype: type | None = None) -> Published[_T] | _T:
         if obj is None:
             return self
         self.take(obj)
-        value: T = obj.__dict__[self.slot]
-        return value
+        return obj.__dict__[self.slot]
 
-    def __set__(self, obj: object, value: T) -> None:
+    def __set__(self, obj: object, value: _T) -> None:
         obj.__dict__[self.slot] = value
