@@ -14,7 +14,7 @@ try:  # DTensor (FSDP2 ``fully_shard`` parameters, tensor parallel) is public fr
     from torch.distributed.tensor import DTensor
 except ImportError:
     try:  # torch 2.4
-        from torch.distributed._tensor import DTensor  # type: ignore[no-redef]
+        from torch.distributed._tensor import DTensor
     except ImportError:  # torch built without distributed support: no parameter is a DTensor
         DTensor = None  # type: ignore[assignment,misc]
 
@@ -22,6 +22,6 @@ try:  # FSDP2 is public as ``torch.distributed.fsdp.fully_shard`` from torch 2.6
     from torch.distributed.fsdp import fully_shard
 except ImportError:
     try:  # torch 2.4 / 2.5 (what Lightning's ModelParallelStrategy uses there)
-        from torch.distributed._composable.fsdp import fully_shard  # type: ignore[no-redef]
+        from torch.distributed._composable.fsdp import fully_shard
     except ImportError:  # torch built without distributed support
         fully_shard = None  # type: ignore[assignment]

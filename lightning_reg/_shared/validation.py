@@ -11,8 +11,8 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, Literal, TypeVar, overload
 
 from torch import Tensor
 
@@ -27,6 +27,8 @@ __all__ = [
     "check_str",
     "check_str_list",
 ]
+
+_T = TypeVar("_T")
 
 
 def _fmt(value: Any) -> str:
@@ -59,9 +61,21 @@ def check_str(name: str, value: Any, *, empty_ok: bool = False) -> str:
     return value
 
 
+@overload
+def check_int(
+    name: str, value: Any, *, low: int | None = None, high: int | None = None, none_ok: Literal[False] = False
+) -> int: ...
+
+
+@overload
+def check_int(
+    name: str, value: Any, *, low: int | None = None, high: int | None = None, none_ok: bool
+) -> int | None: ...
+
+
 def check_int(
     name: str, value: Any, *, low: int | None = None, high: int | None = None, none_ok: bool = False
-) -> Any:
+) -> int | None:
     """Return ``value`` if it is an int (not a bool) in ``[low, high]`` (or ``None`` when allowed).
 
     Args:
@@ -99,6 +113,34 @@ def _int_rule(low: int | None, high: int | None) -> str:
     return "an int"
 
 
+@overload
+def check_number(
+    name: str,
+    value: Any,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    finite: bool = True,
+    none_ok: Literal[False] = False,
+) -> float: ...
+
+
+@overload
+def check_number(
+    name: str,
+    value: Any,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    finite: bool = True,
+    none_ok: bool,
+) -> float | None: ...
+
+
 def check_number(
     name: str,
     value: Any,
@@ -109,7 +151,7 @@ def check_number(
     high_open: bool = False,
     finite: bool = True,
     none_ok: bool = False,
-) -> Any:
+) -> float | None:
     """Return ``float(value)`` if it is a real number (not a bool) in the given range.
 
     Args:
@@ -164,7 +206,7 @@ def _number_rule(low: Any, high: Any, low_open: bool, high_open: bool, finite: b
     return what
 
 
-def check_choice(name: str, value: Any, choices: Iterable[Any]) -> Any:
+def check_choice(name: str, value: Any, choices: Iterable[_T]) -> _T:
     """Return ``value`` if it is one of ``choices``.
 
     Example:
@@ -175,14 +217,28 @@ def check_choice(name: str, value: Any, choices: Iterable[Any]) -> Any:
         ...
         ValueError: `mode` must be one of 'min', 'max'; got 'up'.
     """
-    choices = tuple(choices)
-    if not any(value == c and type(value) is type(c) for c in choices):
-        listed = ", ".join(repr(c) for c in choices)
+    valid = tuple(choices)
+    if not any(value == c and type(value) is type(c) for c in valid):
+        listed = ", ".join(repr(c) for c in valid)
         raise ValueError(f"`{name}` must be one of {listed}; got {_fmt(value)}.")
     return value
 
 
-def check_callable(name: str, value: Any, what: str = "a callable", *, none_ok: bool = False) -> Any:
+@overload
+def check_callable(
+    name: str, value: Any, what: str = "a callable", *, none_ok: Literal[False] = False
+) -> Callable[..., Any]: ...
+
+
+@overload
+def check_callable(
+    name: str, value: Any, what: str = "a callable", *, none_ok: bool
+) -> Callable[..., Any] | None: ...
+
+
+def check_callable(
+    name: str, value: Any, what: str = "a callable", *, none_ok: bool = False
+) -> Callable[..., Any] | None:
     """Return ``value`` if it is callable (or ``None`` when allowed), else raise ``TypeError``.
 
     Example:
@@ -196,7 +252,15 @@ def check_callable(name: str, value: Any, what: str = "a callable", *, none_ok: 
     return value
 
 
-def check_rate(name: str, value: Any, *, none_ok: bool = False) -> Any:
+@overload
+def check_rate(name: str, value: Any, *, none_ok: Literal[False] = False) -> float: ...
+
+
+@overload
+def check_rate(name: str, value: Any, *, none_ok: bool) -> float | None: ...
+
+
+def check_rate(name: str, value: Any, *, none_ok: bool = False) -> float | None:
     """Check a drop or dropout rate: a number in ``[0, 1)``.
 
     Example:

@@ -73,7 +73,7 @@ class FreezeBatchNorm(Callback):
         self.verbose = check_verbose(verbose)
         self.frozen = False
         self._drop_grads: list[nn.Parameter] = []
-        self._stats: list[tuple[nn.Module, torch.Tensor | None, torch.Tensor | None, int | None]] = []
+        self._stats: list[tuple[_BatchNorm, torch.Tensor | None, torch.Tensor | None, int | None]] = []
         self._swa = False
 
     @property
@@ -83,7 +83,7 @@ class FreezeBatchNorm(Callback):
             epoch=self.epoch, freeze_affine=self.freeze_affine, modules=self.modules
         )
 
-    def _layers(self, pl_module: pl.LightningModule) -> list[tuple[str, nn.Module]]:
+    def _layers(self, pl_module: pl.LightningModule) -> list[tuple[str, _BatchNorm]]:
         """Return the selected BatchNorm layers with their (wrapper-stripped) names."""
         layers = [
             (strip_wrapper_prefixes(name), m)
@@ -99,7 +99,8 @@ class FreezeBatchNorm(Callback):
         if stage != "fit":
             return
         # StochasticWeightAveraging recomputes BatchNorm statistics after training: frozen ones are kept
-        self._swa = any(isinstance(cb, StochasticWeightAveraging) for cb in trainer.callbacks)
+        callbacks: list[Callback] = trainer.callbacks  # type: ignore[attr-defined]  # Lightning sets it; Trainer omits it
+        self._swa = any(isinstance(cb, StochasticWeightAveraging) for cb in callbacks)
         self.frozen = False  # a new fit starts fresh (a resumed one gets its state back after setup)
         self._drop_grads = []
         self._stats = []
@@ -196,7 +197,7 @@ class FreezeBatchNorm(Callback):
             self._restore_frozen_stats()
 
     @staticmethod
-    def _broadcast_running_stats(trainer: pl.Trainer, layers: list[nn.Module]) -> None:
+    def _broadcast_running_stats(trainer: pl.Trainer, layers: list[_BatchNorm]) -> None:
         buffers = [b for layer in layers for b in (layer.running_mean, layer.running_var) if b is not None]
         if not buffers:
             return

@@ -10,11 +10,13 @@ in the worker, and its ``Published`` attributes read them back in the launching 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Generic, TypeVar, overload
 
 import torch
 
 __all__ = ["Published", "SpawnResultChannel"]
+
+_T = TypeVar("_T")
 
 
 class SpawnResultChannel:
@@ -84,10 +86,10 @@ class SpawnResultChannel:
         same = torch.equal(self.values.nan_to_num(-1.0), other.values.nan_to_num(-1.0))
         return same and self.seen == other.seen
 
-    __hash__ = None  # type: ignore[assignment]
+    __hash__ = None  # type: ignore[assignment]  # unhashable; typeshed declares object.__hash__ a method
 
 
-class Published:
+class Published(Generic[_T]):
     """An attribute a spawned worker may have set: reading it first applies the channel's new results.
 
     The value lives in the instance's ``__dict__`` under ``_<name>``; ``take(instance)`` (the owner's
@@ -112,11 +114,17 @@ class Published:
     def __set_name__(self, owner: type, name: str) -> None:
         self.slot = f"_{name}"
 
-    def __get__(self, obj: Any, objtype: type | None = None) -> Any:
+    @overload
+    def __get__(self, obj: None, objtype: type | None = None) -> Published[_T]: ...
+
+    @overload
+    def __get__(self, obj: object, objtype: type | None = None) -> _T: ...
+
+    def __get__(self, obj: object | None, objtype: type | None = None) -> Published[_T] | _T:
         if obj is None:
             return self
         self.take(obj)
         return obj.__dict__[self.slot]
 
-    def __set__(self, obj: Any, value: Any) -> None:
+    def __set__(self, obj: object, value: _T) -> None:
         obj.__dict__[self.slot] = value

@@ -57,7 +57,7 @@ _PUBLISHED = (
 )  # fmt: skip
 
 
-def _published() -> Published:
+def _published() -> Published[Any]:
     """Return an attribute that takes a spawned worker's results before it is read (see ``_spawn``)."""
     return Published(lambda es: es._take_spawn_results())
 
@@ -161,12 +161,12 @@ class EarlyStopping(_LightningEarlyStopping):
     """
 
     # Read in the launching process after a spawn-based fit, these hold the workers' results.
-    best_epoch = _published()
-    best_step = _published()
-    best_score = _published()
-    stopped_epoch = _published()
-    stopping_reason = _published()
-    restored = _published()
+    best_epoch: Published[int | None] = _published()
+    best_step: Published[int | None] = _published()
+    best_score: Published[Tensor] = _published()
+    stopped_epoch: Published[int] = _published()
+    stopping_reason: Published[EarlyStoppingReason] = _published()
+    restored: Published[bool] = _published()
 
     def __init__(
         self,
@@ -211,7 +211,7 @@ class EarlyStopping(_LightningEarlyStopping):
             monitor=monitor,
             min_delta=min_delta,
             patience=patience,
-            verbose=verbose,  # type: ignore[arg-type]  # an int level; Lightning only tests its truth
+            verbose=bool(verbose),  # the level is set below
             mode=mode,
             strict=strict,
             check_finite=check_finite,
@@ -220,7 +220,7 @@ class EarlyStopping(_LightningEarlyStopping):
             check_on_train_epoch_end=check_on_train_epoch_end,
             log_rank_zero_only=log_rank_zero_only,
         )
-        self.verbose: int = verbose
+        self.verbose = verbose  # type: ignore[assignment]  # a 0-2 level; Lightning says bool, compares it to 0
         _warn_if_a_score_is_minimised(monitor, self.mode)
         self.restore_best_weights = restore_best_weights
         self.snapshot = snapshot
@@ -300,7 +300,8 @@ class EarlyStopping(_LightningEarlyStopping):
             self._start_fresh()  # before Lightning loads a checkpoint's state into this callback
         super().setup(trainer, pl_module, stage)
         if stage == TrainerFn.FITTING and self.restore_best_weights:
-            swa = [type(cb).__name__ for cb in trainer.callbacks if isinstance(cb, StochasticWeightAveraging)]
+            callbacks: list[pl.Callback] = trainer.callbacks  # type: ignore[attr-defined]  # Lightning sets it; Trainer omits it
+            swa = [type(cb).__name__ for cb in callbacks if isinstance(cb, StochasticWeightAveraging)]
             if swa:
                 rank_zero_warn(
                     f"EarlyStopping(restore_best_weights=True) and {swa[0]} both replace the weights at the "
@@ -478,7 +479,8 @@ class EarlyStopping(_LightningEarlyStopping):
     @override
     def _run_early_stopping_check(self, trainer: pl.Trainer) -> None:
         logs = trainer.callback_metrics
-        if trainer.fast_dev_run or not self._validate_condition_metric(logs):
+        fast_dev_run = trainer.fast_dev_run  # type: ignore[attr-defined]  # Lightning sets it; Trainer omits it
+        if fast_dev_run or not self._validate_condition_metric(logs):
             return
         if trainer.current_epoch < self.start_from_epoch:
             return
@@ -541,7 +543,8 @@ class EarlyStopping(_LightningEarlyStopping):
     def _restore(self, trainer: pl.Trainer, after_error: bool) -> None:
         if not self.restore_best_weights or self.restored or trainer.lightning_module is None:
             return
-        if trainer.fast_dev_run:  # Lightning disables early stopping checks under fast_dev_run
+        # Lightning disables early stopping checks under fast_dev_run
+        if trainer.fast_dev_run:  # type: ignore[attr-defined]  # Lightning sets it; Trainer omits it
             return
         if self.snapshot == "checkpoint":
             done = self._restore_from_checkpoint(trainer)

@@ -15,12 +15,15 @@ Everything here is plain PyTorch (no Lightning import): the callbacks decide *wh
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor, nn
 
 from lightning_reg._shared.torch_compat import DTensor
+
+if TYPE_CHECKING:
+    from typing_extensions import TypeIs
 
 __all__ = ["WeightSnapshot", "agree_on_score", "is_sharded_module", "local_snapshot_tensors"]
 
@@ -35,7 +38,7 @@ def _fsdp1_modules(module: nn.Module) -> list[nn.Module]:
     return [m for m in module.modules() if isinstance(m, FullyShardedDataParallel)]
 
 
-def _is_dtensor(t: Tensor) -> bool:
+def _is_dtensor(t: Tensor) -> TypeIs[DTensor]:
     return DTensor is not None and isinstance(t, DTensor)
 
 
@@ -101,8 +104,8 @@ def local_snapshot_tensors(module: nn.Module) -> dict[str, Tensor]:
     covered: set[int] = set()
     for i, fsdp_module in enumerate(fsdp1):
         handle = getattr(fsdp_module, "_handle", None)
-        flat = getattr(handle, "flat_param", None) if handle is not None else None
-        if flat is None:
+        flat = getattr(handle, "flat_param", None)
+        if handle is None or flat is None:
             continue
         if getattr(handle, "uses_sharded_strategy", False) and not handle.needs_unshard():
             # A root FSDP1 unit keeps its gathered parameters after a forward without backward (validation)
@@ -160,7 +163,7 @@ class WeightSnapshot:
             and all(torch.equal(a.cpu(), b.cpu()) for a, b in zip(self.buffers, other.buffers))
         )
 
-    __hash__ = None  # type: ignore[assignment]
+    __hash__ = None  # type: ignore[assignment]  # unhashable; typeshed declares object.__hash__ a method
 
     @property
     def has_value(self) -> bool:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from typing import Literal
 
 import optuna
 from optuna.storages import BaseStorage
@@ -56,7 +57,7 @@ def job_indices(trials: Sequence[FrozenTrial]) -> dict[int, int]:
 def run_comparison(
     storage: BaseStorage,
     study_name: str,
-    direction: str,
+    direction: Literal["minimize", "maximize"],
     arms: Sequence[tuple[str, Candidate]],
     seeds: Sequence[int],
     setup: TrainingSetup,

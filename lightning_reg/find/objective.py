@@ -301,7 +301,9 @@ def run_candidate(
             return RunResult(None, progress.cost, progress.epochs, pruned=True)
         # the measurement is no step of the curve: the pruner and the cost stop watching
         watching = (progress, *callbacks)
-        trainer.callbacks = [cb for cb in trainer.callbacks if not any(cb is w for w in watching)]
+        # Lightning sets Trainer.callbacks in its callback connector but never declares it on the class
+        kept = [cb for cb in trainer.callbacks if not any(cb is w for w in watching)]  # type: ignore[attr-defined]
+        trainer.callbacks = kept  # type: ignore[attr-defined]
         results = trainer.validate(model, datamodule=setup.datamodule, verbose=False)
     metrics = results[0] if results else {}
     if setup.metric not in metrics:

@@ -24,7 +24,7 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import optuna
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
@@ -146,7 +146,7 @@ def _arguments(model: Callable[..., Any]) -> set[str]:
 def _open_study(
     storage: BaseStorage,
     name: str,
-    direction: str,
+    direction: Literal["minimize", "maximize"],
     sampler: optuna.samplers.BaseSampler,
     pruner: optuna.pruners.BasePruner,
     identity: Mapping[str, str],
@@ -430,7 +430,7 @@ def find_regularization(
             f"of the ladder run to the end, plus one search trial); got {budget:g}."
         )
     store = open_storage(storage)
-    direction = "maximize" if mode == "max" else "minimize"
+    direction: Literal["minimize", "maximize"] = "maximize" if mode == "max" else "minimize"
     if sampler is None:
         seeded = isinstance(store, InMemoryStorage)  # workers sharing a storage must not draw alike
         sampler = optuna.samplers.TPESampler(

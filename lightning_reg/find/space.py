@@ -52,9 +52,8 @@ def _check_range(
         return None
     if not isinstance(value, (tuple, list)) or len(value) != 2:
         raise TypeError(f"`{name}` must be a (low, high) pair or None; got {value!r}.")
-    bounds = dict(low=low, high=high, low_open=low_open, high_open=high_open)
-    lo = check_number(f"{name}[0]", value[0], **bounds)  # type: ignore[arg-type]
-    hi = check_number(f"{name}[1]", value[1], **bounds)  # type: ignore[arg-type]
+    lo = check_number(f"{name}[0]", value[0], low=low, high=high, low_open=low_open, high_open=high_open)
+    hi = check_number(f"{name}[1]", value[1], low=low, high=high, low_open=low_open, high_open=high_open)
     if lo > hi:
         raise ValueError(f"`{name}` must have low <= high; got {tuple(value)!r}.")
     return (lo, hi)

@@ -203,7 +203,8 @@ class GradientClipping(Callback):
                 " clip twice. Use one: remove `gradient_clip_val` from the Trainer (GradientClipping("
                 "algorithm='norm', max_norm=...) or algorithm='value' do the same), or drop the callback."
             )
-        if sum(isinstance(cb, GradientClipping) for cb in trainer.callbacks) > 1:
+        callbacks: list[Callback] = trainer.callbacks  # type: ignore[attr-defined]  # Lightning sets it; Trainer omits it
+        if sum(isinstance(cb, GradientClipping) for cb in callbacks) > 1:
             raise MisconfigurationException("Only one `GradientClipping` callback may be used per Trainer.")
         if self.rule is None:
             return

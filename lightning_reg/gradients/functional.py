@@ -200,8 +200,8 @@ def grad_norms(
         >>> float(s.total), s.group_norms.tolist()
         (5.0, [3.0, 4.0])
     """
-    grads = [t.grad if isinstance(t, nn.Parameter) else t for t in grads_or_params]
-    grads = [g for g in grads if g is not None]
+    maybe_grads = [t.grad if isinstance(t, nn.Parameter) else t for t in grads_or_params]
+    grads = [g for g in maybe_grads if g is not None]
     norm_type = float(norm_type)
     device = grads[0].device if grads else torch.device("cpu")
     per = per_tensor_norms(grads, norm_type, device)

@@ -299,7 +299,7 @@ class GradientMonitor(Callback):
         if self.log_max_abs:
             mx = per_tensor_norms(step.grads, math.inf, device).amax()
             if reduce_fn is not None:
-                mx = trainer.strategy.reduce(mx, reduce_op=torch.distributed.ReduceOp.MAX)
+                mx = trainer.strategy.reduce(mx, reduce_op="max")
             metrics[Keys.grad("max_abs", p)] = mx
         return metrics
 

@@ -123,10 +123,11 @@ class SharedGradients:
             >>> a is SharedGradients.join(trainer, object())  # no callback of the trainer holds `a`
             False
         """
+        callbacks: list[pl.Callback] = trainer.callbacks  # type: ignore[attr-defined]  # Lightning sets it; Trainer omits it
         shared = next(
             (
                 held
-                for cb in trainer.callbacks
+                for cb in callbacks
                 if cb is not callback
                 and isinstance(held := getattr(cb, "shared_gradients", None), SharedGradients)
                 and held.trainer is trainer
@@ -183,7 +184,7 @@ class SharedGradients:
         trainer = self.trainer
         if trainer is None or not self.sharded:
             return None
-        op = torch.distributed.ReduceOp.MAX if math.isinf(norm_type) else "sum"
+        op = "max" if math.isinf(norm_type) else "sum"  # Lightning maps the name to ``ReduceOp``
         strategy = trainer.strategy
 
         def reduce(t: Tensor) -> Tensor:

@@ -26,6 +26,7 @@ import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from types import EllipsisType
 from typing import Any
 
 import torch
@@ -176,7 +177,7 @@ def cutmix(x: Tensor, box: Sequence[slice]) -> Tensor:
         <BLANKLINE>
                 [[4., 1., 2., 7.]]])
     """
-    index = (Ellipsis, *box)
+    index: tuple[EllipsisType | slice, ...] = (Ellipsis, *box)
     out = x.clone()
     out[index] = x[index].roll(1, 0)
     return out

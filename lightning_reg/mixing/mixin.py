@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import weakref
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
+from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities.signature_utils import is_param_in_hook_signature
 from torch import Tensor
 
 from lightning_reg.mixing.mixers import BatchMixer, soft_target_cross_entropy
 
 __all__ = ["BatchMixingMixin"]
+
+if TYPE_CHECKING:
+    # A mixin put before ``LightningModule`` in the bases: type checkers see its methods on one, so its
+    # ``super()`` calls reach the module's hooks; at run time it adds no base.
+    _LightningModuleMixin = LightningModule
+else:
+    _LightningModuleMixin = object
 
 _CKPT_KEY = "lightning_reg.batch_mixer"
 
@@ -27,6 +36,9 @@ class _MixingTrainingStep:
     """
 
     def __init__(self, module: BatchMixingMixin) -> None:
+        self._start(module)
+
+    def _start(self, module: BatchMixingMixin) -> None:
         self.module = module
         self._batch_key: tuple[Any, int] | None = None  # (weakref to the trainer, its batch index)
         self._stream: dict[str, Any] | None = None  # the mixer's state before that batch was mixed
@@ -37,11 +49,11 @@ class _MixingTrainingStep:
         # the class's step, bound: ``inspect.signature`` and Lightning's hook-signature and override checks
         # read the user's method through it, so passing ``batch_idx`` and the rest is decided as usual
         module = self.module
-        return type(module).training_step.__get__(module)  # type: ignore[attr-defined]
+        return type(module).training_step.__get__(module)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         module = self.module
-        step = type(module).training_step  # type: ignore[attr-defined]
+        step = type(module).training_step
         mixer = module.batch_mixer
         trainer = getattr(module, "_trainer", None)
         if args and mixer is not None and trainer is not None and trainer.training:
@@ -53,7 +65,12 @@ class _MixingTrainingStep:
 
     def _mix(self, batch: Any, mixer: BatchMixer, trainer: Any) -> Any:
         key = (weakref.ref(trainer), trainer.fit_loop.total_batch_idx)
-        if self._batch_key is not None and self._batch_key[0]() is trainer and self._batch_key[1] == key[1]:
+        if (
+            self._batch_key is not None
+            and self._stream is not None  # set together with _batch_key
+            and self._batch_key[0]() is trainer
+            and self._batch_key[1] == key[1]
+        ):
             mixer.load_state_dict(self._stream)  # the same batch again (a closure re-evaluated): same draws
         else:
             self._batch_key, self._stream = key, mixer.state_dict()
@@ -63,10 +80,10 @@ class _MixingTrainingStep:
         return {"module": self.module}  # the rewind point refers to a live trainer: not worth keeping
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["module"])  # type: ignore[misc]
+        self._start(state["module"])
 
 
-class BatchMixingMixin:
+class BatchMixingMixin(_LightningModuleMixin):
     """LightningModule mixin: mix training batches on the device with ``self.batch_mixer``.
 
     Put it *before* ``LightningModule`` in the bases (``class Net(BatchMixingMixin, L.LightningModule)``)
@@ -150,8 +167,9 @@ class BatchMixingMixin:
             )
         epoch = getattr(self, "current_epoch", None) if getattr(self, "_trainer", None) is not None else None
         x, y = mixer(batch[0], batch[1], epoch=epoch)
-        if hasattr(batch, "_fields"):  # namedtuple
-            return type(batch)(x, y, *batch[2:])
+        if hasattr(batch, "_fields"):  # namedtuple: the fields are the arguments
+            make_namedtuple: Callable[..., Any] = type(batch)
+            return make_namedtuple(x, y, *batch[2:])
         return type(batch)((x, y, *batch[2:]))
 
     def mixing_loss(self, logits: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
@@ -190,7 +208,7 @@ class BatchMixingMixin:
             >>> a.batch_mixer.sample(x) == b.batch_mixer.sample(x)
             True
         """
-        super().on_save_checkpoint(checkpoint)  # type: ignore[misc]
+        super().on_save_checkpoint(checkpoint)
         if self.batch_mixer is not None:
             checkpoint[_CKPT_KEY] = self.batch_mixer.state_dict()
 
@@ -203,6 +221,6 @@ class BatchMixingMixin:
         Example:
             See :meth:`on_save_checkpoint`.
         """
-        super().on_load_checkpoint(checkpoint)  # type: ignore[misc]
+        super().on_load_checkpoint(checkpoint)
         if self.batch_mixer is not None and _CKPT_KEY in checkpoint:
             self.batch_mixer.load_state_dict(checkpoint[_CKPT_KEY])

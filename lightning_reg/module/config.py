@@ -228,7 +228,7 @@ class RegularizationConfig:
             lr=lr,
             weight_decay=weight_decay,
             weight_decay_source=source,
-            decay_rule=decay_rule,  # type: ignore[arg-type]  # normalised by __post_init__
+            decay_rule=DecayRule() if decay_rule is None else decay_rule,
             layer_decay=layer_decay,
             lr_scheduler=lr_scheduler,
             lr_scheduler_interval=lr_scheduler_interval,
@@ -236,7 +236,7 @@ class RegularizationConfig:
             keep_param_names=keep_param_names,
             preset=preset,
             num_classes=num_classes,
-            verbose=verbose,  # type: ignore[arg-type]
+            verbose=verbose,
         )
         config._check_optimizer_arguments(owner, optimizer_name, bound)
         return config

@@ -386,7 +386,8 @@ class RegularizedModule(PenaltyMixin, BatchMixingMixin, LightningModule):
         self._report_groups(optimizer)
         if cfg.lr_scheduler is None:
             return {"optimizer": optimizer}
-        return {"optimizer": optimizer, "lr_scheduler": self._lr_scheduler_config(optimizer)}
+        scheduler_config = self._lr_scheduler_config(optimizer, cfg.lr_scheduler)
+        return {"optimizer": optimizer, "lr_scheduler": scheduler_config}
 
     def _settle_optimizer(self, optimizer: Optimizer, cfg: RegularizationConfig) -> None:
         """Fill in the values left to the optimizer, and put the configured ones into its ``defaults``.
@@ -394,8 +395,8 @@ class RegularizedModule(PenaltyMixin, BatchMixingMixin, LightningModule):
         A preset's weight decay is switched off (with a note) for an optimizer without decoupled weight decay.
         """
         self._preset_weight_decay_skipped = False
-        if cfg.weight_decay_source == "preset":
-            applies = check_preset_optimizer(optimizer, cfg.preset, cfg.verbose)  # type: ignore[arg-type]
+        if cfg.weight_decay_source == "preset" and cfg.preset is not None:  # a "preset" source has one
+            applies = check_preset_optimizer(optimizer, cfg.preset, cfg.verbose)
             self._preset_weight_decay_skipped = not applies
         if cfg.layer_decay is not None and cfg.lr is None:
             base = optimizer.defaults["lr"]
@@ -411,10 +412,12 @@ class RegularizedModule(PenaltyMixin, BatchMixingMixin, LightningModule):
         if cfg.lr is not None:
             optimizer.defaults["lr"] = cfg.lr
 
-    def _lr_scheduler_config(self, optimizer: Optimizer) -> dict[str, Any]:
+    def _lr_scheduler_config(
+        self, optimizer: Optimizer, make_scheduler: LRSchedulerCallable
+    ) -> dict[str, Any]:
         """Build the configured scheduler and Lightning's scheduler config (interval, monitor)."""
         cfg = self.regularization_config
-        scheduler = cfg.lr_scheduler(optimizer)  # type: ignore[misc]
+        scheduler = make_scheduler(optimizer)
         interval = cfg.lr_scheduler_interval
         if interval is None:
             interval = "epoch" if isinstance(scheduler, ReduceLROnPlateau) else "step"
@@ -436,8 +439,14 @@ class RegularizedModule(PenaltyMixin, BatchMixingMixin, LightningModule):
         # restart the epoch's data from its first batch).
         if getattr(trainer, "ckpt_path", None) is not None:
             return
-        total = trainer.estimated_stepping_batches if by_step else trainer.max_epochs
-        if trainer.fast_dev_run and total <= scheduler.warmup_steps:
+        # Lightning turns an unset max_epochs into 1000 or -1 (infinite, refused by set_total_steps)
+        total: int | float = (
+            trainer.estimated_stepping_batches
+            if by_step
+            else (trainer.max_epochs if trainer.max_epochs is not None else -1)
+        )
+        fast_dev_run = trainer.fast_dev_run  # type: ignore[attr-defined]  # Lightning sets it; Trainer omits it
+        if fast_dev_run and total <= scheduler.warmup_steps:
             total = scheduler.warmup_steps + 1  # a smoke test: the schedule's shape does not matter
         elif 0 < total <= scheduler.warmup_steps:
             raise ValueError(

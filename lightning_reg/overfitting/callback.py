@@ -8,7 +8,6 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.callbacks import EarlyStopping as LightningEarlyStopping
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
@@ -97,7 +96,7 @@ def _check_probe(
 
 def _restore_advice(trainer: pl.Trainer, val_key: str, mode: str, best_epoch: int | None) -> str | None:
     """How to keep the best weights, or ``None`` when an early stopping on the Trainer restores them."""
-    stoppers = [cb for cb in trainer.callbacks if isinstance(cb, LightningEarlyStopping)]  # type: ignore[attr-defined]
+    stoppers = trainer.early_stopping_callbacks
     if any(getattr(cb, "restore_best_weights", False) for cb in stoppers):
         return None
     epoch = "the best epoch" if best_epoch is None else f"the weights of epoch {best_epoch}"
@@ -456,15 +455,16 @@ class OverfittingMonitor(Callback):
     ) -> None:
         reports: dict[str, CheckReport] = self._criteria.update(values)
         alerts = {name: r.alert for name, r in reports.items()}
+        any_alert = any(alerts.values())
         entry = {
             "epoch": trainer.current_epoch,
             "step": trainer.global_step,
             "check": self._criteria.num_checks - 1,
-            "alert": any(alerts.values()),
+            "alert": any_alert,
             "pairs": {n: r.as_dict() for n, r in reports.items()},
         }
         self.history.append(entry)
-        self._log_check(pl_module, reports, entry["alert"])
+        self._log_check(pl_module, reports, any_alert)
         self._hint_at_negative_gap(trainer, reports)
         new = [name for name, alert in alerts.items() if alert and not self.in_episode[name]]
         self.in_episode = alerts

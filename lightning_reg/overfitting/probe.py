@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence, Sized
 from contextlib import contextmanager
 from typing import Any
 
@@ -226,7 +226,8 @@ class EvalModeProbe:
             trainer: the Trainer whose training loader and ranks define the subset.
 
         Raises:
-            MisconfigurationException: ``data`` is a fraction and the training data is not one DataLoader.
+            MisconfigurationException: ``data`` is a fraction and the training data is not one DataLoader
+                over a dataset with a length.
 
         Example:
             >>> from torch.utils.data import TensorDataset
@@ -237,10 +238,10 @@ class EvalModeProbe:
         if isinstance(self.data, DataLoader):
             return self.data
         if self._loader is None:
-            self._loader = self._subset_loader(trainer)
+            self._loader = self._subset_loader(trainer, self.data)
         return self._loader
 
-    def _subset_loader(self, trainer: pl.Trainer) -> DataLoader:
+    def _subset_loader(self, trainer: pl.Trainer, fraction: float) -> DataLoader:
         train_loader = trainer.train_dataloader
         if not isinstance(train_loader, DataLoader):
             raise MisconfigurationException(
@@ -249,11 +250,17 @@ class EvalModeProbe:
                 "(`OverfittingMonitor(probe=<DataLoader>)`)."
             )
         dataset = train_loader.dataset
-        n = len(dataset)  # type: ignore[arg-type]
-        size = max(1, round(float(self.data) * n))  # type: ignore[arg-type]
+        if not isinstance(dataset, Sized):
+            raise MisconfigurationException(
+                "EvalModeProbe: a fraction of the training set needs a dataset with a length (got "
+                f"{type(dataset).__name__}, which has no `__len__`); pass a DataLoader instead of the "
+                "fraction (`OverfittingMonitor(probe=<DataLoader>)`)."
+            )
+        n = len(dataset)
+        size = max(1, round(float(fraction) * n))
         generator = torch.Generator().manual_seed(self.seed)
-        indices = torch.randperm(n, generator=generator)[:size].sort().values
-        indices = indices[trainer.global_rank :: trainer.world_size].tolist()  # shard across ranks
+        drawn = torch.randperm(n, generator=generator)[:size].sort().values
+        indices = drawn[trainer.global_rank :: trainer.world_size].tolist()  # shard across ranks
         return DataLoader(
             Subset(dataset, indices),
             batch_size=_loader_batch_size(train_loader),
@@ -352,7 +359,7 @@ def _sandbox(pl_module: pl.LightningModule, capture_log: bool) -> Iterator[dict[
     with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
         pl_module.eval()
         if capture_log:
-            pl_module.log = capture  # type: ignore[method-assign]
+            pl_module.log = capture  # type: ignore[method-assign]  # deliberate patch, deleted in `finally`
         try:
             for metric in own_metrics:
                 metric.reset()

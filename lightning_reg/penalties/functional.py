@@ -21,7 +21,7 @@ for adaptive optimizers (Adam) it is the common heuristic with the group learnin
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -65,7 +65,7 @@ def _as_list(params: Iterable[Tensor]) -> list[Tensor]:
     return params if isinstance(params, list) else list(params)
 
 
-def _norms(params: Sequence[Tensor], ord: float) -> Tensor:
+def _norms(params: list[Tensor], ord: float) -> Tensor:
     """Sum over tensors of ``||p||_ord`` (count of non-zeros for ``ord=0``, squared for ``ord=2``).
 
     One ``torch._foreach_norm`` launch, accumulated in at least float32. Exception: ``ord=1`` on CPU, where
@@ -186,10 +186,14 @@ def add_penalty_grad_(params: Iterable[Tensor], l1: float = 0.0, l2: float = 0.0
         tensor([ 0.6000, -1.1000,  0.0000])
     """
     _check_coefficients(l1, l2)
-    with_grad = [p for p in params if p.grad is not None]
+    with_grad: list[Tensor] = []
+    grads: list[Tensor] = []
+    for p in params:
+        if p.grad is not None:
+            with_grad.append(p)
+            grads.append(p.grad)
     if not with_grad:
         return
-    grads = [p.grad for p in with_grad]
     if l2:
         torch._foreach_add_(grads, with_grad, alpha=l2)
     if l1:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.strategies import FSDPStrategy
@@ -22,8 +24,15 @@ __all__ = ["PenaltyMixin"]
 
 _warning_cache = WarningCache()
 
+if TYPE_CHECKING:
+    # A mixin put before ``LightningModule`` in the bases: type checkers see its methods on one, so its
+    # ``super()`` calls reach the module's hooks; at run time it adds no base.
+    _LightningModuleMixin = pl.LightningModule
+else:
+    _LightningModuleMixin = object
 
-class PenaltyMixin:
+
+class PenaltyMixin(_LightningModuleMixin):
     """LightningModule mixin: explicit L1/L2/elastic-net penalty on the decayed parameters.
 
     Put it before ``LightningModule`` in the bases and set ``self.weight_penalty = WeightPenalty(...)``.
@@ -67,7 +76,7 @@ class PenaltyMixin:
         if self._penalty_params is None:
             config = self.weight_penalty
             rule = config.resolve_rule(self) if config is not None else getattr(self, "decay_rule", None)
-            self._penalty_params = decayed_parameters(self, rule)  # type: ignore[arg-type]
+            self._penalty_params = decayed_parameters(self, rule)
         return self._penalty_params
 
     def penalty(self) -> Tensor:
@@ -118,7 +127,7 @@ class PenaltyMixin:
             >>> len(net.penalty_parameters())
             2
         """
-        super().on_fit_start()  # type: ignore[misc]
+        super().on_fit_start()
         self._check_penalty_hook_chain()
         self._penalty_params = None
         self._penalty_params_by_optimizer: dict[int, list[nn.Parameter]] = {}
@@ -181,7 +190,7 @@ class PenaltyMixin:
             >>> net.layer.weight.grad  # + l2 * w
             tensor([[0.2000, 0.2000]])
         """
-        super().on_before_optimizer_step(optimizer)  # type: ignore[misc]
+        super().on_before_optimizer_step(optimizer)
         config = self.weight_penalty
         if config is None or not (config.l1 or config.l2):
             return

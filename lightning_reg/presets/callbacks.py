@@ -270,7 +270,7 @@ def preset_callbacks(
     *,
     monitor: str = "val_loss",
     mode: str | None = None,
-    pairs: Mapping[str, tuple[str, ...]] | None = None,
+    pairs: Mapping[str, tuple[str, str] | tuple[str, str, str]] | None = None,
     branch_ends: Mapping[Any, str] | None = None,
     verbose: int | bool = 1,
     **overrides: Any,
@@ -314,12 +314,14 @@ def preset_callbacks(
     check_str("monitor", monitor)
     mode = _monitor_mode(monitor, mode)
     v = check_verbose(verbose)
-    resolved_pairs = dict(pairs) if pairs is not None else _default_pairs(monitor, mode)
+    resolved_pairs: dict[str, tuple[str, str] | tuple[str, str, str]] = dict(
+        pairs if pairs is not None else _default_pairs(monitor, mode)
+    )
     callbacks: list[Callback] = [
         PresetSummary(p, verbose=v),
         EarlyStopping(monitor=monitor, mode=mode, patience=p.patience, restore_best_weights=True, verbose=v),
         OverfittingMonitor(
-            pairs=resolved_pairs,  # type: ignore[arg-type]
+            pairs=resolved_pairs,
             warmup=p.overfitting_warmup,
             probe=p.overfitting_probe,
             hint=overfitting_hint(p),
@@ -327,8 +329,10 @@ def preset_callbacks(
         ),
     ]
     if p.clipping is not None:
-        norm = {"max_norm": p.clip_max_norm} if p.clipping == "norm" else {}
-        callbacks.append(GradientClipping(algorithm=p.clipping, verbose=v, **norm))
+        if p.clipping == "norm":
+            callbacks.append(GradientClipping(algorithm=p.clipping, max_norm=p.clip_max_norm, verbose=v))
+        else:
+            callbacks.append(GradientClipping(algorithm=p.clipping, verbose=v))
     if p.drop_path_rate:  # None is stored as 0.0: off
         callbacks.append(
             PresetStochasticDepth(
@@ -336,7 +340,7 @@ def preset_callbacks(
                 rule=p.drop_path_rule,
                 schedule=p.drop_path_schedule,
                 warmup=p.drop_path_warmup,
-                branch_ends=dict(branch_ends) if branch_ends else None,  # type: ignore[arg-type]
+                branch_ends=dict(branch_ends) if branch_ends else None,
                 preset_name=p.name,
                 verbose=v,
             )
@@ -349,7 +353,7 @@ def preset_config(
     *,
     monitor: str = "val_loss",
     mode: str | None = None,
-    pairs: Mapping[str, tuple[str, ...]] | None = None,
+    pairs: Mapping[str, tuple[str, str] | tuple[str, str, str]] | None = None,
     branch_ends: Mapping[str, str] | None = None,
     verbose: int = 1,
     **overrides: Any,

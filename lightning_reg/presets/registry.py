@@ -311,8 +311,8 @@ def describe_preset(preset: Preset) -> str:
         "preset 'x': weight decay 0.05 (decay group), label smoothing off, Mixup p=0.5 (alpha 0.2)"
     """
 
-    def onoff(value: float, text: str) -> str:
-        return text if value > 0 else "off"
+    def onoff(value: float | None, text: str) -> str:
+        return text if value is not None and value > 0 else "off"
 
     p = preset
     dp = onoff(

@@ -24,6 +24,8 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 from lightning_reg._shared.keys import Keys
 from lightning_reg.report.data import (
@@ -34,6 +36,11 @@ from lightning_reg.report.data import (
     load_metrics,
 )
 from lightning_reg.report.series import PairCurves, train_val_series
+
+if TYPE_CHECKING:  # matplotlib is imported only when a report is made
+    from matplotlib.artist import Artist
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 __all__ = ["PlotResult", "plot_drop_path", "plot_grad_norms", "plot_train_val", "render_report"]
 
@@ -56,7 +63,7 @@ class PlotResult:
     legends: dict[str, list[str]] = field(default_factory=dict)
 
 
-def _pyplot():
+def _pyplot() -> ModuleType:
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -65,7 +72,7 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig: Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -144,12 +151,12 @@ def plot_train_val(
     return result
 
 
-def _draw_pair(ax, curves: PairCurves, best_epoch: int | None) -> list[str]:
+def _draw_pair(ax: Axes, curves: PairCurves, best_epoch: int | None) -> list[str]:
     """Draw one pair's panel; return its legend entries."""
     (tx, ty), (vx, vy) = curves.train, curves.val
     ax.plot(tx, ty, color="tab:blue", marker=".", label=curves.train_key)
     ax.plot(vx, vy, color="tab:orange", marker=".", label=curves.val_key)
-    extra = []  # handles drawn on the right axis
+    extra: list[Artist] = []  # handles drawn on the right axis
     if curves.gap_key is not None:
         right = ax.twinx()
         gx, gy = curves.gap
@@ -362,7 +369,7 @@ def render_report(
         key, _, mode = best_from.rpartition(":")
         if mode not in ("min", "max") or not key:
             raise ValueError(f"best_from must be '<key>:min' or '<key>:max', got {best_from!r}")
-        best_epoch = best_epoch_of(metrics, key, mode)  # type: ignore[arg-type]
+        best_epoch = best_epoch_of(metrics, key, "min" if mode == "min" else "max")
     if best_epoch is None and keys.best_epoch and keys.best_epoch in metrics.series:
         vals = [v for v in metrics.series[keys.best_epoch].values if not math.isnan(v)]
         best_epoch = int(vals[-1]) if vals else None

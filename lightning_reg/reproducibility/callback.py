@@ -8,6 +8,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -107,7 +108,7 @@ class ReproducibleResume(Callback):
         self.restored_at: str | None = None  # "on_fit_start" / "on_train_start" after a restore
 
     # ------------------------------------------------------------------ hooks
-    def _cuda(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[torch.device | int]:
+    def _cuda(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Sequence[torch.device | int]:
         if not torch.cuda.is_available():
             return []
         if self.cuda_devices != "auto":

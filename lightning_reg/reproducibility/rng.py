@@ -83,7 +83,10 @@ def _numpy_state() -> dict[str, Any] | None:
         import numpy as np
     except ImportError:  # pragma: no cover - numpy is a dependency of torch's usual installs
         return None
-    kind, key, pos, has_gauss, cached = np.random.get_state()
+    state = np.random.get_state(legacy=True)
+    # the legacy tuple form; a dict comes only from a bit generator other than the global MT19937
+    assert isinstance(state, tuple), type(state)
+    kind, key, pos, has_gauss, cached = state
     return {
         "kind": str(kind),
         "key": torch.from_numpy(key.astype("int64")),

@@ -308,7 +308,8 @@ class StochasticDepthScheduler(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        schedulers = [cb for cb in trainer.callbacks if isinstance(cb, StochasticDepthScheduler)]
+        callbacks: list[Callback] = trainer.callbacks  # type: ignore[attr-defined]  # Lightning sets it; Trainer omits it
+        schedulers = [cb for cb in callbacks if isinstance(cb, StochasticDepthScheduler)]
         if len(schedulers) > 1:
             raise ValueError(
                 f"The Trainer has {len(schedulers)} StochasticDepthScheduler callbacks; use one. They would"

@@ -41,7 +41,7 @@ __all__ = [
     "find_drop_rate_modules",
 ]
 
-_MODES = ("row", "batch")
+_MODES: tuple[Literal["row", "batch"], ...] = ("row", "batch")
 
 
 def _check_rate_tensor(p: Tensor) -> None:
@@ -173,6 +173,8 @@ class DropPath(nn.Module):
         >>> torch.equal(m(torch.ones(3, 2)), torch.ones(3, 2))
         True
     """
+
+    _p: float  # written through ``__dict__`` by the ``p`` setter (a plain float, never a buffer)
 
     def __init__(
         self, p: float = 0.0, mode: Literal["row", "batch"] = "row", scale_by_keep: bool = True

@@ -170,7 +170,7 @@ def uniform_depth_rates(num_blocks: int, max_rate: float) -> list[float]:
     return [max_rate] * num_blocks
 
 
-_DEPTH_RULE_FNS: dict[str, DepthRule] = {
+_DEPTH_RULE_FNS: dict[str, Callable[[int, float], list[float]]] = {
     "linear": linear_depth_rates,
     "huang": huang_depth_rates,
     "uniform": uniform_depth_rates,

@@ -109,6 +109,7 @@ class _ScheduledDropoutBase(_ScheduledMixin):
     _unbatched_ndim = -1
     p: float
     inplace: bool
+    training: bool
 
     def forward(self, input: Tensor) -> Tensor:
         """Dropout with the scheduled rate: the same draws as torch's with the rate read from the tensor."""
@@ -119,7 +120,7 @@ class _ScheduledDropoutBase(_ScheduledMixin):
             return input
         low, high = self._tensor_path_ndims
         if rate is None or not low <= input.ndim <= high:
-            return super().forward(input)  # type: ignore[misc]
+            return self._unscheduled_class.forward(self, input)  # torch's own dropout (the next base)
         return _dropout_tensor_rate(
             input,
             rate,
@@ -398,7 +399,7 @@ class ScheduledRates:
                 module.__dict__["_rate"] = None
             elif kind == _SWAPPED:
                 module.__dict__.pop(_RATE, None)
-                module.__class__ = type(module)._unscheduled_class  # type: ignore[attr-defined]
+                module.__class__ = self.original_type(module)
         self._kind = [_ATTRIBUTE] * len(self._kind)  # nothing left to release
         self._float_plan, self._slot_plan, self._setattr_plan = [], [], []
         self._multipliers = None

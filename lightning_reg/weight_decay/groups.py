@@ -234,6 +234,12 @@ def _class_words(cls: type) -> tuple[bool, bool]:
     return any(_NORM_WORD.search(n) for n in names), any(_SCALE_WORD.search(n) for n in names)
 
 
+def _class_of(module: nn.Module) -> type:
+    # a plain ``type`` for the lru_cache key: mypy checks ``type[Module]`` against ``Hashable`` through
+    # Module's unbound ``__hash__`` and rejects it
+    return type(module)
+
+
 def is_norm_module(module: nn.Module) -> bool:
     """Whether ``module`` is a normalization layer (a torch norm type, or a ``*Norm*`` class).
 
@@ -254,7 +260,7 @@ def is_norm_module(module: nn.Module) -> bool:
     """
     if isinstance(module, _TORCH_NORMS):
         return True
-    return _class_words(type(module))[0] and _leaf_of_parameters(module)
+    return _class_words(_class_of(module))[0] and _leaf_of_parameters(module)
 
 
 def is_scale_module(module: nn.Module) -> bool:
@@ -272,7 +278,7 @@ def is_scale_module(module: nn.Module) -> bool:
         >>> is_scale_module(LayerScale()), is_scale_module(torch.nn.Linear(2, 2))
         (True, False)
     """
-    return _class_words(type(module))[1] and _leaf_of_parameters(module)
+    return _class_words(_class_of(module))[1] and _leaf_of_parameters(module)
 
 
 def _words(name: str) -> set[str]:
@@ -390,11 +396,11 @@ def classify_parameters(
 
     selector = rule.selector
     if selector.patterns:
-        for key, names in aliases.items():
-            if any(selector.matches(n) for n in names):
+        for key, key_names in aliases.items():
+            if any(selector.matches(n) for n in key_names):
                 reasons[key].add("pattern")
         what = "parameter" if include_frozen else "trainable parameter"
-        message = selector.unmatched_message([n for names in aliases.values() for n in names], what)
+        message = selector.unmatched_message([n for key_names in aliases.values() for n in key_names], what)
         if message:
             warnings.warn(f"{type(model).__name__}: {message}", UserWarning, stacklevel=3)
     return reasons
@@ -546,6 +552,7 @@ def weight_decay_param_groups(
             groups.append(group)
         return groups
 
+    assert lr is not None  # refused above: layer_decay needs lr
     if layer_id_fn is None:
         default_ids = block_layer_ids(model)
         layer_of = {name: default_ids[name] for name, _ in canonical}
@@ -571,8 +578,8 @@ def weight_decay_param_groups(
                 "weight_decay": weight_decay if decayed else 0.0,
                 "layer_id": lid,
                 "lr_scale": scale,
-                "lr": float(lr) * scale,  # type: ignore[arg-type]
-                "initial_lr": float(lr) * scale,  # type: ignore[arg-type]
+                "lr": float(lr) * scale,
+                "initial_lr": float(lr) * scale,
             }
         )
     return groups

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
@@ -106,11 +107,12 @@ class WarmupCosineLR(LRScheduler):
             self.set_total_steps(total_steps)
         super().__init__(optimizer, last_epoch)
 
-    def set_total_steps(self, total_steps: int) -> None:
+    def set_total_steps(self, total_steps: int | float) -> None:
         """Set the step at which the cosine ends (e.g. from ``trainer.estimated_stepping_batches``).
 
         Args:
-            total_steps: total optimizer steps, ``> warmup_steps``.
+            total_steps: total optimizer steps, ``> warmup_steps``; a whole float (what
+                ``trainer.estimated_stepping_batches`` may return) counts as that int, ``inf`` is refused.
 
         Example:
             >>> import torch
@@ -120,8 +122,11 @@ class WarmupCosineLR(LRScheduler):
         """
         if isinstance(total_steps, float) and math.isfinite(total_steps) and total_steps.is_integer():
             total_steps = int(total_steps)
-        is_int = isinstance(total_steps, int) and not isinstance(total_steps, bool)
-        if not is_int or total_steps <= self.warmup_steps:
+        if (
+            isinstance(total_steps, bool)
+            or not isinstance(total_steps, int)
+            or total_steps <= self.warmup_steps
+        ):
             raise ValueError(
                 f"total_steps must be an int > warmup_steps={self.warmup_steps}, got {total_steps!r} "
                 "(an infinite run, e.g. max_steps=-1 and max_epochs=-1, needs an explicit total_steps)."
@@ -154,7 +159,7 @@ class WarmupCosineLR(LRScheduler):
             step, self.warmup_steps, self.total_steps, self.warmup_start_factor, self.min_lr_factor
         )
 
-    def get_lr(self) -> list[float]:  # type: ignore[override]
+    def get_lr(self) -> list[float | Tensor]:
         """Compute the learning rate of every param group at the current step.
 
         Returns:
@@ -169,6 +174,6 @@ class WarmupCosineLR(LRScheduler):
             [2.0]
         """
         factor = self.lr_factor(self.last_epoch)
-        scheduled = [float(base) * factor for base in self.base_lrs]
+        scheduled: list[float | Tensor] = [float(base) * factor for base in self.base_lrs]
         added = self.optimizer.param_groups[len(scheduled):]
         return scheduled + [float(group["lr"]) for group in added]

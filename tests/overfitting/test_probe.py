@@ -81,3 +81,20 @@ def test_bad_arguments(kwargs, error, match):
     kwargs = {"data": 0.5, "keys": {"loss": "val_loss"}, **kwargs}
     with pytest.raises(error, match=match):
         EvalModeProbe(**kwargs)
+
+
+def test_a_fraction_of_a_dataset_without_a_length_is_refused_by_name():
+    from types import SimpleNamespace
+
+    from lightning.pytorch.utilities.exceptions import MisconfigurationException
+    from torch.utils.data import IterableDataset
+
+    class Stream(IterableDataset):
+        def __iter__(self):
+            yield from zip(*data())
+
+    loader = DataLoader(Stream(), batch_size=2)
+    trainer = SimpleNamespace(train_dataloader=loader, global_rank=0, world_size=1)
+    probe = EvalModeProbe(0.5, keys={"loss": "val_loss"})
+    with pytest.raises(MisconfigurationException, match=r"dataset with a length \(got Stream.*__len__"):
+        probe.loader(trainer)
