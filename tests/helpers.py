@@ -1,0 +1,163 @@
+"""What the tests, the distributed scripts and the benchmarks share: a fast Trainer, tiny data and models, a
+host-read counter.
+
+Benchmarks import it as ``from tests.helpers import ...`` (they run from the repository root). It imports
+no pytest, so scripts started in fresh processes can use it too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from lightning_reg import DropPath
+
+# ------------------------------------------------------------------------------------------------ Trainer
+#: The fast Trainer settings of TESTING.md: no logger, checkpoints, progress bar, summary or sanity check.
+FAST_TRAINER: dict[str, Any] = dict(
+    logger=False,
+    enable_checkpointing=False,
+    enable_progress_bar=False,
+    enable_model_summary=False,
+    num_sanity_val_steps=0,
+)
+
+
+def fast_trainer(**overrides: Any) -> L.Trainer:
+    """A ``Trainer`` with ``FAST_TRAINER``'s settings; ``overrides`` add to or replace them."""
+    return L.Trainer(**{**FAST_TRAINER, **overrides})
+
+
+#: Lightning's callback hooks that run at every training step (the library's hot path).
+PER_STEP_HOOKS: tuple[str, ...] = (
+    "on_train_batch_start",
+    "on_train_batch_end",
+    "on_before_backward",
+    "on_after_backward",
+    "on_before_optimizer_step",
+    "on_before_zero_grad",
+)
+
+
+# ------------------------------------------------------------------------------------------- host reads
+#: The ATen ops that read a tensor's value on the host (a host-device sync on an accelerator):
+#: ``.item()``, ``float(t)``, ``bool(t)`` and formatting go through ``_local_scalar_dense``.
+HOST_READ_OPS: tuple[str, ...] = ("aten._local_scalar_dense", "aten.nonzero", "aten.equal", "aten.is_nonzero")
+
+
+class SyncCounter(TorchDispatchMode):
+    """Records every read of a tensor's value on the host inside the ``with`` block (see TESTING.md).
+
+    The dispatch mode sees the ``HOST_READ_OPS``; ``Tensor.tolist()`` and ``torch.tensor(list of tensors)``
+    read memory directly, so they are patched while the block runs. ``syncs`` lists what was read, in
+    order. With ``raise_on_read`` a read raises ``RuntimeError`` instead (a CPU stand-in for CUDA's
+    sync-debug mode "error"). Blocks may nest: each restores what it patched.
+    """
+
+    def __init__(self, raise_on_read: bool = False) -> None:
+        super().__init__()
+        self.raise_on_read = raise_on_read
+        self.syncs: list[str] = []
+
+    @property
+    def count(self) -> int:
+        return len(self.syncs)
+
+    def _read(self, what: str) -> None:
+        if self.raise_on_read:
+            raise RuntimeError(f"host read of a tensor value ({what}) in a per-step hook")
+        self.syncs.append(what)
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if str(func).rsplit(".", 1)[0] in HOST_READ_OPS:
+            self._read(str(func))
+        return func(*args, **(kwargs or {}))
+
+    def __enter__(self) -> SyncCounter:
+        self._tolist, self._tensor = Tensor.tolist, torch.tensor
+        real_tolist, real_tensor = self._tolist, self._tensor
+
+        def tolist(t: Tensor) -> Any:
+            self._read("Tensor.tolist")
+            return real_tolist(t)
+
+        def tensor(data: Any, *args: Any, **kwargs: Any) -> Tensor:
+            if isinstance(data, (list, tuple)) and any(isinstance(d, Tensor) for d in data):
+                self._read("torch.tensor(list of tensors)")
+            return real_tensor(data, *args, **kwargs)
+
+        Tensor.tolist = tolist  # type: ignore[method-assign]
+        torch.tensor = tensor  # type: ignore[assignment]
+        return super().__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        Tensor.tolist = self._tolist  # type: ignore[method-assign]
+        torch.tensor = self._tensor  # type: ignore[assignment]
+        super().__exit__(*exc)
+
+
+# ------------------------------------------------------------------------------------------------- data
+def teacher_data(
+    n_train: int, n_val: int, in_features: int, classes: int, noise: float = 1.0, seed: int = 0
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``x_train, y_train, x_val, y_val``: labels of a random linear teacher, Gaussian noise on its logits.
+
+    With enough noise a small network overfits them after a few epochs (the best epoch is not the last).
+    """
+    g = torch.Generator().manual_seed(seed)
+    teacher = torch.randn(in_features, classes, generator=g)
+    x = torch.randn(n_train + n_val, in_features, generator=g)
+    y = (x @ teacher + noise * torch.randn(n_train + n_val, classes, generator=g)).argmax(1)
+    return x[:n_train], y[:n_train], x[n_train:], y[n_train:]
+
+
+# ----------------------------------------------------------------------------------------------- models
+class ResidualBlock(nn.Module):
+    """``x + drop_path(relu(fc(norm(x))))``: a pre-norm residual block (``norm=False``: no LayerNorm)."""
+
+    def __init__(self, width: int, norm: bool = True) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(width) if norm else nn.Identity()
+        self.fc = nn.Linear(width, width)
+        self.drop_path = DropPath(0.0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.drop_path(torch.relu(self.fc(self.norm(x))))
+
+
+class LossModule(L.LightningModule):
+    """Trains ``net`` on ``loss``; logs ``train_loss`` (epoch mean) and ``val_loss``.
+
+    Args:
+        net: the network.
+        make_optimizer: ``params -> Optimizer``.
+        loss_fn: ``(output, target) -> loss`` (cross entropy by default).
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        make_optimizer: Callable[[Any], torch.optim.Optimizer],
+        loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,
+    ) -> None:
+        super().__init__()
+        self.net = net
+        self.make_optimizer = make_optimizer
+        self.loss_fn = loss_fn
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        loss = self.loss_fn(self.net(batch[0]), batch[1])
+        self.log("train_loss", loss, on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self.log("val_loss", self.loss_fn(self.net(batch[0]), batch[1]))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self.make_optimizer(self.parameters())
