@@ -161,3 +161,38 @@ class LossModule(L.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.make_optimizer(self.parameters())
+
+
+def conv_bn_net() -> nn.Sequential:
+    """Seeded conv, ``BatchNorm2d`` (``net[1]``), ReLU, flatten, linear: ``(B, 2, 4, 4)`` in, 3 classes."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3)
+    )
+
+
+class BatchNormRecorder(L.LightningModule):
+    """Trains ``net`` (its ``net[1]`` a BatchNorm) on cross entropy; records what a BatchNorm freeze changes.
+
+    ``bn_training``: whether the BatchNorm was in training mode at each training step; ``snapshots``: the
+    state at each epoch end, by epoch.
+    """
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.snapshots: dict[int, dict[str, Tensor]] = {}
+        self.bn_training: list[bool] = []
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        self.bn_training.append(self.net[1].training)
+        x, y = batch
+        return F.cross_entropy(self.net(x), y)
+
+    def on_train_epoch_end(self) -> None:
+        state = self.state_dict()
+        self.snapshots[self.current_epoch] = {k: v.detach().cpu().clone() for k, v in state.items()}
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        # momentum and weight decay: a frozen parameter with a zero (not None) gradient would still move
+        return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9, weight_decay=0.1)
