@@ -7,14 +7,17 @@ no pytest, so scripts started in fresh processes can use it too.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_reg import DropPath
 
@@ -196,3 +199,82 @@ class BatchNormRecorder(L.LightningModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         # momentum and weight decay: a frozen parameter with a zero (not None) gradient would still move
         return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9, weight_decay=0.1)
+
+
+# ------------------------------------------------------------------ a validation loss with its best inside
+#: Training targets are scaled per epoch; validation targets are not. The validation loss is therefore
+#: lowest around the epoch trained at scale 1 and worse before and after it.
+SCALES = [3.0, 2.0, 1.2, 1.0, 1.6, 2.4, 3.2, 4.0, 5.0, 6.0]
+
+
+def regression_data(n: int, seed: int) -> tuple[Tensor, Tensor]:
+    """``n`` inputs of 4 features and their exact linear targets."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 4, generator=g)
+    w = torch.tensor([[1.0], [-2.0], [0.5], [1.5]])
+    return x, x @ w
+
+
+class ScaledRegression(L.LightningModule):
+    """A regression trained on targets scaled by ``SCALES``: its best validation epoch is in the middle.
+
+    Args:
+        nan_from_epoch: from this epoch of ``fit`` on, the logged ``val_loss`` is NaN.
+        hidden: width of the hidden layer (followed by a BatchNorm).
+        n_train: training samples (batches of 16).
+        n_val: validation samples (batches of 16).
+    """
+
+    def __init__(
+        self, nan_from_epoch: int | None = None, hidden: int = 8, n_train: int = 64, n_val: int = 32
+    ) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(4, hidden), nn.BatchNorm1d(hidden), nn.Linear(hidden, 1))
+        self.nan_from_epoch = nan_from_epoch
+        self.n_train, self.n_val = n_train, n_val
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        x, y = batch
+        scale = SCALES[min(self.current_epoch, len(SCALES) - 1)]
+        return F.mse_loss(self.net(x), y * scale)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        loss = F.mse_loss(self.net(x), y)
+        fitting = self.trainer.state.fn == "fit"
+        if fitting and self.nan_from_epoch is not None and self.current_epoch >= self.nan_from_epoch:
+            loss = loss + float("nan")
+        self.log("val_loss", loss)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.03)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(TensorDataset(*regression_data(self.n_train, 0)), batch_size=16)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(TensorDataset(*regression_data(self.n_val, 1)), batch_size=16)
+
+
+class ValidationRecorder(Callback):
+    """``records``: ``(epoch, val_loss, deep copy of the state_dict)`` after every validation of ``fit``."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[int, float, dict[str, Tensor]]] = []
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        value = trainer.callback_metrics["val_loss"].item()
+        self.records.append((trainer.current_epoch, value, copy.deepcopy(pl_module.state_dict())))
+
+    def expected_best(self, start_from_epoch: int = 0) -> tuple[int, float, dict[str, Tensor]]:
+        """The record of the first strict minimum among the finite values from ``start_from_epoch`` on."""
+        best = None
+        for rec in self.records:
+            if rec[0] < start_from_epoch or rec[1] != rec[1]:
+                continue
+            if best is None or rec[1] < best[1]:
+                best = rec
+        assert best is not None
+        return best

@@ -27,23 +27,14 @@ from lightning.pytorch.demos.boring_classes import BoringModel
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from lightning_reg import EarlyStopping
+from tests.helpers import fast_trainer
 
 CLASSES = [EarlyStopping, LightningEarlyStopping]
 
 
 def _trainer(callbacks, **kwargs) -> L.Trainer:
-    opts = dict(
-        max_epochs=10,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_train_batches=2,
-        limit_val_batches=1,
-    )
-    opts.update(kwargs)
-    return L.Trainer(callbacks=callbacks, **opts)
+    opts = dict(max_epochs=10, limit_train_batches=2, limit_val_batches=1)
+    return fast_trainer(callbacks=callbacks, **{**opts, **kwargs})
 
 
 class ValSequence(BoringModel):
