@@ -20,6 +20,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_reg import DropPath
+from lightning_reg.stochastic_depth.layers import find_drop_rate_modules
 
 # ------------------------------------------------------------------------------------------------ Trainer
 #: The fast Trainer settings of TESTING.md: no logger, checkpoints, progress bar, summary or sanity check.
@@ -120,18 +121,89 @@ def teacher_data(
     return x[:n_train], y[:n_train], x[n_train:], y[n_train:]
 
 
+def classification_loader(
+    n: int = 32, batch_size: int = 4, shape: tuple[int, ...] = (4,), classes: int = 2, seed: int = 123
+) -> DataLoader:
+    """``n`` standard-normal inputs of ``shape`` with random labels in ``[0, classes)``, in order."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, *shape, generator=g)
+    y = torch.randint(0, classes, (n,), generator=g)
+    return DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=False)
+
+
 # ----------------------------------------------------------------------------------------------- models
 class ResidualBlock(nn.Module):
-    """``x + drop_path(relu(fc(norm(x))))``: a pre-norm residual block (``norm=False``: no LayerNorm)."""
+    """``x + drop_path(relu(fc(norm(x))))``: a pre-norm residual block (``norm=False``: no LayerNorm).
 
-    def __init__(self, width: int, norm: bool = True) -> None:
+    ``p`` and ``mode``: the ``DropPath``'s rate and mode.
+    """
+
+    def __init__(self, width: int, norm: bool = True, p: float = 0.0, mode: str = "row") -> None:
         super().__init__()
         self.norm = nn.LayerNorm(width) if norm else nn.Identity()
         self.fc = nn.Linear(width, width)
-        self.drop_path = DropPath(0.0)
+        self.drop_path = DropPath(p, mode=mode)  # type: ignore[arg-type]
 
     def forward(self, x: Tensor) -> Tensor:
         return x + self.drop_path(torch.relu(self.fc(self.norm(x))))
+
+
+class ResMLP(nn.Module):
+    """Linear in (4 features), a ``ResidualBlock`` without norm per rate in ``rates``, dropout, 2 outputs."""
+
+    def __init__(
+        self, rates: list[float], width: int = 8, dropout: float | None = None, modes: list[str] | None = None
+    ) -> None:
+        super().__init__()
+        modes = modes or ["row"] * len(rates)
+        self.inp = nn.Linear(4, width)
+        blocks = [ResidualBlock(width, norm=False, p=p, mode=m) for p, m in zip(rates, modes)]
+        self.blocks = nn.ModuleList(blocks)
+        self.dropout = nn.Dropout(dropout) if dropout is not None else nn.Identity()
+        self.out = nn.Linear(width, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.inp(x)
+        for b in self.blocks:
+            h = b(h)
+        return self.out(self.dropout(h))
+
+
+class LitClassifier(L.LightningModule):
+    """Cross entropy on ``model`` by SGD; ``log_loss`` logs ``train_loss`` at every step."""
+
+    def __init__(self, model: nn.Module, lr: float = 0.05, log_loss: bool = False) -> None:
+        super().__init__()
+        self.model = model
+        self.lr = lr
+        self.log_loss = log_loss
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x)
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        x, y = batch
+        loss = F.cross_entropy(self(x), y)
+        if self.log_loss:
+            self.log("train_loss", loss, on_step=True, on_epoch=False)
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+
+class RateRecorder(Callback):
+    """Records ``(global_step, every scheduled rate)`` at each training batch; list it after the scheduler."""
+
+    def __init__(self, include_dropout: bool = False) -> None:
+        self.include_dropout = include_dropout
+        self.rows: list[tuple[int, list[float]]] = []
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        found = find_drop_rate_modules(pl_module, include_dropout=self.include_dropout)
+        self.rows.append((trainer.global_step, [float(getattr(f.module, f.attr)) for f in found]))
 
 
 class LossModule(L.LightningModule):

@@ -4,7 +4,6 @@ import lightning as L
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_reg import DecayRule, PenaltyMixin
 from lightning_reg.module.regularized import RegularizedModule
@@ -16,7 +15,7 @@ from lightning_reg.penalties.functional import (
     soft_threshold_,
     zero_fraction,
 )
-from tests.helpers import SyncCounter, fast_trainer
+from tests.helpers import SyncCounter, classification_loader, fast_trainer
 
 
 class _Tied(nn.Module):
@@ -142,10 +141,7 @@ def test_zero_fraction_by_hand():
 
 
 def _data(n=32):
-    g = torch.Generator().manual_seed(0)
-    return DataLoader(
-        TensorDataset(torch.randn(n, 6, generator=g), torch.randint(0, 3, (n,), generator=g)), batch_size=8
-    )
+    return classification_loader(n, 8, shape=(6,), classes=3, seed=0)
 
 
 def _trainer(max_epochs=2, **kw):
