@@ -19,7 +19,7 @@ from torch.nn import functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_reg import DropPath
+from lightning_reg import DecayRule, DropPath, RegularizedModule
 from lightning_reg.stochastic_depth.layers import find_drop_rate_modules
 
 # ------------------------------------------------------------------------------------------------ Trainer
@@ -204,6 +204,40 @@ class RateRecorder(Callback):
     ) -> None:
         found = find_drop_rate_modules(pl_module, include_dropout=self.include_dropout)
         self.rows.append((trainer.global_step, [float(getattr(f.module, f.attr)) for f in found]))
+
+
+class LMBlock(nn.Module):
+    """``x + fc(rms_norm(x))``."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.norm = nn.RMSNorm(d)
+        self.fc = nn.Linear(d, d)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.fc(self.norm(x))
+
+
+class TinyLMModule(RegularizedModule):
+    """A language model of two ``LMBlock``: a tied embedding and head, RMSNorms, embeddings decayed."""
+
+    def __init__(self) -> None:
+        super().__init__(lr=1e-3, weight_decay=0.1, decay_rule=DecayRule(embeddings=True))
+        self.tok = nn.Embedding(32, 16)
+        self.blocks = nn.ModuleList(LMBlock(16) for _ in range(2))
+        self.norm = nn.RMSNorm(16)
+        self.lm_head = nn.Linear(16, 32, bias=False)
+        self.lm_head.weight = self.tok.weight
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        (x,) = batch
+        h = self.tok(x)
+        for blk in self.blocks:
+            h = blk(h)
+        return F.cross_entropy(self.lm_head(self.norm(h)).flatten(0, 1), x.flatten())
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(TensorDataset(torch.randint(0, 32, (16, 8))), batch_size=4)
 
 
 class LossModule(L.LightningModule):
