@@ -131,6 +131,13 @@ def classification_loader(
     return DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=False)
 
 
+def threshold_data(n: int, seed: int) -> TensorDataset:
+    """``n`` inputs of 4 features; 3 classes from two thresholds (``x0 > 0`` plus ``x1 > 0.5``)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 4, generator=g)
+    return TensorDataset(x, (x[:, 0] > 0).long() + (x[:, 1] > 0.5).long())
+
+
 # ----------------------------------------------------------------------------------------------- models
 class ResidualBlock(nn.Module):
     """``x + drop_path(relu(fc(norm(x))))``: a pre-norm residual block (``norm=False``: no LayerNorm).
@@ -238,6 +245,38 @@ class TinyLMModule(RegularizedModule):
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(TensorDataset(torch.randint(0, 32, (16, 8))), batch_size=4)
+
+
+class DropoutClassifier(L.LightningModule):
+    """4 features, 16 ReLU units, dropout 0.5, 3 classes (seeded), SGD.
+
+    Logs ``train_loss`` (epoch mean), ``val_loss`` and ``val_acc`` (with ``sync_dist``); ``train_modes``:
+    whether the dropout was in training mode at each training step.
+    """
+
+    def __init__(self, sync_dist: bool = False) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 3))
+        self.sync_dist = sync_dist
+        self.train_modes: list[bool] = []
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        self.train_modes.append(self.net[2].training)
+        loss = F.cross_entropy(self(batch[0]), batch[1])
+        self.log("train_loss", loss, on_epoch=True, on_step=False, sync_dist=self.sync_dist)
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        logits = self(batch[0])
+        self.log("val_loss", F.cross_entropy(logits, batch[1]), sync_dist=self.sync_dist)
+        self.log("val_acc", (logits.argmax(-1) == batch[1]).float().mean(), sync_dist=self.sync_dist)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.5)
 
 
 class LossModule(L.LightningModule):
