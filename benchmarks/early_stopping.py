@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 from benchmarks.harness import Report, default_guard, time_interleaved  # noqa: E402
 from lightning_reg import EarlyStopping  # noqa: E402
 from lightning_reg.early_stopping.snapshot import WeightSnapshot, local_snapshot_tensors  # noqa: E402
+from tests.helpers import fast_trainer  # noqa: E402
 
 
 def rss_bytes() -> int:
@@ -85,15 +86,8 @@ def short_fit(root: Path, checkpoint_route: bool) -> tuple[float, int, EarlyStop
     callbacks = [es]
     if checkpoint_route:
         callbacks.append(ModelCheckpoint(dirpath=root / "ckpt", monitor="val_loss", save_top_k=1))
-    trainer = L.Trainer(
-        max_epochs=3,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=checkpoint_route,
-        num_sanity_val_steps=0,
-        default_root_dir=str(root),
-        callbacks=callbacks,
+    trainer = fast_trainer(
+        max_epochs=3, enable_checkpointing=checkpoint_route, default_root_dir=str(root), callbacks=callbacks
     )
     t0 = time.perf_counter()
     trainer.fit(model, *loaders())
@@ -222,16 +216,7 @@ def main() -> None:
             unit="MB",
         )
         model_l = Classifier()
-        trainer = L.Trainer(
-            max_steps=1,
-            logger=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            enable_checkpointing=False,
-            num_sanity_val_steps=0,
-            limit_val_batches=0,
-            default_root_dir=tmp,
-        )
+        trainer = fast_trainer(max_steps=1, limit_val_batches=0, default_root_dir=tmp)
         trainer.fit(model_l, loaders()[0])
         path = root / "route.ckpt"
 

@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.harness import Report  # noqa: E402
 from lightning_reg import EarlyStopping  # noqa: E402
+from tests.helpers import fast_trainer  # noqa: E402
 
 VAL = [1.0, 0.5, 0.75]  # best at epoch 1; epoch 2 is worse
 
@@ -56,14 +57,8 @@ def fit(callback, directory: Path) -> dict[int, int]:
     g = torch.Generator().manual_seed(0)
     data = TensorDataset(torch.randn(8, 3, 32, 32, generator=g), torch.randint(0, 10, (8,), generator=g))
     ckpt = ModelCheckpoint(dirpath=directory, filename="{epoch}", save_top_k=-1)
-    trainer = L.Trainer(
-        max_epochs=3,
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        callbacks=[callback, ckpt],
+    trainer = fast_trainer(
+        max_epochs=3, accelerator="cpu", enable_checkpointing=True, callbacks=[callback, ckpt]
     )
     trainer.fit(ResNet18(), DataLoader(data, batch_size=8), DataLoader(data, batch_size=8))
     return {e: (directory / f"epoch={e}.ckpt").stat().st_size for e in range(3)}

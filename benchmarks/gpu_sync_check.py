@@ -13,7 +13,8 @@ Run: ``PYTHONPATH=. python benchmarks/gpu_sync_check.py`` (needs CUDA; exits 2 w
 line per wrapped hook with its call count, and ``OK`` at the end. ``--cpu`` runs the same fit on the CPU
 with a dispatch mode that raises on the ATen calls that would read a device value on the host
 (``_local_scalar_dense`` for ``.item()``/``float()``/``bool()``, ``nonzero``, ``equal``, ``is_nonzero``)
-and on ``Tensor.tolist``: the closest check a machine without a GPU can make.
+and on ``Tensor.tolist`` and ``torch.tensor`` of a list of tensors: the closest check a machine without a GPU
+can make.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_reg import (
     BatchMixer,
-    DropPath,
     EarlyStopping,
     FreezeBatchNorm,
     GradientClipping,
@@ -47,31 +47,19 @@ from lightning_reg import (
     StochasticDepthScheduler,
 )
 from lightning_reg.penalties import WeightPenalty
+from tests.helpers import PER_STEP_HOOKS, ResidualBlock, SyncCounter, fast_trainer
 
-PER_STEP_HOOKS = (
-    "on_train_batch_start",
-    "on_train_batch_end",
-    "on_before_backward",
-    "on_after_backward",
-    "on_before_optimizer_step",
-    "on_before_zero_grad",
-    "_after_step",  # ProximalL1's optimizer step post hook
-)
+GUARDED_HOOKS = (*PER_STEP_HOOKS, "_after_step")  # and ProximalL1's optimizer step post hook
 MODULE_HOOKS = ("training_step", "on_after_batch_transfer", "on_before_optimizer_step")
 CALLS: Counter[str] = Counter()
 CPU_MODE = False
-_HOST_READS = {
-    "aten._local_scalar_dense.default",
-    "aten.nonzero.default",
-    "aten.equal.default",
-    "aten.is_nonzero.default",
-}
 
 
 @contextmanager
 def sync_errors() -> Iterator[None]:
     if CPU_MODE:
-        with _RaiseOnHostRead():
+        # CPU stand-in for sync-debug "error": raise on ops that read a tensor's value on the host
+        with SyncCounter(raise_on_read=True):
             yield
         return
     previous = torch.cuda.get_sync_debug_mode()
@@ -80,32 +68,6 @@ def sync_errors() -> Iterator[None]:
         yield
     finally:
         torch.cuda.set_sync_debug_mode(previous)
-
-
-class _RaiseOnHostRead:
-    """CPU stand-in for sync-debug "error": raise on ops that read a tensor's value on the host."""
-
-    def __enter__(self) -> None:
-        from torch.utils._python_dispatch import TorchDispatchMode
-
-        class Mode(TorchDispatchMode):
-            def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
-                if str(func) in _HOST_READS:
-                    raise RuntimeError(f"host read of a tensor value ({func}) in a per-step hook")
-                return func(*args, **(kwargs or {}))
-
-        self._mode = Mode()
-        self._mode.__enter__()
-        self._tolist = Tensor.tolist
-
-        def tolist(t: Tensor) -> Any:
-            raise RuntimeError("Tensor.tolist() (a host read) in a per-step hook")
-
-        Tensor.tolist = tolist  # type: ignore[method-assign]
-
-    def __exit__(self, *exc: object) -> None:
-        Tensor.tolist = self._tolist  # type: ignore[method-assign]
-        self._mode.__exit__(*exc)
 
 
 def guard(obj: Any, names: tuple[str, ...], label: str) -> None:
@@ -124,17 +86,6 @@ def guard(obj: Any, names: tuple[str, ...], label: str) -> None:
         object.__setattr__(obj, name, wrapped)
 
 
-class Block(nn.Module):
-    def __init__(self, width: int) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(width)
-        self.fc = nn.Linear(width, width)
-        self.drop_path = DropPath(0.0)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x + self.drop_path(torch.relu(self.fc(self.norm(x))))
-
-
 class Net(RegularizedModule):
     def __init__(self, width: int = 64, classes: int = 10) -> None:
         super().__init__(
@@ -145,7 +96,7 @@ class Net(RegularizedModule):
             batch_mixer=BatchMixer(num_classes=classes, mixup_alpha=0.4, cutmix_alpha=0.0, prob=0.8, seed=0),
         )
         self.stem = nn.Sequential(nn.Linear(32, width), nn.BatchNorm1d(width), nn.ReLU())
-        self.blocks = nn.Sequential(*[Block(width) for _ in range(4)])
+        self.blocks = nn.Sequential(*[ResidualBlock(width) for _ in range(4)])
         self.dropout = nn.Dropout(0.1)
         self.head = nn.Linear(width, classes)
 
@@ -187,21 +138,18 @@ def main() -> int:
         ReproducibleResume(),
     ]
     for cb in callbacks:
-        guard(cb, PER_STEP_HOOKS, type(cb).__name__)
+        guard(cb, GUARDED_HOOKS, type(cb).__name__)
     model = Net()
     guard(model, MODULE_HOOKS, "Net")
     # No logger: a logging step writes its metrics with one host read by design (log_step_metrics); the
     # claim checked here is about the steps in between.
-    trainer = L.Trainer(
+    trainer = fast_trainer(
         accelerator="cpu" if CPU_MODE else "gpu",
         devices=1,
         max_epochs=4,
-        callbacks=callbacks,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         log_every_n_steps=1,
+        num_sanity_val_steps=2,  # Lightning's default: the sanity batches go through on_after_batch_transfer
+        callbacks=callbacks,
     )
     trainer.fit(
         model,

@@ -42,6 +42,7 @@ from lightning_reg.gradients.functional import (  # noqa: E402
     reduce_norms,
     scale_grads_,
 )
+from tests.helpers import fast_trainer  # noqa: E402
 
 
 def transformer(d: int = 128, layers: int = 12) -> nn.Module:
@@ -159,14 +160,10 @@ def e2e(kind: str, device: str, steps: int, batch: int, rounds: int = 3) -> dict
                     GradientClipping("norm", max_norm=1.0),
                     timer,
                 ]
-            trainer = pl.Trainer(
+            trainer = fast_trainer(
                 accelerator=device,
                 devices=1,
                 max_steps=steps,
-                logger=False,
-                enable_checkpointing=False,
-                enable_progress_bar=False,
-                enable_model_summary=False,
                 log_every_n_steps=50,
                 callbacks=cbs,
                 # the user's alternative to GradientClipping: Lightning's built-in norm clipping

@@ -15,6 +15,7 @@ import statistics
 import sys
 import time
 import warnings
+from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -26,23 +27,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 
 from benchmarks.harness import Report, time_interleaved  # noqa: E402
 from lightning_reg import OverfittingMonitor  # noqa: E402
+from tests.helpers import LossModule, fast_trainer  # noqa: E402
 
 
-class MLP(L.LightningModule):
-    def __init__(self):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(40, 256), nn.ReLU(), nn.Dropout(0.2), nn.Linear(256, 10))
-
-    def training_step(self, batch, batch_idx):
-        loss = nn.functional.cross_entropy(self.net(batch[0]), batch[1])
-        self.log("train_loss", loss, on_step=False, on_epoch=True)
-        return loss
-
-    def validation_step(self, batch, batch_idx):
-        self.log("val_loss", nn.functional.cross_entropy(self.net(batch[0]), batch[1]))
-
-    def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=1e-3)
+def mlp() -> LossModule:
+    net = nn.Sequential(nn.Linear(40, 256), nn.ReLU(), nn.Dropout(0.2), nn.Linear(256, 10))
+    return LossModule(net, partial(torch.optim.Adam, lr=1e-3))
 
 
 class TimedMonitor(OverfittingMonitor):
@@ -63,16 +53,8 @@ class TimedMonitor(OverfittingMonitor):
 
 def fit(callbacks, epochs, train, val) -> None:
     L.seed_everything(0, verbose=False)
-    trainer = L.Trainer(
-        max_epochs=epochs,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        callbacks=callbacks,
-    )
-    trainer.fit(MLP(), train, val)
+    trainer = fast_trainer(max_epochs=epochs, callbacks=callbacks)
+    trainer.fit(mlp(), train, val)
 
 
 def main() -> None:

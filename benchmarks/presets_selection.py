@@ -221,6 +221,7 @@ def run_one(setting: str, config: str, seed: int, phase: str) -> dict[str, Any]:
     from lightning.pytorch.callbacks import Callback
 
     from lightning_reg import preset_callbacks
+    from tests.helpers import fast_trainer
 
     _init_worker()
     s = SETTINGS[setting]
@@ -244,17 +245,7 @@ def run_one(setting: str, config: str, seed: int, phase: str) -> dict[str, Any]:
     dm, model = s.make(preset)
     curve = Curve()
     callbacks = [curve] + (preset_callbacks(preset, branch_ends=s.branch_ends, verbose=0) if preset else [])
-    trainer = L.Trainer(
-        max_epochs=s.max_epochs,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        callbacks=callbacks,
-    )
+    trainer = fast_trainer(max_epochs=s.max_epochs, accelerator="cpu", devices=1, callbacks=callbacks)
     start = time.perf_counter()
     trainer.fit(model, datamodule=dm)
     seconds = time.perf_counter() - start

@@ -1,4 +1,4 @@
-"""Pieces shared by the example projects: the classifier LightningModule base and the CLI factory."""
+"""Pieces shared by the example projects: the classifier LightningModule base, an MLP and the CLI factory."""
 
 from __future__ import annotations
 
@@ -27,6 +27,10 @@ class ClassifierModule(RegularizedModule):
     dropout, drop-path and mixing active; accuracy against the dominant class of a mixed target),
     ``val_loss``/``val_acc`` and ``test_loss``/``test_acc`` (plain cross entropy, so every configuration
     is measured the same way).
+
+    A subclass takes its own arguments (the network's) and passes ``**kwargs`` on to this ``__init__``:
+    LightningCLI (jsonargparse) follows ``super().__init__(**kwargs)`` to the arguments below, so a config
+    sets ``optimizer``, ``lr``, ``weight_decay``, ``lr_scheduler`` and ``preset`` on every subclass.
 
     Args:
         optimizer: callable ``params -> Optimizer`` (default AdamW).
@@ -98,6 +102,38 @@ class ClassifierModule(RegularizedModule):
 
     def test_step(self, batch: Sequence[Tensor], batch_idx: int) -> None:
         self._shared_step(batch, "test")
+
+
+class MLP(nn.Sequential):
+    """``depth`` hidden layers of ``hidden`` ReLU units with optional dropout after each, then a linear head.
+
+    Args:
+        in_features: input features.
+        num_classes: output classes.
+        hidden: hidden units per layer.
+        depth: hidden layers (0: a linear classifier).
+        dropout: dropout probability after each hidden layer (0: no ``nn.Dropout`` module).
+
+    Example:
+        >>> MLP(40, 10, hidden=32, depth=2, dropout=0.5)(torch.zeros(4, 40)).shape
+        torch.Size([4, 10])
+    """
+
+    def __init__(
+        self,
+        in_features: int = 40,
+        num_classes: int = 10,
+        hidden: int = 256,
+        depth: int = 2,
+        dropout: float = 0.0,
+    ) -> None:
+        layers: list[nn.Module] = []
+        for i in range(depth):
+            layers += [nn.Linear(in_features if i == 0 else hidden, hidden), nn.ReLU(inplace=True)]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+        layers.append(nn.Linear(hidden if depth else in_features, num_classes))
+        super().__init__(*layers)
 
 
 @torch.no_grad()

@@ -27,11 +27,12 @@ import tomllib
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
 import lightning_reg
 from lightning_reg._shared import step_logging, validation, verbosity
 from lightning_reg._shared.names import NameSelector
+from tests.helpers import classification_loader
 from tests.memory_logger import MemoryLogger
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -247,9 +248,7 @@ class _Module(lightning_reg.RegularizedModule):
 
 
 def _loader() -> DataLoader:
-    g = torch.Generator().manual_seed(0)
-    return DataLoader(TensorDataset(torch.randn(28, 4, generator=g), torch.randint(0, 2, (28,), generator=g)),
-                      batch_size=4)
+    return classification_loader(28, 4, seed=0)
 
 
 def _step_callbacks(n: int | None) -> list[Any]:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-import torch
 import torchvision
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
 from example_projects.common import ClassifierModule
@@ -60,11 +58,8 @@ class DigitsResNet(ClassifierModule):
         width: channels of the first stage (torchvision: 64).
         drop_path_rate: if > 0, :func:`~lightning_reg.add_stochastic_depth` inserts DropPath into every
             torchvision ``BasicBlock``, rates rising linearly with depth to this value.
-        optimizer: callable ``params -> Optimizer``.
-        lr: learning rate.
-        weight_decay: decay of the decayed parameter groups (None: the preset's, else 0).
-        lr_scheduler: callable ``optimizer -> scheduler``.
-        preset: regularization preset of the module side (``"mild"``, ``"medium"``, ``"strong"``).
+        **kwargs: the optimizer, learning rate, weight decay, scheduler and preset of
+            :class:`~example_projects.common.ClassifierModule`.
     """
 
     def __init__(
@@ -72,20 +67,9 @@ class DigitsResNet(ClassifierModule):
         arch: Literal["resnet18", "resnet34"] = "resnet18",
         width: int = 64,
         drop_path_rate: float = 0.0,
-        optimizer: OptimizerCallable = torch.optim.AdamW,
-        lr: float = 1e-3,
-        weight_decay: float | None = None,
-        lr_scheduler: LRSchedulerCallable | None = None,
-        preset: str | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            optimizer=optimizer,
-            lr=lr,
-            weight_decay=weight_decay,
-            lr_scheduler=lr_scheduler,
-            preset=preset,
-            num_classes=10,
-        )
+        super().__init__(num_classes=10, **kwargs)
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         self.net = resnet_for_8x8(arch, width=width)
         if drop_path_rate > 0:

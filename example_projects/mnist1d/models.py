@@ -1,14 +1,13 @@
-"""Models for MNIST-1D: a small 1-D ResNet and an MLP, as plain modules and as Lightning classifiers."""
+"""Models for MNIST-1D: a small 1-D ResNet, and Lightning classifiers with it or the shared MLP."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
-import torch
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
-from example_projects.common import ClassifierModule
+from example_projects.common import MLP, ClassifierModule
 from lightning_reg import add_stochastic_depth
 
 
@@ -76,26 +75,6 @@ class ResNet1d(nn.Module):
         return self.fc(self.pool(x).flatten(1))
 
 
-class MLP(nn.Sequential):
-    """``depth`` hidden layers of ``hidden`` ReLU units with optional dropout, for ``(batch, 40)`` inputs."""
-
-    def __init__(
-        self,
-        in_features: int = 40,
-        num_classes: int = 10,
-        hidden: int = 256,
-        depth: int = 2,
-        dropout: float = 0.0,
-    ) -> None:
-        layers: list[nn.Module] = []
-        for i in range(depth):
-            layers += [nn.Linear(in_features if i == 0 else hidden, hidden), nn.ReLU(inplace=True)]
-            if dropout > 0:
-                layers.append(nn.Dropout(dropout))
-        layers.append(nn.Linear(hidden if depth else in_features, num_classes))
-        super().__init__(*layers)
-
-
 class ResNet1dClassifier(ClassifierModule):
     """MNIST-1D classifier with a :class:`ResNet1d`.
 
@@ -105,11 +84,8 @@ class ResNet1dClassifier(ClassifierModule):
         drop_path_rate: if > 0, :func:`~lightning_reg.add_stochastic_depth` inserts DropPath at the end
             of every residual branch, rates rising linearly with depth to this value (a
             :class:`~lightning_reg.StochasticDepthScheduler` can then reschedule them).
-        optimizer: callable ``params -> Optimizer``.
-        lr: learning rate.
-        weight_decay: decay of the decayed parameter groups (None: the preset's, else 0).
-        lr_scheduler: callable ``optimizer -> scheduler``.
-        preset: regularization preset of the module side (``"mild"``, ``"medium"``, ``"strong"``).
+        **kwargs: the optimizer, learning rate, weight decay, scheduler and preset of
+            :class:`~example_projects.common.ClassifierModule`.
     """
 
     def __init__(
@@ -117,20 +93,9 @@ class ResNet1dClassifier(ClassifierModule):
         widths: Sequence[int] = (32, 64, 128),
         blocks_per_stage: int = 2,
         drop_path_rate: float = 0.0,
-        optimizer: OptimizerCallable = torch.optim.AdamW,
-        lr: float = 1e-3,
-        weight_decay: float | None = None,
-        lr_scheduler: LRSchedulerCallable | None = None,
-        preset: str | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            optimizer=optimizer,
-            lr=lr,
-            weight_decay=weight_decay,
-            lr_scheduler=lr_scheduler,
-            preset=preset,
-            num_classes=10,
-        )
+        super().__init__(num_classes=10, **kwargs)
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         self.net = ResNet1d(10, tuple(widths), blocks_per_stage)
         if drop_path_rate > 0:
@@ -138,37 +103,17 @@ class ResNet1dClassifier(ClassifierModule):
 
 
 class MLPClassifier(ClassifierModule):
-    """MNIST-1D classifier with an :class:`MLP`.
+    """MNIST-1D classifier with an :class:`~example_projects.common.MLP`.
 
     Args:
         hidden: hidden units per layer.
         depth: hidden layers.
         dropout: dropout probability after each hidden layer.
-        optimizer: callable ``params -> Optimizer``.
-        lr: learning rate.
-        weight_decay: decay of the decayed parameter groups (None: the preset's, else 0).
-        lr_scheduler: callable ``optimizer -> scheduler``.
-        preset: regularization preset of the module side (``"mild"``, ``"medium"``, ``"strong"``).
+        **kwargs: the optimizer, learning rate, weight decay, scheduler and preset of
+            :class:`~example_projects.common.ClassifierModule`.
     """
 
-    def __init__(
-        self,
-        hidden: int = 256,
-        depth: int = 2,
-        dropout: float = 0.0,
-        optimizer: OptimizerCallable = torch.optim.AdamW,
-        lr: float = 1e-3,
-        weight_decay: float | None = None,
-        lr_scheduler: LRSchedulerCallable | None = None,
-        preset: str | None = None,
-    ) -> None:
-        super().__init__(
-            optimizer=optimizer,
-            lr=lr,
-            weight_decay=weight_decay,
-            lr_scheduler=lr_scheduler,
-            preset=preset,
-            num_classes=10,
-        )
+    def __init__(self, hidden: int = 256, depth: int = 2, dropout: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(num_classes=10, **kwargs)
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         self.net = MLP(40, 10, hidden, depth, dropout)

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import torch
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from torch import nn
+from typing import Any
 
-from example_projects.common import ClassifierModule
+from example_projects.common import MLP, ClassifierModule
 
 
 class TabularMLP(ClassifierModule):
@@ -18,13 +16,11 @@ class TabularMLP(ClassifierModule):
         hidden: hidden units per layer.
         depth: hidden layers.
         dropout: dropout after each hidden layer.
-        optimizer: callable ``params -> Optimizer``.
-        lr: learning rate.
-        weight_decay: decay of the decayed parameter groups (None: the preset's, else 0).
-        lr_scheduler: callable ``optimizer -> scheduler``.
-        preset: regularization preset of the module side (``"mild"``, ``"medium"``, ``"strong"``).
+        **kwargs: the optimizer, learning rate, weight decay, scheduler and preset of
+            :class:`~example_projects.common.ClassifierModule`.
 
     Example:
+        >>> import torch
         >>> TabularMLP(hidden=16)(torch.zeros(4, 30)).shape
         torch.Size([4, 2])
     """
@@ -36,25 +32,8 @@ class TabularMLP(ClassifierModule):
         hidden: int = 256,
         depth: int = 3,
         dropout: float = 0.0,
-        optimizer: OptimizerCallable = torch.optim.AdamW,
-        lr: float = 1e-3,
-        weight_decay: float | None = None,
-        lr_scheduler: LRSchedulerCallable | None = None,
-        preset: str | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            optimizer=optimizer,
-            lr=lr,
-            weight_decay=weight_decay,
-            lr_scheduler=lr_scheduler,
-            preset=preset,
-            num_classes=num_classes,
-        )
+        super().__init__(num_classes=num_classes, **kwargs)
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
-        layers: list[nn.Module] = []
-        for i in range(depth):
-            layers += [nn.Linear(in_features if i == 0 else hidden, hidden), nn.ReLU(inplace=True)]
-            if dropout > 0:
-                layers.append(nn.Dropout(dropout))
-        layers.append(nn.Linear(hidden if depth else in_features, num_classes))
-        self.net = nn.Sequential(*layers)
+        self.net = MLP(in_features, num_classes, hidden, depth, dropout)

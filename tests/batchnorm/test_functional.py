@@ -21,13 +21,11 @@ from lightning_reg.batchnorm.functional import (
     unfreeze_batchnorm,
 )
 from tests.distributed.launch import run_ddp_script
+from tests.helpers import BatchNormRecorder, conv_bn_net, fast_trainer
 
 
 def _convnet() -> nn.Sequential:
-    torch.manual_seed(0)
-    net = nn.Sequential(
-        nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3)
-    )
+    net = conv_bn_net()
     net.train()
     for _ in range(3):  # give the running statistics non-trivial values
         net(torch.randn(8, 2, 4, 4) * 3 + 1)
@@ -138,28 +136,13 @@ def test_torchvision_resnet_all_layers():
 # --- the callback in a real fit -----------------------------------------------------------------------
 
 
-class _Net(L.LightningModule):
+class _Net(BatchNormRecorder):
     def __init__(self):
-        super().__init__()
-        self.net = _convnet()
-        self.snapshots: dict[int, dict[str, torch.Tensor]] = {}
-        self.bn_training: list[bool] = []
-
-    def training_step(self, batch, batch_idx):
-        self.bn_training.append(self.net[1].training)
-        x, y = batch
-        return nn.functional.cross_entropy(self.net(x), y)
+        super().__init__(_convnet())
 
     def validation_step(self, batch, batch_idx):
         x, y = batch
         self.log("val_loss", nn.functional.cross_entropy(self.net(x), y))
-
-    def on_train_epoch_end(self):
-        self.snapshots[self.current_epoch] = {k: v.detach().clone() for k, v in self.state_dict().items()}
-
-    def configure_optimizers(self):
-        # momentum and weight decay: a frozen parameter with a zero (not None) gradient would still move
-        return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9, weight_decay=0.1)
 
 
 def _loader():
@@ -171,13 +154,8 @@ def _loader():
 def _fit(tmp_path, max_epochs, ckpt_path=None, **kw):
     L.seed_everything(0)
     model = _Net()
-    trainer = L.Trainer(
+    trainer = fast_trainer(
         max_epochs=max_epochs,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
         accelerator="cpu",
         devices=1,
         deterministic=True,
@@ -216,32 +194,9 @@ def test_callback_resume_matches_uninterrupted(tmp_path):
         assert torch.equal(a, b), k
 
 
-def test_callback_modules_restricts_the_freeze(tmp_path):
-    class TwoPart(L.LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.backbone = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))
-            self.head = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
-
-        def training_step(self, batch, batch_idx):
-            x, y = batch
-            return nn.functional.cross_entropy(self.head(self.backbone(x)), y)
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.1)
-
-    model = TwoPart()
-    data = DataLoader(TensorDataset(torch.randn(16, 4), torch.randint(0, 2, (16,))), batch_size=8)
-    trainer = L.Trainer(
-        max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[FreezeBatchNorm(modules=["backbone"])],
-        default_root_dir=tmp_path,
-    )
-    trainer.fit(model, data)
+def test_callback_modules_restricts_the_freeze():
+    model = _Parts()
+    _bn_fit(model, FreezeBatchNorm(modules=["backbone"]))
     assert is_frozen_batchnorm(model.backbone[1]) and not is_frozen_batchnorm(model.head[1])
     assert model.head[1].num_batches_tracked.item() == 2 and model.backbone[1].num_batches_tracked.item() == 0
 
@@ -331,10 +286,7 @@ def test_children_of_a_frozen_layer_follow_train_and_eval():
 
 def _bn_fit(model, callback, caplog=None):
     data = DataLoader(TensorDataset(torch.randn(16, 4), torch.randint(0, 2, (16,))), batch_size=8)
-    trainer = L.Trainer(
-        max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, callbacks=[callback],
-    )
+    trainer = fast_trainer(max_epochs=1, callbacks=[callback])
     trainer.fit(model, data)
     return trainer
 
@@ -394,9 +346,9 @@ def test_callback_keeps_frozen_statistics_through_stochastic_weight_averaging(tm
     model = _Parts()
     at_freeze = AtFreeze()
     data = DataLoader(TensorDataset(torch.randn(16, 4) * 3 + 1, torch.randint(0, 2, (16,))), batch_size=8)
-    trainer = L.Trainer(
-        max_epochs=4, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, default_root_dir=tmp_path,
+    trainer = fast_trainer(
+        max_epochs=4,
+        default_root_dir=tmp_path,
         callbacks=[FreezeBatchNorm(epoch=1, verbose=0), at_freeze, StochasticWeightAveraging(0.05, 2)],
     )
     trainer.fit(model, data)

@@ -19,30 +19,17 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_reg import EarlyStopping
-
-SCALES = [3.0, 2.0, 1.2, 1.0, 1.6, 2.4, 3.2, 4.0, 5.0, 6.0]
-
-
-def _data(n: int, seed: int):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 4, generator=g)
-    return x, x @ torch.tensor([[1.0], [-2.0], [0.5], [1.5]])
+from tests.helpers import ScaledRegression, ValidationRecorder, fast_trainer
 
 
-class Model(L.LightningModule):
+class Model(ScaledRegression):
     def __init__(self, sync_dist: bool) -> None:
-        super().__init__()
+        super().__init__(n_train=128, n_val=64)
         self.sync_dist = sync_dist
-        self.net = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 1))
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return nn.functional.mse_loss(self.net(x), y * SCALES[self.current_epoch])
 
     def validation_step(self, batch, batch_idx):
         x, y = batch
@@ -50,43 +37,20 @@ class Model(L.LightningModule):
         loss = nn.functional.mse_loss(self.net(x), y) * (1.0 + self.global_rank)
         self.log("val_loss", loss, sync_dist=self.sync_dist)
 
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.03)
-
-    def train_dataloader(self):
-        return DataLoader(TensorDataset(*_data(128, 0)), batch_size=16)
-
-    def val_dataloader(self):
-        return DataLoader(TensorDataset(*_data(64, 1)), batch_size=16)
-
-
-class Recorder(Callback):
-    def __init__(self) -> None:
-        self.records = []
-
-    def on_validation_end(self, trainer, pl_module):
-        if not trainer.sanity_checking:
-            value = trainer.callback_metrics["val_loss"].item()
-            self.records.append((trainer.current_epoch, value, copy.deepcopy(pl_module.state_dict())))
-
 
 def run(out: Path, scenario: str) -> None:
     L.seed_everything(0)
     sync = scenario == "checkpoint"
-    model, rec = Model(sync_dist=sync), Recorder()
+    model, rec = Model(sync_dist=sync), ValidationRecorder()
     es = EarlyStopping("val_loss", patience=2, snapshot="checkpoint" if sync else "cpu")
     callbacks = [rec, es]
     if sync:
         callbacks.append(ModelCheckpoint(dirpath=out / "ckpt", monitor="val_loss", save_top_k=1))
-    trainer = L.Trainer(
+    trainer = fast_trainer(
         accelerator="cpu",
         devices=2,
         strategy="ddp",
         max_epochs=10,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
         enable_checkpointing=sync,
         default_root_dir=str(out),
         callbacks=callbacks,

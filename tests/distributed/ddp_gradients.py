@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from lightning_reg import GradientClipping, GradientMonitor
+from tests.helpers import fast_trainer
 
 STEPS = 6
 
@@ -66,15 +67,11 @@ def run(devices: int, batch_size: int) -> dict[str, Any]:
     monitor = GradientMonitor(log_every_n_steps=1)
     clip = GradientClipping("zclip", zclip_warmup_steps=1, zclip_z_thresh=1.0, log_every_n_steps=1)
     rec = Record(monitor, clip)
-    trainer = pl.Trainer(
+    trainer = fast_trainer(
         accelerator="cpu",
         devices=devices,
         strategy="ddp" if devices > 1 else "auto",
         max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         use_distributed_sampler=False,
         callbacks=[monitor, clip, rec],
     )

@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_reg import DecayRule, RegularizedModule
+from tests.helpers import LMBlock, TinyLMModule, fast_trainer
 
 LR, WD, STEPS = 0.01, 0.1, 8
 
@@ -55,17 +56,7 @@ def main(out_dir: Path) -> None:
     L.seed_everything(0)
     model = Net()
     idle0 = model.idle.weight.detach().clone()
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=2,
-        strategy="ddp",
-        max_epochs=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
+    trainer = fast_trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=2)
     trainer.fit(model)
     groups = [
         {k: g[k] for k in ("name", "param_names", "lr", "initial_lr", "weight_decay", "layer_id")}
@@ -77,7 +68,6 @@ def main(out_dir: Path) -> None:
     from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
     from lightning_reg import weight_decay_param_groups
-    from tests.module.test_regularized import LMBlock, TinyLMModule
 
     lm = TinyLMModule()
     rule = DecayRule(embeddings=True)

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_reg import OverfittingMonitor
+from tests.helpers import DropoutClassifier, fast_trainer, threshold_data
 
 VAL = {  # per rank, per epoch
     0: [1.0, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5],
@@ -55,18 +56,7 @@ def run(out_dir: Path, name: str, val, **monitor_kw) -> None:
     monitor = OverfittingMonitor(
         {"loss": ("train_loss", "val_loss")}, action="stop", verbose=False, **monitor_kw
     )
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=2,
-        strategy="ddp",
-        max_epochs=8,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        callbacks=[monitor],
-    )
+    trainer = fast_trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=8, callbacks=[monitor])
     data = TensorDataset(torch.randn(8, 2, generator=torch.Generator().manual_seed(0)))
     trainer.fit(RankScripted(val), DataLoader(data, batch_size=2), DataLoader(data, batch_size=2))
     torch.save(
@@ -80,35 +70,6 @@ def run(out_dir: Path, name: str, val, **monitor_kw) -> None:
     )
 
 
-class Classifier(L.LightningModule):
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.net = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 3))
-
-    def forward(self, x):
-        return self.net(x)
-
-    def training_step(self, batch, batch_idx):
-        loss = nn.functional.cross_entropy(self(batch[0]), batch[1])
-        self.log("train_loss", loss, on_epoch=True, on_step=False, sync_dist=True)
-        return loss
-
-    def validation_step(self, batch, batch_idx):
-        logits = self(batch[0])
-        self.log("val_loss", nn.functional.cross_entropy(logits, batch[1]), sync_dist=True)
-        self.log("val_acc", (logits.argmax(-1) == batch[1]).float().mean(), sync_dist=True)
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.5)
-
-
-def probe_data():
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(30, 4, generator=g)
-    return TensorDataset(x, (x[:, 0] > 0).long() + (x[:, 1] > 0.5).long())
-
-
 def run_probe(out_dir: Path) -> None:
     monitor = OverfittingMonitor(
         {"loss": ("train_loss", "val_loss"), "acc": ("train_acc", "val_acc", "max")},
@@ -117,21 +78,11 @@ def run_probe(out_dir: Path) -> None:
         probe_metrics={"acc": MulticlassAccuracy(num_classes=3, average="micro")},
         verbose=False,
     )
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=2,
-        strategy="ddp",
-        max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        callbacks=[monitor],
-    )
-    model = Classifier()
+    trainer = fast_trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=1, callbacks=[monitor])
+    model = DropoutClassifier(sync_dist=True)
     # batch 4 over a 15-sample shard per rank: uneven last batches
-    trainer.fit(model, DataLoader(probe_data(), batch_size=4), DataLoader(probe_data(), batch_size=5))
+    data = threshold_data(30, 0)
+    trainer.fit(model, DataLoader(data, batch_size=4), DataLoader(data, batch_size=5))
     torch.save(
         {"history": monitor.history, "state_dict": model.state_dict()},
         out_dir / f"probe_rank{trainer.global_rank}.pt",

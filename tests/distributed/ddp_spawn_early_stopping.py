@@ -16,21 +16,17 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback
 
 from lightning_reg import EarlyStopping
 from tests.distributed.ddp_early_stopping import Model
 from tests.distributed.launch import DestroyProcessGroup
+from tests.helpers import ValidationRecorder, fast_trainer
 
 
-class FileRecorder(Callback):
+class FileRecorder(ValidationRecorder):
     def __init__(self, out: Path) -> None:
-        self.out, self.records = out, []
-
-    def on_validation_end(self, trainer, pl_module):
-        if not trainer.sanity_checking:
-            value = trainer.callback_metrics["val_loss"].item()
-            self.records.append((trainer.current_epoch, value, copy.deepcopy(pl_module.state_dict())))
+        super().__init__()
+        self.out = out
 
     def on_train_end(self, trainer, pl_module):
         (es,) = [c for c in trainer.callbacks if isinstance(c, EarlyStopping)]
@@ -50,16 +46,11 @@ def main(out: Path) -> None:
     L.seed_everything(0)
     model = Model(sync_dist=False)
     es = EarlyStopping("val_loss", patience=2, verbose=0)
-    trainer = L.Trainer(
+    trainer = fast_trainer(
         accelerator="cpu",
         devices=2,
         strategy="ddp_spawn",
         max_epochs=10,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
         callbacks=[FileRecorder(out), es, DestroyProcessGroup()],
     )
     trainer.fit(model)

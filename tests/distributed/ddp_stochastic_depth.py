@@ -2,7 +2,7 @@
 
 Usage: ``python ddp_stochastic_depth.py OUT_DIR``; each rank writes ``OUT_DIR/rank{r}.pt`` with the rates it
 saw per step, its final weights and the DDP settings. Started by
-``tests/test_stochastic_depth_callback.py::test_ddp_two_cpu_processes_without_find_unused_parameters``.
+``tests/stochastic_depth/test_callback.py::test_ddp_two_cpu_processes_without_find_unused_parameters``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from lightning_reg import StochasticDepthScheduler  # noqa: E402
-from tests.stochastic_depth.test_callback import LitClassifier, RateRecorder, ResMLP, loader  # noqa: E402
+from tests.helpers import LitClassifier, RateRecorder, ResMLP, classification_loader, fast_trainer  # noqa: E402
 
 
 def main(out_dir: Path) -> None:
@@ -27,20 +27,9 @@ def main(out_dir: Path) -> None:
     init = {k: v.detach().clone() for k, v in model.state_dict().items()}
     cb = StochasticDepthScheduler(max_rate=0.3, rule="huang", schedule="warmup", cutoff=3)
     rec = RateRecorder()
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=2,
-        strategy="ddp",
-        max_epochs=2,
-        callbacks=[cb, rec],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
+    trainer = fast_trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=2, callbacks=[cb, rec])
     lit = LitClassifier(model)
-    trainer.fit(lit, loader(32, 4))  # 16 samples per rank, 4 per batch -> 4 steps per epoch
+    trainer.fit(lit, classification_loader(32, 4))  # 16 samples per rank, 4 per batch -> 4 steps per epoch
     out = {
         "rank": trainer.global_rank,
         "world_size": trainer.world_size,

@@ -51,6 +51,7 @@ from lightning_reg import (
     StochasticDepthScheduler,
 )
 from lightning_reg.penalties import WeightPenalty
+from tests.helpers import ResidualBlock, fast_trainer, teacher_data  # noqa: E402
 from tests.memory_logger import MemoryLogger  # noqa: E402
 
 IN, WIDTH, CLASSES = 8, 16, 4
@@ -68,22 +69,7 @@ class CPUFSDP(FSDPStrategy):
 
 
 def make_data() -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    g = torch.Generator().manual_seed(0)
-    teacher = torch.randn(IN, CLASSES, generator=g)
-    x = torch.randn(N_TRAIN + N_VAL, IN, generator=g)
-    y = (x @ teacher + 2.0 * torch.randn(N_TRAIN + N_VAL, CLASSES, generator=g)).argmax(1)
-    return x[:N_TRAIN], y[:N_TRAIN], x[N_TRAIN:], y[N_TRAIN:]
-
-
-class Block(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(WIDTH)
-        self.fc = nn.Linear(WIDTH, WIDTH)
-        self.drop_path = DropPath(0.0)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x + self.drop_path(torch.relu(self.fc(self.norm(x))))
+    return teacher_data(N_TRAIN, N_VAL, IN, CLASSES, noise=2.0)
 
 
 class Net(RegularizedModule):
@@ -99,7 +85,7 @@ class Net(RegularizedModule):
         )
         torch.manual_seed(0)
         self.stem = nn.Sequential(nn.Linear(IN, WIDTH), nn.BatchNorm1d(WIDTH), nn.ReLU())
-        self.blocks = nn.Sequential(*[Block() for _ in range(3)])
+        self.blocks = nn.Sequential(*[ResidualBlock(WIDTH) for _ in range(3)])
         self.dropout = nn.Dropout(0.1)
         self.head = nn.Linear(WIDTH, CLASSES)
 
@@ -191,7 +177,7 @@ def fit(
     if save:
         extra.append(ModelCheckpoint(out, "ep{epoch}", save_top_k=-1, auto_insert_metric_name=False))
     logger = MemoryLogger()
-    trainer = L.Trainer(
+    trainer = fast_trainer(
         accelerator="cpu",
         devices=2,
         strategy=strategy,
@@ -200,9 +186,6 @@ def fit(
         logger=logger,
         log_every_n_steps=1,
         enable_checkpointing=save,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
         deterministic=True,
     )
     model = Net()

@@ -32,69 +32,7 @@ from lightning_reg.early_stopping.snapshot import (
     is_sharded_module,
     local_snapshot_tensors,
 )
-
-# Training targets are scaled per epoch; validation targets are not. Validation loss is therefore
-# lowest around the epoch trained at scale 1 and worse before and after it.
-SCALES = [3.0, 2.0, 1.2, 1.0, 1.6, 2.4, 3.2, 4.0, 5.0, 6.0]
-
-
-def _data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 4, generator=g)
-    w = torch.tensor([[1.0], [-2.0], [0.5], [1.5]])
-    return x, x @ w
-
-
-class ScaledRegression(L.LightningModule):
-    def __init__(self, nan_from_epoch: int | None = None, hidden: int = 8) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(4, hidden), nn.BatchNorm1d(hidden), nn.Linear(hidden, 1))
-        self.nan_from_epoch = nan_from_epoch
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        scale = SCALES[min(self.current_epoch, len(SCALES) - 1)]
-        return nn.functional.mse_loss(self.net(x), y * scale)
-
-    def validation_step(self, batch, batch_idx):
-        x, y = batch
-        loss = nn.functional.mse_loss(self.net(x), y)
-        fitting = self.trainer.state.fn == "fit"
-        if fitting and self.nan_from_epoch is not None and self.current_epoch >= self.nan_from_epoch:
-            loss = loss + float("nan")
-        self.log("val_loss", loss)
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.03)
-
-    def train_dataloader(self):
-        return DataLoader(TensorDataset(*_data(64, 0)), batch_size=16)
-
-    def val_dataloader(self):
-        return DataLoader(TensorDataset(*_data(32, 1)), batch_size=16)
-
-
-class Recorder(Callback):
-    """Deep copy of the weights and the monitored value after every validation during fit."""
-
-    def __init__(self) -> None:
-        self.records: list[tuple[int, float, dict[str, torch.Tensor]]] = []
-
-    def on_validation_end(self, trainer, pl_module):
-        if trainer.sanity_checking:
-            return
-        value = trainer.callback_metrics["val_loss"].item()
-        self.records.append((trainer.current_epoch, value, copy.deepcopy(pl_module.state_dict())))
-
-    def expected_best(self, start_from_epoch: int = 0) -> tuple[int, float, dict[str, torch.Tensor]]:
-        best = None
-        for rec in self.records:  # first strict minimum among finite values
-            if rec[0] < start_from_epoch or rec[1] != rec[1]:
-                continue
-            if best is None or rec[1] < best[1]:
-                best = rec
-        assert best is not None
-        return best
+from tests.helpers import ScaledRegression, ValidationRecorder, fast_trainer
 
 
 class StopAt(Callback):
@@ -116,19 +54,10 @@ class InterruptAt(Callback):
 
 
 def _trainer(callbacks, tmp_path=None, **kwargs) -> L.Trainer:
-    opts = dict(
-        max_epochs=10,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        deterministic=True,
-    )
+    opts: dict = dict(max_epochs=10, deterministic=True)
     if tmp_path is not None:
         opts.update(enable_checkpointing=True, default_root_dir=str(tmp_path))
-    opts.update(kwargs)
-    return L.Trainer(callbacks=callbacks, **opts)
+    return fast_trainer(callbacks=callbacks, **{**opts, **kwargs})
 
 
 def _assert_restored(model, trainer, es, rec, start_from_epoch: int = 0) -> None:
@@ -152,7 +81,7 @@ def _assert_restored(model, trainer, es, rec, start_from_epoch: int = 0) -> None
 @pytest.mark.parametrize("snapshot", ["cpu", "device"])
 def test_patience_restores_best(snapshot, check_on_train_epoch_end):
     L.seed_everything(0)
-    model, rec = ScaledRegression(), Recorder()
+    model, rec = ScaledRegression(), ValidationRecorder()
     es = EarlyStopping(
         "val_loss", patience=2, snapshot=snapshot, check_on_train_epoch_end=check_on_train_epoch_end
     )
@@ -165,7 +94,7 @@ def test_patience_restores_best(snapshot, check_on_train_epoch_end):
 
 def test_checkpoint_mode_restores_best(tmp_path):
     L.seed_everything(0)
-    model, rec = ScaledRegression(), Recorder()
+    model, rec = ScaledRegression(), ValidationRecorder()
     es = EarlyStopping("val_loss", patience=2, snapshot="checkpoint")
     ckpt = ModelCheckpoint(dirpath=tmp_path, monitor="val_loss", mode="min", save_top_k=1)
     trainer = _trainer([rec, es, ckpt], tmp_path)
@@ -190,7 +119,7 @@ def test_every_end_reason_restores_best(reason, kwargs, extra, trainer_kwargs):
     # Reference run without stopping to learn the validation curve (for the thresholds)
     if reason in ("stopping_threshold", "divergence_threshold"):
         L.seed_everything(0)
-        probe = Recorder()
+        probe = ValidationRecorder()
         _trainer([probe], max_epochs=8).fit(ScaledRegression())
         values = [v for _, v, _ in probe.records]
         best = min(values)
@@ -205,7 +134,7 @@ def test_every_end_reason_restores_best(reason, kwargs, extra, trainer_kwargs):
             kwargs = {"divergence_threshold": (worst_before + later) / 2, "patience": 100}
     L.seed_everything(0)
     model = ScaledRegression(nan_from_epoch=5 if reason == "non_finite" else None)
-    rec = Recorder()
+    rec = ValidationRecorder()
     es = EarlyStopping("val_loss", **kwargs)
     callbacks = [rec, es] + ([extra] if extra is not None else [])
     trainer = _trainer(callbacks, **trainer_kwargs)
@@ -240,7 +169,7 @@ def test_every_end_reason_restores_best(reason, kwargs, extra, trainer_kwargs):
 
 def test_start_from_epoch():
     L.seed_everything(0)
-    model, rec = ScaledRegression(), Recorder()
+    model, rec = ScaledRegression(), ValidationRecorder()
     es = EarlyStopping("val_loss", patience=2, start_from_epoch=4)
     trainer = _trainer([rec, es])
     trainer.fit(model)
@@ -327,7 +256,7 @@ def test_reused_instance_starts_fresh_unless_resuming(tmp_path):
     # a fresh model of the same shapes: the instance must not carry the first fit's best score or weights
     for i, hidden in enumerate([8, 5]):  # the same shapes, then other shapes
         torch.manual_seed(100 + i)
-        model, rec = ScaledRegression(hidden=hidden), Recorder()
+        model, rec = ScaledRegression(hidden=hidden), ValidationRecorder()
         trainer = _trainer([rec, es])
         trainer.fit(model)
         assert len(rec.records) > 1  # not stopped after one epoch by the first fit's best score
@@ -393,7 +322,7 @@ def test_best_epoch_is_logged_and_monitorable():
     from tests.memory_logger import MemoryLogger
 
     L.seed_everything(0)
-    model, rec, logger = ScaledRegression(), Recorder(), MemoryLogger()
+    model, rec, logger = ScaledRegression(), ValidationRecorder(), MemoryLogger()
     es = EarlyStopping("val_loss", patience=2, verbose=0)
     trainer = _trainer([rec, es], logger=logger)
     trainer.fit(model)
@@ -417,7 +346,7 @@ def _entries(path) -> tuple[dict, object, dict]:
 
 def test_checkpoint_holds_the_weights_once_and_only_where_needed(tmp_path):
     L.seed_everything(0)
-    model, rec = ScaledRegression(), Recorder()
+    model, rec = ScaledRegression(), ValidationRecorder()
     es = EarlyStopping("val_loss", patience=3, verbose=0)
     every = ModelCheckpoint(dirpath=tmp_path, filename="{epoch}", save_top_k=-1)
     _trainer([rec, es, every], tmp_path).fit(model)
@@ -471,7 +400,7 @@ def test_no_per_step_hooks():
 
 def test_no_restore_when_disabled():
     L.seed_everything(0)
-    model, rec = ScaledRegression(), Recorder()
+    model, rec = ScaledRegression(), ValidationRecorder()
     es = EarlyStopping("val_loss", patience=2, restore_best_weights=False)
     _trainer([rec, es]).fit(model)
     assert not es.restored and not es._weights.has_value
@@ -607,7 +536,7 @@ def test_agree_on_score():
 @pytest.mark.parametrize("snapshot", ["cpu", "device"])
 def test_cuda_snapshot_modes(snapshot):
     L.seed_everything(0)
-    model, rec = ScaledRegression(), Recorder()
+    model, rec = ScaledRegression(), ValidationRecorder()
     es = EarlyStopping("val_loss", patience=2, snapshot=snapshot)
     trainer = _trainer([rec, es], accelerator="cuda", devices=1, deterministic=False)
     trainer.fit(model)
@@ -626,7 +555,7 @@ def _full_state(trainer) -> dict[str, torch.Tensor]:
     }
 
 
-class StrategyRecorder(Recorder):
+class StrategyRecorder(ValidationRecorder):
     def on_validation_end(self, trainer, pl_module):
         if not trainer.sanity_checking:
             value = trainer.callback_metrics["val_loss"].item()
@@ -685,7 +614,7 @@ def test_mid_epoch_validation_snapshots_the_validated_weights():
     # two validations per epoch (after batches 2 and 4): Lightning then checks after validation, and the
     # snapshot must be the weights of the best validation, even when that one ran mid-epoch
     L.seed_everything(0)
-    model, rec = ScaledRegression(), Recorder()
+    model, rec = ScaledRegression(), ValidationRecorder()
     es = EarlyStopping("val_loss", patience=3)
     trainer = _trainer([rec, es], val_check_interval=2)
     trainer.fit(model)

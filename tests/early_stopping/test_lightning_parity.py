@@ -28,6 +28,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning_reg import EarlyStopping
 from lightning_reg._shared.lightning_compat import LIGHTNING_TRACKS_STOPPING_REASON, EarlyStoppingReason
 from lightning_reg.early_stopping import callback as early_stopping_callback
+from tests.helpers import fast_trainer
 
 CLASSES = [EarlyStopping, LightningEarlyStopping]
 
@@ -38,18 +39,8 @@ def _has_reasons(cls) -> bool:
 
 
 def _trainer(callbacks, **kwargs) -> L.Trainer:
-    opts = dict(
-        max_epochs=10,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_train_batches=2,
-        limit_val_batches=1,
-    )
-    opts.update(kwargs)
-    return L.Trainer(callbacks=callbacks, **opts)
+    opts = dict(max_epochs=10, limit_train_batches=2, limit_val_batches=1)
+    return fast_trainer(callbacks=callbacks, **{**opts, **kwargs})
 
 
 class ValSequence(BoringModel):

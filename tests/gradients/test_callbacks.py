@@ -12,13 +12,13 @@ import pytest
 import torch
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_reg.gradients.functional as G
 from lightning_reg import GradientClipping, GradientMonitor
 from tests.distributed import ddp_gradients
 from tests.distributed.launch import run_ddp_script
+from tests.helpers import SyncCounter, fast_trainer
 from tests.memory_logger import MemoryLogger
 
 
@@ -75,15 +75,10 @@ def _trainer(callbacks: list[Any], logger: Any = None, **kw: Any) -> pl.Trainer:
         accelerator="cpu",
         devices=1,
         logger=logger if logger is not None else False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
         log_every_n_steps=1,
         callbacks=callbacks,
     )
-    args.update(kw)
-    return pl.Trainer(**args)
+    return fast_trainer(**{**args, **kw})
 
 
 def _fit(model: Net, callbacks: list[Any], batch_size: int = 8, logger: Any = None, **kw: Any) -> pl.Trainer:
@@ -175,64 +170,31 @@ def test_accumulation_one_measurement_per_optimizer_step_of_summed_gradient() ->
     assert float(series[0][1]) == pytest.approx(float(expected), rel=1e-5)
 
 
-class CountSyncs(TorchDispatchMode):
-    """Counts host-device synchronisation points (see TESTING.md)."""
-
-    SYNC_OPS = ("_local_scalar_dense", "nonzero", "equal", "is_nonzero")
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        if any(name in str(func) for name in self.SYNC_OPS):
-            self.count += 1
-        return func(*args, **(kwargs or {}))
-
-
-def _count_syncs(callbacks: list[Any], monkeypatch: pytest.MonkeyPatch, log_every_n_steps: int = 1) -> int:
-    mode = CountSyncs()
-    real_tolist = torch.Tensor.tolist
-    real_tensor = torch.tensor
-
-    def tolist(self: torch.Tensor) -> Any:
-        mode.count += 1
-        return real_tolist(self)
-
-    def tensor(data: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
-        if isinstance(data, (list, tuple)) and any(isinstance(d, torch.Tensor) for d in data):
-            mode.count += 1
-        return real_tensor(data, *args, **kwargs)
-
+def _count_syncs(callbacks: list[Any], log_every_n_steps: int = 1) -> int:
     torch.manual_seed(0)
     model = Net()
     trainer = _trainer(callbacks, logger=MemoryLogger(), max_steps=4, log_every_n_steps=log_every_n_steps)
     loader = DataLoader(_data(), batch_size=8)
-    with monkeypatch.context() as m:
-        m.setattr(torch.Tensor, "tolist", tolist)
-        m.setattr(torch, "tensor", tensor)
-        with mode:
-            trainer.fit(model, loader)
-    return mode.count
+    with SyncCounter() as counter:
+        trainer.fit(model, loader)
+    return counter.count
 
 
-def test_host_syncs_only_on_logging_steps_one_per_callback_for_every_algorithm(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_host_syncs_only_on_logging_steps_one_per_callback_for_every_algorithm() -> None:
     """Clipping and measuring never sync; writing the logged values costs one sync per logging step."""
-    baseline = _count_syncs([], monkeypatch)
+    baseline = _count_syncs([])
     for algorithm in ("norm", "value", "agc", "autoclip", "zclip"):
         cbs = [GradientMonitor(group_by="module", log_ratios=True), GradientClipping(algorithm)]
-        assert _count_syncs(cbs, monkeypatch, log_every_n_steps=0) == baseline, algorithm
+        assert _count_syncs(cbs, log_every_n_steps=0) == baseline, algorithm
         cbs = [GradientMonitor(group_by="module", log_ratios=True), GradientClipping(algorithm)]
-        assert _count_syncs(cbs, monkeypatch, log_every_n_steps=2) == baseline + 2 * 2, algorithm
+        assert _count_syncs(cbs, log_every_n_steps=2) == baseline + 2 * 2, algorithm
 
     # sanity: the counter does see a sync when one is made
     class Syncing(pl.Callback):
         def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
             float(next(pl_module.parameters()).grad.sum())
 
-    assert _count_syncs([Syncing()], monkeypatch) == baseline + 4
+    assert _count_syncs([Syncing()]) == baseline + 4
 
 
 @pytest.mark.parametrize("algorithm", ["autoclip", "zclip"])

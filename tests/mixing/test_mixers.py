@@ -10,6 +10,7 @@ from torchvision.transforms.v2 import CutMix, MixUp
 from lightning_reg import BatchMixer, BatchMixingMixin, cutmix, mixup
 from lightning_reg.mixing import soft_target_cross_entropy
 from lightning_reg.mixing.mixers import MixParams, cutmix_box, soft_targets
+from tests.helpers import SyncCounter, fast_trainer
 
 
 def _tv_transform(tv, inpt, params):
@@ -212,16 +213,9 @@ def _data():
 
 
 def _trainer(tmp_path, max_epochs, **kw):
-    return L.Trainer(
-        max_epochs=max_epochs,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        accelerator="cpu",
-        devices=1,
-        default_root_dir=tmp_path,
-        deterministic=True,
+    kw.setdefault("enable_checkpointing", True)
+    return fast_trainer(
+        max_epochs=max_epochs, accelerator="cpu", devices=1, default_root_dir=tmp_path, deterministic=True,
         **kw,
     )
 
@@ -316,12 +310,10 @@ def test_mixin_resume_matches_uninterrupted(tmp_path):
 
 
 def test_mixing_does_not_sync():
-    from tests.penalties.test_functional import _SyncCounter
-
     x, y = torch.randn(8, 3, 6, 6), torch.randint(0, 4, (8,))
     mixer = BatchMixer(4, mixup_alpha=1.0, cutmix_alpha=1.0, label_smoothing=0.1, seed=0)
     logits = torch.randn(8, 4)
-    with _SyncCounter() as counter:
+    with SyncCounter() as counter:
         for _ in range(6):
             xm, ym = mixer(x, y)
             soft_target_cross_entropy(logits, ym)
@@ -351,7 +343,7 @@ def test_num_classes_other_than_the_model_outputs_is_named():
             return self.mixing_loss(self.head(x), y)
 
     data = DataLoader(TensorDataset(torch.randn(8, 4), torch.randint(0, 10, (8,))), batch_size=4)
-    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer = fast_trainer(max_steps=1)
     with pytest.raises(
         ValueError, match=r"logits have 10 classes .*targets 12 .*num_classes=12.*outputs, 10"
     ):

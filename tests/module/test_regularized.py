@@ -17,22 +17,13 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_reg import DecayRule, RegularizedModule, WarmupCosineLR, weight_decay_param_groups
+from tests.helpers import LMBlock, TinyLMModule, fast_trainer
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 
 
-def fast_trainer(**kw) -> L.Trainer:
-    kw.setdefault("max_steps", 4)
-    return L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        **kw,
-    )
+def cpu_trainer(**kw) -> L.Trainer:
+    return fast_trainer(**{"max_steps": 4, "accelerator": "cpu", "devices": 1, **kw})
 
 
 def loader(n: int = 32, batch_size: int = 8) -> DataLoader:
@@ -67,7 +58,7 @@ def test_adamw_decays_exactly_the_decay_group():
     lr, wd, steps = 0.01, 0.1, 4
     model = ZeroGradNet(lr=lr, weight_decay=wd)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    fast_trainer(max_steps=steps).fit(model, loader())
+    cpu_trainer(max_steps=steps).fit(model, loader())
     expected = before["idle.weight"].clone()
     for _ in range(steps):
         expected.mul_(1 - lr * wd)  # AdamW's decoupled decay; the Adam update of a zero gradient is 0
@@ -123,7 +114,7 @@ def test_layer_decay_with_warmup_cosine_per_step_by_hand():
     lr, decay = 0.2, 0.5
     model = Stack(lr=lr, layer_decay=decay, lr_scheduler=partial(WarmupCosineLR, warmup_steps=2))
     rec = RecordLR()
-    fast_trainer(max_steps=-1, max_epochs=2, callbacks=[rec]).fit(model)  # 4 batches x 2 epochs = 8 steps
+    cpu_trainer(max_steps=-1, max_epochs=2, callbacks=[rec]).fit(model)  # 4 batches x 2 epochs = 8 steps
     groups = model.trainer.optimizers[0].param_groups
     sched = model.trainer.lr_scheduler_configs[0]
     assert sched.interval == "step" and sched.scheduler.total_steps == 8  # filled from the Trainer
@@ -145,7 +136,7 @@ def test_warmup_longer_than_the_run_fails_clearly_but_not_under_fast_dev_run():
     assert model.trainer.lr_scheduler_configs[0].scheduler.total_steps == 101
     # a real run shorter than its warm-up (4 batches x 2 epochs = 8 steps) is a configuration error
     with pytest.raises(ValueError, match=r"warmup_steps=100 .*8 optimizer steps"):
-        fast_trainer(max_steps=-1, max_epochs=2).fit(Stack(lr_scheduler=sched))
+        cpu_trainer(max_steps=-1, max_epochs=2).fit(Stack(lr_scheduler=sched))
 
 
 def test_layer_decay_with_the_optimizers_own_lr():
@@ -180,7 +171,7 @@ def test_lightning_cli_yaml_configures_optimizer_and_scheduler(monkeypatch):
 def test_group_report_one_line_by_default_table_at_verbose_2(caplog):
     model = Stack(lr=0.01)
     with caplog.at_level(logging.INFO):
-        fast_trainer(max_steps=2).fit(model)
+        cpu_trainer(max_steps=2).fit(model)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Stack:")]
     assert lines == [
         "Stack: AdamW, decay 5 tensors (wd 0.05); no_decay 11 tensors (wd 0) (verbose=2: the table)."
@@ -188,11 +179,11 @@ def test_group_report_one_line_by_default_table_at_verbose_2(caplog):
     caplog.clear()
     model.configure_regularization(lr=0.01, verbose=0)
     with caplog.at_level(logging.INFO):
-        fast_trainer(max_steps=2).fit(model)
+        cpu_trainer(max_steps=2).fit(model)
     assert not [r for r in caplog.records if r.getMessage().startswith("Stack:")]
     model.configure_regularization(lr=0.01, verbose=2)
     with caplog.at_level(logging.INFO):
-        fast_trainer(max_steps=2).fit(model)
+        cpu_trainer(max_steps=2).fit(model)
     tables = [r.getMessage() for r in caplog.records if "parameter groups" in r.getMessage()]
     assert len(tables) == 1
     lines = tables[0].splitlines()
@@ -278,9 +269,8 @@ def test_backbone_finetuning_fit_with_param_names_and_lr_monitor(tmp_path):
 
     model = Backboned(lr=0.01, weight_decay=0.2)  # AdamW; its built-in default would be 0.01
     logger = MemoryLogger()
-    trainer = L.Trainer(
-        max_epochs=3, logger=logger, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, log_every_n_steps=1, default_root_dir=tmp_path,
+    trainer = fast_trainer(
+        max_epochs=3, logger=logger, log_every_n_steps=1, default_root_dir=tmp_path,
         callbacks=[BackboneFinetuning(unfreeze_backbone_at_epoch=1), LearningRateMonitor()],
     )
     trainer.fit(model)
@@ -325,19 +315,19 @@ def test_resume_ends_where_the_uninterrupted_run_ends(tmp_path):
         return Stack(lr=0.05, layer_decay=0.7, lr_scheduler=partial(WarmupCosineLR, warmup_steps=3))
 
     full = make()
-    fast_trainer(max_steps=-1, max_epochs=2, deterministic=True).fit(full)
+    cpu_trainer(max_steps=-1, max_epochs=2, deterministic=True).fit(full)
 
     class StopAfterFirstEpoch(Callback):  # an interruption: same Trainer config, run cut short
         def on_train_epoch_end(self, trainer, pl_module):
             trainer.should_stop = True
 
     part = make()
-    trainer = fast_trainer(max_steps=-1, max_epochs=2, deterministic=True, callbacks=[StopAfterFirstEpoch()])
+    trainer = cpu_trainer(max_steps=-1, max_epochs=2, deterministic=True, callbacks=[StopAfterFirstEpoch()])
     trainer.fit(part)
     assert trainer.global_step == 4
     trainer.save_checkpoint(tmp_path / "mid.ckpt")
     resumed = make()
-    trainer = fast_trainer(max_steps=-1, max_epochs=2, deterministic=True)
+    trainer = cpu_trainer(max_steps=-1, max_epochs=2, deterministic=True)
     trainer.fit(resumed, ckpt_path=tmp_path / "mid.ckpt")
     assert trainer.lr_scheduler_configs[0].scheduler.total_steps == 8
     assert trainer.global_step == 8
@@ -377,36 +367,6 @@ def test_ddp_two_process_fit(tmp_path):
     )
 
 
-class LMBlock(nn.Module):
-    def __init__(self, d: int) -> None:
-        super().__init__()
-        self.norm = nn.RMSNorm(d)
-        self.fc = nn.Linear(d, d)
-
-    def forward(self, x):
-        return x + self.fc(self.norm(x))
-
-
-class TinyLMModule(RegularizedModule):
-    def __init__(self) -> None:
-        super().__init__(lr=1e-3, weight_decay=0.1, decay_rule=DecayRule(embeddings=True))
-        self.tok = nn.Embedding(32, 16)
-        self.blocks = nn.ModuleList(LMBlock(16) for _ in range(2))
-        self.norm = nn.RMSNorm(16)
-        self.lm_head = nn.Linear(16, 32, bias=False)
-        self.lm_head.weight = self.tok.weight
-
-    def training_step(self, batch, batch_idx):
-        (x,) = batch
-        h = self.tok(x)
-        for blk in self.blocks:
-            h = blk(h)
-        return nn.functional.cross_entropy(self.lm_head(self.norm(h)).flatten(0, 1), x.flatten())
-
-    def train_dataloader(self):
-        return DataLoader(TensorDataset(torch.randint(0, 32, (16, 8))), batch_size=4)
-
-
 @pytest.mark.gpu
 @pytest.mark.timeout(300)
 def test_fsdp_use_orig_params_groups_match_unsharded_classification():
@@ -415,16 +375,7 @@ def test_fsdp_use_orig_params_groups_match_unsharded_classification():
     reference = [(g["name"], g["param_names"]) for g in TinyLMModule().param_groups()]
     model = TinyLMModule()
     strategy = FSDPStrategy(use_orig_params=True, auto_wrap_policy={LMBlock})
-    trainer = L.Trainer(
-        accelerator="cuda",
-        devices=1,
-        strategy=strategy,
-        max_steps=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = fast_trainer(accelerator="cuda", devices=1, strategy=strategy, max_steps=2)
     trainer.fit(model)
     raw = [n for n, _ in model.named_parameters()]
     assert any("_fsdp_wrapped_module" in n for n in raw)  # the groups were built from wrapped names
@@ -499,7 +450,7 @@ def test_reduce_lr_on_plateau_under_the_default_interval():
             return loader(8)
 
     model = Plateau(lr=0.1, lr_scheduler=partial(torch.optim.lr_scheduler.ReduceLROnPlateau, patience=0))
-    trainer = fast_trainer(max_steps=-1, max_epochs=3, limit_train_batches=2)
+    trainer = cpu_trainer(max_steps=-1, max_epochs=3, limit_train_batches=2)
     trainer.fit(model)
     config = trainer.lr_scheduler_configs[0]
     assert config.interval == "epoch" and config.monitor == "val_loss"
@@ -521,12 +472,12 @@ def test_on_before_optimizer_step_without_super_is_refused_when_a_penalty_is_set
     model = NoSuper()
     model.weight_penalty = WeightPenalty(l2=0.1)
     with pytest.raises(RuntimeError, match=r"NoSuper.on_before_optimizer_step does not call super"):
-        fast_trainer(max_steps=1).fit(model)
+        cpu_trainer(max_steps=1).fit(model)
     model.weight_penalty = WeightPenalty(l2=0.1, automatic=False)  # nothing to skip: fine
-    fast_trainer(max_steps=1).fit(model)
+    cpu_trainer(max_steps=1).fit(model)
     model = WithSuper()
     model.weight_penalty = WeightPenalty(l2=0.1)
-    fast_trainer(max_steps=1).fit(model)
+    cpu_trainer(max_steps=1).fit(model)
 
 
 def test_layer_decay_warns_when_one_layer_id_holds_most_decayed_tensors():

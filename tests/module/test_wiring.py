@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_reg import BatchMixer, RegularizedModule
 from lightning_reg.penalties import WeightPenalty
+from tests.helpers import fast_trainer
 
 
 class Net(RegularizedModule):
@@ -43,14 +44,7 @@ def test_batch_mixer_through_constructor_mixes_training_batches_only():
     x = torch.randn(16, 3)
     y = torch.randint(0, 2, (16,))
     loader = DataLoader(TensorDataset(x, y), batch_size=8)
-    trainer = L.Trainer(
-        max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
+    trainer = fast_trainer(max_epochs=1)
     trainer.fit(net, loader)
     assert len(net.seen_targets) == 2
     for t in net.seen_targets:
@@ -107,8 +101,7 @@ def test_a_datamodule_gets_no_hook_warning_and_its_batches_are_mixed():
         net = Net(preset="medium", num_classes=2, verbose=0)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                      enable_model_summary=False).fit(net, datamodule=data)
+            fast_trainer(max_epochs=1).fit(net, datamodule=data)
         assert not [str(w.message) for w in caught if "on_after_batch_transfer" in str(w.message)]
         assert len(net.seen_targets) == 2
         for t in net.seen_targets:  # the preset's label smoothing (and Mixup) reached every batch
@@ -126,8 +119,7 @@ def test_a_dataloader_iter_step_gets_its_batches_unmixed():
             return self.mixing_loss(self(x), y)
 
     net = IterNet(batch_mixer=BatchMixer(num_classes=2, mixup_alpha=1.0, seed=0))
-    trainer = L.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False)
+    trainer = fast_trainer(max_steps=2)
     trainer.fit(net, DataLoader(TensorDataset(torch.randn(16, 3), torch.randint(0, 2, (16,))), batch_size=8))
     assert [t.dtype for t in net.seen_targets] == [torch.int64, torch.int64]
 
@@ -139,7 +131,6 @@ def test_user_hook_runs_first_and_its_result_is_mixed():
             return x * 0 + 1.0, y
 
     net = Scaled(batch_mixer=BatchMixer(num_classes=2, mixup_alpha=1.0, seed=0))
-    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False)
+    trainer = fast_trainer(max_steps=1)
     trainer.fit(net, DataLoader(TensorDataset(torch.randn(8, 3), torch.randint(0, 2, (8,))), batch_size=8))
     assert net.seen_targets[0].shape == (8, 2)  # soft targets: the user's hook ran, then mixing

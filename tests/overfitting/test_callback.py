@@ -3,6 +3,7 @@
 import logging
 import math
 import warnings
+from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -16,6 +17,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_reg import OverfittingMonitor
+from tests.helpers import PER_STEP_HOOKS, DropoutClassifier, LossModule, fast_trainer, threshold_data
 
 # Binary-exact values (float32 logging keeps them exact). Hand-worked checks below.
 TRAIN_LOSS = [1.0, 0.75, 0.5, 0.4375, 0.375, 0.3125, 0.25, 0.1875, 0.125]
@@ -105,16 +107,8 @@ def loaders():
 
 
 def trainer(tmp_path, callbacks, max_epochs=9, logger=False, **kw):
-    return L.Trainer(
-        max_epochs=max_epochs,
-        logger=logger,
-        enable_checkpointing=kw.pop("enable_checkpointing", False),
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        default_root_dir=tmp_path,
-        callbacks=callbacks,
-        **kw,
+    return fast_trainer(
+        max_epochs=max_epochs, logger=logger, default_root_dir=tmp_path, callbacks=callbacks, **kw
     )
 
 
@@ -375,40 +369,9 @@ def test_resume_from_checkpoints_written_by_model_checkpoint(tmp_path):
     assert histories[False][:4] == full.history[:4]
 
 
-class Classifier(L.LightningModule):
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.net = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 3))
-        self.train_modes = []
-
-    def forward(self, x):
-        return self.net(x)
-
-    def training_step(self, batch, batch_idx):
-        self.train_modes.append(self.net[2].training)
-        loss = nn.functional.cross_entropy(self(batch[0]), batch[1])
-        self.log("train_loss", loss, on_epoch=True, on_step=False)
-        return loss
-
-    def validation_step(self, batch, batch_idx):
-        logits = self(batch[0])
-        self.log("val_loss", nn.functional.cross_entropy(logits, batch[1]))
-        self.log("val_acc", (logits.argmax(-1) == batch[1]).float().mean())
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.5)
-
-
-def classification_data(n, seed):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 4, generator=g)
-    return TensorDataset(x, (x[:, 0] > 0).long() + (x[:, 1] > 0.5).long())
-
-
 @pytest.mark.parametrize("probe_kind", ["fraction", "loader"])
 def test_probe_equals_manual_eval_mode_pass(tmp_path, probe_kind):
-    train_set = classification_data(30, 0)
+    train_set = threshold_data(30, 0)
     # batch 8 -> probe batches of 8, 8, 8, 6: the probe mean must be weighted by batch size
     probe = 1.0 if probe_kind == "fraction" else DataLoader(TensorDataset(*train_set[:21]), batch_size=8)
     monitor = OverfittingMonitor(
@@ -417,9 +380,9 @@ def test_probe_equals_manual_eval_mode_pass(tmp_path, probe_kind):
         probe=probe,
         probe_metrics={"acc": MulticlassAccuracy(num_classes=3, average="micro")},
     )
-    module = Classifier()
+    module = DropoutClassifier()
     train = DataLoader(train_set, batch_size=8, shuffle=True)
-    val = DataLoader(classification_data(12, 1), batch_size=6)
+    val = DataLoader(threshold_data(12, 1), batch_size=6)
     trainer(tmp_path, [monitor], max_epochs=2).fit(module, train, val)
     assert all(module.train_modes) and len(module.train_modes) == 8  # dropout back on after each probe
     x, y = train_set[:] if probe_kind == "fraction" else train_set[:21]
@@ -439,7 +402,7 @@ def test_probe_equals_manual_eval_mode_pass(tmp_path, probe_kind):
     assert not math.isclose(noisy, expected_loss, rel_tol=1e-3)
 
 
-class MetricObjects(Classifier):
+class MetricObjects(DropoutClassifier):
     """Logs torchmetrics objects (the Lightning idiom) for both train and validation accuracy."""
 
     def __init__(self):
@@ -459,7 +422,7 @@ class MetricObjects(Classifier):
 
 
 def test_probe_with_metric_objects_logged_by_the_module_leaves_them_untouched(tmp_path):
-    train_set, val_set = classification_data(30, 0), classification_data(12, 1)
+    train_set, val_set = threshold_data(30, 0), threshold_data(12, 1)
     runs = {}
     for with_monitor in (False, True):
         L.seed_everything(0, verbose=False)
@@ -541,14 +504,12 @@ def test_ddp_stop_stops_all_ranks(tmp_path):
     assert [h["alert"] for h in unsynced[0]] == [False] * 5
     assert [h["alert"] for h in unsynced[1]] == [False] * 4 + [True]
     # probe sharded over the ranks (15 samples each) and reduced: both ranks see the full-set eval-mode value
-    from tests.distributed.ddp_overfitting import Classifier, probe_data
-
     probe = [torch.load(tmp_path / f"probe_rank{r}.pt", weights_only=False) for r in (0, 1)]
     assert probe[0]["history"] == probe[1]["history"]
-    model = Classifier()
+    model = DropoutClassifier()
     model.load_state_dict(probe[0]["state_dict"])
     model.eval()
-    x, y = probe_data()[:]
+    x, y = threshold_data(30, 0)[:]
     with torch.no_grad():
         logits = model(x)
     pairs = probe[0]["history"][-1]["pairs"]
@@ -573,30 +534,17 @@ def mnist1d_small(tmp_path_factory):
     return tuple(torch.as_tensor(arrays[k]) for k in ("x", "y", "x_test", "y_test"))
 
 
-class MLP(L.LightningModule):
-    def __init__(self, hidden, dropout, weight_decay):
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(40, hidden),
-            nn.ReLU(),
-            nn.Dropout(dropout),
-            nn.Linear(hidden, hidden),
-            nn.ReLU(),
-            nn.Dropout(dropout),
-            nn.Linear(hidden, 10),
-        )
-        self.weight_decay = weight_decay
-
-    def training_step(self, batch, batch_idx):
-        loss = nn.functional.cross_entropy(self.net(batch[0]), batch[1])
-        self.log("train_loss", loss, on_step=False, on_epoch=True)
-        return loss
-
-    def validation_step(self, batch, batch_idx):
-        self.log("val_loss", nn.functional.cross_entropy(self.net(batch[0]), batch[1]))
-
-    def configure_optimizers(self):
-        return torch.optim.AdamW(self.parameters(), lr=3e-3, weight_decay=self.weight_decay)
+def mlp(hidden, dropout, weight_decay):
+    net = nn.Sequential(
+        nn.Linear(40, hidden),
+        nn.ReLU(),
+        nn.Dropout(dropout),
+        nn.Linear(hidden, hidden),
+        nn.ReLU(),
+        nn.Dropout(dropout),
+        nn.Linear(hidden, 10),
+    )
+    return LossModule(net, partial(torch.optim.AdamW, lr=3e-3, weight_decay=weight_decay))
 
 
 def test_mnist1d_alerts_without_regularization_and_later_or_never_with_it(tmp_path, mnist1d_small):
@@ -612,7 +560,7 @@ def test_mnist1d_alerts_without_regularization_and_later_or_never_with_it(tmp_pa
         val = DataLoader(TensorDataset(x_test.float(), y_test), batch_size=100)
         with warnings.catch_warnings(record=True) as record:
             warnings.simplefilter("always")
-            trainer(tmp_path / name, [monitor], max_epochs=25).fit(MLP(hidden, dropout, wd), train, val)
+            trainer(tmp_path / name, [monitor], max_epochs=25).fit(mlp(hidden, dropout, wd), train, val)
         alerts = [h["epoch"] for h in monitor.history if h["alert"]]
         first_alert[name] = alerts[0] if alerts else None
         assert len(overfit_warnings(record)) == monitor.num_episodes
@@ -657,31 +605,23 @@ def test_no_per_step_work():
     # the monitor must cost nothing on the training hot path: it overrides no per-batch hook
     from lightning.pytorch.callbacks import Callback
 
-    per_step = [
-        "on_train_batch_start",
-        "on_train_batch_end",
-        "on_before_backward",
-        "on_after_backward",
-        "on_before_optimizer_step",
-        "on_before_zero_grad",
-        "on_validation_batch_end",
-    ]
+    per_step = [*PER_STEP_HOOKS, "on_validation_batch_end"]
     assert [h for h in per_step if getattr(OverfittingMonitor, h) is not getattr(Callback, h)] == []
 
 
 @pytest.mark.gpu
 def test_probe_on_cuda_matches_manual_pass(tmp_path):
-    train_set = classification_data(30, 0)
+    train_set = threshold_data(30, 0)
     monitor = OverfittingMonitor(
         {"loss": ("train_loss", "val_loss"), "acc": ("train_acc", "val_acc", "max")},
         criteria={"gl": 5.0},
         probe=1.0,
         probe_metrics={"acc": MulticlassAccuracy(num_classes=3, average="micro")},
     )
-    module = Classifier()
+    module = DropoutClassifier()
     train = DataLoader(train_set, batch_size=8, shuffle=True)
     trainer(tmp_path, [monitor], max_epochs=2, accelerator="gpu", devices=1).fit(
-        module, train, DataLoader(classification_data(12, 1), batch_size=6)
+        module, train, DataLoader(threshold_data(12, 1), batch_size=6)
     )
     module.eval().cpu()
     x, y = train_set[:]
@@ -699,10 +639,10 @@ def test_probe_refused_under_sharded_strategies():
 
     monitor = OverfittingMonitor({"loss": ("train_loss", "val_loss")}, probe=0.5)
     with pytest.raises(MisconfigurationException, match="not supported with FSDPStrategy"):
-        monitor.setup(SimpleNamespace(strategy=FSDPStrategy()), Classifier(), "fit")
+        monitor.setup(SimpleNamespace(strategy=FSDPStrategy()), DropoutClassifier(), "fit")
     # without a probe the monitor works with any strategy
     OverfittingMonitor({"loss": ("train_loss", "val_loss")}).setup(
-        SimpleNamespace(strategy=FSDPStrategy()), Classifier(), "fit"
+        SimpleNamespace(strategy=FSDPStrategy()), DropoutClassifier(), "fit"
     )
 
 
@@ -748,7 +688,7 @@ def test_probe_uses_the_batch_size_of_a_batch_sampler(tmp_path):
         sizes.append(len(batch[0]))
         return pl_module(batch[0]), batch[1]
 
-    train_set = classification_data(30, 0)
+    train_set = threshold_data(30, 0)
     monitor = OverfittingMonitor(
         {"acc": ("train_acc", "val_acc", "max")},
         criteria={"gl": 5.0},
@@ -760,11 +700,11 @@ def test_probe_uses_the_batch_size_of_a_batch_sampler(tmp_path):
     batches = BatchSampler(SequentialSampler(train_set), 8, drop_last=False)
     train = DataLoader(train_set, batch_sampler=batches)
 
-    class WithAcc(Classifier):
+    class WithAcc(DropoutClassifier):
         def training_step(self, batch, batch_idx):
             self.log("train_acc", 0.5, on_epoch=True, on_step=False)
             return super().training_step(batch, batch_idx)
 
-    val = DataLoader(classification_data(12, 1), 6)
+    val = DataLoader(threshold_data(12, 1), 6)
     trainer(tmp_path, [monitor], max_epochs=1).fit(WithAcc(), train, val)
     assert sizes == [8, 8, 8, 6]  # the training batches' size (not 30 batches of one sample)

@@ -4,7 +4,6 @@ import lightning as L
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_reg import DecayRule, PenaltyMixin
 from lightning_reg.module.regularized import RegularizedModule
@@ -16,6 +15,7 @@ from lightning_reg.penalties.functional import (
     soft_threshold_,
     zero_fraction,
 )
+from tests.helpers import SyncCounter, classification_loader, fast_trainer
 
 
 class _Tied(nn.Module):
@@ -141,25 +141,11 @@ def test_zero_fraction_by_hand():
 
 
 def _data(n=32):
-    g = torch.Generator().manual_seed(0)
-    return DataLoader(
-        TensorDataset(torch.randn(n, 6, generator=g), torch.randint(0, 3, (n,), generator=g)), batch_size=8
-    )
+    return classification_loader(n, 8, shape=(6,), classes=3, seed=0)
 
 
 def _trainer(max_epochs=2, **kw):
-    return L.Trainer(
-        max_epochs=max_epochs,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        accelerator="cpu",
-        devices=1,
-        deterministic=True,
-        **kw,
-    )
+    return fast_trainer(max_epochs=max_epochs, accelerator="cpu", devices=1, deterministic=True, **kw)
 
 
 class _PenNet(PenaltyMixin, L.LightningModule):
@@ -334,35 +320,20 @@ def test_proximal_l1_callback_vs_plain_loop():
         ProximalL1(l1=0)
 
 
-class _SyncCounter(torch.utils._python_dispatch.TorchDispatchMode):
-    """Counts the ops that read a device value on the host (see TESTING.md)."""
-
-    SYNC_OPS = ("aten._local_scalar_dense", "aten.nonzero", "aten.equal", "aten.is_nonzero")
-
-    def __init__(self):
-        super().__init__()
-        self.syncs: list[str] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if any(str(func).startswith(name) for name in self.SYNC_OPS):
-            self.syncs.append(str(func))
-        return func(*args, **(kwargs or {}))
-
-
 def test_hot_paths_do_not_sync():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 8), nn.LayerNorm(8), nn.Linear(8, 3))
     params = decayed_parameters(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     model(torch.randn(4, 6)).sum().backward()
-    with _SyncCounter() as counter:
+    with SyncCounter() as counter:
         value = elastic_net_penalty(params, 0.01, 0.1)
         value.backward()
         add_penalty_grad_(params, 0.01, 0.1)
         proximal_l1_(opt, 0.1, params)
         zero_fraction(params)
     assert counter.syncs == []
-    with _SyncCounter() as counter:  # the reference per-element check does sync: the counter works
+    with SyncCounter() as counter:  # the reference per-element check does sync: the counter works
         bool((params[0] == 0).any())
     assert counter.syncs
 
@@ -381,9 +352,8 @@ def test_penalty_and_proximal_keys_follow_lightnings_logging_rule(every):
 
     logger = MemoryLogger()
     model = Logged(WeightPenalty(l2=0.01, log_every_n_steps=every))
-    trainer = L.Trainer(
-        max_epochs=2, logger=logger, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, log_every_n_steps=2, accelerator="cpu",
+    trainer = fast_trainer(
+        max_epochs=2, logger=logger, log_every_n_steps=2, accelerator="cpu",
         callbacks=[ProximalL1(l1=0.01, log_every_n_steps=every, verbose=0)],
     )
     trainer.fit(model, _data())  # 8 optimizer steps

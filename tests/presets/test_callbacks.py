@@ -26,22 +26,14 @@ from lightning_reg import (
 from lightning_reg.presets import PresetSummary, preset_config
 from lightning_reg.presets.callbacks import PresetStochasticDepth
 from lightning_reg.presets.registry import PRESETS
+from tests.helpers import fast_trainer
 
 REPO = Path(__file__).resolve().parents[2]
 NOTE_LOGGER = "lightning.pytorch.utilities.rank_zero"
 
 
 def _trainer(callbacks, epochs=2):
-    return L.Trainer(
-        max_epochs=epochs,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        callbacks=callbacks,
-    )
+    return fast_trainer(max_epochs=epochs, accelerator="cpu", callbacks=callbacks)
 
 
 class Net(RegularizedModule):

@@ -19,7 +19,6 @@ from torchmetrics import Metric
 
 from lightning_reg import (
     BatchMixer,
-    DropPath,
     EarlyStopping,
     FreezeBatchNorm,
     GradientClipping,
@@ -31,6 +30,8 @@ from lightning_reg import (
     WarmupCosineLR,
 )
 from lightning_reg.penalties import WeightPenalty
+from tests import helpers
+from tests.helpers import ResidualBlock, teacher_data
 
 IN, WIDTH, CLASSES = 8, 16, 4
 BATCH, N_TRAIN, N_VAL = 8, 64, 48
@@ -39,11 +40,7 @@ SEED = 0
 
 def make_data(seed: int = SEED) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Noisy teacher labels: a small MLP overfits them after a few epochs (the best epoch is not the last)."""
-    g = torch.Generator().manual_seed(seed)
-    teacher = torch.randn(IN, CLASSES, generator=g)
-    x = torch.randn(N_TRAIN + N_VAL, IN, generator=g)
-    y = (x @ teacher + 1.5 * torch.randn(N_TRAIN + N_VAL, CLASSES, generator=g)).argmax(1)
-    return x[:N_TRAIN], y[:N_TRAIN], x[N_TRAIN:], y[N_TRAIN:]
+    return teacher_data(N_TRAIN, N_VAL, IN, CLASSES, noise=1.5, seed=seed)
 
 
 class ResumableBatches:
@@ -99,19 +96,6 @@ class NanMean(Metric):
         return self.total / self.count
 
 
-class Block(nn.Module):
-    """Pre-norm residual block with a DropPath on its branch."""
-
-    def __init__(self, width: int) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(width)
-        self.fc = nn.Linear(width, width)
-        self.drop_path = DropPath(0.0)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x + self.drop_path(torch.relu(self.fc(self.norm(x))))
-
-
 class Net(RegularizedModule):
     """Every regularizer at once: decay groups, warm-up cosine LR, L2 penalty, mixup, BatchNorm, DropPath.
 
@@ -133,7 +117,7 @@ class Net(RegularizedModule):
         )
         self.fault = fault or {}
         self.stem = nn.Sequential(nn.Linear(IN, WIDTH), nn.BatchNorm1d(WIDTH), nn.ReLU())
-        self.blocks = nn.Sequential(*[Block(WIDTH) for _ in range(3)])
+        self.blocks = nn.Sequential(*[ResidualBlock(WIDTH) for _ in range(3)])
         self.head = nn.Linear(WIDTH, CLASSES)
         # Lightning does not checkpoint its epoch accumulators of logged values: after a mid-epoch resume a
         # plain ``self.log(..., on_epoch=True)`` averages only the batches after the resume. A persistent
@@ -211,21 +195,9 @@ def all_callbacks(patience: int = 100, skip_nonfinite: bool = True) -> list[Call
 
 
 def fast_trainer(**kwargs: Any) -> L.Trainer:
-    """The fast Trainer settings of TESTING.md (overridable)."""
-    settings: dict[str, Any] = dict(
-        accelerator="cpu",
-        devices=1,
-        max_epochs=5,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        deterministic=True,
-        log_every_n_steps=1,
-    )
-    settings.update(kwargs)
-    return L.Trainer(**settings)
+    """The shared fast Trainer: one CPU process, deterministic, 5 epochs, logging every step (overridable)."""
+    settings = dict(accelerator="cpu", devices=1, max_epochs=5, deterministic=True, log_every_n_steps=1)
+    return helpers.fast_trainer(**{**settings, **kwargs})
 
 
 def assert_same(a: Any, b: Any, path: str = "") -> None:

@@ -320,38 +320,23 @@ def test_matplotlib_and_tensorboard_are_imported_lazily():
 
 def test_a_validate_after_fit_is_no_epoch_and_the_gap_is_the_probes(tmp_path: Path):
     """A fit with the monitor's eval-mode probe, then ``trainer.validate()``: what the report draws."""
+    from functools import partial
+
     import torch
     from torch import nn
     from torch.utils.data import DataLoader, TensorDataset
 
     from lightning_reg import OverfittingMonitor
-
-    class Net(L.LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.net = nn.Sequential(nn.Linear(4, 32), nn.ReLU(), nn.Dropout(0.5), nn.Linear(32, 1))
-
-        def training_step(self, batch, batch_idx):
-            loss = nn.functional.mse_loss(self.net(batch[0]), batch[1])
-            self.log("train_loss", loss, on_step=False, on_epoch=True)
-            return loss
-
-        def validation_step(self, batch, batch_idx):
-            self.log("val_loss", nn.functional.mse_loss(self.net(batch[0]), batch[1]))
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.05)
+    from tests.helpers import LossModule, fast_trainer
 
     L.seed_everything(0)
     x = torch.randn(64, 4)
     data = TensorDataset(x, x.sum(1, keepdim=True))
     logger = CSVLogger(tmp_path, name="run", version=0)
     monitor = OverfittingMonitor({"loss": ("train_loss", "val_loss")}, probe=1.0, verbose=0)
-    trainer = L.Trainer(
-        max_epochs=3, logger=logger, callbacks=[monitor], enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-    )  # fmt: skip
-    model = Net()
+    trainer = fast_trainer(max_epochs=3, logger=logger, callbacks=[monitor])
+    net = nn.Sequential(nn.Linear(4, 32), nn.ReLU(), nn.Dropout(0.5), nn.Linear(32, 1))
+    model = LossModule(net, partial(torch.optim.SGD, lr=0.05), loss_fn=nn.functional.mse_loss)
     trainer.fit(model, DataLoader(data, batch_size=16), DataLoader(data, batch_size=32))
     trainer.validate(model, DataLoader(data, batch_size=32), verbose=False)
     cols = csv_columns(Path(logger.log_dir) / "metrics.csv")

@@ -23,7 +23,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_reg import BatchMixer, BatchMixingMixin, DropPath, ReproducibleResume, StochasticDepthScheduler
+from lightning_reg import BatchMixer, BatchMixingMixin, ReproducibleResume, StochasticDepthScheduler
+from tests.helpers import ResidualBlock, fast_trainer, teacher_data
 
 IN, WIDTH, CLASSES = 8, 16, 4
 BATCH, N_TRAIN, N_VAL = 8, 64, 32
@@ -33,11 +34,7 @@ MID_STEP = 19  # single process: epoch 2, batch 3 of 8 (under 2 ranks: 4 steps p
 
 
 def make_data() -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    g = torch.Generator().manual_seed(0)
-    teacher = torch.randn(IN, CLASSES, generator=g)
-    x = torch.randn(N_TRAIN + N_VAL, IN, generator=g)
-    y = (x @ teacher + torch.randn(N_TRAIN + N_VAL, CLASSES, generator=g)).argmax(1)
-    return x[:N_TRAIN], y[:N_TRAIN], x[N_TRAIN:], y[N_TRAIN:]
+    return teacher_data(N_TRAIN, N_VAL, IN, CLASSES)
 
 
 class ShuffledBatches:
@@ -92,21 +89,11 @@ class ShuffledBatches:
         self._resume = dict(state)
 
 
-class Block(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc = nn.Linear(WIDTH, WIDTH)
-        self.drop_path = DropPath(0.0)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x + self.drop_path(torch.relu(self.fc(x)))
-
-
 class Net(BatchMixingMixin, L.LightningModule):
     def __init__(self) -> None:
         super().__init__()
         self.stem = nn.Linear(IN, WIDTH)
-        self.blocks = nn.Sequential(*[Block() for _ in range(3)])
+        self.blocks = nn.Sequential(*[ResidualBlock(WIDTH, norm=False) for _ in range(3)])
         self.dropout = nn.Dropout(0.2)
         self.head = nn.Linear(WIDTH, CLASSES)
         self.batch_mixer = BatchMixer(num_classes=CLASSES, mixup_alpha=0.4, prob=0.8, seed=None)
@@ -165,15 +152,11 @@ def run(
         max_epochs=EPOCHS,
         accelerator="cpu",
         devices=1,
-        logger=False,
         enable_checkpointing=save,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         num_sanity_val_steps=1,
         deterministic=True,
     )
-    settings.update(trainer_kwargs)
-    trainer = L.Trainer(callbacks=callbacks, **settings)
+    trainer = fast_trainer(callbacks=callbacks, **{**settings, **trainer_kwargs})
     val = DataLoader(TensorDataset(xv, yv), batch_size=16)
     trainer.fit(model, ShuffledBatches(x, y, BATCH), val, ckpt_path=ckpt_path)
     return model, trainer

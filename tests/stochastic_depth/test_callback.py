@@ -1,7 +1,4 @@
-"""StochasticDepthScheduler: discovery, rules, schedules, logging, restore, resume, real models.
-
-The helpers at the top are also used by ``tests/distributed/ddp_stochastic_depth.py``.
-"""
+"""StochasticDepthScheduler: discovery, rules, schedules, logging, restore, resume, real models."""
 
 from __future__ import annotations
 
@@ -14,82 +11,13 @@ import pytest
 import torch
 import torchvision
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
 from lightning_reg import StochasticDepthScheduler
-from lightning_reg.stochastic_depth.layers import DropPath, find_drop_rate_modules
+from lightning_reg.stochastic_depth.layers import DropPath
 from tests.distributed.launch import run_ddp_script
+from tests.helpers import LitClassifier, RateRecorder, ResMLP, classification_loader, fast_trainer
 from tests.memory_logger import MemoryLogger
-
-
-class ResBlock(nn.Module):
-    def __init__(self, width: int, p: float, mode: str = "row") -> None:
-        super().__init__()
-        self.fc = nn.Linear(width, width)
-        self.drop_path = DropPath(p, mode=mode)  # type: ignore[arg-type]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.drop_path(torch.relu(self.fc(x)))
-
-
-class ResMLP(nn.Module):
-    def __init__(
-        self, rates: list[float], width: int = 8, dropout: float | None = None, modes: list[str] | None = None
-    ):
-        super().__init__()
-        modes = modes or ["row"] * len(rates)
-        self.inp = nn.Linear(4, width)
-        self.blocks = nn.ModuleList([ResBlock(width, p, m) for p, m in zip(rates, modes)])
-        self.dropout = nn.Dropout(dropout) if dropout is not None else nn.Identity()
-        self.out = nn.Linear(width, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.inp(x)
-        for b in self.blocks:
-            h = b(h)
-        return self.out(self.dropout(h))
-
-
-class LitClassifier(L.LightningModule):
-    def __init__(self, model: nn.Module, lr: float = 0.05, log_loss: bool = False) -> None:
-        super().__init__()
-        self.model = model
-        self.lr = lr
-        self.log_loss = log_loss
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
-
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        x, y = batch
-        loss = nn.functional.cross_entropy(self(x), y)
-        if self.log_loss:
-            self.log("train_loss", loss, on_step=True, on_epoch=False)
-        return loss
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.parameters(), lr=self.lr)
-
-
-def loader(n: int = 32, batch_size: int = 4, shape: tuple[int, ...] = (4,), classes: int = 2) -> DataLoader:
-    g = torch.Generator().manual_seed(123)
-    x = torch.randn(n, *shape, generator=g)
-    y = torch.randint(0, classes, (n,), generator=g)
-    return DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=False)
-
-
-class RateRecorder(L.Callback):
-    """Record (global_step, every scheduled rate) at each training batch; placed after the scheduler."""
-
-    def __init__(self, include_dropout: bool = False) -> None:
-        self.include_dropout = include_dropout
-        self.rows: list[tuple[int, list[float]]] = []
-
-    def on_train_batch_start(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, i: int
-    ) -> None:
-        found = find_drop_rate_modules(pl_module, include_dropout=self.include_dropout)
-        self.rows.append((trainer.global_step, [float(getattr(f.module, f.attr)) for f in found]))
 
 
 class Reseed(L.Callback):
@@ -105,19 +33,8 @@ class Reseed(L.Callback):
         torch.manual_seed(1000 + trainer.global_step)
 
 
-def fast_trainer(**kwargs: Any) -> L.Trainer:
-    defaults: dict[str, Any] = {
-        "max_epochs": 1,
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "num_sanity_val_steps": 0,
-        "accelerator": "cpu",
-        "devices": 1,
-    }
-    defaults.update(kwargs)
-    return L.Trainer(**defaults)
+def _trainer(**kwargs: Any) -> L.Trainer:
+    return fast_trainer(**{"max_epochs": 1, "accelerator": "cpu", "devices": 1, **kwargs})
 
 
 # ====================================================================== tests
@@ -132,9 +49,10 @@ def _fit(
     **trainer_kwargs: Any,
 ) -> tuple[RateRecorder, L.Trainer]:
     rec = RateRecorder(include_dropout=include_dropout)
-    trainer = fast_trainer(callbacks=[cb, rec], **trainer_kwargs)
+    trainer = _trainer(callbacks=[cb, rec], **trainer_kwargs)
     log_loss = trainer_kwargs.get("logger") is not None
-    trainer.fit(LitClassifier(model, log_loss=log_loss), data if data is not None else loader())
+    data = data if data is not None else classification_loader()
+    trainer.fit(LitClassifier(model, log_loss=log_loss), data)
     return rec, trainer
 
 
@@ -166,7 +84,7 @@ def test_model_rates_as_targets_early_schedule_in_epochs_with_accumulation() -> 
     model = ResMLP([0.1, 0.2, 0.3, 0.4])
     cb = StochasticDepthScheduler(schedule="early", cutoff=2, cutoff_unit="epoch", early_mode="linear")
     # 4 batches per epoch, accumulate 2 -> 2 optimizer steps per epoch; cutoff 2 epochs = 4 steps; 3 epochs.
-    rec, trainer = _fit(model, cb, data=loader(16, 4), max_epochs=3, accumulate_grad_batches=2)
+    rec, trainer = _fit(model, cb, data=classification_loader(16, 4), max_epochs=3, accumulate_grad_batches=2)
     assert trainer.global_step == 6
     assert [s for s, _ in rec.rows] == [b // 2 for b in range(12)]
     for step, rates in rec.rows:
@@ -235,8 +153,8 @@ def test_no_drop_path_module_is_a_clear_error() -> None:
         img_size=16, patch_size=8, embed_dim=16, depth=2, num_heads=2, num_classes=2, drop_path_rate=0.0
     )
     with pytest.raises(ValueError, match="found no drop-path module in LitClassifier") as err:
-        fast_trainer(callbacks=[StochasticDepthScheduler(max_rate=0.1)]).fit(
-            LitClassifier(vit), loader(8, 4, (3, 16, 16))
+        _trainer(callbacks=[StochasticDepthScheduler(max_rate=0.1)]).fit(
+            LitClassifier(vit), classification_loader(8, 4, (3, 16, 16))
         )
     msg = str(err.value)
     assert (
@@ -469,7 +387,7 @@ def test_rates_restored_when_training_raises() -> None:
     model = ResMLP([0.1, 0.2])
     cb = StochasticDepthScheduler(max_rate=0.5, rule="uniform")
     with pytest.raises(RuntimeError, match="boom"):
-        fast_trainer(callbacks=[cb, Boom()]).fit(LitClassifier(model), loader())
+        _trainer(callbacks=[cb, Boom()]).fit(LitClassifier(model), classification_loader())
     assert [b.drop_path.p for b in model.blocks] == [0.1, 0.2]
 
 
@@ -482,7 +400,7 @@ def test_torchvision_convnext_tiny_stochastic_depth_modules() -> None:
     original = [m.p for m in model.modules() if isinstance(m, StochasticDepth)]
     assert original == pytest.approx([0.1 * i / 17 for i in range(18)])
     cb = StochasticDepthScheduler(max_rate=0.2, rule="huang", schedule="warmup", cutoff=2)
-    rec, _ = _fit(model, cb, data=loader(6, 2, (3, 32, 32), classes=3), log_every_n_steps=1)
+    rec, _ = _fit(model, cb, data=classification_loader(6, 2, (3, 32, 32), classes=3), log_every_n_steps=1)
     assert [s for s, _ in rec.rows] == [0, 1, 2]
     for step, rates in rec.rows:
         mult = min(1.0, step / 2)
@@ -499,13 +417,13 @@ def test_timm_vit_drop_path_modules_share_a_rate_per_block() -> None:
     # timm: linspace(0, 0.3, 4) per block; block 0 (rate 0) gets nn.Identity, blocks 1-3 DropPath x2 each
     timm_rates = [0.0, 0.1, 0.2, 0.3]
     cb = StochasticDepthScheduler(schedule="early", cutoff=4)
-    rec, _ = _fit(vit, cb, data=loader(12, 2, (3, 16, 16)))
+    rec, _ = _fit(vit, cb, data=classification_loader(12, 2, (3, 16, 16)))
     for step, rates in rec.rows:
         mult = max(0.0, 1 - step / 4)
         assert rates == pytest.approx([r * mult for r in timm_rates[1:] for _ in (1, 2)])
     # with an explicit max_rate the 3 found levels are re-ruled (timm's Identity block is invisible)
     cb2 = StochasticDepthScheduler(max_rate=0.4, rule="uniform")
-    rec2, _ = _fit(vit, cb2, data=loader(4, 2, (3, 16, 16)))
+    rec2, _ = _fit(vit, cb2, data=classification_loader(4, 2, (3, 16, 16)))
     assert rec2.rows[0][1] == [0.4] * 6
     assert [m.drop_prob for m in vit.modules() if isinstance(m, timm.layers.DropPath)] == pytest.approx(
         [r for r in timm_rates[1:] for _ in (1, 2)]
@@ -523,9 +441,9 @@ def test_resume_mid_schedule_continues_exactly(tmp_path: Path) -> None:
         extra: list[L.Callback] = [Reseed()]
         if stop_after is not None:
             extra.append(_StopAfter(stop_after))
-        trainer = fast_trainer(callbacks=[cb, rec, *extra], max_epochs=max_epochs, deterministic=True)
+        trainer = _trainer(callbacks=[cb, rec, *extra], max_epochs=max_epochs, deterministic=True)
         lit = LitClassifier(model)
-        trainer.fit(lit, loader(16, 4), ckpt_path=ckpt)
+        trainer.fit(lit, classification_loader(16, 4), ckpt_path=ckpt)
         return rec, trainer
 
     full, full_trainer = run(4)  # 4 epochs x 4 steps = 16 steps; cutoff 10
@@ -599,7 +517,7 @@ def test_two_schedulers_on_one_trainer_are_refused() -> None:
     first = StochasticDepthScheduler(max_rate=0.1)
     second = StochasticDepthScheduler(include_dropout=True)
     with pytest.raises(ValueError, match="The Trainer has 2 StochasticDepthScheduler callbacks; use one"):
-        fast_trainer(callbacks=[first, second]).fit(LitClassifier(ResMLP([0.1])), loader())
+        _trainer(callbacks=[first, second]).fit(LitClassifier(ResMLP([0.1])), classification_loader())
 
 
 def test_verbose_one_line_at_fit_start_details_at_two(caplog: pytest.LogCaptureFixture) -> None:

@@ -25,8 +25,8 @@ from lightning_reg import StochasticDepthScheduler
 from lightning_reg.stochastic_depth.layers import DropPath, find_drop_rate_modules
 from lightning_reg.stochastic_depth.rate_rules import make_time_schedule
 from lightning_reg.stochastic_depth.rate_tensor import ScheduledRates
+from tests.helpers import classification_loader, fast_trainer
 from tests.stochastic_depth._rng import same_bernoulli_stream
-from tests.stochastic_depth.test_callback import fast_trainer, loader
 
 timm = pytest.importorskip("timm")
 
@@ -178,9 +178,14 @@ def _fit(compiled: bool, sanity: int = 0) -> tuple[LitNet, list[float]]:
 
     # 2 epochs x 4 optimizer steps, validation after each epoch (eval mode: its own graph)
     trainer = fast_trainer(
-        callbacks=[cb, Spy()], max_epochs=2, limit_val_batches=1, num_sanity_val_steps=sanity
+        accelerator="cpu",
+        devices=1,
+        callbacks=[cb, Spy()],
+        max_epochs=2,
+        limit_val_batches=1,
+        num_sanity_val_steps=sanity,
     )
-    trainer.fit(lit, loader(16, 4), loader(8, 4))
+    trainer.fit(lit, classification_loader(16, 4), classification_loader(8, 4))
     return lit, seen
 
 
@@ -346,7 +351,8 @@ def test_protocol_and_subclass_modules_get_attribute_writes_and_a_compile_warnin
 
     cb = StochasticDepthScheduler(schedule="warmup", cutoff=2, verbose=0)
     with pytest.warns(UserWarning, match="2 scheduled modules keep their rate in a float attribute"):
-        fast_trainer(callbacks=[cb], max_steps=1).fit(Lit(), loader(4, 4))
+        trainer = fast_trainer(accelerator="cpu", devices=1, callbacks=[cb], max_epochs=1, max_steps=1)
+        trainer.fit(Lit(), classification_loader(4, 4))
     torch._dynamo.reset()
 
 
