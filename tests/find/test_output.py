@@ -74,7 +74,7 @@ def test_the_fragment_loads_back_through_lightning_cli(tmp_path) -> None:
     model = cli.model
     assert model.preset == CHOICE.preset  # a Preset built from the fragment's mapping
     assert model.net[2].p == 0.125 and model.net[0].out_features == 16  # searched arg, and the base's
-    assert model.regularization_config["weight_decay"] == 0.0213  # the preset's, not the base config's 0.3
+    assert model.regularization_config.weight_decay == 0.0213  # the preset's, not the base config's 0.3
     callbacks = {type(cb): cb for cb in cli.trainer.callbacks}
     es = callbacks[EarlyStopping]
     assert (es.monitor, es.mode, es.patience) == ("val_acc", "max", 7)
