@@ -3,8 +3,8 @@
 One ``mkdocs build --strict`` into a temporary directory (a few seconds), then checks on the HTML:
 
 * no Sphinx role (``:func:`x```) and no reST literal-block marker (``::``) shows up as text. Pages written
-  in ``docs/`` must have none; the API reference, whose text comes from the docstrings in ``lightning_reg/``,
-  still has some (marked ``xfail(strict=True)`` until the docstrings are converted);
+  in ``docs/`` must have none, and neither must the API reference, whose text comes from the docstrings
+  in ``lightning_reg/`` (they cross-reference with mkdocstrings' ``[`name`][path]`` links);
 * every cell of the generated benchmark tables is on the page (``{...}`` in a cell used to be swallowed
   by ``attr_list``);
 * the numbered procedure on the presets page is a list, not one paragraph;
@@ -121,21 +121,11 @@ def test_pages_show_no_sphinx_roles_or_literal_block_markers(regions):
     assert not markers, "reST '::' markers shown as text (use a fenced block):\n" + "\n".join(markers)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="docstrings in lightning_reg/ still use Sphinx roles (:class:`X`); they are converted to "
-    "``X`` separately, then this mark goes",
-)
 def test_api_reference_shows_no_sphinx_roles(regions):
     roles = findings(regions, "docstring", ROLE, "flat")
     assert not roles, f"{len(roles)} Sphinx roles shown as text in the API reference:\n" + "\n".join(roles)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="docstrings in lightning_reg/ still introduce examples with reST '::' literal blocks; they are "
-    "converted to fenced or doctest blocks separately, then this mark goes",
-)
 def test_api_reference_shows_no_literal_block_markers(regions):
     markers = findings(regions, "docstring", LITERAL_BLOCK, "text")
     assert not markers, f"{len(markers)} '::' markers shown as text in the API reference:\n" + "\n".join(

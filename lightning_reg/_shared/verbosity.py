@@ -25,7 +25,7 @@ def say(verbose: int, level: int, message: str) -> None:
     """Print ``message`` on rank zero (Lightning's ``rank_zero_info``) when ``verbose >= level``.
 
     Args:
-        verbose: the callback's normalised verbosity (:func:`check_verbose`).
+        verbose: the callback's normalised verbosity (``check_verbose``).
         level: 1 for the one line at fit start, 2 for details.
         message: the text.
     """

@@ -1,4 +1,4 @@
-"""Callback freezing BatchNorm layers from a given epoch on (see :mod:`lightning_reg.batchnorm`)."""
+"""Callback freezing BatchNorm layers from a given epoch on (see ``lightning_reg.batchnorm``)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,8 @@ class FreezeBatchNorm(Callback):
     """Freeze every BatchNorm layer (running statistics, affine parameters, eval mode) from ``epoch`` on.
 
     At the start of training epoch ``epoch`` (0-based; also when a run resumes at or after it) the layers
-    are frozen with :func:`~lightning_reg.batchnorm.freeze_batchnorm`: they normalise with their running
+    are frozen with [`freeze_batchnorm`][lightning_reg.batchnorm.functional.freeze_batchnorm]: they normalise
+    with their running
     statistics, stop updating them, and stay in eval mode through Lightning's ``model.train()`` calls.
     With ``freeze_affine=True`` their ``weight``/``bias`` get no optimizer update from then on, also none
     from weight decay or momentum: on one device they stop requiring gradients; under DDP (whose reducer

@@ -5,13 +5,14 @@ them, which needs ``eval()`` mode, and (2) its affine ``weight``/``bias`` receiv
 Lightning's ``BaseFinetuning.freeze`` sets ``requires_grad=False`` and calls ``eval()`` once, but the next
 ``model.train()`` (Lightning calls it at the start of every training epoch and after every validation)
 puts the layers back into train mode, so the running statistics keep moving and the normalisation uses
-batch statistics again. :func:`freeze_batchnorm` pins each layer's mode instead: it overrides ``train``
+batch statistics again. [`freeze_batchnorm`][lightning_reg.batchnorm.functional.freeze_batchnorm] pins each
+layer's mode instead: it overrides ``train``
 on the layer *instance* (so ``model.train()`` leaves it in eval mode and ``layer.training`` stays
 ``False``) and adds a forward pre-hook that restores eval mode if someone assigns ``training = True``
 directly (as Lightning's ``_ModuleMode.restore`` does). The module keeps its class, its parameters and
 its ``state_dict`` keys, unlike replacing layers by ``torchvision.ops.FrozenBatchNorm2d`` (timm's
 ``freeze_batch_norm_2d``), so optimizers, checkpoints and DDP wrappers built before freezing stay valid,
-and :func:`unfreeze_batchnorm` undoes everything.
+and [`unfreeze_batchnorm`][lightning_reg.batchnorm.functional.unfreeze_batchnorm] undoes everything.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def batchnorm_layers(module: nn.Module) -> list[_BatchNorm]:
 
 
 def is_frozen_batchnorm(layer: nn.Module) -> bool:
-    """Tell whether ``layer`` was frozen by :func:`freeze_batchnorm` (and not unfrozen since).
+    """Tell whether ``layer`` was frozen by ``freeze_batchnorm`` (and not unfrozen since).
 
     Args:
         layer: a module.
@@ -84,14 +85,16 @@ def freeze_batchnorm(module: nn.Module, *, affine: bool = True) -> list[_BatchNo
 
     After this, each layer normalises with its running statistics in ``train()`` and ``eval()`` alike
     (identical outputs), never updates them, and stays in eval mode after ``module.train()``; modules
-    placed inside a layer (such as the ``DropPath`` of :func:`~lightning_reg.add_stochastic_depth`) still
+    placed inside a layer (such as the ``DropPath`` of
+    [`add_stochastic_depth`][lightning_reg.stochastic_depth.layers.add_stochastic_depth]) still
     follow ``train()``/``eval()``. With
     ``affine=True`` its ``weight``/``bias`` get ``requires_grad=False`` and their ``.grad`` is cleared, so
     optimizers skip them entirely: no gradient step, no weight decay, no momentum carried over (PyTorch
     optimizers skip parameters whose ``.grad`` is ``None``). Gradients still flow *through* the layers.
     Layers frozen already are left as they are. Inside a ``DistributedDataParallel`` model built before
     freezing, use ``affine=False`` and drop the affine gradients before the optimizer step instead (the
-    :class:`~lightning_reg.FreezeBatchNorm` callback does this), because DDP expects a gradient
+    [`FreezeBatchNorm`][lightning_reg.batchnorm.callback.FreezeBatchNorm] callback does this), because DDP
+    expects a gradient
     for every parameter that required one when it was wrapped.
 
     Args:
@@ -130,10 +133,11 @@ def freeze_batchnorm(module: nn.Module, *, affine: bool = True) -> list[_BatchNo
 
 
 def unfreeze_batchnorm(module: nn.Module) -> list[_BatchNorm]:
-    """Undo :func:`freeze_batchnorm`: restore ``requires_grad``, the normal ``train`` and the parent's mode.
+    """Undo ``freeze_batchnorm``: restore ``requires_grad``, the normal ``train`` and the parent's mode.
 
     Args:
-        module: the model (or a single layer) passed to :func:`freeze_batchnorm`.
+        module: the model (or a single layer) passed to
+            [`freeze_batchnorm`][lightning_reg.batchnorm.functional.freeze_batchnorm].
 
     Returns:
         The layers unfrozen by this call.

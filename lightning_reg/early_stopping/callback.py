@@ -1,8 +1,8 @@
 """EarlyStopping that puts the best weights back, however training ended, on every strategy.
 
-A drop-in subclass of :class:`lightning.pytorch.callbacks.EarlyStopping`: every argument, the
+A drop-in subclass of ``lightning.pytorch.callbacks.EarlyStopping``: every argument, the
 ``state_key``, the ``state_dict`` keys, the stop decisions and reasons are Lightning's. On top it snapshots
-the weights that produced the best monitored value (see :mod:`lightning_reg.early_stopping.snapshot`) and
+the weights that produced the best monitored value (see ``lightning_reg.early_stopping.snapshot``) and
 restores them at the end of ``fit`` (``on_train_end``) and when ``fit`` ends with an exception such as
 ``KeyboardInterrupt`` (``on_exception``).
 """
@@ -102,7 +102,7 @@ class EarlyStopping(_LightningEarlyStopping):
 
     At every check the best epoch so far is logged as ``early_stopping/best_epoch`` and, once restored,
     ``early_stopping/restored_epoch`` (written to the loggers and to ``trainer.callback_metrics``;
-    :mod:`lightning_reg.report` marks the restored epoch from it).
+    ``lightning_reg.report`` marks the restored epoch from it).
 
     Args:
         monitor: quantity to be monitored.

@@ -2,14 +2,17 @@
 
 Everything here is plain PyTorch (no Lightning import): the callbacks decide *when* to call it.
 
-* :func:`local_snapshot_tensors` lists the tensors a rank must copy to be able to put its model back
+* [`local_snapshot_tensors`][lightning_reg.early_stopping.snapshot.local_snapshot_tensors] lists the tensors a
+  rank must copy to be able to put its model back
   exactly: parameters and buffers of a plain or DDP module; only the rank's own shard under FSDP
   (``fully_shard``/FSDP2 ``DTensor`` parameters via ``to_local()``; FSDP1 ``FlatParameter`` local shards)
   and DeepSpeed ZeRO-3 (each parameter's ``ds_tensor`` partition). No collective, no full gather.
-* :class:`WeightSnapshot` holds one copy of those tensors in buffers allocated once and reused for every
+* [`WeightSnapshot`][lightning_reg.early_stopping.snapshot.WeightSnapshot] holds one copy of those tensors in
+  buffers allocated once and reused for every
   later snapshot; copies in and out are single ``torch._foreach_copy_`` calls (pinned CPU memory and
   non-blocking copies when the source lives on CUDA).
-* :func:`agree_on_score` turns the per-rank values of a metric into one value every rank uses.
+* [`agree_on_score`][lightning_reg.early_stopping.snapshot.agree_on_score] turns the per-rank values of a
+  metric into one value every rank uses.
 """
 
 from __future__ import annotations
@@ -195,7 +198,8 @@ class WeightSnapshot:
         """Copy ``tensors`` into the snapshot (allocating only on the first call or if the layout changed).
 
         Args:
-            tensors: name -> tensor, e.g. from :func:`local_snapshot_tensors`.
+            tensors: name -> tensor, e.g. from
+                [`local_snapshot_tensors`][lightning_reg.early_stopping.snapshot.local_snapshot_tensors].
         """
         if not self.buffers or not self._matches(tensors):
             self._allocate(tensors)
@@ -242,8 +246,9 @@ class WeightSnapshot:
         """Fill the snapshot from ``state`` (e.g. a checkpoint), laid out like the model's ``like`` tensors.
 
         Args:
-            state: name -> tensor, as returned by :meth:`state_dict`.
-            like: the model's current tensors (from :func:`local_snapshot_tensors`).
+            state: name -> tensor, as returned by ``state_dict``.
+            like: the model's current tensors (from
+                [`local_snapshot_tensors`][lightning_reg.early_stopping.snapshot.local_snapshot_tensors]).
 
         Raises:
             RuntimeError: if names or shapes differ.

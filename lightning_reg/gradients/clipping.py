@@ -67,7 +67,8 @@ class GradientClipping(Callback):
     after DDP's all-reduce), so it also works in manual optimization (the hook fires inside ``opt.step()``).
     The clip itself never synchronises with the host: thresholds and coefficients are tensors and gradients
     are rescaled with ``torch._foreach_mul_``. The norm pass is shared with a
-    :class:`~lightning_reg.GradientMonitor` if one is present (gradients are read once per step; the
+    [`GradientMonitor`][lightning_reg.gradients.monitor.GradientMonitor] if one is present (gradients are read
+    once per step; the
     monitor logs the pre-clip gradients).
 
     Algorithms:

@@ -192,7 +192,7 @@ def grad_norms(
             of summed ``|g|^p`` values (group totals and total together); for ``inf`` it must be a max.
 
     Returns:
-        :class:`GradStats`.
+        [`GradStats`][lightning_reg.gradients.functional.GradStats].
 
     Example:
         >>> g = [torch.tensor([3.0, 0.0]), torch.tensor([4.0])]
@@ -219,7 +219,8 @@ def reduce_norms(
     """Total and per-group p-norms from per-tensor p-norms (on-device index/sum ops, no host sync).
 
     Args:
-        per_tensor: float32 vector of per-tensor norms (from :func:`per_tensor_norms`).
+        per_tensor: float32 vector of per-tensor norms (from
+            [`per_tensor_norms`][lightning_reg.gradients.functional.per_tensor_norms]).
         norm_type: p of the p-norm.
         group_ids: group index of every entry (``num_groups`` for "ungrouped"), or ``None``.
         num_groups: number of groups.
@@ -326,8 +327,10 @@ def clip_grads_by_norm_(
         params: parameters whose ``.grad`` is clipped in place.
         max_norm: the maximum total norm.
         norm_type: p of the p-norm.
-        total_norm: a precomputed total norm (e.g. from :func:`grad_norms`); computed if ``None``.
-        reduce_fn: cross-rank reduction for sharded gradients (see :func:`grad_norms`).
+        total_norm: a precomputed total norm (e.g. from
+            [`grad_norms`][lightning_reg.gradients.functional.grad_norms]); computed if ``None``.
+        reduce_fn: cross-rank reduction for sharded gradients (see
+            [`grad_norms`][lightning_reg.gradients.functional.grad_norms]).
 
     Returns:
         ``(total_norm, clip_coef)``; the post-clip norm is ``total_norm * clip_coef``.
@@ -442,7 +445,8 @@ def autoclip_step(state: AutoClipState, total_norm: Tensor, percentile: float = 
     computed from the previous history; if it is empty the threshold is ``inf``).
 
     Args:
-        state: the mutable :class:`AutoClipState` (updated in place).
+        state: the mutable [`AutoClipState`][lightning_reg.gradients.functional.AutoClipState] (updated in
+            place).
         total_norm: this step's total gradient norm.
         percentile: ``p`` in ``[0, 100]``.
 
@@ -526,7 +530,7 @@ def zclip_step(
     norms leave the state unchanged and get coefficient 1 (skip them separately).
 
     Args:
-        state: the mutable :class:`ZClipState`.
+        state: the mutable [`ZClipState`][lightning_reg.gradients.functional.ZClipState].
         total_norm: this step's total norm.
         alpha: EMA decay.
         z_thresh: z-score threshold.
@@ -605,7 +609,7 @@ class ParamGrouping:
         return [name for i, name in enumerate(self.names) if i not in used]
 
     def ids_for(self, params: Sequence[Tensor], device: torch.device | None = None) -> Tensor:
-        """Group index of every parameter (``len(names)`` for an ungrouped one), for :func:`grad_norms`.
+        """Group index of every parameter (``len(names)`` for an ungrouped one), for ``grad_norms``.
 
         Args:
             params: the parameters, in the order their norms are computed.
@@ -742,7 +746,7 @@ def group_by_patterns(
 ) -> ParamGrouping:
     """Group parameters by the first group whose name selector matches their qualified name.
 
-    Patterns use the library's one selector syntax (:class:`~lightning_reg._shared.names.NameSelector`):
+    Patterns use the library's one selector syntax (``NameSelector``):
     a dotted name (and everything below it), a glob, or ``re:<regex>``.
 
     Args:
@@ -752,7 +756,9 @@ def group_by_patterns(
         strip: optional function applied to each parameter name first (e.g. to remove wrapper prefixes).
 
     Returns:
-        The grouping; :meth:`ParamGrouping.empty_groups` names the groups that matched nothing.
+        The grouping;
+        [`ParamGrouping.empty_groups`][lightning_reg.gradients.functional.ParamGrouping.empty_groups] names
+        the groups that matched nothing.
 
     Example:
         >>> m = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.LayerNorm(2))

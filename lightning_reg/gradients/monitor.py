@@ -48,7 +48,7 @@ class GradientMonitor(Callback):
     gives all per-tensor norms; per-group and total norms are on-device index/sum ops; nothing is computed
     on steps that do not log. On logging steps (Lightning's rule, see the conventions page) the values are
     written to the loggers with one host sync and put into ``trainer.callback_metrics``, so
-    ``EarlyStopping`` or ``ModelCheckpoint`` can monitor them; they are also kept in :attr:`last_metrics`.
+    ``EarlyStopping`` or ``ModelCheckpoint`` can monitor them; they are also kept in ``last_metrics``.
 
     Logged keys (``prefix`` defaults to ``"grad"``): ``grad/norm_total``, ``grad/norm/<group>``,
     ``grad/ratio/<group>`` (``||g|| / ||w||``, if ``log_ratios``), ``grad/nonfinite_count`` and

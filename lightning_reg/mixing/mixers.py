@@ -1,9 +1,13 @@
 """Batch mixing on device: Mixup, CutMix, label smoothing and the matching soft-target loss.
 
-The functional core (:func:`soft_targets`, :func:`mixup`, :func:`cutmix_box`, :func:`cutmix`,
-:func:`soft_target_cross_entropy`) is plain PyTorch. :class:`BatchMixer` decides per batch whether and how
+The functional core ([`soft_targets`][lightning_reg.mixing.mixers.soft_targets],
+[`mixup`][lightning_reg.mixing.mixers.mixup], [`cutmix_box`][lightning_reg.mixing.mixers.cutmix_box],
+[`cutmix`][lightning_reg.mixing.mixers.cutmix],
+[`soft_target_cross_entropy`][lightning_reg.mixing.mixers.soft_target_cross_entropy]) is plain PyTorch.
+[`BatchMixer`][lightning_reg.mixing.mixers.BatchMixer] decides per batch whether and how
 to mix (probability, Mixup/CutMix switch, off after an epoch) from its own seeded random stream, and
-:class:`BatchMixingMixin` applies it on the way into ``LightningModule.training_step`` (on the device, after
+[`BatchMixingMixin`][lightning_reg.mixing.mixin.BatchMixingMixin] applies it on the way into
+``LightningModule.training_step`` (on the device, after
 the batch has been moved there) during training only, saving the random stream in checkpoints.
 
 Why not ``torchvision.transforms.v2.MixUp`` / ``CutMix`` directly? We use the same pairing convention
@@ -97,7 +101,8 @@ def soft_targets(
 def mixup(x: Tensor, lam: float) -> Tensor:
     """Mix every sample with its predecessor in the batch: ``lam * x + (1 - lam) * x.roll(1, 0)``.
 
-    Works for any shape ``(B, ...)`` and floating dtype; apply the same ``lam`` to :func:`soft_targets`
+    Works for any shape ``(B, ...)`` and floating dtype; apply the same ``lam`` to
+    [`soft_targets`][lightning_reg.mixing.mixers.soft_targets]
     (``mixup(targets, lam)``) to get the matching targets. The pairing is torchvision's: shuffle the data.
 
     Args:
@@ -165,7 +170,7 @@ def cutmix(x: Tensor, box: Sequence[slice]) -> Tensor:
 
     Args:
         x: ``(B, C, L)`` or ``(B, ..., H, W)`` tensor; the box covers the last ``len(box)`` dimensions.
-        box: slices from :func:`cutmix_box`.
+        box: slices from [`cutmix_box`][lightning_reg.mixing.mixers.cutmix_box].
 
     Returns:
         A new tensor; only the box region is copied from the predecessor.
@@ -233,7 +238,7 @@ def soft_target_cross_entropy(
 
 @dataclass(frozen=True)
 class MixParams:
-    """What :class:`BatchMixer` did to one batch.
+    """What [`BatchMixer`][lightning_reg.mixing.mixers.BatchMixer] did to one batch.
 
     Args:
         kind: ``"mixup"``, ``"cutmix"`` or ``"none"``.
@@ -257,10 +262,11 @@ class BatchMixer:
     ``switch_prob`` when both methods are enabled (``alpha > 0``); ``lambda ~ Beta(alpha, alpha)``.
     Targets always come back as ``(B, K)`` probabilities (smoothed by ``label_smoothing``), also for
     batches left unmixed and after ``stop_epoch``, so the loss sees one target format
-    (:func:`soft_target_cross_entropy`). Decisions come from a ``random.Random`` seeded with ``seed``:
+    ([`soft_target_cross_entropy`][lightning_reg.mixing.mixers.soft_target_cross_entropy]). Decisions come
+    from a ``random.Random`` seeded with ``seed``:
     no device tensors are read (no host sync), the same seed gives the same decisions on every rank (DDP
     ranks mix their local batches with the same lambda, as a single device would mix the global batch),
-    and :meth:`state_dict` makes resumed runs mix exactly as uninterrupted ones.
+    and ``state_dict`` makes resumed runs mix exactly as uninterrupted ones.
 
     Args:
         num_classes: number of classes ``K`` for the soft targets.
@@ -344,12 +350,12 @@ class BatchMixer:
         return MixParams("cutmix", lam_adjusted, box)
 
     def apply(self, x: Tensor, target: Tensor, params: MixParams) -> tuple[Tensor, Tensor]:
-        """Apply given :class:`MixParams` to a batch and its targets.
+        """Apply given [`MixParams`][lightning_reg.mixing.mixers.MixParams] to a batch and its targets.
 
         Args:
             x: input batch ``(B, ...)``.
             target: class indices ``(B,)`` or probabilities ``(B, K)``.
-            params: the decision, e.g. from :meth:`sample`.
+            params: the decision, e.g. from ``sample``.
 
         Returns:
             ``(mixed inputs, (B, K) soft targets)``.
@@ -370,7 +376,7 @@ class BatchMixer:
         raise ValueError(f"MixParams.kind={params.kind!r} is not one of ('none', 'mixup', 'cutmix').")
 
     def __call__(self, x: Tensor, target: Tensor, epoch: int | None = None) -> tuple[Tensor, Tensor]:
-        """Sample a decision for this batch and apply it; the decision is kept in :attr:`last`.
+        """Sample a decision for this batch and apply it; the decision is kept in ``last``.
 
         Args:
             x: input batch ``(B, ...)``, floating point.
@@ -402,10 +408,10 @@ class BatchMixer:
         return {"seed": self.seed, "rng": [version, list(internal), gauss]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the random stream saved by :meth:`state_dict`.
+        """Restore the random stream saved by ``state_dict``.
 
         Args:
-            state: a dict from :meth:`state_dict`.
+            state: a dict from ``state_dict``.
 
         Example:
             >>> a, b = BatchMixer(3, seed=1), BatchMixer(3, seed=2)

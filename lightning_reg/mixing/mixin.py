@@ -1,4 +1,4 @@
-"""``BatchMixingMixin``: mix the training batches of a module with a :class:`~lightning_reg.BatchMixer`."""
+"""``BatchMixingMixin``: mix the training batches of a module with a ``BatchMixer``."""
 
 from __future__ import annotations
 
@@ -89,8 +89,8 @@ class BatchMixingMixin(_LightningModuleMixin):
     Put it *before* ``LightningModule`` in the bases (``class Net(BatchMixingMixin, L.LightningModule)``)
     and set ``self.batch_mixer = BatchMixer(...)`` in ``__init__``. During training (never in validation,
     test, predict or the sanity check), ``training_step`` receives ``(x, y, *rest)`` batches as
-    ``(mixed x, soft targets, *rest)``, mixed on the device; compute the loss with :meth:`mixing_loss`,
-    which also accepts the index targets of validation batches. Override :meth:`mix_batch` for other batch
+    ``(mixed x, soft targets, *rest)``, mixed on the device; compute the loss with ``mixing_loss``,
+    which also accepts the index targets of validation batches. Override ``mix_batch`` for other batch
     structures. The mixer's random state is saved into and restored from Lightning checkpoints. If your
     module overrides ``on_save_checkpoint`` or ``on_load_checkpoint``, call ``super()`` in it.
 
@@ -219,7 +219,7 @@ class BatchMixingMixin(_LightningModuleMixin):
             checkpoint: the checkpoint dict being loaded.
 
         Example:
-            See :meth:`on_save_checkpoint`.
+            See ``on_save_checkpoint``.
         """
         super().on_load_checkpoint(checkpoint)
         if self.batch_mixer is not None and _CKPT_KEY in checkpoint:

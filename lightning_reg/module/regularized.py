@@ -45,11 +45,12 @@ class RegularizedModule(PenaltyMixin, BatchMixingMixin, LightningModule):
     """LightningModule base class / mixin: decay and no-decay parameter groups, layer decay, any optimizer.
 
     Subclass it instead of ``LightningModule`` (or list it before another LightningModule base) and pass the
-    regularization arguments to ``super().__init__``; the default :meth:`configure_optimizers` then builds
-    the groups of :func:`~lightning_reg.weight_decay_param_groups` from the model's own parameters (after
+    regularization arguments to ``super().__init__``; the default ``configure_optimizers`` then builds
+    the groups of [`weight_decay_param_groups`][lightning_reg.weight_decay.groups.weight_decay_param_groups]
+    from the model's own parameters (after
     the strategy wrapped it: DDP, DeepSpeed, FSDP with ``use_orig_params=True``), creates the optimizer and
     the optional scheduler, and reports the groups once on rank zero (``verbose``).
-    Modules that cannot take constructor arguments call :meth:`configure_regularization` instead.
+    Modules that cannot take constructor arguments call ``configure_regularization`` instead.
 
     **Its settings are one object**, ``regularization_config`` (a frozen ``RegularizationConfig``): the
     arguments are validated once, when the module is built, and the precedence between the sources of a
@@ -64,7 +65,8 @@ class RegularizedModule(PenaltyMixin, BatchMixingMixin, LightningModule):
 
     **Parameter groups added later** (``BackboneFinetuning`` unfreezing a backbone, or any
     ``optimizer.add_param_group`` without ``param_names``) get the same treatment as the configured ones:
-    a decay / no-decay split by the same :class:`~lightning_reg.DecayRule`, the configured
+    a decay / no-decay split by the same [`DecayRule`][lightning_reg.weight_decay.groups.DecayRule], the
+    configured
     ``weight_decay``, names (``<module prefix>_decay`` / ``_no_decay``) and ``param_names``. The sub-groups
     of one added group keep their lr ratios to the last one, which is the group ``BackboneFinetuning``
     updates each epoch. With ``layer_decay``, ``BackboneFinetuning`` derives the backbone's rate from
@@ -77,19 +79,21 @@ class RegularizedModule(PenaltyMixin, BatchMixingMixin, LightningModule):
     (``decay_rule: {embeddings: true, exclude: [head]}``). Do not also use the CLI's automatic
     ``--optimizer``: that replaces ``configure_optimizers`` and with it the groups.
 
-    Explicit penalties and batch mixing come with it (:class:`~lightning_reg.penalties.PenaltyMixin`,
-    :class:`~lightning_reg.mixing.BatchMixingMixin`): pass ``weight_penalty=WeightPenalty(...)`` for an
+    Explicit penalties and batch mixing come with it
+    ([`PenaltyMixin`][lightning_reg.penalties.mixin.PenaltyMixin],
+    [`BatchMixingMixin`][lightning_reg.mixing.mixin.BatchMixingMixin]): pass
+    ``weight_penalty=WeightPenalty(...)`` for an
     L1/L2/elastic-net penalty on the same decayed parameters, and ``batch_mixer=BatchMixer(...)`` for
-    Mixup/CutMix/label smoothing on the device (compute the loss with :meth:`mixing_loss`). If you override
+    Mixup/CutMix/label smoothing on the device (compute the loss with ``mixing_loss``). If you override
     ``on_fit_start``, ``on_before_optimizer_step``, ``on_save_checkpoint`` or ``on_load_checkpoint``, call
     ``super()`` in it; an ``on_before_optimizer_step`` that never calls ``super()`` is refused when a
     penalty is set. Mixing is applied on the way into ``training_step``, to the result of every batch hook
     (your ``on_after_batch_transfer`` or a DataModule's): the module overrides no data hook, so a
     ``LightningDataModule`` draws no warning.
 
-    Layer-wise LR decay (``layer_decay``): the layer id of each parameter comes from :meth:`get_layer_id`;
+    Layer-wise LR decay (``layer_decay``): the layer id of each parameter comes from ``get_layer_id``;
     the default is the BEiT/timm convention of
-    :func:`~lightning_reg.weight_decay.groups.block_layer_ids` (stem,
+    [`block_layer_ids`][lightning_reg.weight_decay.groups.block_layer_ids] (stem,
     embeddings, class/position tokens: 0; block ``i``: ``i + 1``; final norm and head: ``num_blocks + 1``).
     Group ``lr = lr * layer_decay ** (L - 1 - layer_id)``.
 
@@ -101,11 +105,13 @@ class RegularizedModule(PenaltyMixin, BatchMixingMixin, LightningModule):
         weight_decay: decay of the decayed groups (``>= 0``); the no-decay groups get 0. ``None``
             (default): the preset's value with a preset, else the optimizer's own configured value (its
             LightningCLI ``init_args`` or a ``functools.partial``), else ``DEFAULT_WEIGHT_DECAY`` (0.05).
-        decay_rule: which parameters are kept out of weight decay (:class:`~lightning_reg.DecayRule` or a
+        decay_rule: which parameters are kept out of weight decay
+            ([`DecayRule`][lightning_reg.weight_decay.groups.DecayRule] or a
             mapping of its arguments; default ``DecayRule()``: biases, norms, per-channel scales, declared
             names).
         layer_decay: layer-wise LR decay factor in ``(0, 1]``; None disables it.
-        lr_scheduler: callable ``optimizer -> scheduler`` (e.g. :class:`~lightning_reg.WarmupCosineLR`); a
+        lr_scheduler: callable ``optimizer -> scheduler`` (e.g.
+            [`WarmupCosineLR`][lightning_reg.weight_decay.schedulers.WarmupCosineLR]); a
             ``WarmupCosineLR`` without ``total_steps`` gets ``trainer.estimated_stepping_batches``.
         lr_scheduler_interval: ``"step"`` or ``"epoch"``; None (default): ``"epoch"`` for
             ``ReduceLROnPlateau`` (its metric exists only after validation), ``"step"`` otherwise.
@@ -116,11 +122,11 @@ class RegularizedModule(PenaltyMixin, BatchMixingMixin, LightningModule):
         batch_mixer: Mixup/CutMix/label-smoothing mixer for training batches (None: no mixing, or the
             preset's).
         preset: a regularization preset (``"mild"``, ``"medium"``, ``"strong"`` or a
-            :class:`~lightning_reg.presets.Preset`) for the module side: its weight decay (unless
+            [`Preset`][lightning_reg.presets.registry.Preset]) for the module side: its weight decay (unless
             ``weight_decay`` is given; skipped with a note for optimizers without decoupled weight decay) and
             its label smoothing and Mixup/CutMix (unless ``batch_mixer`` is given; they need ``num_classes``
-            and make training targets ``(B, K)`` probabilities: use :meth:`mixing_loss`). The Trainer side
-            comes from :func:`~lightning_reg.preset_callbacks`.
+            and make training targets ``(B, K)`` probabilities: use ``mixing_loss``). The Trainer side
+            comes from [`preset_callbacks`][lightning_reg.presets.callbacks.preset_callbacks].
         num_classes: number of classes (``>= 2``), for the preset's label smoothing and mixing.
         verbose: ``0`` quiet, ``1`` one line per fit naming the optimizer and the groups, ``2`` the group
             table.
@@ -292,7 +298,7 @@ class RegularizedModule(PenaltyMixin, BatchMixingMixin, LightningModule):
         """Return the layer id (for layer-wise LR decay) of parameter ``name`` (wrapper prefixes stripped).
 
         Override to impose your own layering; ids must be ``0 .. L-1`` with the head at ``L - 1``. The
-        default is :func:`~lightning_reg.weight_decay.groups.block_layer_ids` of this module.
+        default is [`block_layer_ids`][lightning_reg.weight_decay.groups.block_layer_ids] of this module.
 
         Args:
             name: parameter name relative to this LightningModule, e.g. ``"net.blocks.3.attn.qkv.weight"``.
@@ -325,7 +331,8 @@ class RegularizedModule(PenaltyMixin, BatchMixingMixin, LightningModule):
         """Build the parameter groups from ``regularization_config`` (override to add your own edits).
 
         Returns:
-            Groups as from :func:`~lightning_reg.weight_decay_param_groups`.
+            Groups as from
+            [`weight_decay_param_groups`][lightning_reg.weight_decay.groups.weight_decay_param_groups].
 
         Example:
             >>> m = RegularizedModule(weight_decay=0.1)
@@ -355,7 +362,7 @@ class RegularizedModule(PenaltyMixin, BatchMixingMixin, LightningModule):
         return groups
 
     def configure_optimizers(self) -> Any:
-        """Create the optimizer over :meth:`param_groups` and the optional scheduler.
+        """Create the optimizer over ``param_groups`` and the optional scheduler.
 
         Returns:
             ``{"optimizer": opt}`` or ``{"optimizer": opt, "lr_scheduler": {"scheduler": ..., "interval":

@@ -10,7 +10,9 @@ The quantities, for one pair of metrics (a train side and a validation side) wit
   ``100 * (best - val) / |best|`` for ``"max"``, where ``best`` is the best validation value so far
   (this check included), so ``GL >= 0``.
 * **trend**: the t-statistic of the least-squares slope of the last ``window`` validation values, signed
-  so that positive means getting worse (:func:`trend_statistic`); ``t >= 2.5`` is a rise that the scatter
+  so that positive means getting worse
+  ([`trend_statistic`][lightning_reg.overfitting.criteria.trend_statistic]); ``t >= 2.5`` is a rise that the
+  scatter
   of those values around the fitted line does not explain.
 * **P_k**: training progress over the last ``k`` train values,
   ``1000 * (sum / (k * min) - 1)`` for ``"min"`` (written ``1000 * (mean - min) / |min|``) and
@@ -18,7 +20,8 @@ The quantities, for one pair of metrics (a train side and a validation side) wit
 * **PQ**: progress quotient ``GL / P_k``.
 * **UP_s**: validation worse than at the previous check while training is better, ``s`` checks in a row.
 
-:class:`OverfittingCriteria` evaluates any combination of ``trend``, ``gl``, ``pq``, ``up``, ``gap`` and
+[`OverfittingCriteria`][lightning_reg.overfitting.criteria.OverfittingCriteria] evaluates any combination of
+``trend``, ``gl``, ``pq``, ``up``, ``gap`` and
 ``rel_gap`` over a sequence of checks and decides, per pair, whether a check is an **alert**: the pair's
 criteria fire, after the warm-up, and, for the criteria about validation getting worse (``trend``, ``gl``,
 ``pq``, ``up``), training still improves over the window and the gap is positive (validation worse than
@@ -51,9 +54,9 @@ __all__ = [
     "trend_statistic",
 ]
 
-#: Names of the criteria :class:`OverfittingCriteria` understands.
+#: Names of the criteria ``OverfittingCriteria`` understands.
 CRITERIA: tuple[str, ...] = ("trend", "gl", "pq", "up", "gap", "rel_gap")
-#: Criteria about validation getting worse while training improves (gated, see :class:`OverfittingCriteria`).
+#: Criteria about validation getting worse while training improves (gated, see ``OverfittingCriteria``).
 DIVERGENCE_CRITERIA: tuple[str, ...] = ("trend", "gl", "pq", "up")
 #: The default ``trend`` floor (GL in percent) by the mode of a pair, chosen with
 #: ``benchmarks/overfitting_alerts.py``: validation more than 5 % (losses, ``"min"``) or 10 % (accuracies and
@@ -64,7 +67,7 @@ DEFAULT_TREND_FLOOR: dict[str, float] = {"min": 5.0, "max": 10.0}
 
 
 def default_criteria(pairs: Mapping[str, str]) -> dict[str, dict[str, float]]:
-    """Return the default criteria for ``{pair: mode}``: ``trend`` with :data:`DEFAULT_TREND_FLOOR` per mode.
+    """Return the default criteria for ``{pair: mode}``: ``trend`` with ``DEFAULT_TREND_FLOOR`` per mode.
 
     Args:
         pairs: ``{pair_name: "min" or "max"}``.
@@ -184,8 +187,10 @@ def progress_quotient(gl: float, progress: float) -> float:
     """Prechelt's progress quotient ``PQ = GL / P_k``.
 
     Args:
-        gl: generalization loss (percent), see :func:`generalization_loss`.
-        progress: training progress (per mille), see :func:`training_progress`.
+        gl: generalization loss (percent), see
+            [`generalization_loss`][lightning_reg.overfitting.criteria.generalization_loss].
+        progress: training progress (per mille), see
+            [`training_progress`][lightning_reg.overfitting.criteria.training_progress].
 
     Returns:
         ``gl / progress``; ``inf`` if training no longer progresses (``progress == 0``) while ``gl > 0``, and
@@ -248,20 +253,22 @@ class CheckReport:
         check: index of the check (0-based, counted over the whole run).
         train: train-side value.
         val: validation-side value.
-        gap: see :func:`overfitting_gap`.
-        rel_gap: see :func:`relative_gap`.
+        gap: see [`overfitting_gap`][lightning_reg.overfitting.criteria.overfitting_gap].
+        rel_gap: see [`relative_gap`][lightning_reg.overfitting.criteria.relative_gap].
         best_val: best validation value so far.
-        gl: see :func:`generalization_loss`.
+        gl: see [`generalization_loss`][lightning_reg.overfitting.criteria.generalization_loss].
         progress: P_k, or ``None`` before ``k`` train values exist.
         pq: PQ, or ``None`` before ``k`` train values exist.
         up_count: number of checks in a row with validation worse and training better.
         fired: names of the criteria whose condition holds (including patience) at this check.
-        trend: :func:`trend_statistic` of the last ``window`` validation values (``None`` before
+        trend: [`trend_statistic`][lightning_reg.overfitting.criteria.trend_statistic] of the last ``window``
+            validation values (``None`` before
             ``window`` checks).
         train_improving: whether the train values of the last ``window`` checks (fewer at the start) have
             a least-squares slope in the improving direction (``None`` before 2 checks).
         best_check: the check at which ``best_val`` was seen.
-        alert: whether this check is an alert for this pair (see :class:`OverfittingCriteria`).
+        alert: whether this check is an alert for this pair (see
+            [`OverfittingCriteria`][lightning_reg.overfitting.criteria.OverfittingCriteria]).
         held_back: why criteria that fired did not make an alert: ``"warmup"``, ``"negative gap"`` or
             ``"training not improving"`` (``None`` otherwise).
 
@@ -361,8 +368,9 @@ class OverfittingCriteria:
     mapping it applies to the listed pairs only):
 
     * ``"trend"`` (the default, ``5.0``): validation worse than its best by more than the threshold
-      (GL, in percent) and getting worse as a trend: :func:`trend_statistic` of the last ``window``
-      validation values at least ``trend_t`` (:data:`TREND_T`, 2.5). A single bad check does not fire it;
+      (GL, in percent) and getting worse as a trend:
+      [`trend_statistic`][lightning_reg.overfitting.criteria.trend_statistic] of the last ``window``
+      validation values at least ``trend_t`` (``TREND_T``, 2.5). A single bad check does not fire it;
     * ``"gl"``: Prechelt's GL above the threshold (percent; fires on a single bad check);
     * ``"pq"``: Prechelt's PQ above the threshold (needs ``strip_length`` train values; P_k is computed
       over the train values of the last ``strip_length`` checks, a sliding window);
@@ -378,7 +386,8 @@ class OverfittingCriteria:
 
     Args:
         pairs: ``{pair_name: mode}`` with mode ``"min"`` or ``"max"``.
-        criteria: ``{criterion: threshold or {pair: threshold}}``; default :func:`default_criteria`
+        criteria: ``{criterion: threshold or {pair: threshold}}``; default
+            [`default_criteria`][lightning_reg.overfitting.criteria.default_criteria]
             (``trend`` 5 % for ``"min"`` pairs, 10 % for ``"max"`` pairs).
         patience: checks in a row the ``gap`` / ``rel_gap`` conditions must hold (``>= 1``).
         strip_length: ``k`` of P_k, the number of checks whose train values make the strip (``>= 2``).
@@ -560,10 +569,10 @@ class OverfittingCriteria:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore the state saved by :meth:`state_dict`.
+        """Restore the state saved by ``state_dict``.
 
         Args:
-            state: a dict from :meth:`state_dict`.
+            state: a dict from ``state_dict``.
 
         Example:
             >>> a = OverfittingCriteria({"loss": "min"}, {"gl": 5.0})

@@ -32,14 +32,16 @@ class ProximalL1(Callback):
     Produces exact zeros. Why proximal and not sub-gradient L1: ``l1 * sign(w)`` in the gradient pushes a
     small weight past zero and back every step, so it oscillates around zero and is never exactly zero;
     the proximal step solves the L1 part in closed form and sets every weight within ``lr * l1`` of zero
-    to ``0.0`` (proximal gradient descent / ISTA for SGD; see :mod:`lightning_reg.penalties`).
+    to ``0.0`` (proximal gradient descent / ISTA for SGD; see ``lightning_reg.penalties``).
     The step runs from a ``torch.optim.Optimizer`` step post-hook, so it follows every *real* optimizer
     step: once per step under gradient accumulation, not after steps skipped by the AMP grad scaler, and
     also under manual optimization. Parameters without a gradient at that step (a step skipped by
     ``GradientClipping(skip_nonfinite=True)``, unused or frozen parameters) are left alone. Each
     parameter group uses its current ``lr`` (schedulers and layer-wise LR decay included). The
-    parameters are those that get weight decay (same :class:`~lightning_reg.DecayRule` as
-    :func:`~lightning_reg.weight_decay.groups.weight_decay_param_groups`). The fraction of exact zeros among
+    parameters are those that get weight decay (same
+    [`DecayRule`][lightning_reg.weight_decay.groups.DecayRule] as
+    [`weight_decay_param_groups`][lightning_reg.weight_decay.groups.weight_decay_param_groups]). The fraction
+    of exact zeros among
     them is logged as ``proximal_l1/zero_fraction`` on logging steps (no host sync). Under DDP every
     rank holds the same parameters and learning rates, so the ranks stay identical; under FSDP the
     optimizer must hold the original (sharded) parameters (``use_orig_params=True``, Lightning's
@@ -47,7 +49,8 @@ class ProximalL1(Callback):
 
     Args:
         l1: L1 coefficient, ``> 0``.
-        rule: which parameters are left alone (:class:`~lightning_reg.DecayRule`); ``None``: the
+        rule: which parameters are left alone ([`DecayRule`][lightning_reg.weight_decay.groups.DecayRule]);
+            ``None``: the
             module's weight-decay rule (``decay_rule`` of ``RegularizedModule``), else ``DecayRule()``.
         log_every_n_steps: log ``proximal_l1/zero_fraction`` on Lightning's logging steps; ``None``: the
             Trainer's interval, ``0``: never.

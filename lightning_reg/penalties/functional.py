@@ -1,7 +1,8 @@
 """Explicit L1 / L2 / elastic-net penalties and proximal L1 over the decayed parameters.
 
 The parameters penalised are exactly those that get weight decay
-(:func:`~lightning_reg.weight_decay.groups.weight_decay_param_groups`: no biases, no normalization parameters,
+([`weight_decay_param_groups`][lightning_reg.weight_decay.groups.weight_decay_param_groups]: no biases, no
+normalization parameters,
 nothing declared in ``no_weight_decay()``, optionally no embeddings, plus your own ``exclude`` patterns).
 All arithmetic is one fused ``torch._foreach_*`` pass over the parameter list (no per-parameter Python
 loop of kernels, no host sync).
@@ -49,8 +50,10 @@ def decayed_parameters(model: nn.Module, rule: DecayRule | None = None) -> list[
     """List the trainable parameters that weight decay applies to (same classification; tied once).
 
     Args:
-        model: the model (possibly wrapped, see :func:`~lightning_reg.weight_decay_param_groups`).
-        rule: which parameters are left out (:class:`~lightning_reg.DecayRule`; default ``DecayRule()``).
+        model: the model (possibly wrapped, see
+            [`weight_decay_param_groups`][lightning_reg.weight_decay.groups.weight_decay_param_groups]).
+        rule: which parameters are left out ([`DecayRule`][lightning_reg.weight_decay.groups.DecayRule];
+            default ``DecayRule()``).
 
     Example:
         >>> m = nn.Sequential(nn.Linear(3, 2), nn.LayerNorm(2))
@@ -116,7 +119,7 @@ def l1_penalty(params: Iterable[Tensor]) -> Tensor:
     """Compute ``sum |w|`` over all tensors (differentiable; fused ``_foreach`` forward and backward).
 
     Args:
-        params: tensors, e.g. :func:`decayed_parameters`.
+        params: tensors, e.g. [`decayed_parameters`][lightning_reg.penalties.functional.decayed_parameters].
 
     Example:
         >>> l1_penalty([torch.tensor([1.0, -2.0]), torch.tensor([[-0.5]])])
@@ -129,7 +132,7 @@ def l2_penalty(params: Iterable[Tensor]) -> Tensor:
     """Compute ``1/2 * sum w**2`` over all tensors (gradient ``w``, as SGD weight decay).
 
     Args:
-        params: tensors, e.g. :func:`decayed_parameters`.
+        params: tensors, e.g. [`decayed_parameters`][lightning_reg.penalties.functional.decayed_parameters].
 
     Example:
         >>> l2_penalty([torch.tensor([1.0, -2.0]), torch.tensor([[3.0]])])
@@ -146,7 +149,7 @@ def elastic_net_penalty(params: Iterable[Tensor], l1: float = 0.0, l2: float = 0
     ``abs``/``mul``/``sum`` nodes.
 
     Args:
-        params: tensors, e.g. :func:`decayed_parameters`.
+        params: tensors, e.g. [`decayed_parameters`][lightning_reg.penalties.functional.decayed_parameters].
         l1: L1 coefficient, ``>= 0``.
         l2: L2 coefficient, ``>= 0`` (the SGD ``weight_decay`` equivalent).
 
@@ -169,7 +172,8 @@ def _check_coefficients(l1: float, l2: float) -> tuple[float, float]:
 def add_penalty_grad_(params: Iterable[Tensor], l1: float = 0.0, l2: float = 0.0) -> None:
     """Add the elastic-net gradient ``l1 * sign(w) + l2 * w`` to each ``w.grad`` in place (fused).
 
-    The same update as adding :func:`elastic_net_penalty` to the loss, applied directly to the gradients
+    The same update as adding [`elastic_net_penalty`][lightning_reg.penalties.functional.elastic_net_penalty]
+    to the loss, applied directly to the gradients
     once per optimizer step (after AMP unscaling and gradient accumulation). Tensors whose ``.grad`` is
     ``None`` are skipped.
 
@@ -208,7 +212,8 @@ def soft_threshold_(params: Iterable[Tensor], threshold: float) -> None:
     ``w - w == 0.0`` exactly, outside it is ``w -/+ t``, bit-identical to the textbook formula.
 
     Args:
-        params: tensors to shrink (typically :func:`decayed_parameters`).
+        params: tensors to shrink (typically
+            [`decayed_parameters`][lightning_reg.penalties.functional.decayed_parameters]).
         threshold: ``t >= 0``, e.g. ``lr * l1``.
 
     Example:
@@ -232,7 +237,9 @@ def proximal_l1_(optimizer: Optimizer, l1: float, params: Iterable[Tensor] | Non
     Args:
         optimizer: the optimizer that just stepped (its groups' current ``lr`` are read on the host).
         l1: L1 coefficient.
-        params: restrict to these tensors (e.g. :func:`decayed_parameters`); ``None``: every parameter.
+        params: restrict to these tensors (e.g.
+            [`decayed_parameters`][lightning_reg.penalties.functional.decayed_parameters]); ``None``: every
+            parameter.
 
     Example:
         >>> w = nn.Parameter(torch.tensor([0.5, -0.01]))
@@ -267,7 +274,7 @@ def zero_fraction(params: Iterable[Tensor]) -> Tensor:
 
 
 class WeightPenalty:
-    """Settings of the explicit penalty used by :class:`PenaltyMixin`.
+    """Settings of the explicit penalty used by [`PenaltyMixin`][lightning_reg.penalties.mixin.PenaltyMixin].
 
     Args:
         l1: L1 coefficient (``>= 0``).
@@ -280,7 +287,8 @@ class WeightPenalty:
             ``self.penalty()`` to your loss yourself.
         log_every_n_steps: log the penalty value as ``penalty/value`` on Lightning's logging steps;
             ``None``: the Trainer's interval, ``0``: never.
-        rule: which parameters are left out (:class:`~lightning_reg.DecayRule`); ``None``: the module's
+        rule: which parameters are left out ([`DecayRule`][lightning_reg.weight_decay.groups.DecayRule]);
+            ``None``: the module's
             weight-decay rule (``decay_rule`` of ``RegularizedModule``), else ``DecayRule()``.
 
     Raises:

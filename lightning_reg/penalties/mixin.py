@@ -61,7 +61,7 @@ class PenaltyMixin(_LightningModuleMixin):
     _penalty_params: list[nn.Parameter] | None = None
 
     def penalty_parameters(self) -> list[nn.Parameter]:
-        """Return the decayed parameters the penalty applies to (cached; see :func:`decayed_parameters`).
+        """Return the decayed parameters the penalty applies to (cached; see ``decayed_parameters``).
 
         Example:
             >>> import lightning as L

@@ -2,7 +2,8 @@
 
 ``preset_callbacks("medium")`` returns the callbacks a preset asks for; the module side (weight decay on
 the decay group, label smoothing, Mixup / CutMix) comes from ``RegularizedModule(preset="medium",
-num_classes=K)``. :func:`preset_config` writes the same callbacks as a LightningCLI config fragment.
+num_classes=K)``. [`preset_config`][lightning_reg.presets.callbacks.preset_config] writes the same callbacks
+as a LightningCLI config fragment.
 
 Example:
     >>> [type(cb).__name__ for cb in preset_callbacks("medium")]
@@ -139,11 +140,12 @@ class PresetStochasticDepth(StochasticDepthScheduler):
     kept and scaled so that its deepest rate becomes ``max_rate`` (the scheduler's
     ``scale_model_rates=True``: a timm model built with ``drop_path_rate=d`` gets timm's linear rule up to
     ``max_rate`` over all its blocks, although timm builds no module for the first block at rate 0); with
-    all their rates at 0 the depth rule sets them; otherwise :func:`~lightning_reg.add_stochastic_depth`
+    all their rates at 0 the depth rule sets them; otherwise
+    [`add_stochastic_depth`][lightning_reg.stochastic_depth.layers.add_stochastic_depth]
     inserts DropPath into every residual block it knows (torchvision ``BasicBlock``/``Bottleneck``, plus
     ``branch_ends``), at the depth rule's rates. A model with no residual block (an MLP, a plain CNN) gets
     nothing: the component is skipped with a one-line note and the callback does nothing else. Everything
-    else is :class:`~lightning_reg.StochasticDepthScheduler`.
+    else is [`StochasticDepthScheduler`][lightning_reg.stochastic_depth.callback.StochasticDepthScheduler].
 
     Args:
         max_rate: rate of the deepest block.
@@ -277,21 +279,28 @@ def preset_callbacks(
 ) -> list[Callback]:
     """Return the callbacks of a preset, ready for ``Trainer(callbacks=...)``.
 
-    Returns, in this order: :class:`PresetSummary`; :class:`~lightning_reg.EarlyStopping` on ``monitor``
-    with the preset's patience and best-weights restore; :class:`~lightning_reg.OverfittingMonitor` on
+    Returns, in this order: [`PresetSummary`][lightning_reg.presets.callbacks.PresetSummary];
+    [`EarlyStopping`][lightning_reg.early_stopping.callback.EarlyStopping] on ``monitor``
+    with the preset's patience and best-weights restore;
+    [`OverfittingMonitor`][lightning_reg.overfitting.callback.OverfittingMonitor] on
     ``pairs`` (default: the training twin of ``monitor``, e.g. ``train_loss`` for ``val_loss``) with the
-    preset's warm-up and probe; :class:`~lightning_reg.GradientClipping` with the preset's rule (absent
-    when ``clipping`` is None); :class:`PresetStochasticDepth` (absent when ``drop_path_rate`` is None or
+    preset's warm-up and probe; [`GradientClipping`][lightning_reg.gradients.clipping.GradientClipping] with
+    the preset's rule (absent
+    when ``clipping`` is None);
+    [`PresetStochasticDepth`][lightning_reg.presets.callbacks.PresetStochasticDepth] (absent when
+    ``drop_path_rate`` is None or
     0).
     Pass ``RegularizedModule(preset=..., num_classes=K)`` for the module side.
 
     Args:
-        preset: a name (``"mild"``, ``"medium"``, ``"strong"``) or a :class:`Preset`.
+        preset: a name (``"mild"``, ``"medium"``, ``"strong"``) or a
+            [`Preset`][lightning_reg.presets.registry.Preset].
         monitor: validation metric for early stopping (the restored weights are the best by it).
         mode: ``"min"`` or ``"max"`` for ``monitor``; required with any ``monitor`` but the default
             ``"val_loss"`` (``"min"``), so an accuracy is never minimised by accident.
         pairs: the overfitting monitor's ``{name: (train_key, val_key[, mode])}``.
-        branch_ends: your own residual blocks for drop-path (see :class:`PresetStochasticDepth`).
+        branch_ends: your own residual blocks for drop-path (see
+            [`PresetStochasticDepth`][lightning_reg.presets.callbacks.PresetStochasticDepth]).
         verbose: ``0`` quiet, ``1`` one line per callback at fit start and the skip notes, ``2`` details.
         **overrides: preset components to change, e.g. ``patience=40``; ``clipping=None`` and
             ``drop_path_rate=None`` switch those components off.

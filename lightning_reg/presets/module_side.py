@@ -1,13 +1,16 @@
 """The module side of a preset: its batch mixer, and whether its weight decay applies to an optimizer.
 
 ``RegularizedModule(preset=..., num_classes=K)`` takes the preset's weight decay and its mixer (unless
-given explicitly; the precedence is ``RegularizationConfig``'s), and calls :func:`check_preset_optimizer`
+given explicitly; the precedence is ``RegularizationConfig``'s), and calls
+[`check_preset_optimizer`][lightning_reg.presets.module_side.check_preset_optimizer]
 once its optimizer exists: the presets' weight decay is decoupled weight decay (AdamW), so with an
 optimizer that adds it to the gradient instead (SGD, Adam) it is skipped with a note rather than applied
 with a meaning it does not have.
 
-A preset states Mixup and CutMix as per-batch probabilities. :class:`PresetMixer` turns them into a
-:class:`~lightning_reg.mixing.BatchMixer` and, at the first training batch, checks that the inputs can
+A preset states Mixup and CutMix as per-batch probabilities.
+[`PresetMixer`][lightning_reg.presets.module_side.PresetMixer] turns them into a
+[`BatchMixer`][lightning_reg.mixing.mixers.BatchMixer] and, at the first training batch, checks that the
+inputs can
 take them: CutMix needs a spatial dimension (``(B, C, L)`` sequences or ``(B, C, H, W)`` images), Mixup
 needs floating-point inputs. A part that does not apply is switched off with a one-line note, and the
 other parts keep their own probabilities (a tabular batch is mixed by Mixup exactly as often as the
@@ -29,7 +32,7 @@ __all__ = ["PresetMixer", "check_preset_optimizer", "preset_mixer"]
 
 
 class PresetMixer(BatchMixer):
-    """A :class:`~lightning_reg.mixing.BatchMixer` configured by a :class:`~lightning_reg.presets.Preset`.
+    """A ``BatchMixer`` configured by a ``Preset``.
 
     Each training batch is mixed by Mixup with probability ``preset.mixup_prob``, by CutMix with
     probability ``preset.cutmix_prob``, else left as it is; every target is smoothed by
@@ -137,7 +140,7 @@ def preset_mixer(
         verbose: ``0`` silences the note.
 
     Returns:
-        A :class:`PresetMixer` or ``None``.
+        A [`PresetMixer`][lightning_reg.presets.module_side.PresetMixer] or ``None``.
 
     Example:
         >>> preset_mixer(Preset("p", weight_decay=0.1), num_classes=10) is None   # nothing to mix

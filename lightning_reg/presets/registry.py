@@ -1,12 +1,14 @@
 """Named regularization presets: what each one contains, how to override it, and which one to try next.
 
-A :class:`Preset` is plain data: one value per component of the library (weight decay on the decay
+A [`Preset`][lightning_reg.presets.registry.Preset] is plain data: one value per component of the library
+(weight decay on the decay
 group, label smoothing, Mixup / CutMix probabilities, drop-path rate and schedule, the clipping rule,
-early stopping with best-weights restore and the overfitting monitor). :data:`PRESETS` holds the three
+early stopping with best-weights restore and the overfitting monitor). ``PRESETS`` holds the three
 named ones, ordered from the weakest to the strongest; their values were chosen on validation data by
 ``benchmarks/presets_selection.py`` (the procedure and the numbers are in the documentation's presets
 page). Nothing here imports Lightning: the callbacks are built by
-:func:`lightning_reg.presets.callbacks.preset_callbacks` and the module side by
+[`lightning_reg.presets.callbacks.preset_callbacks`][lightning_reg.presets.callbacks.preset_callbacks] and the
+module side by
 ``RegularizedModule(preset=...)``.
 
 Example:
@@ -44,7 +46,8 @@ class Preset:
     """One named bundle of regularization settings (plain data, validated at construction).
 
     The weight decay is *decoupled* weight decay (``torch.optim.AdamW``, the default optimizer of
-    :class:`~lightning_reg.RegularizedModule`) applied to the decay group only: weights of convolutions,
+    [`RegularizedModule`][lightning_reg.module.regularized.RegularizedModule]) applied to the decay group
+    only: weights of convolutions,
     linear layers and embeddings; biases and normalization parameters are never decayed. With an
     optimizer whose weight decay is an L2 term in the gradient (SGD, Adam), the value means something
     else, so the module skips it with a note unless ``weight_decay`` is given explicitly.
@@ -145,7 +148,7 @@ class Preset:
             **overrides: field name -> new value.
 
         Returns:
-            The new :class:`Preset` (same name unless ``name`` is given).
+            The new [`Preset`][lightning_reg.presets.registry.Preset] (same name unless ``name`` is given).
 
         Raises:
             TypeError: an unknown field name, or a value of the wrong type.
@@ -224,11 +227,11 @@ def get_preset(preset: str | Preset, **overrides: Any) -> Preset:
     """Return a named preset (or a given one), with optional overrides.
 
     Args:
-        preset: a name in :data:`PRESET_NAMES` or a :class:`Preset`.
+        preset: a name in ``PRESET_NAMES`` or a [`Preset`][lightning_reg.presets.registry.Preset].
         **overrides: components to change, e.g. ``weight_decay=0.01``.
 
     Returns:
-        The :class:`Preset`.
+        The [`Preset`][lightning_reg.presets.registry.Preset].
 
     Raises:
         ValueError: an unknown name.
@@ -252,7 +255,8 @@ def next_preset(current: str | Preset | None) -> str | None:
     """Return the next stronger named preset: none -> ``"mild"`` -> ``"medium"`` -> ``"strong"`` -> none.
 
     Args:
-        current: the preset in use (a name, a :class:`Preset` whose name is one of the named ones), or
+        current: the preset in use (a name, a [`Preset`][lightning_reg.presets.registry.Preset] whose name is
+            one of the named ones), or
             ``None`` when none is.
 
     Returns:

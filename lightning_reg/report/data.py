@@ -29,7 +29,7 @@ __all__ = [
     "load_metrics",
 ]
 
-#: Train/validation metric pairs drawn by :func:`plot_train_val` (name -> (train key, validation key)).
+#: Train/validation metric pairs drawn by ``plot_train_val`` (name -> (train key, validation key)).
 DEFAULT_PAIRS: dict[str, tuple[str, str]] = {
     "loss": ("train_loss", "val_loss"),
     "acc": ("train_acc", "val_acc"),
@@ -66,7 +66,7 @@ class RunMetrics:
     series: dict[str, MetricSeries]
 
     def require(self, *keys: str, purpose: str) -> None:
-        """Raise :class:`MissingMetricsError` naming the missing ``keys`` and listing the found ones."""
+        """Raise ``MissingMetricsError`` naming the missing ``keys`` and listing the found ones."""
         missing = [k for k in keys if k not in self.series]
         if missing:
             raise MissingMetricsError(
@@ -218,7 +218,7 @@ def best_epoch_of(metrics: RunMetrics, key: str, mode: Literal["min", "max"] = "
     This is the epoch an early-stopping callback with ``min_delta=0`` monitoring ``key`` restores.
 
     Args:
-        metrics: from :func:`load_metrics`.
+        metrics: from [`load_metrics`][lightning_reg.report.data.load_metrics].
         key: the monitored metric.
         mode: ``"min"`` or ``"max"``.
 

@@ -1,13 +1,15 @@
 r"""Plots of a training run from its logs: train vs validation curves, gradient norms, drop-path rate.
 
-Reads a :class:`~lightning.pytorch.loggers.CSVLogger` directory (``metrics.csv``) or, when there is no CSV,
+Reads a ``CSVLogger`` directory (``metrics.csv``) or, when there is no CSV,
 TensorBoard event files, and writes PNG files with matplotlib's headless ``Agg`` backend. matplotlib (and
 tensorboard, for event files) are imported only when a report is made, so ``import lightning_reg`` does not
 need them. Every plotting function returns the series it drew, so callers (and tests) can check them.
 
-Command line (:mod:`lightning_reg.report.cli`)::
+Command line (``lightning_reg.report.cli``):
 
-    python -m lightning_reg.report LOG_DIR [--out DIR] [--best-epoch N] [--pair NAME=TRAIN_KEY,VAL_KEY ...]
+```bash
+python -m lightning_reg.report LOG_DIR [--out DIR] [--best-epoch N] [--pair NAME=TRAIN_KEY,VAL_KEY ...]
+```
 
 Example:
     >>> import tempfile, pathlib
@@ -255,7 +257,7 @@ def plot_grad_norms(
     marked with red crosses (``markers["clipped"]``).
 
     Args:
-        metrics: from :func:`load_metrics`.
+        metrics: from [`load_metrics`][lightning_reg.report.data.load_metrics].
         out_path: PNG file to write.
         pre_key: norm before clipping.
         post_key: norm after clipping.
@@ -299,7 +301,7 @@ def plot_drop_path(
     r"""Drop-path (stochastic depth) rate over steps.
 
     Args:
-        metrics: from :func:`load_metrics`.
+        metrics: from [`load_metrics`][lightning_reg.report.data.load_metrics].
         out_path: PNG file to write.
         key: the logged rate.
         title: figure title.
@@ -337,15 +339,16 @@ def render_report(
     drawn at all, the error lists, per plot, what was missing and what was found.
 
     Args:
-        log_dir: the run's log directory (see :func:`load_metrics`).
+        log_dir: the run's log directory (see [`load_metrics`][lightning_reg.report.data.load_metrics]).
         out_dir: where to write the PNGs (default: ``<log_dir>/plots``).
-        keys: metric names to look for (default :class:`ReportKeys`).
+        keys: metric names to look for (default [`ReportKeys`][lightning_reg.report.data.ReportKeys]).
         best_epoch: restored best epoch to mark; default: from ``best_from``, else the last value of
             ``keys.best_epoch`` if that is set and logged (``EarlyStopping`` logs
             ``early_stopping/restored_epoch`` when it restores), else no mark.
         title: prefix of every figure title.
         skipped: if given, filled with plot name -> why it was skipped.
-        best_from: ``"<key>:min"`` or ``"<key>:max"``: mark the epoch :func:`best_epoch_of` finds (what
+        best_from: ``"<key>:min"`` or ``"<key>:max"``: mark the epoch
+            [`best_epoch_of`][lightning_reg.report.data.best_epoch_of] finds (what
             an early-stopping callback with ``min_delta=0`` monitoring that key restores).
 
     Returns:

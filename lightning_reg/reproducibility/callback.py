@@ -44,7 +44,8 @@ class ReproducibleResume(Callback):
     shuffling samplers and ``DataLoader`` worker seeds draw from freshly seeded generators, so the resumed
     run differs from the uninterrupted one (statistically alike, not equal). This callback saves, in every
     checkpoint, each rank's torch CPU state, the state of every CUDA device the rank uses, numpy's
-    global state and Python's ``random`` state (:func:`~lightning_reg.reproducibility.rng.capture_rng_states`;
+    global state and Python's ``random`` state
+    ([`capture_rng_states`][lightning_reg.reproducibility.rng.capture_rng_states];
     ranks are gathered to the process that writes the file, one collective per save), and restores each
     rank's own states when training resumes, at the point that continues the saved sequence:
 

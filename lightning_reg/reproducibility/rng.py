@@ -3,9 +3,11 @@
 A process draws from four kinds of global generators: torch's CPU generator (``torch.rand``, dropout
 and drop path on CPU, ``DataLoader`` iterator seeds, ``RandomSampler``), one generator per CUDA device
 (dropout and drop path on the GPU), numpy's legacy global generator (``np.random.*``) and Python's
-``random`` module. :func:`capture_rng_states` reads all of them into plain values (tensors, ints, floats,
+``random`` module. [`capture_rng_states`][lightning_reg.reproducibility.rng.capture_rng_states] reads all of
+them into plain values (tensors, ints, floats,
 lists, tuples), so the result can be stored in a Lightning checkpoint and loaded with
-``torch.load(..., weights_only=True)``; :func:`restore_rng_states` puts them back. Generators a user
+``torch.load(..., weights_only=True)``;
+[`restore_rng_states`][lightning_reg.reproducibility.rng.restore_rng_states] puts them back. Generators a user
 creates and keeps (``torch.Generator()`` objects, ``np.random.default_rng()``) are not global: they
 belong in the state of whatever owns them (e.g. a stateful data loader).
 
@@ -97,13 +99,14 @@ def _numpy_state() -> dict[str, Any] | None:
 
 
 def restore_rng_states(states: Mapping[str, Any]) -> None:
-    """Set the global random-number states read by :func:`capture_rng_states`.
+    """Set the global random-number states read by ``capture_rng_states``.
 
     Kinds that are missing or ``None`` (not captured) are left alone. CUDA states are restored on the
     devices they were read from.
 
     Args:
-        states: the dict :func:`capture_rng_states` returned (possibly after a checkpoint round trip).
+        states: the dict [`capture_rng_states`][lightning_reg.reproducibility.rng.capture_rng_states] returned
+            (possibly after a checkpoint round trip).
 
     Raises:
         TypeError: ``states`` is not a mapping, or holds an unknown kind.

@@ -1,8 +1,8 @@
 """``StochasticDepthScheduler``: drop-path (and dropout) rates by depth rule and time schedule.
 
-A thin Lightning shell over :mod:`lightning_reg.stochastic_depth.layers` (finding drop-path modules),
-:mod:`lightning_reg.stochastic_depth.rate_rules` (depth rules and time schedules) and
-:mod:`lightning_reg.stochastic_depth.rate_tensor` (rates in one device tensor, so ``torch.compile`` does not
+A thin Lightning shell over ``lightning_reg.stochastic_depth.layers`` (finding drop-path modules),
+``lightning_reg.stochastic_depth.rate_rules`` (depth rules and time schedules) and
+``lightning_reg.stochastic_depth.rate_tensor`` (rates in one device tensor, so ``torch.compile`` does not
 recompile when they change). Per optimizer step it does nothing when the schedule's multiplier did not
 change, and otherwise one in-place tensor multiply plus float attribute writes: no host-device sync.
 
@@ -65,7 +65,8 @@ def _is_compiled(module: nn.Module) -> bool:
 class StochasticDepthScheduler(Callback):
     """Set the rate of every drop-path module by a depth rule and a time schedule over optimizer steps.
 
-    **What it finds** (in registration order, i.e. by depth): lightning_reg :class:`~lightning_reg.DropPath`
+    **What it finds** (in registration order, i.e. by depth): lightning_reg
+    [`DropPath`][lightning_reg.stochastic_depth.layers.DropPath]
     and ``torchvision.ops.StochasticDepth`` (attribute ``p``), timm ``DropPath`` (attribute
     ``drop_prob``), and any module whose class defines ``drop_rate_attribute = "<name of its float rate
     attribute>"`` (the protocol for your own layers). Drop-path modules with the same parent module (e.g.
@@ -89,7 +90,8 @@ class StochasticDepthScheduler(Callback):
     target) or a callable ``(t, T) -> multiplier``.
 
     **torch.compile**: with any schedule but ``"constant"`` the rates live in one float64 tensor on the
-    model's device, updated in place (:class:`~lightning_reg.stochastic_depth.rate_tensor.ScheduledRates`):
+    model's device, updated in place
+    ([`ScheduledRates`][lightning_reg.stochastic_depth.rate_tensor.ScheduledRates]):
     a compiled model builds one graph for the whole schedule instead of one per rate (dynamo gives up after
     8 and runs eagerly). A module whose rate is 0 for two steps in a row or more (after an ``"early"``
     cutoff, before a ``"late"`` one, a target of 0) takes its no-draw path, which is one more graph, compiled

@@ -1,15 +1,19 @@
 """Stochastic depth in pure PyTorch: ``drop_path``, ``DropPath`` and model surgery.
 
-* :func:`drop_path` / :class:`DropPath` drop the residual branch per sample (``mode="row"``) or for the
+* [`drop_path`][lightning_reg.stochastic_depth.layers.drop_path] /
+  [`DropPath`][lightning_reg.stochastic_depth.layers.DropPath] drop the residual branch per sample
+  (``mode="row"``) or for the
   whole batch (``mode="batch"``) with inverted scaling. They draw exactly the random numbers
   ``torchvision.ops.stochastic_depth`` and timm's ``drop_path`` draw, so the same RNG state gives the
   same result.
-* :func:`add_stochastic_depth` inserts :class:`DropPath` into residual branches of a model built
+* [`add_stochastic_depth`][lightning_reg.stochastic_depth.layers.add_stochastic_depth] inserts
+  [`DropPath`][lightning_reg.stochastic_depth.layers.DropPath] into residual branches of a model built
   without it (torchvision ``BasicBlock`` / ``Bottleneck`` out of the box, any user block through
   ``branch_ends``) without adding parameters or buffers: state_dict keys are unchanged, so checkpoints
   of the unmodified model load, and eval-mode outputs are bitwise unchanged.
-* :func:`attach_drop_path` is the building block: it makes one submodule's output (the last layer of a
-  residual branch) pass through a :class:`DropPath`.
+* [`attach_drop_path`][lightning_reg.stochastic_depth.layers.attach_drop_path] is the building block: it makes
+  one submodule's output (the last layer of a
+  residual branch) pass through a [`DropPath`][lightning_reg.stochastic_depth.layers.DropPath].
 
 Example:
     >>> import torch
@@ -74,7 +78,8 @@ def drop_path(
 
     * a **number** is validated; with ``training=False`` or ``p == 0`` the input itself is returned (no
       copy, no random draw);
-    * a **tensor** (a rate updated in place, as :class:`~lightning_reg.StochasticDepthScheduler` does
+    * a **tensor** (a rate updated in place, as
+      [`StochasticDepthScheduler`][lightning_reg.stochastic_depth.callback.StochasticDepthScheduler] does
       while it schedules a model) is read only by tensor operations: no host sync, no branch on its
       value, so ``torch.compile`` builds one graph for every rate. Its value is not checked (that would
       need a sync) and must be in ``[0, 1)``; the mask is drawn even when it is 0. With a float64 tensor the
@@ -141,7 +146,7 @@ def _noise_shape(x: Tensor, mode: str) -> tuple[int, ...]:
 
 
 def _drop_path_tensor_rate(x: Tensor, p: Tensor, mode: str, scale_by_keep: bool) -> Tensor:
-    """Draw as :func:`drop_path` does, with the rate in a tensor: only tensor ops, no branch on its value."""
+    """Draw as ``drop_path`` does, with the rate in a tensor: only tensor ops, no branch on its value."""
     keep = 1.0 - p
     noise = x.new_empty(_noise_shape(x, mode)).bernoulli_(keep)
     if scale_by_keep:
@@ -154,7 +159,8 @@ class DropPath(nn.Module):
     """Stochastic depth for a residual branch: ``x -> drop_path(x, self.p, training=self.training, ...)``.
 
     ``p`` is a Python float: set it at any time. The module has no parameters or buffers, so adding it
-    to a model changes no ``state_dict``. While a :class:`~lightning_reg.StochasticDepthScheduler` with
+    to a model changes no ``state_dict``. While a
+    [`StochasticDepthScheduler`][lightning_reg.stochastic_depth.callback.StochasticDepthScheduler] with
     a changing schedule runs, the module reads its rate from a 0-d device tensor that the scheduler updates
     in place (``p`` still reads the current rate), so a compiled model does not recompile when the rate
     changes; outside such a fit it is the plain float path above.
@@ -214,7 +220,7 @@ class DropPath(nn.Module):
         return s if self.scale_by_keep else s + ", scale_by_keep=False"
 
 
-#: Attribute name of the DropPath child that :func:`attach_drop_path` adds to a branch-end module.
+#: Attribute name of the DropPath child that ``attach_drop_path`` adds to a branch-end module.
 ATTACHED_NAME = "drop_path"
 
 
@@ -224,10 +230,11 @@ def _drop_path_output_hook(module: nn.Module, args: Any, output: Tensor) -> Tens
 
 
 def attach_drop_path(module: nn.Module, p: float = 0.0, mode: Literal["row", "batch"] = "row") -> DropPath:
-    """Make ``module``'s output pass through a :class:`DropPath` (the generic way for user blocks).
+    """Make ``module``'s output pass through a ``DropPath`` (the generic way for user blocks).
 
     Call it on the *last* submodule of a residual branch, the one whose output is added to the skip
-    connection (e.g. the final norm layer of the branch). The :class:`DropPath` becomes the child
+    connection (e.g. the final norm layer of the branch). The
+    [`DropPath`][lightning_reg.stochastic_depth.layers.DropPath] becomes the child
     ``module.drop_path`` and a forward hook applies it to ``module``'s output. No parameter or buffer is
     added, so ``state_dict`` keys do not change, and in eval mode the output is returned untouched.
     Calling it again on the same module only updates the rate and mode.
@@ -238,10 +245,10 @@ def attach_drop_path(module: nn.Module, p: float = 0.0, mode: Literal["row", "ba
     Args:
         module: last layer of a residual branch.
         p: drop probability in ``[0, 1]``.
-        mode: ``"row"`` or ``"batch"``, see :func:`drop_path`.
+        mode: ``"row"`` or ``"batch"``, see [`drop_path`][lightning_reg.stochastic_depth.layers.drop_path].
 
     Returns:
-        The attached :class:`DropPath`.
+        The attached [`DropPath`][lightning_reg.stochastic_depth.layers.DropPath].
 
     Example:
         >>> import torch
@@ -292,24 +299,26 @@ def add_stochastic_depth(
     branch_ends: Mapping[type[nn.Module], str] | None = None,
     mode: Literal["row", "batch"] = "row",
 ) -> list[DropPath]:
-    """Insert :class:`DropPath` into every residual block of ``model``, rates by a depth rule.
+    """Insert ``DropPath`` into every residual block of ``model``, rates by a depth rule.
 
     Blocks are found by type, in registration order (shallowest first): torchvision ``BasicBlock``
     (after ``bn2``) and ``Bottleneck`` (after ``bn3``), plus the types in ``branch_ends``. Each gets
-    :func:`attach_drop_path` on its branch-end submodule, so ``state_dict`` keys are unchanged (a state
+    [`attach_drop_path`][lightning_reg.stochastic_depth.layers.attach_drop_path] on its branch-end submodule,
+    so ``state_dict`` keys are unchanged (a state
     dict of the unmodified model loads with ``strict=True``) and eval-mode outputs are bitwise unchanged.
     Applying it twice only updates the rates.
 
     For your own residual blocks, name the submodule whose output is added to the skip connection:
     ``add_stochastic_depth(model, 0.1, branch_ends={MyBlock: "bn2"})`` (dotted paths such as
-    ``"branch.3"`` work). Alternatively put a :class:`DropPath` in the block yourself, or call
-    :func:`attach_drop_path` on single submodules.
+    ``"branch.3"`` work). Alternatively put a [`DropPath`][lightning_reg.stochastic_depth.layers.DropPath] in
+    the block yourself, or call
+    [`attach_drop_path`][lightning_reg.stochastic_depth.layers.attach_drop_path] on single submodules.
 
     Args:
         model: the model to modify in place.
         max_rate: the depth rule's maximum rate, in ``[0, 1)``.
         rule: ``"linear"`` (timm), ``"huang"``, ``"uniform"`` or a callable, see
-            :func:`lightning_reg.stochastic_depth.rate_rules.depth_rates`.
+            [`lightning_reg.stochastic_depth.rate_rules.depth_rates`][lightning_reg.stochastic_depth.rate_rules.depth_rates].
         branch_ends: extra (or overriding) ``{block type: branch-end submodule name}`` entries.
         mode: ``"row"`` (per sample; DDP needs no ``find_unused_parameters``) or ``"batch"``.
 
@@ -360,7 +369,7 @@ def add_stochastic_depth(
 
 @dataclass(frozen=True)
 class DropRateSite:
-    """One module with a schedulable drop rate, as found by :func:`find_drop_rate_modules`.
+    """One module with a schedulable drop rate, as found by ``find_drop_rate_modules``.
 
     Args:
         name: qualified name in the model (``model.named_modules()``).
@@ -399,13 +408,16 @@ def _drop_path_types() -> dict[type[nn.Module], str]:
 def find_drop_rate_modules(model: nn.Module, include_dropout: bool = False) -> list[DropRateSite]:
     """Find every drop-path module of ``model`` (and optionally every dropout module), in registration order.
 
-    Recognised: :class:`DropPath` and ``torchvision.ops.StochasticDepth`` (rate attribute ``p``), timm
+    Recognised: [`DropPath`][lightning_reg.stochastic_depth.layers.DropPath] and
+        ``torchvision.ops.StochasticDepth`` (rate attribute ``p``), timm
     ``DropPath`` (``drop_prob``), and the protocol for your own layers: a module class with a class
-    attribute ``drop_rate_attribute`` naming its float rate attribute, e.g.::
+    attribute ``drop_rate_attribute`` naming its float rate attribute, e.g.:
 
-        class MyDropPath(nn.Module):
-            drop_rate_attribute = "rate"
-            def __init__(self, rate): super().__init__(); self.rate = rate
+    ```python
+    class MyDropPath(nn.Module):
+        drop_rate_attribute = "rate"
+        def __init__(self, rate): super().__init__(); self.rate = rate
+    ```
 
     Drop-path modules sharing a parent module (e.g. ``drop_path1`` and ``drop_path2`` of one transformer
     block) get the same depth ``level``; levels count distinct parents in registration order.

@@ -74,7 +74,7 @@ _CUTOFF_SCHEDULES = ("warmup", "early", "late")
 
 
 def _check_rule(rule: object) -> None:
-    """Check a depth rule: one of :data:`DEPTH_RULES` or a callable.
+    """Check a depth rule: one of ``DEPTH_RULES`` or a callable.
 
     Example:
         >>> _check_rule("huang")
@@ -87,7 +87,7 @@ def _check_rule(rule: object) -> None:
 
 
 def _check_schedule(schedule: object) -> None:
-    """Check a time schedule: one of :data:`TIME_SCHEDULES` or a callable.
+    """Check a time schedule: one of ``TIME_SCHEDULES`` or a callable.
 
     Example:
         >>> _check_schedule(lambda step, total: 1.0)
@@ -133,7 +133,8 @@ def linear_depth_rates(num_blocks: int, max_rate: float) -> list[float]:
 def huang_depth_rates(num_blocks: int, max_rate: float) -> list[float]:
     """Huang et al. (2016) linear decay rule: ``p_l = l / L * max_rate`` for blocks ``l = 1..L``.
 
-    Unlike :func:`linear_depth_rates` the first block already gets ``max_rate / L``.
+    Unlike [`linear_depth_rates`][lightning_reg.stochastic_depth.rate_rules.linear_depth_rates] the first
+    block already gets ``max_rate / L``.
 
     Args:
         num_blocks: number of blocks ``L``.

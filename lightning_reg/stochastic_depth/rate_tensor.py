@@ -2,20 +2,23 @@
 
 ``torch.compile`` specialises a graph on every Python float it reads: a drop-path rate stored as a float
 attribute and changed every step by a schedule recompiles the model at every new value, until dynamo's
-recompile limit (8) makes it run the block eagerly for the rest of training. :class:`ScheduledRates`
+recompile limit (8) makes it run the block eagerly for the rest of training.
+[`ScheduledRates`][lightning_reg.stochastic_depth.rate_tensor.ScheduledRates]
 moves the rates of the scheduled modules into one 1-D tensor on the model's device; each module reads a
 0-d view of it, and a schedule step is one in-place ``torch.mul(targets, multiplier, out=rates)``: no
 host sync, no recompilation, one kernel for all modules.
 
 How each kind of module reads the tensor:
 
-* lightning_reg :class:`~lightning_reg.DropPath` (and subclasses that keep its ``forward``): natively,
+* lightning_reg [`DropPath`][lightning_reg.stochastic_depth.layers.DropPath] (and subclasses that keep its
+  ``forward``): natively,
   through its ``_rate`` slot.
 * ``torchvision.ops.StochasticDepth``, timm's ``DropPath``, ``nn.Dropout``, ``nn.Dropout1d/2d/3d``,
   ``nn.AlphaDropout`` and ``nn.FeatureAlphaDropout`` (exactly these classes, not subclasses, whose
   ``forward`` may differ): their class is swapped, for the duration of the fit, to a subclass whose
   ``forward`` draws the same masks with the rate read from the tensor, and swapped back by
-  :meth:`ScheduledRates.release`. ``isinstance`` checks keep working; the rate attribute (``p`` /
+  [`ScheduledRates.release`][lightning_reg.stochastic_depth.rate_tensor.ScheduledRates.release].
+  ``isinstance`` checks keep working; the rate attribute (``p`` /
   ``drop_prob``) still reads the current rate as a float.
 * any other module (the ``drop_rate_attribute`` protocol, subclasses of the classes above): its float
   attribute is written, as before; under ``torch.compile`` each new rate recompiles that module's graph.
@@ -89,7 +92,7 @@ def _dropout_tensor_rate(
 
 
 class _ScheduledMixin:
-    """Marks a class swapped in by :class:`ScheduledRates` (``_scheduled_rate``: 0-d rate view or None)."""
+    """Marks a class swapped in by ``ScheduledRates`` (``_scheduled_rate``: 0-d rate view or None)."""
 
     _unscheduled_class: type[nn.Module]
 
@@ -132,7 +135,7 @@ class _ScheduledDropoutBase(_ScheduledMixin):
 
 
 class _ScheduledDropout(_ScheduledDropoutBase, nn.Dropout):
-    """``nn.Dropout`` reading its rate from a tensor (swapped in by :class:`ScheduledRates`)."""
+    """``nn.Dropout`` reading its rate from a tensor (swapped in by ``ScheduledRates``)."""
 
     _unscheduled_class = nn.Dropout
 
@@ -230,13 +233,14 @@ _OURS, _SWAPPED, _ATTRIBUTE = 0, 1, 2
 class ScheduledRates:
     """The rates of scheduled modules in one device tensor (see the module docstring for the mechanism).
 
-    Constructing it binds the modules (swapping classes where needed); :meth:`apply` sets every rate to
-    ``target * multiplier``; :meth:`release` restores the classes and leaves the float rates as they are
+    Constructing it binds the modules (swapping classes where needed); ``apply`` sets every rate to
+    ``target * multiplier``; ``release`` restores the classes and leaves the float rates as they are
     (the caller restores them).
 
     Args:
         found: the modules to schedule, as
-            :func:`~lightning_reg.stochastic_depth.layers.find_drop_rate_modules` returns them.
+            [`find_drop_rate_modules`][lightning_reg.stochastic_depth.layers.find_drop_rate_modules] returns
+            them.
         targets: one target rate per module (the rate at multiplier 1).
         device: where the rate tensor lives: the device the model computes on.
         dtype: the tensor's dtype; default float64 (bitwise the float path's draws), float32 on MPS.

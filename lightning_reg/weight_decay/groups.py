@@ -7,7 +7,8 @@ components of the names (``_fsdp_wrapped_module.``, ``_checkpoint_wrapped_module
 the ``module.`` of a DDP / DataParallel wrapper) are stripped before any name is matched or reported.
 
 A parameter is left out of weight decay when, under *any* of the names it is reachable by (tied weights
-have several), one of these rules of :class:`DecayRule` holds (``word`` = a run of letters in the own
+have several), one of these rules of [`DecayRule`][lightning_reg.weight_decay.groups.DecayRule] holds
+(``word`` = a run of letters in the own
 name, e.g. ``bias_ih_l0_reverse`` has the words ``bias``, ``ih``, ``l``, ``reverse``):
 
 * ``bias``: its own name has the word ``bias`` or ``beta`` (``bias``, ``in_proj_bias``, RNN ``bias_ih_l0``
@@ -32,7 +33,7 @@ name, e.g. ``bias_ih_l0_reverse`` has the words ``bias``, ``ih``, ``l``, ``rever
   ``nn.EmbeddingBag``, or its own name has the word ``embed``, ``embedding(s)`` or ``token(s)``
   (``pos_embed``, ``position_embeddings``, ``class_embedding``, ``cls_token``, ``distillation_token``,
   ``register_tokens``, ``mask_token``);
-* ``pattern``: one of the rule's ``exclude`` selectors (:class:`~lightning_reg._shared.names.NameSelector`:
+* ``pattern``: one of the rule's ``exclude`` selectors (``NameSelector``:
   dotted name or prefix, glob, ``re:<regex>``) selects its full name.
 """
 
@@ -102,11 +103,14 @@ REASONS = ("bias", "norm", "scale", "declared", "embedding", "pattern")
 class DecayRule:
     """Which parameters are kept out of weight decay (and out of the explicit penalties).
 
-    One object shared by :func:`weight_decay_param_groups`, :class:`~lightning_reg.RegularizedModule`
-    (``decay_rule=``), :class:`~lightning_reg.penalties.WeightPenalty` and
-    :class:`~lightning_reg.ProximalL1`; in a LightningCLI config it is a plain mapping
+    One object shared by
+    [`weight_decay_param_groups`][lightning_reg.weight_decay.groups.weight_decay_param_groups],
+    [`RegularizedModule`][lightning_reg.module.regularized.RegularizedModule]
+    (``decay_rule=``), [`WeightPenalty`][lightning_reg.penalties.functional.WeightPenalty] and
+    [`ProximalL1`][lightning_reg.penalties.callback.ProximalL1]; in a LightningCLI config it is a plain
+    mapping
     (``decay_rule: {embeddings: true, exclude: [head]}``). The rules are described in
-    :mod:`lightning_reg.weight_decay.groups`; parameters declared by a module's ``no_weight_decay()`` or
+    ``lightning_reg.weight_decay.groups``; parameters declared by a module's ``no_weight_decay()`` or
     marked ``_no_weight_decay`` are always excluded.
 
     Args:
@@ -144,7 +148,7 @@ class DecayRule:
 
     @property
     def selector(self) -> NameSelector:
-        """The ``exclude`` patterns as a :class:`~lightning_reg._shared.names.NameSelector`.
+        """The ``exclude`` patterns as a ``NameSelector``.
 
         Example:
             >>> DecayRule(exclude=["*.gate"]).selector.matches("blocks.0.gate")
@@ -299,7 +303,8 @@ def canonical_parameters(model: nn.Module, *, include_frozen: bool = False) -> l
 
     The name is the first one ``named_parameters()`` gives (tied parameters appear once) with the wrapper
     components stripped (``_fsdp_wrapped_module.``, ``_orig_mod.``, a DDP wrapper's ``module.`` ...):
-    the names of :func:`classify_parameters`, :func:`block_layer_ids` and the groups' ``param_names``.
+    the names of [`classify_parameters`][lightning_reg.weight_decay.groups.classify_parameters],
+    [`block_layer_ids`][lightning_reg.weight_decay.groups.block_layer_ids] and the groups' ``param_names``.
 
     Args:
         model: the model, possibly wrapped.
@@ -340,7 +345,8 @@ def classify_parameters(
     Args:
         model: the model (possibly wrapped by DDP, FSDP with ``use_orig_params=True``, activation
             checkpointing or ``torch.compile``).
-        rule: the :class:`DecayRule` (default ``DecayRule()``). An ``exclude`` pattern that matches no
+        rule: the [`DecayRule`][lightning_reg.weight_decay.groups.DecayRule] (default ``DecayRule()``). An
+            ``exclude`` pattern that matches no
             parameter triggers one ``UserWarning`` naming it.
         include_frozen: also classify parameters with ``requires_grad=False``.
 
@@ -410,8 +416,9 @@ def no_weight_decay_names(model: nn.Module, rule: DecayRule | None = None) -> se
     """Names (wrapper prefixes stripped, tied parameters once) of trainable parameters without weight decay.
 
     Args:
-        model: the model, possibly wrapped (see :func:`classify_parameters`).
-        rule: the :class:`DecayRule` (default ``DecayRule()``).
+        model: the model, possibly wrapped (see
+            [`classify_parameters`][lightning_reg.weight_decay.groups.classify_parameters]).
+        rule: the [`DecayRule`][lightning_reg.weight_decay.groups.DecayRule] (default ``DecayRule()``).
 
     Returns:
         The set of canonical parameter names that must not be decayed.
@@ -503,10 +510,12 @@ def weight_decay_param_groups(
     Args:
         model: the model, possibly wrapped (DDP, FSDP ``use_orig_params=True``, checkpointing, compile).
         weight_decay: decay for the decayed groups; ``>= 0``.
-        rule: which parameters are kept out of weight decay (:class:`DecayRule`; default ``DecayRule()``).
+        rule: which parameters are kept out of weight decay
+            ([`DecayRule`][lightning_reg.weight_decay.groups.DecayRule]; default ``DecayRule()``).
         layer_decay: per-layer LR decay factor in ``(0, 1]``; needs ``lr``.
         lr: base learning rate (the rate of the last layer with ``layer_decay``).
-        layer_id_fn: maps a stripped parameter name to its layer id; default :func:`block_layer_ids`.
+        layer_id_fn: maps a stripped parameter name to its layer id; default
+            [`block_layer_ids`][lightning_reg.weight_decay.groups.block_layer_ids].
         num_layers: ``L`` in the formula; default ``max(layer id) + 1``.
 
     Returns:
@@ -664,7 +673,9 @@ def validate_param_groups(groups: Iterable[dict[str, Any]], model: nn.Module | N
     """Check that no parameter is in two groups and, given ``model``, that every trainable one is in one.
 
     Args:
-        groups: parameter-group dicts (e.g. from :func:`weight_decay_param_groups`, possibly edited).
+        groups: parameter-group dicts (e.g. from
+            [`weight_decay_param_groups`][lightning_reg.weight_decay.groups.weight_decay_param_groups],
+            possibly edited).
         model: if given, also require every trainable parameter of it to be in some group.
 
     Raises:

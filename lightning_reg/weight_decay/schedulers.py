@@ -51,11 +51,13 @@ class WarmupCosineLR(LRScheduler):
 
     Each group follows ``group["initial_lr"] * warmup_cosine_factor(step, ...)``, so the per-layer rates of
     layer-wise LR decay keep their ratios. Step it every optimizer step (Lightning: ``"interval": "step"``,
-    which :class:`~lightning_reg.RegularizedModule` uses by default). All settings are saved in the
+    which [`RegularizedModule`][lightning_reg.module.regularized.RegularizedModule] uses by default). All
+    settings are saved in the
     scheduler's ``state_dict`` and restored on resume.
 
-    With ``total_steps=None`` the length is filled in later: :class:`~lightning_reg.RegularizedModule` sets
-    it to ``trainer.estimated_stepping_batches``; other users call :meth:`set_total_steps` before the end of
+    With ``total_steps=None`` the length is filled in later:
+    [`RegularizedModule`][lightning_reg.module.regularized.RegularizedModule] sets
+    it to ``trainer.estimated_stepping_batches``; other users call ``set_total_steps`` before the end of
     the warm-up.
 
     Args:
@@ -78,11 +80,13 @@ class WarmupCosineLR(LRScheduler):
         >>> lrs
         [0.0, 0.5, 1.0, 0.854, 0.5, 0.146, 0.0]
 
-    YAML (LightningCLI, for a module argument typed ``LRSchedulerCallable``)::
+    YAML (LightningCLI, for a module argument typed ``LRSchedulerCallable``):
 
-        lr_scheduler:
-          class_path: lightning_reg.WarmupCosineLR
-          init_args: {warmup_steps: 500, total_steps: 10000, min_lr_factor: 0.01}
+    ```yaml
+    lr_scheduler:
+      class_path: lightning_reg.WarmupCosineLR
+      init_args: {warmup_steps: 500, total_steps: 10000, min_lr_factor: 0.01}
+    ```
     """
 
     def __init__(
@@ -134,7 +138,7 @@ class WarmupCosineLR(LRScheduler):
         self.total_steps = total_steps
 
     def lr_factor(self, step: int) -> float:
-        """Multiplier of the base LR at ``step`` (see :func:`warmup_cosine_factor`).
+        """Multiplier of the base LR at ``step`` (see ``warmup_cosine_factor``).
 
         Args:
             step: optimizer steps taken so far.
