@@ -11,7 +11,7 @@ Example:
     >>> from lightning_reg.find.space import Candidate
     >>> r = FinderResult("val_loss", "min", Candidate(get_preset("mild", weight_decay=0.01)), 3, 0.41,
     ...                  (), (), (), 10.0, 8.5, 0.0)
-    >>> print(python_arguments(r).splitlines()[2])
+    >>> print(python_arguments(r).splitlines()[3])
     preset = get_preset('mild', weight_decay=0.01)
 """
 
@@ -113,6 +113,8 @@ def cli_fragment(result: FinderResult, branch_ends: Mapping[Any, str] | None = N
 def python_arguments(result: FinderResult, model_name: str = "YourModel") -> str:
     """Write the choice as Python: the preset override, the model's arguments and the callbacks.
 
+    A template: ``...`` stands for the model's and the Trainer's other arguments.
+
     Args:
         result: the finder's result.
         model_name: the model's class name in the text.
@@ -133,6 +135,7 @@ def python_arguments(result: FinderResult, model_name: str = "YourModel") -> str
     args = "".join(f", {k}={v!r}" for k, v in c.model_args.items())
     return "\n".join(
         [
+            "import lightning",
             "from lightning_reg import get_preset, preset_callbacks",
             "",
             f"preset = get_preset({c.preset.name!r}{', ' + over if over else ''})",

@@ -97,7 +97,8 @@ class PresetSummary(Callback):
                 preset_skip_note(
                     self.preset,
                     "weight decay, label smoothing and mixing",
-                    f"{type(pl_module).__name__} carries no preset; they come from "
+                    f"{type(pl_module).__name__} carries no preset, so its own settings apply (its weight "
+                    "decay included); the preset's come from "
                     f"RegularizedModule(preset={self.preset.name!r}, num_classes=K)",
                 ),
             )
