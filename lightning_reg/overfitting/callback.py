@@ -27,7 +27,11 @@ __all__ = ["OverfittingMonitor"]
 
 _ACTIONS = ("warn", "stop")
 #: What the alert proposes to regularize more when no ``hint`` is given.
-_DEFAULT_HINT = "Try the 'mild' preset: RegularizedModule(preset='mild') and preset_callbacks('mild')."
+_DEFAULT_HINT = (
+    "Try the 'mild' preset: RegularizedModule(preset='mild') and preset_callbacks('mild'); or let the "
+    "regularization finder choose on your validation data: lightning_reg.find.find_regularization "
+    "(python -m lightning_reg.find; extra [find])."
+)
 
 
 def _value_dtype(device: torch.device) -> torch.dtype:
@@ -197,7 +201,7 @@ class OverfittingMonitor(Callback):
         probe_seed: seed of the fixed random subset when ``probe`` is a fraction.
         sync_values: average the values over ranks before deciding (one all-reduce per check).
         hint: the sentence an alert gives as the way to regularize more (``preset_callbacks`` passes the
-            next stronger preset); ``None``: try the ``'mild'`` preset.
+            next stronger preset); ``None``: try the ``'mild'`` preset, or the regularization finder.
         verbose: ``0``/``False``: warnings only; ``1`` (default): one line at fit start and, if any pair
             alerted, one line at fit end; ``2``/``True``: the whole table of checks at fit end.
 

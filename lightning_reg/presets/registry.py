@@ -291,18 +291,22 @@ def overfitting_hint(current: str | Preset | None) -> str:
     nxt = next_preset(current)
     name = current.name if isinstance(current, Preset) else current
     how = f"RegularizedModule(preset={nxt!r}) and preset_callbacks({nxt!r})"
+    finder = (
+        "let the regularization finder choose on your validation data: "
+        "lightning_reg.find.find_regularization (python -m lightning_reg.find; extra [find])"
+    )
     if current is None:
-        return f"Try the {nxt!r} preset: {how}."
+        return f"Try the {nxt!r} preset: {how}; or {finder}."
     if nxt is not None:
         return f"Try the next stronger preset, {nxt!r}: {how}."
     if name in PRESET_NAMES:
         return (
-            f"{name!r} is the strongest preset: get more data or use a smaller model, or raise single "
-            "components (e.g. preset_callbacks('strong', drop_path_rate=0.3))."
+            f"{name!r} is the strongest preset: {finder}; or get more data or use a smaller model, or raise "
+            "single components (e.g. preset_callbacks('strong', drop_path_rate=0.3))."
         )
     return (
-        f"The custom preset {name!r} is not one of {list(PRESET_NAMES)}: raise its components (weight decay, "
-        "mixing, drop-path), get more data or use a smaller model."
+        f"The custom preset {name!r} is not one of {list(PRESET_NAMES)}: {finder}; or raise its components "
+        "(weight decay, mixing, drop-path), get more data or use a smaller model."
     )
 
 

@@ -69,6 +69,10 @@ def test_next_preset_and_hint_name_the_next_step():
     assert "'mild'" in overfitting_hint(None) and "RegularizedModule(preset='mild')" in overfitting_hint(None)
     assert "'medium'" in overfitting_hint("mild") and "'strong'" in overfitting_hint("medium")
     assert "strongest preset" in overfitting_hint("strong")
+    # where the ladder ends, or no preset is in use, the hint names the finder
+    for current in (None, "strong", Preset("mine")):
+        assert "lightning_reg.find.find_regularization" in overfitting_hint(current), current
+    assert "find_regularization" not in overfitting_hint("mild")
     assert "custom preset 'mine'" in overfitting_hint(Preset("mine"))
 
 
