@@ -134,3 +134,24 @@ def test_user_hook_runs_first_and_its_result_is_mixed():
     trainer = fast_trainer(max_steps=1)
     trainer.fit(net, DataLoader(TensorDataset(torch.randn(8, 3), torch.randint(0, 2, (8,))), batch_size=8))
     assert net.seen_targets[0].shape == (8, 2)  # soft targets: the user's hook ran, then mixing
+
+
+def test_a_user_wrapper_around_the_mixing_step_still_trains_mixed_batches():
+    # a profiler or a guard wrapping the instance's training_step with functools.wraps: Lightning's
+    # override check unwraps one level and reads __code__, which the mixing step must answer
+    import functools
+
+    torch.manual_seed(0)
+    net = Net(batch_mixer=BatchMixer(num_classes=2, mixup_alpha=1.0, seed=0))
+    inner = net.training_step
+    calls = []
+
+    @functools.wraps(inner)
+    def traced(*args, **kwargs):
+        calls.append(1)
+        return inner(*args, **kwargs)
+
+    object.__setattr__(net, "training_step", traced)
+    loader = DataLoader(TensorDataset(torch.randn(16, 3), torch.randint(0, 2, (16,))), batch_size=8)
+    fast_trainer(max_epochs=1).fit(net, loader)
+    assert len(calls) == 2 and all(t.shape == (8, 2) for t in net.seen_targets)  # mixed: soft targets
