@@ -23,7 +23,11 @@ from typing import Any
 
 import lightning as L
 import pytest
-import tomllib
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser, as a package
+    import tomli as tomllib
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn

@@ -16,7 +16,10 @@ import ast
 import sys
 from pathlib import Path
 
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser, as a package
+    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[2]
 PKG = ROOT / "lightning_reg"
