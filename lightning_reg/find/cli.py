@@ -87,13 +87,23 @@ def _pruner(name: str, max_epochs: int | None) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
+def _instantiate(parser: ArgumentParser, cfg: Namespace) -> Namespace:
+    """Build the classes of a parsed config, on every supported jsonargparse.
+
+    ``instantiate`` where it exists (newer releases deprecate ``instantiate_classes``), else
+    ``instantiate_classes`` (the floor, 4.41).
+    """
+    build = getattr(parser, "instantiate", None) or parser.instantiate_classes
+    return build(cfg)
+
+
 def _model_kwargs(class_path: str, init_args: Namespace) -> tuple[type, dict[str, Any]]:
     """Return the model class and its arguments, nested classes built (optimizer, scheduler callables)."""
     module_name, _, name = class_path.rpartition(".")
     cls = getattr(importlib.import_module(module_name), name)
     parser = ArgumentParser(exit_on_error=False)
     parser.add_class_arguments(cls, "model", instantiate=False)
-    built = parser.instantiate(parser.parse_object({"model": init_args.as_dict()}))
+    built = _instantiate(parser, parser.parse_object({"model": init_args.as_dict()}))
     return cls, dict(vars(built.model))
 
 
@@ -110,7 +120,7 @@ def finder_main(argv: Sequence[str] | None = None) -> int:
     parser = finder_parser()
     try:
         cfg = parser.parse_args(argv)
-        built = parser.instantiate(cfg)
+        built = _instantiate(parser, cfg)
         cls, kwargs = _model_kwargs(cfg.model.class_path, cfg.model.init_args)
     except Exception as err:  # jsonargparse reports parse and build errors as several exception types
         hint = ""
