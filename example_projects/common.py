@@ -112,7 +112,8 @@ class MLP(nn.Sequential):
         num_classes: output classes.
         hidden: hidden units per layer.
         depth: hidden layers (0: a linear classifier).
-        dropout: dropout probability after each hidden layer (0: no ``nn.Dropout`` module).
+        dropout: dropout probability after each hidden layer. The ``nn.Dropout`` modules exist at 0 too
+            (as in torchvision's and Hugging Face's models), so a preset's dropout stand-in can set them.
 
     Example:
         >>> MLP(40, 10, hidden=32, depth=2, dropout=0.5)(torch.zeros(4, 40)).shape
@@ -130,8 +131,7 @@ class MLP(nn.Sequential):
         layers: list[nn.Module] = []
         for i in range(depth):
             layers += [nn.Linear(in_features if i == 0 else hidden, hidden), nn.ReLU(inplace=True)]
-            if dropout > 0:
-                layers.append(nn.Dropout(dropout))
+            layers.append(nn.Dropout(dropout))
         layers.append(nn.Linear(hidden if depth else in_features, num_classes))
         super().__init__(*layers)
 

@@ -341,8 +341,11 @@ class EarlyStopping(_LightningEarlyStopping):
         say(
             self.verbose,
             1,
-            f"EarlyStopping: {self.monitor} ({self.mode}), patience {self.patience}{extra}; {restore}.",
+            f"EarlyStopping: {self.monitor} ({self.mode}), {self._patience_text()}{extra}; {restore}.",
         )
+
+    def _patience_text(self) -> str:
+        return f"patience {self.patience}"
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -10,7 +10,7 @@ Example:
     >>> from lightning_reg import RegularizedModule, get_preset
     >>> from lightning_reg.find.space import Candidate
     >>> build = model_factory(RegularizedModule, {"num_classes": 3})
-    >>> build(Candidate(get_preset("medium"))).preset.mixup_prob
+    >>> build(Candidate(get_preset("strong"))).preset.mixup_prob
     0.3
 """
 

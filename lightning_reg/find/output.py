@@ -43,6 +43,7 @@ _TRAINER_SIDE = (
     "drop_path_rule",
     "drop_path_schedule",
     "drop_path_warmup",
+    "dropout_rate",
     "clipping",
     "clip_max_norm",
     "patience",

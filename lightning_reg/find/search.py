@@ -119,20 +119,26 @@ def _resolve_space(
     branch_ends: Mapping[Any, str] | None,
     worker: StudyWorker,
 ) -> SearchSpace:
-    """Fit the space to the model: ``dropout`` when it takes one; no drop-path without residual blocks."""
+    """Fit the space to the model.
+
+    ``dropout`` is searched when the model takes one (then the presets' dropout stand-in is not); drop-path
+    only with residual blocks, the dropout stand-in only without them.
+    """
     if space.model_args is None:
         takes_dropout = "dropout" in _arguments(model) and _signature_default(model, "dropout") is not None
         space = space.replace(model_args={"dropout": (0.0, 0.5)} if takes_dropout else {})
         if takes_dropout:
             worker.say("the model takes `dropout`: searched in [0, 0.5] (SearchSpace.model_args changes it)")
-    if space.drop_path_rate is not None:
-        probe = build(no_regularization(space))
-        if not _has_residual_blocks(probe, branch_ends):
-            space = space.replace(drop_path_rate=None)
-            worker.say(
-                f"drop-path is not searched: {type(probe).__name__} has no residual block the presets find "
-                "(pass branch_ends={BlockClass: 'last_branch_layer'} for your own blocks)"
-            )
+    probe = build(no_regularization(space))
+    residual = _has_residual_blocks(probe, branch_ends)
+    if space.drop_path_rate is not None and not residual:
+        space = space.replace(drop_path_rate=None)
+        worker.say(
+            f"drop-path is not searched: {type(probe).__name__} has no residual block the presets find "
+            "(pass branch_ends={BlockClass: 'last_branch_layer'} for your own blocks)"
+        )
+    if space.dropout_rate is not None and (residual or "dropout" in (space.model_args or {})):
+        space = space.replace(dropout_rate=None)  # drop-path, or the model's own dropout, takes its place
     return space
 
 
@@ -183,7 +189,9 @@ def _enqueue_ladder(
     values = {k: model_kwargs.get(k, _signature_default(model, k)) for k in space.model_args or {}}
     values = {k: v for k, v in values.items() if isinstance(v, (int, float))}
     for name in space.presets:
-        params = ladder_params(space, name, values, metric=setup.metric, mode=setup.mode)
+        params = ladder_params(
+            space, name, values, metric=setup.metric, mode=setup.mode, stand_in=space.drop_path_rate is None
+        )
         study.enqueue_trial(params, user_attrs={"ladder": name})
 
 

@@ -10,7 +10,7 @@ Example:
     >>> space = SearchSpace(weight_decay=(1e-3, 0.3), mixup_prob=None)
     >>> params = ladder_params(space, "medium")
     >>> params["preset"], params["weight_decay"], "mixup_prob" in params
-    ('medium', 0.05, False)
+    ('medium', 0.1, False)
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from lightning_reg import get_preset
-from lightning_reg._shared.validation import check_choice, check_int, check_number, check_str
+from lightning_reg._shared.validation import check_choice, check_number, check_str
 from lightning_reg.presets import PRESET_NAMES, Preset
 
 __all__ = ["Candidate", "SearchSpace", "ladder_params", "no_regularization", "suggest_candidate"]
@@ -66,7 +66,8 @@ class SearchSpace:
     Every named preset in ``presets`` is run once as it is (the ladder); every other trial takes a
     preset from ``presets`` and sets each searched component to a value from its range. A component set
     to ``None`` is not searched: it keeps the preset's value. Ranges of rates are uniform, weight decay
-    and ``clip_max_norm`` log-uniform, ``patience`` integer.
+    and ``clip_max_norm`` log-uniform, ``patience`` uniform (a fraction of the planned validation checks,
+    as in the named presets).
 
     Args:
         presets: the preset ladder (names from ``PRESET_NAMES``), weakest first.
@@ -77,10 +78,13 @@ class SearchSpace:
             as in the named presets. ``mixup_prob[1] + cutmix_prob[1]`` must be at most 1.
         drop_path_rate: drop-path rate of the deepest residual block (the finder drops it for models
             without a residual block it can find).
+        dropout_rate: the presets' stand-in for drop-path on a model without residual blocks: the rate of
+            its dropout modules (the finder drops it for models with residual blocks, and for models
+            whose own ``dropout`` argument is searched in ``model_args``: that one is searched instead).
         clipping: the clipping rules to choose from (``"zclip"``, ``"norm"``, ``"agc"``, ``None`` for
             none).
         clip_max_norm: threshold range of ``clipping="norm"``, log-uniform.
-        patience: early-stopping patience, in validation checks.
+        patience: early-stopping patience, as a fraction of the planned validation checks, in ``(0, 1)``.
         monitors: the metrics early stopping may watch, ``{name: "min" | "max"}``; ``None``: ``val_loss``
             and the finder's objective metric.
         model_args: float arguments of the model's constructor to search, ``{name: (low, high)}``, e.g.
@@ -102,9 +106,10 @@ class SearchSpace:
     mixup_prob: tuple[float, float] | None = (0.0, 0.8)
     cutmix_prob: tuple[float, float] | None = None
     drop_path_rate: tuple[float, float] | None = (0.0, 0.3)
+    dropout_rate: tuple[float, float] | None = (0.0, 0.5)
     clipping: tuple[str | None, ...] | None = _CLIPPING
     clip_max_norm: tuple[float, float] = (0.1, 10.0)
-    patience: tuple[int, int] | None = (5, 30)
+    patience: tuple[float, float] | None = (0.1, 0.5)
     monitors: Mapping[str, str] | None = None
     model_args: Mapping[str, tuple[float, float]] | None = None
 
@@ -119,7 +124,7 @@ class SearchSpace:
             raise ValueError(f"`presets` lists a preset twice: {presets!r}.")
         set_(self, "presets", presets)
         set_(self, "weight_decay", _check_range("weight_decay", self.weight_decay, low=0.0, low_open=True))
-        for key in ("label_smoothing", "drop_path_rate"):
+        for key in ("label_smoothing", "drop_path_rate", "dropout_rate"):
             set_(self, key, _check_range(key, getattr(self, key), low=0.0, high=1.0, high_open=True))
         for key in ("mixup_prob", "cutmix_prob"):
             set_(self, key, _check_range(key, getattr(self, key), low=0.0, high=1.0))
@@ -139,12 +144,14 @@ class SearchSpace:
         set_(self, "clip_max_norm", _check_range("clip_max_norm", self.clip_max_norm, low=0.0, low_open=True))
         if self.patience is not None:
             pat = self.patience
-            if not isinstance(pat, (tuple, list)) or len(pat) != 2:
-                raise TypeError(f"`patience` must be a (low, high) pair of ints or None; got {pat!r}.")
-            lo, hi = check_int("patience[0]", pat[0], low=0), check_int("patience[1]", pat[1], low=0)
-            if lo > hi:
-                raise ValueError(f"`patience` must have low <= high; got {tuple(pat)!r}.")
-            set_(self, "patience", (lo, hi))
+            ints = isinstance(pat, (tuple, list)) and any(type(v) is int for v in pat)
+            if ints:
+                raise TypeError(
+                    f"`patience` is searched as a fraction of the planned validation checks (the presets' "
+                    f"rule), a (low, high) pair of floats in (0, 1); got {tuple(pat)!r}."
+                )
+            pat = _check_range("patience", pat, low=0.0, high=1.0, low_open=True, high_open=True)
+            set_(self, "patience", pat)
         if self.monitors is not None:
             if not self.monitors:
                 raise ValueError("`monitors` must name at least one metric, or be None for the default.")
@@ -177,11 +184,11 @@ class SearchSpace:
 
         Example:
             >>> SearchSpace().monitor_choices("val_acc", "max")
-            {'val_loss': 'min', 'val_acc': 'max'}
+            {'val_acc': 'max', 'val_loss': 'min'}
         """
         if self.monitors is not None:
             return dict(self.monitors)
-        return {"val_loss": "min", metric: mode}
+        return {metric: mode, "val_loss": "min"}
 
 
 @dataclass(frozen=True)
@@ -237,15 +244,20 @@ class Candidate:
         """Describe the candidate in one line: ladder step, components changed, early stopping, model args.
 
         Example:
-            >>> Candidate(get_preset("medium", weight_decay=0.02, clipping="norm")).describe()
-            "medium + weight_decay=0.02, clipping='norm'; early stopping on val_loss, patience 20"
+            >>> c = Candidate(get_preset("medium", weight_decay=0.02, clipping="norm"))
+            >>> c.describe()  # doctest: +NORMALIZE_WHITESPACE
+            "medium + weight_decay=0.02, clipping='norm'; early stopping on val_loss,
+            patience 0.25 of the checks"
         """
         parts = [
             f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v!r}" for k, v in self.overrides().items()
         ]
         text = self.preset.name + (" + " + ", ".join(parts) if parts else "")
         if self.early_stopping:
-            text += f"; early stopping on {self.monitor}, patience {self.preset.patience}"
+            pat = self.preset.patience
+            text += f"; early stopping on {self.monitor}, patience " + (
+                f"{pat:.2g} of the checks" if isinstance(pat, float) else f"{pat}"
+            )
         else:
             text += "; no early stopping (last weights)"
         if self.model_args:
@@ -291,10 +303,12 @@ def suggest_candidate(
     over: dict[str, Any] = {}
     if s.weight_decay is not None:
         over["weight_decay"] = trial.suggest_float("weight_decay", *s.weight_decay, log=True)
-    for key in ("label_smoothing", "mixup_prob", "cutmix_prob", "drop_path_rate"):
+    for key in ("label_smoothing", "mixup_prob", "cutmix_prob", "drop_path_rate", "dropout_rate"):
         rng = getattr(s, key)
         if rng is not None:
             over[key] = trial.suggest_float(key, *rng)
+    if "dropout" in (s.model_args or {}):
+        over["dropout_rate"] = 0.0  # the model's own dropout argument is searched: no stand-in over it
     if s.clipping is not None:
         rule = (
             s.clipping[0] if len(s.clipping) == 1 else trial.suggest_categorical("clipping", list(s.clipping))
@@ -303,7 +317,7 @@ def suggest_candidate(
         if rule == "norm":
             over["clip_max_norm"] = trial.suggest_float("clip_max_norm", *s.clip_max_norm, log=True)
     if s.patience is not None:
-        over["patience"] = trial.suggest_int("patience", *s.patience)
+        over["patience"] = trial.suggest_float("patience", *s.patience)
     monitors = s.monitor_choices(metric, mode)
     names = list(monitors)
     monitor = names[0] if len(names) == 1 else trial.suggest_categorical("monitor", names)
@@ -324,11 +338,14 @@ def ladder_params(
     *,
     metric: str = "val_loss",
     mode: str = "min",
+    stand_in: bool = False,
 ) -> dict[str, Any]:
     """Return the trial parameters that make ``suggest_candidate`` return the named preset as it is.
 
     A preset's value outside a searched range is clipped to the range. Early stopping watches the
-    first of the space's monitors (``val_loss`` by default, as in the presets).
+    first of the space's monitors (the objective metric by default, as the presets watch ``val_acc``
+    for a classifier). On a model without residual blocks whose own ``dropout`` argument is searched,
+    the preset's dropout stand-in becomes that argument (``stand_in=True``).
 
     Args:
         space: the search space.
@@ -337,20 +354,24 @@ def ladder_params(
             low end.
         metric: the objective metric.
         mode: its direction.
+        stand_in: the model has no residual block, so the preset's ``dropout_rate`` applies to it.
 
     Returns:
         ``{parameter name: value}`` for Optuna's ``enqueue_trial``.
 
     Example:
-        >>> ladder_params(SearchSpace(clipping=None, patience=None, mixup_prob=None, model_args={}), "mild")
-        {'preset': 'mild', 'weight_decay': 0.05, 'label_smoothing': 0.1, 'drop_path_rate': 0.1}
+        >>> off = dict(clipping=None, patience=None, mixup_prob=None, dropout_rate=None)
+        >>> space = SearchSpace(**off, model_args={})
+        >>> ladder_params(space, "mild")
+        {'preset': 'mild', 'weight_decay': 0.1, 'label_smoothing': 0.1, 'drop_path_rate': 0.1}
     """
     check_choice("name", name, space.presets)
     p = get_preset(name)
     params: dict[str, Any] = {}
     if len(space.presets) > 1:
         params["preset"] = name
-    for key in ("weight_decay", "label_smoothing", "mixup_prob", "cutmix_prob", "drop_path_rate"):
+    components = ("label_smoothing", "mixup_prob", "cutmix_prob", "drop_path_rate", "dropout_rate")
+    for key in ("weight_decay", *components):
         rng = getattr(space, key)
         if rng is not None:
             params[key] = _clip(getattr(p, key), rng)
@@ -360,14 +381,15 @@ def ladder_params(
             params["clipping"] = rule
         if rule == "norm":
             params["clip_max_norm"] = _clip(p.clip_max_norm, space.clip_max_norm)
-    if space.patience is not None:
-        params["patience"] = int(_clip(p.patience, space.patience))
+    if space.patience is not None and isinstance(p.patience, float):
+        params["patience"] = _clip(p.patience, space.patience)
     monitors = list(space.monitor_choices(metric, mode))
     if len(monitors) > 1:
         params["monitor"] = monitors[0]
     values = model_values or {}
     for key, rng in (space.model_args or {}).items():
-        params[f"model.{key}"] = _clip(float(values.get(key, rng[0])), rng)
+        value = p.dropout_rate if key == "dropout" and stand_in else float(values.get(key, rng[0]))
+        params[f"model.{key}"] = _clip(value, rng)
     return params
 
 

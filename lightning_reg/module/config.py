@@ -207,7 +207,7 @@ class RegularizationConfig:
             >>> from functools import partial
             >>> cfg = RegularizationConfig.resolve(preset="strong", num_classes=10)
             >>> cfg.weight_decay, cfg.weight_decay_source
-            (0.3, 'preset')
+            (0.2, 'preset')
             >>> cfg = RegularizationConfig.resolve(optimizer=partial(torch.optim.SGD, weight_decay=1e-4))
             >>> cfg.weight_decay, cfg.weight_decay_source
             (None, 'optimizer')

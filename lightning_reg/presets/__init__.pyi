@@ -1,5 +1,6 @@
 """Public names of ``lightning_reg.presets``: read by lazy_loader, editors and type checkers."""
 
+from .callbacks import PresetEarlyStopping as PresetEarlyStopping
 from .callbacks import PresetStochasticDepth as PresetStochasticDepth
 from .callbacks import PresetSummary as PresetSummary
 from .callbacks import preset_callbacks as preset_callbacks
@@ -12,6 +13,7 @@ from .registry import get_preset as get_preset
 __all__ = [
     "PRESET_NAMES",
     "Preset",
+    "PresetEarlyStopping",
     "PresetStochasticDepth",
     "PresetSummary",
     "describe_preset",

@@ -19,7 +19,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "names", nargs="*", metavar="NAME", help=f"one of {', '.join(PRESET_NAMES)} (default: all)"
     )
-    parser.add_argument("--monitor", default="val_loss", help="validation metric for early stopping")
+    parser.add_argument(
+        "--num-classes",
+        type=int,
+        default=None,
+        help="a classifier's number of classes: early stopping then follows val_acc (max)",
+    )
+    parser.add_argument(
+        "--monitor", default=None, help="validation metric for early stopping (default: val_acc with "
+        "--num-classes, else val_loss)"
+    )
     parser.add_argument(
         "--mode", default=None, choices=["min", "max"], help="required with a --monitor other than val_loss"
     )
@@ -27,12 +36,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = [n for n in args.names if n not in PRESET_NAMES]
     if unknown:
         parser.error(f"unknown preset(s) {unknown}; choose from {list(PRESET_NAMES)}")
-    if args.mode is None and args.monitor != "val_loss":
+    if args.num_classes is not None and args.num_classes < 2:
+        parser.error(f"--num-classes must be >= 2; got {args.num_classes}")
+    if args.mode is None and args.monitor not in (None, "val_loss"):
         parser.error(f"--mode is required with --monitor {args.monitor}: min (a loss) or max (an accuracy)")
     for i, name in enumerate(args.names or PRESET_NAMES):
         if i:
             print("---")
-        sys.stdout.write(preset_config(name, monitor=args.monitor, mode=args.mode))
+        text = preset_config(name, monitor=args.monitor, mode=args.mode, num_classes=args.num_classes)
+        sys.stdout.write(text)
     return 0
 
 

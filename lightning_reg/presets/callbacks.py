@@ -6,14 +6,16 @@ num_classes=K)``. [`preset_config`][lightning_reg.presets.callbacks.preset_confi
 as a LightningCLI config fragment.
 
 Example:
-    >>> [type(cb).__name__ for cb in preset_callbacks("medium")]
-    ['PresetSummary', 'EarlyStopping', 'OverfittingMonitor', 'GradientClipping', 'PresetStochasticDepth']
+    >>> [type(cb).__name__ for cb in preset_callbacks("medium")]  # doctest: +NORMALIZE_WHITESPACE
+    ['PresetSummary', 'PresetEarlyStopping', 'OverfittingMonitor', 'GradientClipping',
+     'PresetStochasticDepth']
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,7 +23,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import nn
 from typing_extensions import override
 
-from lightning_reg._shared.validation import check_choice, check_str
+from lightning_reg._shared.validation import check_choice, check_int, check_number, check_rate, check_str
 from lightning_reg._shared.verbosity import check_verbose, say
 from lightning_reg.early_stopping.callback import EarlyStopping
 from lightning_reg.gradients.clipping import GradientClipping
@@ -41,7 +43,14 @@ from lightning_reg.stochastic_depth.layers import (
     find_drop_rate_modules,
 )
 
-__all__ = ["PresetStochasticDepth", "PresetSummary", "preset_callbacks", "preset_config"]
+__all__ = [
+    "PresetEarlyStopping",
+    "PresetStochasticDepth",
+    "PresetSummary",
+    "planned_validation_checks",
+    "preset_callbacks",
+    "preset_config",
+]
 
 #: Components applied by ``RegularizedModule(preset=...)``, not by the callbacks.
 _MODULE_SIDE = ("weight_decay", "label_smoothing", "mixup_prob", "mixup_alpha", "cutmix_prob", "cutmix_alpha")
@@ -133,6 +142,115 @@ def _branch_ends(model: nn.Module, branch_ends: Mapping[Any, str] | None) -> dic
     return out
 
 
+def planned_validation_checks(trainer: Trainer) -> int | None:
+    """Return how many validation checks the Trainer plans for this fit, or ``None`` if it has no end.
+
+    Read when training starts (it needs ``num_training_batches``): the batches of ``max_epochs`` epochs,
+    capped by ``max_steps``, divided into checks by ``check_val_every_n_epoch`` and ``val_check_interval``.
+
+    Args:
+        trainer: the Trainer (its training data already set up).
+
+    Returns:
+        The number of validation checks, at least 1; ``None`` for a fit without a planned end.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> t = SimpleNamespace(num_training_batches=10, max_epochs=40, max_steps=-1,
+        ...                     accumulate_grad_batches=1, val_check_batch=10, check_val_every_n_epoch=2)
+        >>> planned_validation_checks(t)
+        20
+    """
+    batches = trainer.num_training_batches
+    if not math.isfinite(batches) or batches <= 0:
+        return None
+    epochs = trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs >= 0 else None
+    total = epochs * batches if epochs is not None else None
+    if trainer.max_steps is not None and trainer.max_steps >= 0:
+        by_steps = trainer.max_steps * trainer.accumulate_grad_batches
+        total = by_steps if total is None else min(total, by_steps)
+    if total is None:
+        return None
+    every = trainer.val_check_batch
+    if every is None or not math.isfinite(every) or every <= 0:
+        every = batches
+    if trainer.check_val_every_n_epoch is None:  # checks every `val_check_interval` batches, across epochs
+        return max(1, int(total // every))
+    per_epoch = max(1, int(batches // every))
+    return max(1, int(total // batches) // trainer.check_val_every_n_epoch * per_epoch)
+
+
+class PresetEarlyStopping(EarlyStopping):
+    """Early stopping of a preset: a patience given as a fraction of the planned validation checks.
+
+    Everything else is [`EarlyStopping`][lightning_reg.early_stopping.callback.EarlyStopping]. With
+    ``patience_fraction`` the patience in checks is ``max(1, round(patience_fraction * planned))``, where
+    ``planned`` is what
+    [`planned_validation_checks`][lightning_reg.presets.callbacks.planned_validation_checks] reads from the
+    Trainer when training starts; the same preset then waits a quarter of a 40-epoch run
+    or a quarter of a 150-epoch run, where a fixed count is too short for one or too long for the other.
+    A resumed fit resolves the same value (it depends on the Trainer's settings only).
+
+    Args:
+        monitor: the validation metric.
+        patience_fraction: fraction of the planned checks, in ``(0, 1)``; ``None``: ``patience`` checks.
+        **kwargs: [`EarlyStopping`][lightning_reg.early_stopping.callback.EarlyStopping]'s arguments.
+
+    Raises:
+        ValueError: ``patience_fraction`` outside ``(0, 1)``; at train start, a Trainer with no planned end
+            (neither ``max_epochs`` nor ``max_steps``).
+
+    Example:
+        >>> es = PresetEarlyStopping("val_acc", mode="max", patience_fraction=0.25)
+        >>> es.patience_fraction, es.restore_best_weights
+        (0.25, True)
+    """
+
+    def __init__(
+        self,
+        monitor: str = "val_loss",
+        patience_fraction: float | None = None,
+        restore_best_weights: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(monitor, restore_best_weights=restore_best_weights, **kwargs)
+        if patience_fraction is not None:
+            patience_fraction = check_number(
+                "patience_fraction", patience_fraction, low=0.0, high=1.0, low_open=True, high_open=True
+            )
+        self.patience_fraction = patience_fraction
+        self._planned: int | None = None
+
+    @override
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.patience_fraction is None:
+            super().on_fit_start(trainer, pl_module)
+        # else: the line is said at train start, with the patience resolved
+
+    @override
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        if self.patience_fraction is None:
+            return
+        planned = planned_validation_checks(trainer)
+        if planned is None:
+            raise ValueError(
+                f"PresetEarlyStopping(patience_fraction={self.patience_fraction}) needs a planned end of "
+                "training (Trainer max_epochs or max_steps) to turn the fraction into a number of checks; "
+                "set one, or give the preset an int patience (preset_callbacks(..., patience=20))."
+            )
+        self.patience = max(1, round(self.patience_fraction * planned))
+        self._planned = planned
+        super().on_fit_start(trainer, pl_module)  # the usual line, with the resolved patience
+
+    @override
+    def _patience_text(self) -> str:
+        text = super()._patience_text()
+        if self.patience_fraction is None:
+            return text
+        return f"{text} ({self.patience_fraction:g} of the {self._planned} planned checks)"
+
+
 class PresetStochasticDepth(StochasticDepthScheduler):
     """Drop-path of a preset: insert DropPath into residual blocks if the model has none, then schedule it.
 
@@ -145,8 +263,11 @@ class PresetStochasticDepth(StochasticDepthScheduler):
     [`add_stochastic_depth`][lightning_reg.stochastic_depth.layers.add_stochastic_depth]
     inserts DropPath into every residual block it knows (torchvision ``BasicBlock``/``Bottleneck``, plus
     ``branch_ends``), at the depth rule's rates. A model with no residual block (an MLP, a plain CNN) gets
-    nothing: the component is skipped with a one-line note and the callback does nothing else. Everything
-    else is [`StochasticDepthScheduler`][lightning_reg.stochastic_depth.callback.StochasticDepthScheduler].
+    drop-path's stand-in instead, when ``dropout_rate > 0`` and the model has dropout modules (``nn.Dropout``
+    and its family, at any rate, 0 included): each is set to ``dropout_rate`` on the same time schedule, with
+    a one-line note. A model with neither is skipped with a one-line note and the callback does nothing
+    else. Everything else is
+    [`StochasticDepthScheduler`][lightning_reg.stochastic_depth.callback.StochasticDepthScheduler].
 
     Args:
         max_rate: rate of the deepest block.
@@ -155,6 +276,7 @@ class PresetStochasticDepth(StochasticDepthScheduler):
         warmup: fraction of training for ``"warmup"``.
         branch_ends: your residual blocks: ``{block class, dotted class path or class name: name of the
             submodule whose output is added to the skip connection}``, e.g. ``{"BasicBlock1d": "bn2"}``.
+        dropout_rate: rate of the model's dropout modules when it has no residual block (``0``: none).
         preset_name: the preset's name, for the notes.
         verbose: ``0`` silences the skip note.
 
@@ -171,10 +293,12 @@ class PresetStochasticDepth(StochasticDepthScheduler):
         schedule: str = "constant",
         warmup: float = 0.0,
         branch_ends: dict[str, str] | None = None,
+        dropout_rate: float = 0.0,
         preset_name: str = "custom",
         verbose: int | bool = 1,
     ) -> None:
         check_choice("schedule", schedule, ("constant", "warmup"))
+        stand_in = check_rate("dropout_rate", dropout_rate)
         timing: dict[str, Any] = {"cutoff": warmup, "cutoff_unit": "fraction"} if schedule == "warmup" else {}
         super().__init__(
             max_rate=max_rate, rule=rule, schedule=schedule, scale_model_rates=True, verbose=verbose, **timing
@@ -186,42 +310,70 @@ class PresetStochasticDepth(StochasticDepthScheduler):
                     f"submodule ending the residual branch; got {key!r}: {end!r}."
                 )
         self.branch_ends = dict(branch_ends or {})
+        #: The dropout stand-in's rate (the scheduler's ``dropout_rate``, used only without residual blocks).
+        self.dropout_rate: float = stand_in
         self.preset_name = check_str("preset_name", preset_name)
         self.verbose = check_verbose(verbose)
-        #: True when the model had no residual block (nothing inserted, nothing scheduled).
+        #: True when the model had no residual block and no dropout to stand in (nothing scheduled).
         self.skipped = False
+        #: True when the model had no residual block and its dropout modules are scheduled instead.
+        self.dropout_instead = False
 
     @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.skipped = False
-        if not find_drop_rate_modules(pl_module):
-            ends = _branch_ends(pl_module, self.branch_ends)
-            known = tuple({**DEFAULT_BRANCH_ENDS, **ends})
-            if not any(isinstance(m, known) for m in pl_module.modules()):
+        self.skipped = self.dropout_instead = False
+        model = type(pl_module).__name__
+        has_drop_path = bool(find_drop_rate_modules(pl_module))
+        ends = _branch_ends(pl_module, self.branch_ends)
+        known = tuple({**DEFAULT_BRANCH_ENDS, **ends})
+        if has_drop_path or any(isinstance(m, known) for m in pl_module.modules()):
+            if not self.max_rate:  # a preset with dropout_rate only: residual models keep their structure
                 self.skipped = True
-                say(
-                    self.verbose,
-                    1,
-                    preset_skip_note(
-                        self.preset_name,
-                        "drop-path",
-                        f"no residual block in {type(pl_module).__name__}"
-                        + (
-                            f" (branch_ends: {sorted(map(str, self.branch_ends))})"
-                            if self.branch_ends
-                            else ""
-                        )
-                        + " that it can find: torchvision BasicBlock/Bottleneck are found by type; "
-                        "timm models need drop_path_rate > 0 at creation (their DropPath modules then "
-                        "get the preset's rates); your own blocks need "
-                        "branch_ends={BlockClass: 'last_branch_layer'}",
-                    ),
-                )
+                say(self.verbose, 1, preset_skip_note(self.preset_name, "drop-path", f"rate 0 for {model}"))
                 return
-            assert self.max_rate is not None
-            # the inserted rates follow the rule up to max_rate, which scale_model_rates then keeps
-            add_stochastic_depth(pl_module, self.max_rate, self.rule, branch_ends=ends)
-        super().on_fit_start(trainer, pl_module)
+            if not has_drop_path:
+                # the inserted rates follow the rule up to max_rate, which scale_model_rates then keeps
+                add_stochastic_depth(pl_module, self.max_rate, self.rule, branch_ends=ends)
+            super().on_fit_start(trainer, pl_module)
+            return
+        dropouts = find_drop_rate_modules(pl_module, include_dropout=True)
+        if self.dropout_rate > 0 and dropouts:
+            self.dropout_instead = True
+            say(
+                self.verbose,
+                1,
+                f"preset {self.preset_name!r}: no residual block in {model}, so its {len(dropouts)} dropout"
+                f" modules stand in for drop-path, at rate {self.dropout_rate:g}"
+                f" ({self.timing.schedule_name} schedule).",
+            )
+            super().on_fit_start(trainer, pl_module)
+            return
+        self.skipped = True
+        missing = "no residual block" + (" and no dropout module" if self.dropout_rate > 0 else "")
+        say(
+            self.verbose,
+            1,
+            preset_skip_note(
+                self.preset_name,
+                "drop-path" + (" and its dropout stand-in" if self.dropout_rate > 0 else ""),
+                f"{missing} in {model}"
+                + (f" (branch_ends: {sorted(map(str, self.branch_ends))})" if self.branch_ends else "")
+                + " that it can find: torchvision BasicBlock/Bottleneck are found by type; "
+                "timm models need drop_path_rate > 0 at creation (their DropPath modules then "
+                "get the preset's rates); your own blocks need "
+                "branch_ends={BlockClass: 'last_branch_layer'}",
+            ),
+        )
+
+    @override
+    def _discover(self, model: nn.Module) -> None:
+        if not self.dropout_instead:
+            super()._discover(model)
+            return
+        self._found = find_drop_rate_modules(model, include_dropout=True)
+        self._num_drop_path = 0
+        self._original_rates = [float(getattr(f.module, f.attr)) for f in self._found]
+        self._target_rates = [self.dropout_rate] * len(self._found)
 
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -245,6 +397,24 @@ def _default_pairs(monitor: str, mode: str) -> dict[str, tuple[str, str, str]]:
         f"cannot derive the overfitting monitor's training key from monitor={monitor!r} (expected a 'val_'"
         " or 'val/' prefix); pass pairs={name: (train_key, val_key, mode)}."
     )
+
+
+def _default_monitor(
+    monitor: str | None, mode: str | None, num_classes: int | None
+) -> tuple[str, str | None]:
+    """Return what early stopping follows when ``monitor`` is not given: ``val_acc`` (max) for a classifier.
+
+    Example:
+        >>> _default_monitor(None, None, 10), _default_monitor(None, None, None)
+        (('val_acc', 'max'), ('val_loss', None))
+    """
+    if num_classes is not None:
+        check_int("num_classes", num_classes, low=2)
+    if monitor is not None:
+        return monitor, mode
+    if num_classes is None:
+        return "val_loss", mode
+    return "val_acc", mode if mode is not None else "max"
 
 
 def _monitor_mode(monitor: str, mode: str | None) -> str:
@@ -271,8 +441,9 @@ def _monitor_mode(monitor: str, mode: str | None) -> str:
 def preset_callbacks(
     preset: str | Preset = "mild",
     *,
-    monitor: str = "val_loss",
+    monitor: str | None = None,
     mode: str | None = None,
+    num_classes: int | None = None,
     pairs: Mapping[str, tuple[str, str] | tuple[str, str, str]] | None = None,
     branch_ends: Mapping[Any, str] | None = None,
     verbose: int | bool = 1,
@@ -296,9 +467,13 @@ def preset_callbacks(
     Args:
         preset: a name (``"mild"``, ``"medium"``, ``"strong"``) or a
             [`Preset`][lightning_reg.presets.registry.Preset].
-        monitor: validation metric for early stopping (the restored weights are the best by it).
-        mode: ``"min"`` or ``"max"`` for ``monitor``; required with any ``monitor`` but the default
-            ``"val_loss"`` (``"min"``), so an accuracy is never minimised by accident.
+        monitor: validation metric for early stopping (the restored weights are the best by it). ``None``
+            (default): ``"val_acc"`` (``"max"``) with ``num_classes``, the accuracy a classifier's user
+            reports (its loss turns up from overconfidence while its accuracy still improves), else
+            ``"val_loss"``. The module must log it (early stopping says so at the first check otherwise).
+        mode: ``"min"`` or ``"max"`` for ``monitor``; required with any ``monitor`` but ``"val_loss"``
+            (``"min"``) and the ``num_classes`` default, so an accuracy is never minimised by accident.
+        num_classes: the number of classes of a classifier (as given to ``RegularizedModule``).
         pairs: the overfitting monitor's ``{name: (train_key, val_key[, mode])}``.
         branch_ends: your own residual blocks for drop-path (see
             [`PresetStochasticDepth`][lightning_reg.presets.callbacks.PresetStochasticDepth]).
@@ -316,11 +491,13 @@ def preset_callbacks(
     Example:
         >>> cbs = preset_callbacks("strong", patience=40, clipping=None)
         >>> [type(cb).__name__ for cb in cbs], cbs[1].patience
-        (['PresetSummary', 'EarlyStopping', 'OverfittingMonitor', 'PresetStochasticDepth'], 40)
-        >>> [type(cb).__name__ for cb in preset_callbacks("strong", clipping=None, drop_path_rate=None)]
-        ['PresetSummary', 'EarlyStopping', 'OverfittingMonitor']
+        (['PresetSummary', 'PresetEarlyStopping', 'OverfittingMonitor', 'PresetStochasticDepth'], 40)
+        >>> off = dict(clipping=None, drop_path_rate=None, dropout_rate=0)
+        >>> [type(cb).__name__ for cb in preset_callbacks("strong", **off)]
+        ['PresetSummary', 'PresetEarlyStopping', 'OverfittingMonitor']
     """
     p = get_preset(preset, **overrides)
+    monitor, mode = _default_monitor(monitor, mode, num_classes)
     check_str("monitor", monitor)
     mode = _monitor_mode(monitor, mode)
     v = check_verbose(verbose)
@@ -329,7 +506,13 @@ def preset_callbacks(
     )
     callbacks: list[Callback] = [
         PresetSummary(p, verbose=v),
-        EarlyStopping(monitor=monitor, mode=mode, patience=p.patience, restore_best_weights=True, verbose=v),
+        PresetEarlyStopping(
+            monitor=monitor,
+            mode=mode,
+            patience=p.patience if isinstance(p.patience, int) else 0,
+            patience_fraction=p.patience if isinstance(p.patience, float) else None,
+            verbose=v,
+        ),
         OverfittingMonitor(
             pairs=resolved_pairs,
             warmup=p.overfitting_warmup,
@@ -343,14 +526,15 @@ def preset_callbacks(
             callbacks.append(GradientClipping(algorithm=p.clipping, max_norm=p.clip_max_norm, verbose=v))
         else:
             callbacks.append(GradientClipping(algorithm=p.clipping, verbose=v))
-    if p.drop_path_rate:  # None is stored as 0.0: off
+    if p.drop_path_rate or p.dropout_rate:  # None is stored as 0.0: off
         callbacks.append(
             PresetStochasticDepth(
-                p.drop_path_rate,
+                p.drop_path_rate or 0.0,
                 rule=p.drop_path_rule,
                 schedule=p.drop_path_schedule,
                 warmup=p.drop_path_warmup,
                 branch_ends=dict(branch_ends) if branch_ends else None,
+                dropout_rate=p.dropout_rate,
                 preset_name=p.name,
                 verbose=v,
             )
@@ -361,8 +545,9 @@ def preset_callbacks(
 def preset_config(
     preset: str | Preset = "mild",
     *,
-    monitor: str = "val_loss",
+    monitor: str | None = None,
     mode: str | None = None,
+    num_classes: int | None = None,
     pairs: Mapping[str, tuple[str, str] | tuple[str, str, str]] | None = None,
     branch_ends: Mapping[str, str] | None = None,
     verbose: int = 1,
@@ -379,8 +564,9 @@ def preset_config(
 
     Args:
         preset: the name of a preset.
-        monitor: validation metric for early stopping.
+        monitor: validation metric for early stopping (default as in ``preset_callbacks``).
         mode: ``"min"`` or ``"max"``.
+        num_classes: the number of classes: early stopping then follows ``val_acc`` by default.
         pairs: the overfitting monitor's pairs.
         branch_ends: ``{block class name or dotted path: branch end}`` for drop-path.
         verbose: the callbacks' verbosity.
@@ -408,7 +594,13 @@ def preset_config(
         )
     p = get_preset(preset, **overrides)
     cbs = preset_callbacks(
-        p, monitor=monitor, mode=mode, pairs=pairs, branch_ends=branch_ends, verbose=verbose
+        p,
+        monitor=monitor,
+        mode=mode,
+        num_classes=num_classes,
+        pairs=pairs,
+        branch_ends=branch_ends,
+        verbose=verbose,
     )
     named = not overrides
     lines = [
@@ -437,14 +629,14 @@ def preset_config(
 def _init_args(cb: Callback, p: Preset) -> dict[str, Any]:
     if isinstance(cb, PresetSummary):
         return {"preset": p.name, "verbose": cb.verbose}
-    if isinstance(cb, EarlyStopping):
-        return {
-            "monitor": cb.monitor,
-            "mode": cb.mode,
-            "patience": cb.patience,
-            "restore_best_weights": True,
-            "verbose": cb.verbose,
-        }
+    if isinstance(cb, PresetEarlyStopping):
+        out: dict[str, Any] = {"monitor": cb.monitor, "mode": cb.mode}
+        if cb.patience_fraction is not None:
+            out["patience_fraction"] = cb.patience_fraction
+        else:
+            out["patience"] = cb.patience
+        out["verbose"] = cb.verbose
+        return out
     if isinstance(cb, OverfittingMonitor):
         return {
             "pairs": {k: list(v) for k, v in cb.pairs.items()},
@@ -454,7 +646,7 @@ def _init_args(cb: Callback, p: Preset) -> dict[str, Any]:
             "verbose": cb.verbose,
         }
     if isinstance(cb, GradientClipping):
-        out: dict[str, Any] = {"algorithm": cb.algorithm}
+        out = {"algorithm": cb.algorithm}
         if cb.algorithm == "norm":
             out["max_norm"] = p.clip_max_norm
         out["verbose"] = cb.verbose
@@ -465,6 +657,8 @@ def _init_args(cb: Callback, p: Preset) -> dict[str, Any]:
             out["warmup"] = cb.cutoff
         if cb.branch_ends:
             out["branch_ends"] = cb.branch_ends
+        if cb.dropout_rate:
+            out["dropout_rate"] = cb.dropout_rate
         out["preset_name"] = cb.preset_name
         out["verbose"] = cb.verbose
         return out

@@ -5,7 +5,7 @@ A [`Preset`][lightning_reg.presets.registry.Preset] is plain data: one value per
 group, label smoothing, Mixup / CutMix probabilities, drop-path rate and schedule, the clipping rule,
 early stopping with best-weights restore and the overfitting monitor). ``PRESETS`` holds the three
 named ones, ordered from the weakest to the strongest; their values were chosen on validation data by
-``benchmarks/presets_selection.py`` (the procedure and the numbers are in the documentation's presets
+``benchmarks/panel.py`` (the procedure and the numbers are in the documentation's presets
 page). Nothing here imports Lightning: the callbacks are built by
 [`lightning_reg.presets.callbacks.preset_callbacks`][lightning_reg.presets.callbacks.preset_callbacks] and the
 module side by
@@ -70,10 +70,17 @@ class Preset:
         drop_path_schedule: ``"constant"``, or ``"warmup"`` (rates rise linearly over the first
             ``drop_path_warmup`` fraction of training).
         drop_path_warmup: fraction of training for the ``"warmup"`` schedule, in ``[0, 1]``.
+        dropout_rate: drop-path's stand-in for a model without residual blocks (an MLP, a plain CNN, a
+            model whose residual blocks the library cannot find): the rate every dropout module of the
+            model is set to, on the same time schedule as drop-path; ``0`` leaves dropout alone. A model
+            with neither gets no structural noise, with a note (where to add dropout is the model's call).
         clipping: ``"zclip"`` (z-score of the gradient norm against its running statistics), ``"norm"``
             (fixed ``clip_max_norm``), ``"agc"`` or ``None``.
         clip_max_norm: the threshold of ``clipping="norm"``.
-        patience: early-stopping patience in validation checks (the best weights are always restored).
+        patience: early-stopping patience (the best weights are always restored): an ``int`` is a number
+            of validation checks; a ``float`` in ``(0, 1)`` is a fraction of the validation checks the
+            Trainer plans (from ``max_epochs`` or ``max_steps``), resolved when training starts, so one
+            preset stops a 40-epoch and a 150-epoch run at the same point of their course.
         overfitting_warmup: checks before the overfitting monitor may alert.
         overfitting_probe: fraction of the training set the overfitting monitor evaluates in eval mode
             (so mixing and drop-path do not hide the gap), or ``None`` for the logged training metrics.
@@ -99,9 +106,10 @@ class Preset:
     drop_path_rule: str = "linear"
     drop_path_schedule: str = "constant"
     drop_path_warmup: float = 0.0
+    dropout_rate: float = 0.0
     clipping: str | None = "zclip"
     clip_max_norm: float = 1.0
-    patience: int = 20
+    patience: int | float = 20
     overfitting_warmup: int = 5
     overfitting_probe: float | None = 0.25
     summary: str = ""
@@ -132,7 +140,15 @@ class Preset:
         if self.clipping is not None:
             check_choice("clipping", self.clipping, _CLIPPING)
         set_(self, "clip_max_norm", check_number("clip_max_norm", self.clip_max_norm, low=0.0, low_open=True))
-        check_int("patience", self.patience, low=0)
+        if isinstance(self.patience, float):
+            if not 0.0 < self.patience < 1.0:
+                raise ValueError(
+                    f"`patience` as a float is a fraction of the planned validation checks, in (0, 1); got "
+                    f"{self.patience!r} (pass an int for a number of checks)."
+                )
+        else:
+            check_int("patience", self.patience, low=0)
+        set_(self, "dropout_rate", check_rate("dropout_rate", self.dropout_rate))
         check_int("overfitting_warmup", self.overfitting_warmup, low=0)
         probe = check_number(
             "overfitting_probe", self.overfitting_probe, low=0.0, high=1.0, low_open=True, none_ok=True
@@ -185,39 +201,42 @@ class Preset:
         return dataclasses.asdict(self)
 
 
-# The three presets, weakest first. Values chosen by benchmarks/presets_selection.py on validation data
+# The three presets, weakest first. Values chosen by benchmarks/panel.py on validation data
 # only; see docs/techniques/presets.md for the procedure and every setting's numbers.
 PRESETS: Mapping[str, Preset] = {
     p.name: p
     for p in (
         Preset(
             name="mild",
-            weight_decay=0.05,
+            weight_decay=0.1,
             label_smoothing=0.1,
             drop_path_rate=0.1,
-            patience=20,
+            dropout_rate=0.2,
+            patience=0.25,
             summary="a safe default: within seed noise of no regularization, or better, in every setting",
         ),
         Preset(
             name="medium",
-            weight_decay=0.05,
+            weight_decay=0.1,
             label_smoothing=0.1,
-            mixup_prob=0.3,
-            drop_path_rate=0.1,
-            patience=20,
+            drop_path_rate=0.15,
+            dropout_rate=0.3,
+            patience=0.25,
             summary="the validation loss turns up, or the train/validation gap keeps growing",
         ),
         Preset(
             name="strong",
-            weight_decay=0.3,
-            label_smoothing=0.15,
-            mixup_prob=0.8,
-            drop_path_rate=0.3,
-            patience=20,
+            weight_decay=0.2,
+            label_smoothing=0.1,
+            mixup_prob=0.3,
+            drop_path_rate=0.2,
+            dropout_rate=0.4,
+            patience=0.25,
             summary="little data for the model: the overfitting monitor still alerts under 'medium'",
         ),
     )
 }
+
 
 #: The named presets, from the weakest to the strongest.
 PRESET_NAMES: tuple[str, ...] = tuple(PRESETS)
@@ -335,12 +354,17 @@ def describe_preset(preset: Preset) -> str:
         else p.clipping + (f" {p.clip_max_norm:g}" if p.clipping == "norm" else "")
     )
     probe = f"probe {p.overfitting_probe:g}" if p.overfitting_probe else "logged train metrics"
+    patience = (
+        f"{p.patience:.0%} of the planned checks" if isinstance(p.patience, float) else f"{p.patience}"
+    )
+    dropout = onoff(p.dropout_rate, f"{p.dropout_rate:g}")
     return (
         f"preset {p.name!r}: weight decay {p.weight_decay:g} (decay group), "
         f"label smoothing {onoff(p.label_smoothing, f'{p.label_smoothing:g}')}, "
         f"Mixup {onoff(p.mixup_prob, f'p={p.mixup_prob:g} (alpha {p.mixup_alpha:g})')}, "
         f"CutMix {onoff(p.cutmix_prob, f'p={p.cutmix_prob:g} (alpha {p.cutmix_alpha:g})')}, "
-        f"drop-path {dp}, clipping {clip}, early stopping patience {p.patience} with restore, "
+        f"drop-path {dp} (else dropout {dropout}), clipping {clip}, "
+        f"early stopping patience {patience} with restore, "
         f"overfitting monitor ({probe})"
     )
 

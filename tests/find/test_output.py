@@ -4,7 +4,7 @@ import yaml
 from lightning.pytorch.cli import LightningCLI
 
 import lightning_reg
-from lightning_reg import EarlyStopping, GradientClipping, get_preset
+from lightning_reg import GradientClipping, get_preset
 from lightning_reg.find.output import (
     cli_fragment,
     comparison_table,
@@ -14,7 +14,7 @@ from lightning_reg.find.output import (
 )
 from lightning_reg.find.result import ArmResult, FinderResult, TrialSummary
 from lightning_reg.find.space import Candidate, SearchSpace, no_regularization
-from lightning_reg.presets import PresetSummary
+from lightning_reg.presets import PresetEarlyStopping, PresetSummary
 from tests.find.toy import ToyData, ToyNet
 
 CHOICE = Candidate(
@@ -76,7 +76,7 @@ def test_the_fragment_loads_back_through_lightning_cli(tmp_path) -> None:
     assert model.net[2].p == 0.125 and model.net[0].out_features == 16  # searched arg, and the base's
     assert model.regularization_config.weight_decay == 0.0213  # the preset's, not the base config's 0.3
     callbacks = {type(cb): cb for cb in cli.trainer.callbacks}
-    es = callbacks[EarlyStopping]
+    es = callbacks[PresetEarlyStopping]
     assert (es.monitor, es.mode, es.patience) == ("val_acc", "max", 7)
     assert callbacks[GradientClipping].algorithm == "norm"
     assert callbacks[PresetSummary].preset == CHOICE.preset

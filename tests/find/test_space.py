@@ -13,14 +13,22 @@ from lightning_reg.presets import PRESET_NAMES
 
 
 def test_ladder_params_give_back_every_named_preset_as_it_is() -> None:
+    # a model without dropout argument: the preset exactly, its dropout stand-in included
+    space = SearchSpace(model_args={})
+    for name in PRESET_NAMES:
+        params = ladder_params(space, name, metric="val_acc", mode="max", stand_in=True)
+        c = suggest_candidate(optuna.trial.FixedTrial(params), space, metric="val_acc", mode="max")
+        assert c.preset == get_preset(name) and c.overrides() == {}
+        assert (c.monitor, c.mode) == ("val_acc", "max")  # the objective's accuracy, as with num_classes
+    # a model that takes `dropout`: that argument is searched, and the stand-in is off so it never
+    # overwrites it; without residual blocks the ladder puts the preset's stand-in rate into the argument
     space = SearchSpace(model_args={"dropout": (0.0, 0.5)})
     for name in PRESET_NAMES:
-        params = ladder_params(space, name, {"dropout": 0.1}, metric="val_acc", mode="max")
-        c = suggest_candidate(optuna.trial.FixedTrial(params), space, metric="val_acc", mode="max")
-        assert c.preset == get_preset(name)
-        assert c.overrides() == {}
-        assert (c.monitor, c.mode) == ("val_loss", "min")  # the presets watch val_loss
-        assert dict(c.model_args) == {"dropout": 0.1}
+        for stand_in, dropout in ((True, get_preset(name).dropout_rate), (False, 0.1)):
+            params = ladder_params(space, name, {"dropout": 0.1}, stand_in=stand_in)
+            c = suggest_candidate(optuna.trial.FixedTrial(params), space)
+            assert c.preset == get_preset(name, dropout_rate=0.0)
+            assert dict(c.model_args) == {"dropout": dropout}
 
 
 def test_a_suggestion_is_a_preset_override_of_the_ladder_step() -> None:
@@ -48,6 +56,7 @@ def test_components_set_to_none_keep_the_presets_values() -> None:
         label_smoothing=None,
         mixup_prob=None,
         drop_path_rate=None,
+        dropout_rate=None,
         clipping=None,
         patience=None,
         model_args={},
@@ -59,8 +68,8 @@ def test_components_set_to_none_keep_the_presets_values() -> None:
 
 
 def test_out_of_range_preset_values_are_clipped_into_the_searched_range() -> None:
-    params = ladder_params(SearchSpace(weight_decay=(1e-3, 0.1), patience=(2, 8)), "strong")
-    assert params["weight_decay"] == 0.1 and params["patience"] == 8
+    params = ladder_params(SearchSpace(weight_decay=(1e-3, 0.1), patience=(0.1, 0.2)), "strong")
+    assert params["weight_decay"] == 0.1 and params["patience"] == 0.2  # clipped into the ranges
 
 
 def test_no_regularization_turns_everything_off() -> None:
@@ -101,7 +110,8 @@ def test_no_regularization_turns_everything_off() -> None:
             r"`clipping` must be one of 'zclip', 'norm', 'agc', None",
         ),
         ({"monitors": {"val_acc": "up"}}, ValueError, r"`monitors\['val_acc'\]` must be one of 'min', 'max'"),
-        ({"patience": (5.0, 10)}, TypeError, r"`patience\[0\]` must be an int"),
+        ({"patience": (5, 10)}, TypeError, r"fraction of the planned validation checks.*got \(5, 10\)"),
+        ({"patience": (0.2, 1.0)}, ValueError, r"`patience\[1\]`"),
     ],
 )
 def test_bad_spaces_name_the_value_and_the_choices(kwargs, error, match) -> None:
@@ -111,17 +121,23 @@ def test_bad_spaces_name_the_value_and_the_choices(kwargs, error, match) -> None
 
 def test_candidate_describe_and_overrides() -> None:
     c = Candidate(
-        get_preset("medium", mixup_prob=0.0, patience=7),
+        get_preset("medium", label_smoothing=0.0, patience=7),
         monitor="val_acc",
         mode="max",
         model_args={"dropout": 0.25},
     )
-    assert c.overrides() == {"mixup_prob": 0.0, "patience": 7}
+    assert c.overrides() == {"label_smoothing": 0.0, "patience": 7}
     assert (
         c.describe()
-        == "medium + mixup_prob=0, patience=7; early stopping on val_acc, patience 7; dropout=0.25"
+        == "medium + label_smoothing=0, patience=7; early stopping on val_acc, patience 7; dropout=0.25"
     )
-    assert SearchSpace().monitor_choices("val_acc", "max") == {"val_loss": "min", "val_acc": "max"}
+    fraction = Candidate(get_preset("medium"), monitor="val_acc", mode="max").describe()
+    assert fraction == "medium; early stopping on val_acc, patience 0.25 of the checks"
+    # the objective's metric first: the ladder's presets watch it, as they watch val_acc with num_classes
+    assert list(SearchSpace().monitor_choices("val_acc", "max").items()) == [
+        ("val_acc", "max"),
+        ("val_loss", "min"),
+    ]
 
 
 def test_bad_candidates_are_refused() -> None:

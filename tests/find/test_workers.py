@@ -21,7 +21,7 @@ from tests.find.toy import ToyData, ToyNet
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 240
-SPACE = SearchSpace(weight_decay=(0.001, 0.3), clipping=("zclip", "norm"), patience=(2, 6))
+SPACE = SearchSpace(weight_decay=(0.001, 0.3), clipping=("zclip", "norm"), patience=(0.3, 0.9))
 TRAINER = {"accelerator": "cpu", "max_epochs": 4, "num_sanity_val_steps": 0}
 LINE = re.compile(r"^\[find pid (\d+)\] trial (\d+): (complete|pruned)", re.M)
 COMPARE = re.compile(r"^\[find pid (\d+)\] compare (\d+)/(\d+):", re.M)
@@ -33,7 +33,7 @@ def _config(tmp_path: Path, step_sleep: float) -> Path:
         "model": {"class_path": "tests.find.toy.ToyNet", "init_args": {"step_sleep": step_sleep}},
         "data": {"class_path": "tests.find.toy.ToyData"},
         "trainer": TRAINER,
-        "space": {"weight_decay": [0.001, 0.3], "clipping": ["zclip", "norm"], "patience": [2, 6]},  # = SPACE
+        "space": {"weight_decay": [0.001, 0.3], "clipping": ["zclip", "norm"], "patience": [0.3, 0.9]},  # = SPACE
     }
     path = tmp_path / "toy.yaml"
     path.write_text(yaml.safe_dump(config))

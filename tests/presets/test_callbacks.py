@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import re
 from pathlib import Path
 
 import lightning as L
@@ -23,7 +24,7 @@ from lightning_reg import (
     get_preset,
     preset_callbacks,
 )
-from lightning_reg.presets import PresetSummary, preset_config
+from lightning_reg.presets import PresetEarlyStopping, PresetSummary, preset_config
 from lightning_reg.presets.callbacks import PresetStochasticDepth
 from lightning_reg.presets.registry import PRESETS
 from tests.helpers import fast_trainer
@@ -67,18 +68,25 @@ def test_callbacks_follow_the_preset_and_overrides():
     names = [[type(cb).__name__ for cb in preset_callbacks(n)] for n in ("mild", "medium", "strong")]
     full = [
         "PresetSummary",
-        "EarlyStopping",
+        "PresetEarlyStopping",
         "OverfittingMonitor",
         "GradientClipping",
         "PresetStochasticDepth",
     ]
     for n, got in zip(("mild", "medium", "strong"), names):
-        want = [c for c in full if c != "PresetStochasticDepth" or PRESETS[n].drop_path_rate > 0]
+        sd = PRESETS[n].drop_path_rate > 0 or PRESETS[n].dropout_rate > 0
+        want = [c for c in full if c != "PresetStochasticDepth" or sd]
         assert got == [c for c in want if c != "GradientClipping" or PRESETS[n].clipping], n
     cbs = preset_callbacks(
-        "strong", monitor="val_acc", mode="max", patience=7, clipping=None, drop_path_rate=0.0
+        "strong",
+        monitor="val_acc",
+        mode="max",
+        patience=7,
+        clipping=None,
+        drop_path_rate=0.0,
+        dropout_rate=0.0,
     )
-    assert [type(cb) for cb in cbs] == [PresetSummary, EarlyStopping, OverfittingMonitor]
+    assert [type(cb) for cb in cbs] == [PresetSummary, PresetEarlyStopping, OverfittingMonitor]
     es, mon = cbs[1], cbs[2]
     assert (es.monitor, es.mode, es.patience, es.restore_best_weights) == ("val_acc", "max", 7, True)
     assert (
@@ -108,10 +116,13 @@ def test_callbacks_follow_the_preset_and_overrides():
 
 
 def test_drop_path_rate_none_switches_drop_path_off_as_clipping_none_switches_clipping_off():
-    names = [type(cb).__name__ for cb in preset_callbacks("strong", drop_path_rate=None, clipping=None)]
-    assert names == ["PresetSummary", "EarlyStopping", "OverfittingMonitor"]
+    names = [
+        type(cb).__name__
+        for cb in preset_callbacks("strong", drop_path_rate=None, dropout_rate=0.0, clipping=None)
+    ]
+    assert names == ["PresetSummary", "PresetEarlyStopping", "OverfittingMonitor"]
     assert get_preset("strong", drop_path_rate=None).drop_path_rate == 0.0
-    assert "PresetStochasticDepth" not in preset_config("strong", drop_path_rate=None)
+    assert "PresetStochasticDepth" not in preset_config("strong", drop_path_rate=None, dropout_rate=0.0)
 
 
 def test_strong_preset_on_an_mlp_skips_what_does_not_apply(caplog):
@@ -126,7 +137,10 @@ def test_strong_preset_on_an_mlp_skips_what_does_not_apply(caplog):
     messages = [r.getMessage() for r in caplog.records]
     skipped = [m for m in messages if "skipped" in m]
     assert len(skipped) == 2, skipped
-    assert skipped[0].startswith("preset 'strong': drop-path skipped (no residual block in Net")
+    assert skipped[0].startswith(
+        "preset 'strong': drop-path and its dropout stand-in skipped (no residual block and no dropout module"
+        " in Net"
+    )
     assert skipped[1].startswith("preset 'strong': CutMix skipped (inputs of shape (16, 6)")
     assert any(m.startswith(f"preset 'strong': weight decay {p.weight_decay:g}") for m in messages)  # summary
     assert not any(isinstance(m, lightning_reg.DropPath) for m in model.modules())
@@ -195,15 +209,18 @@ def test_module_side_notes_and_precedence(caplog):
 
 @pytest.mark.parametrize("name", ["mild", "medium", "strong"])
 def test_config_fragment_matches_the_python_callbacks(name):
-    text = preset_config(name, branch_ends={"BasicBlock1d": "bn2"})
+    # the example projects are classifiers: their fragments follow the validation accuracy
+    text = preset_config(name, num_classes=10, branch_ends={"BasicBlock1d": "bn2"})
     cfg = yaml.safe_load(text)
     assert cfg["model"]["init_args"] == {"preset": name, "weight_decay": None}
-    py = preset_callbacks(name, branch_ends={"BasicBlock1d": "bn2"})
+    py = preset_callbacks(name, num_classes=10, branch_ends={"BasicBlock1d": "bn2"})
     paths = [c["class_path"].rsplit(".", 1) for c in cfg["trainer"]["callbacks"]]
     # each class path names the public name of exactly the class the Python call builds
     assert [getattr(importlib.import_module(m), n) for m, n in paths] == [type(c) for c in py]
     assert all(n in importlib.import_module(m).__all__ for m, n in paths)
     renamed = {"warmup": "cutoff"}  # PresetStochasticDepth(warmup=...) is the scheduler's cutoff fraction
+    es = next(c for c in py if isinstance(c, PresetEarlyStopping))
+    assert (es.monitor, es.mode, es.patience_fraction) == ("val_acc", "max", PRESETS[name].patience)
     for entry, cb in zip(cfg["trainer"]["callbacks"], py):  # every init arg equals the callback's attribute
         for key, value in entry.get("init_args", {}).items():
             attr = renamed.get(key, key) if isinstance(cb, PresetStochasticDepth) else key
@@ -218,7 +235,8 @@ def test_config_fragment_matches_the_python_callbacks(name):
     with pytest.raises(ValueError, match="module side"):
         preset_config(name, weight_decay=0.0)
     # the committed fragments are exactly what the function writes
-    assert (REPO / "example_projects" / "presets" / f"{name}.yaml").read_text() == preset_config(name)
+    fragment = preset_config(name, num_classes=10)
+    assert (REPO / "example_projects" / "presets" / f"{name}.yaml").read_text() == fragment
     committed = REPO / "example_projects" / "mnist1d" / "configs" / "presets" / f"{name}.yaml"
     assert committed.read_text() == text
 
@@ -250,8 +268,8 @@ def test_timm_model_gets_the_preset_rates_or_a_note_naming_drop_path_rate(caplog
     model = Net(_timm_resnet(0.05), preset="strong")
     _trainer([*preset_callbacks("strong"), seen], epochs=1).fit(model, _loader(x, y, True), _loader(x, y))
     # timm built modules for blocks 2-4 only (block 1's linear rate is 0, no module); during the fit they
-    # hold timm's own linear rule over the 4 blocks up to the preset's 0.3: linspace(0, 0.3, 4)[1:]
-    expected = torch.linspace(0, 0.3, 4)[1:].tolist()
+    # hold timm's own linear rule over the 4 blocks up to the preset's rate: linspace(0, rate, 4)[1:]
+    expected = torch.linspace(0, PRESETS["strong"].drop_path_rate, 4)[1:].tolist()
     assert list(seen.rates) == [f"body.layer{i}.0.drop_path" for i in (2, 3, 4)]
     assert list(seen.rates.values()) == pytest.approx(expected, rel=1e-6)
     built = torch.linspace(0, 0.05, 4)[1:].tolist()  # the rates timm built, back after the fit
@@ -261,6 +279,8 @@ def test_timm_model_gets_the_preset_rates_or_a_note_naming_drop_path_rate(caplog
         _trainer(preset_callbacks("strong"), epochs=1).fit(plain, _loader(x, y, True), _loader(x, y))
     skipped = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
     assert len(skipped) == 1 and "timm models need drop_path_rate > 0" in skipped[0], skipped
+    # timm's ResNet at rate 0 has no dropout module either: no stand-in, and the note names both
+    assert "drop-path and its dropout stand-in skipped" in skipped[0]
 
 
 class CliNet(RegularizedModule):
@@ -295,8 +315,9 @@ def test_preset_with_sgd_says_one_consistent_thing(monkeypatch, caplog):
         '--model.optimizer={"class_path": "torch.optim.SGD", "init_args": {"lr": 0.1}}',
         "--model.lr=null",
     ]
+    medium_wd, mild_wd = (re.escape(f"{PRESETS[n].weight_decay:g}") for n in ("medium", "mild"))
     with pytest.warns(
-        UserWarning, match=r"SGD has weight_decay=0\.01.*the preset 'medium''s weight_decay=0\.05"
+        UserWarning, match=rf"SGD has weight_decay=0\.01.*the preset 'medium''s weight_decay={medium_wd}"
     ):
         cli = LightningCLI(CliNet, run=False, args=args, save_config_callback=None)
     with caplog.at_level(logging.INFO, logger=NOTE_LOGGER):
@@ -305,14 +326,15 @@ def test_preset_with_sgd_says_one_consistent_thing(monkeypatch, caplog):
     assert {g["weight_decay"] for g in cli.trainer.optimizers[0].param_groups} == {0.0}
     msgs = [r.getMessage() for r in caplog.records]
     assert any("weight decay skipped" in m and "SGD adds weight decay to the gradient" in m for m in msgs)
-    summary = [m for m in msgs if m.startswith("preset 'medium': weight decay 0.05")]
+    line = f"preset 'medium': weight decay {PRESETS['medium'].weight_decay:g}"
+    summary = [m for m in msgs if m.startswith(line)]
     assert len(summary) == 1 and summary[0].endswith(
         "its weight decay is skipped (SGD has no decoupled weight decay)"
     )
     # a weight decay the user did write into the optimizer conflicts with the preset's: the error says so
     with pytest.raises(
         ValueError,
-        match=r"SGD\(weight_decay=0\.0001\).*the preset 'mild''s weight_decay=0\.05.*"
+        match=rf"SGD\(weight_decay=0\.0001\).*the preset 'mild''s weight_decay={mild_wd}.*"
         r"overrides the preset's",
     ):
         CliNet(preset="mild", optimizer=partial(torch.optim.SGD, lr=0.1, weight_decay=1e-4), lr=None)
@@ -336,10 +358,11 @@ def test_preset_callbacks_follow_verbose(caplog):
             if r.getMessage().split(":")[0] in ("EarlyStopping", "OverfittingMonitor", "GradientClipping")
         ]
         if verbose:
+            # the presets' early stopping says its line when training starts, with the patience resolved
             assert [m.split(":")[0] for m in ours if "restored" not in m and "alert" not in m] == [
-                "EarlyStopping",
                 "OverfittingMonitor",
                 "GradientClipping",
+                "EarlyStopping",
             ]
             assert any(m.startswith("EarlyStopping: restored epoch") for m in ours)
         else:

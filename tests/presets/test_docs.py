@@ -28,8 +28,19 @@ def presets_table() -> str:
                 else f"{p.drop_path_rate:g} ({p.drop_path_rule}, {p.drop_path_schedule})"
             ),
         ),
+        (
+            "dropout of a model without residual blocks (drop-path's stand-in)",
+            lambda p: "off" if p.dropout_rate == 0 else f"{p.dropout_rate:g} ({p.drop_path_schedule})",
+        ),
         ("gradient clipping", lambda p: "off" if p.clipping is None else p.clipping),
-        ("early stopping (`val_loss`, restores the best weights)", lambda p: f"patience {p.patience}"),
+        (
+            "early stopping (`val_acc` with `num_classes`, else `val_loss`; restores the best weights)",
+            lambda p: (
+                f"patience {p.patience:.0%} of the checks"
+                if isinstance(p.patience, float)
+                else f"patience {p.patience}"
+            ),
+        ),
         ("overfitting monitor", lambda p: f"probe {p.overfitting_probe:g}, warm-up {p.overfitting_warmup}"),
         ("meant for", lambda p: p.summary),
     ]

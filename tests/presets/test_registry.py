@@ -54,8 +54,10 @@ def test_overrides_copy_and_validate():
         Preset("x", label_smoothing=1.0)
     with pytest.raises(ValueError, match="must be <= 1"):
         Preset("x", mixup_prob=0.7, cutmix_prob=0.4)
-    with pytest.raises(TypeError, match="`patience` must be an int >= 0"):
-        Preset("x", patience=2.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"fraction of the planned validation checks, in \(0, 1\); got 2.5"):
+        Preset("x", patience=2.5)  # a float is a fraction, an int a count of checks
+    with pytest.raises(TypeError, match="`patience` must be an int"):
+        Preset("x", patience="20")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="`clipping` must be one of"):
         Preset("x", clipping="value")
     with pytest.raises(ValueError, match="`drop_path_schedule` must be one of"):
