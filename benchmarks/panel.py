@@ -698,6 +698,8 @@ def report_heldout(records: Sequence[dict[str, Any]], command: str) -> None:
         for c in have:
             epochs = [table[(n, c)][s]["epochs_run"] for s in HELDOUT_SEEDS]
             rep.add("epochs trained (mean)", n, f"{statistics.fmean(epochs):.0f}", column=c)
+    _targets(rep, records, table, settings)
+    _finder_summary(rep, table, settings)
     for n in settings:
         path = _choice_path(n)
         if path.exists():
@@ -711,6 +713,84 @@ def report_heldout(records: Sequence[dict[str, Any]], command: str) -> None:
         " held-out seeds."
     )
     rep.save()
+
+
+#: The preset the documentation recommends when a model overfits (the demo's; judged against the hand recipe).
+RECOMMENDED = "medium"
+#: A baseline "overfits" when its last validation loss is this much above its minimum (relative, seed mean).
+OVERFIT_RISE = 0.10
+
+
+def _targets(rep: Any, records: Sequence[dict[str, Any]], table: Any, settings: Sequence[str]) -> None:
+    """The issue's targets, one row each per held-out setting, with a pass / fail verdict."""
+    section = "targets, per held-out setting"
+    for n in settings:
+        if not all((n, c) in table and len(table[(n, c)]) == len(HELDOUT_SEEDS) for c in HELDOUT_CONFIGS):
+            continue
+
+        def diff(a: str, b: str, n: str = n) -> Any:
+            return _paired(table, n, a, b, HELDOUT_SEEDS, "test_acc")
+
+        worst = min(PRESET_NAMES, key=lambda c: diff(c, "none").high)
+        rep.add(
+            section,
+            n,
+            f"{worst}: {_fmt(diff(worst, 'none'))}",
+            column="every preset not below none beyond noise (lowest upper end)",
+            passed=diff(worst, "none").high >= 0,
+        )
+        rep.add(
+            section,
+            n,
+            _fmt(diff(RECOMMENDED, "hand")),
+            column=f"{RECOMMENDED} at or above the hand recipe",
+            passed=diff(RECOMMENDED, "hand").mean >= 0,
+        )
+        best = max(PRESET_NAMES, key=lambda c: diff(c, "none").mean)
+        vs_best, vs_hand = diff("finder", best), diff("finder", "hand")
+        rep.add(
+            section,
+            n,
+            f"{best}: {_fmt(vs_best)}; hand: {_fmt(vs_hand)}",
+            column="finder at or above the best preset and the hand recipe",
+            passed=vs_best.mean >= 0 and vs_hand.mean >= 0,
+        )
+        rises = [
+            (r["val_loss_curve"][-1] - min(r["val_loss_curve"])) / min(r["val_loss_curve"])
+            for r in records
+            if r["setting"] == n and r["config"] == "none" and r["val_loss_curve"]
+        ]
+        rise = statistics.fmean(rises)
+        overfits = rise >= OVERFIT_RISE
+        vs_none = diff("finder", "none")
+        why = "" if overfits else "; the baseline does not overfit: no target"
+        rep.add(
+            section,
+            n,
+            f"{_fmt(vs_none)} (baseline's validation loss ends {100 * rise:.0f} % above its minimum{why})",
+            column="finder above none, interval excluding 0, where the baseline overfits",
+            passed=vs_none.low > 0 if overfits else None,
+        )
+
+
+def _finder_summary(rep: Any, table: Any, settings: Sequence[str]) -> None:
+    """The finder card's summary: its choice against no regularization, the best preset, the hand recipe."""
+    section = "the finder's choice against the others: test accuracy difference (pp)"
+    for n in settings:
+        if not all((n, c) in table and len(table[(n, c)]) == len(HELDOUT_SEEDS) for c in HELDOUT_CONFIGS):
+            continue
+
+        def diff(a: str, b: str, n: str = n) -> Any:
+            return _paired(table, n, a, b, HELDOUT_SEEDS, "test_acc")
+
+        best = max(PRESET_NAMES, key=lambda c: diff(c, "none").mean)
+        rep.add(section, n, _fmt(diff("finder", "none")), column="- none", summary="finder")
+        rep.add(
+            section, n, f"{_fmt(diff('finder', best))} ({best})", column="- best preset", summary="finder"
+        )
+        rep.add(section, n, _fmt(diff("finder", "hand")), column="- hand recipe", summary="finder")
+        ch = json.loads(_choice_path(n).read_text())
+        rep.add(section, n, f"{ch['search_cost']:.2f}", column="search (full runs)", summary="finder")
 
 
 def _check_fixed() -> None:

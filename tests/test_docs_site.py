@@ -178,7 +178,7 @@ def test_every_generated_table_cell_is_shown(regions):
 
 def test_the_choice_rows_show_the_scores(regions):
     text = page_text(regions["benchmarks/index.html"])
-    row = r"mild mild-c mild-a, mild-b, mild-c mild-a -0\.17, mild-b \+0\.53, mild-c \+0\.67"
+    row = r"mild mild-b mild-a, mild-b"  # the panel's choice row: level, chosen candidate, eligible ones
     assert re.search(row, text)
 
 
@@ -188,8 +188,9 @@ def test_the_presets_procedure_is_a_numbered_list(site):
     ordered = re.search(r"<ol>(.*?)</ol>", section, re.S)
     assert ordered, "the procedure is not an ordered list"
     items = re.findall(r"<li>", ordered.group(1))
-    assert len(items) == 4 + 3, f"4 steps and the 3 settings nested in the first; got {len(items)} items"
-    assert "The baseline of each setting" in ordered.group(1)  # the first step's second paragraph
+    assert len(items) == 4, f"4 steps; got {len(items)} items"
+    assert "Judgement on the held-out half" in ordered.group(1)  # the last step is inside the list
+    assert section.index("<table>") < section.index("<ol>")  # the panel's table comes before the steps
 
 
 def test_404_links_carry_the_site_subpath(site):

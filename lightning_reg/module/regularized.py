@@ -365,8 +365,9 @@ class RegularizedModule(PenaltyMixin, BatchMixingMixin, LightningModule):
         """Create the optimizer over ``param_groups`` and the optional scheduler.
 
         Returns:
-            ``{"optimizer": opt}`` or ``{"optimizer": opt, "lr_scheduler": {"scheduler": ..., "interval":
-            ..., "monitor": ...}}`` as Lightning expects.
+            ``{"optimizer": opt}``, or with a scheduler
+            ``{"optimizer": opt, "lr_scheduler": {"scheduler": ..., "interval": ..., "monitor": ...}}``,
+            as Lightning expects.
 
         Raises:
             ValueError: if a parameter is in two groups or a trainable one in none (edited groups).

@@ -193,7 +193,11 @@ class PresetEarlyStopping(EarlyStopping):
 
     Args:
         monitor: the validation metric.
+        mode: ``"min"`` or ``"max"``.
+        patience: checks without improvement before stopping, when ``patience_fraction`` is ``None``.
         patience_fraction: fraction of the planned checks, in ``(0, 1)``; ``None``: ``patience`` checks.
+        restore_best_weights: put the best weights back when training ends.
+        verbose: ``0`` quiet, ``1`` one line when training starts, ``2`` details.
         **kwargs: [`EarlyStopping`][lightning_reg.early_stopping.callback.EarlyStopping]'s arguments.
 
     Raises:
@@ -209,11 +213,21 @@ class PresetEarlyStopping(EarlyStopping):
     def __init__(
         self,
         monitor: str = "val_loss",
+        mode: str = "min",
+        patience: int = 3,
         patience_fraction: float | None = None,
         restore_best_weights: bool = True,
+        verbose: int | bool = 1,
         **kwargs: Any,
     ) -> None:
-        super().__init__(monitor, restore_best_weights=restore_best_weights, **kwargs)
+        super().__init__(
+            monitor,
+            mode=mode,
+            patience=patience,
+            restore_best_weights=restore_best_weights,
+            verbose=verbose,
+            **kwargs,
+        )
         if patience_fraction is not None:
             patience_fraction = check_number(
                 "patience_fraction", patience_fraction, low=0.0, high=1.0, low_open=True, high_open=True
@@ -342,9 +356,11 @@ class PresetStochasticDepth(StochasticDepthScheduler):
             say(
                 self.verbose,
                 1,
-                f"preset {self.preset_name!r}: no residual block in {model}, so its {len(dropouts)} dropout"
-                f" modules stand in for drop-path, at rate {self.dropout_rate:g}"
-                f" ({self.timing.schedule_name} schedule).",
+                f"preset {self.preset_name!r}: no residual block found in {model}, so its {len(dropouts)}"
+                f" dropout modules stand in for drop-path, at rate {self.dropout_rate:g}"
+                f" ({self.timing.schedule_name} schedule). If it has residual blocks, let drop-path find"
+                " them: timm models built with drop_path_rate > 0, torchvision BasicBlock/Bottleneck, or"
+                " branch_ends={BlockClass: 'last_branch_layer'} for your own.",
             )
             super().on_fit_start(trainer, pl_module)
             return

@@ -62,8 +62,9 @@ def capture_rng_states(
         python: read Python's ``random`` module.
 
     Returns:
-        ``{"torch": ByteTensor, "cuda": {index: ByteTensor}, "numpy": {...} | None, "python": tuple |
-        None}``; every value loads with ``torch.load(weights_only=True)``.
+        A dict with the keys ``"torch"`` (a ``ByteTensor``), ``"cuda"`` (``{index: ByteTensor}``),
+        ``"numpy"`` and ``"python"`` (``None`` when not read); every value loads with
+        ``torch.load(weights_only=True)``.
 
     Example:
         >>> sorted(capture_rng_states())

@@ -351,8 +351,8 @@ def classify_parameters(
         include_frozen: also classify parameters with ``requires_grad=False``.
 
     Returns:
-        Canonical (stripped) parameter name -> reasons (subset of ``{"bias", "norm", "scale", "declared",
-        "embedding", "pattern"}``); an empty set means the parameter is decayed.
+        Canonical (stripped) parameter name -> reasons, a subset of ``"bias"``, ``"norm"``, ``"scale"``,
+        ``"declared"``, ``"embedding"``, ``"pattern"``; an empty set means the parameter is decayed.
 
     Example:
         >>> m = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.LayerNorm(2))

@@ -17,7 +17,10 @@ from tests.find.toy import ToyData, ToyNet
 TRAINER = {"max_epochs": 4, "accelerator": "cpu", "num_sanity_val_steps": 0}
 # a small space keeps the tests quick; every kind of component is still in it
 SPACE = SearchSpace(
-    weight_decay=(1e-3, 0.3), clipping=("zclip", "norm"), patience=(0.3, 0.9), model_args={"dropout": (0.0, 0.3)}
+    weight_decay=(1e-3, 0.3),
+    clipping=("zclip", "norm"),
+    patience=(0.3, 0.9),
+    model_args={"dropout": (0.0, 0.3)},
 )
 
 

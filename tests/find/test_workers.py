@@ -33,7 +33,8 @@ def _config(tmp_path: Path, step_sleep: float) -> Path:
         "model": {"class_path": "tests.find.toy.ToyNet", "init_args": {"step_sleep": step_sleep}},
         "data": {"class_path": "tests.find.toy.ToyData"},
         "trainer": TRAINER,
-        "space": {"weight_decay": [0.001, 0.3], "clipping": ["zclip", "norm"], "patience": [0.3, 0.9]},  # = SPACE
+        # = SPACE
+        "space": {"weight_decay": [0.001, 0.3], "clipping": ["zclip", "norm"], "patience": [0.3, 0.9]},
     }
     path = tmp_path / "toy.yaml"
     path.write_text(yaml.safe_dump(config))

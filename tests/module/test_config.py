@@ -85,8 +85,10 @@ def test_every_setting_of_the_module_is_a_field_of_the_config():
 def test_a_config_whose_weight_decay_contradicts_its_source_is_refused():
     with pytest.raises(ValueError, match=r"None exactly when .*got weight_decay=0\.1 with .*'optimizer'"):
         RegularizationConfig(weight_decay=0.1, weight_decay_source="optimizer")
-    with pytest.raises(ValueError, match=r"needs the preset's weight decay; got weight_decay=0\.1 .*'mild'"):
-        RegularizationConfig(weight_decay=0.1, weight_decay_source="preset", preset="mild")
+    other = 0.35
+    assert other != PRESETS["mild"].weight_decay
+    with pytest.raises(ValueError, match=r"needs the preset's weight decay; got weight_decay=0\.35 .*'mild'"):
+        RegularizationConfig(weight_decay=other, weight_decay_source="preset", preset="mild")
     with pytest.raises(ValueError, match=r"`weight_decay_source` must be one of 'module', 'preset'"):
         RegularizationConfig(weight_decay_source="yaml")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"`num_classes` must be an int >= 2 or None; got 1"):
