@@ -23,7 +23,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 
 from lightning_reg import EarlyStopping
-from tests.helpers import ScaledRegression, ValidationRecorder, fast_trainer
+from tests.helpers import ScaledRegression, ValidationRecorder, end_process_group, fast_trainer
 
 
 class Model(ScaledRegression):
@@ -83,3 +83,4 @@ if __name__ == "__main__":
     out_dir = Path(sys.argv[1])
     for name in ("unsynced", "checkpoint"):
         run(out_dir, name)
+    end_process_group()

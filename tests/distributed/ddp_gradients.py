@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from lightning_reg import GradientClipping, GradientMonitor
-from tests.helpers import fast_trainer
+from tests.helpers import end_process_group, fast_trainer
 
 STEPS = 6
 
@@ -89,3 +89,4 @@ if __name__ == "__main__":
     torch.set_num_threads(1)
     result = run(devices=2, batch_size=8)
     torch.save(result, out / f"rank{result['rank']}.pt")
+    end_process_group()

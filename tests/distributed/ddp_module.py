@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_reg import DecayRule, RegularizedModule
-from tests.helpers import LMBlock, TinyLMModule, fast_trainer
+from tests.helpers import LMBlock, TinyLMModule, end_process_group, fast_trainer
 
 LR, WD, STEPS = 0.01, 0.1, 8
 
@@ -94,3 +94,4 @@ def main(out_dir: Path) -> None:
 
 if __name__ == "__main__":
     main(Path(sys.argv[1]))
+    end_process_group()

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_reg import OverfittingMonitor
-from tests.helpers import DropoutClassifier, fast_trainer, threshold_data
+from tests.helpers import DropoutClassifier, end_process_group, fast_trainer, threshold_data
 
 VAL = {  # per rank, per epoch
     0: [1.0, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5],
@@ -96,3 +96,4 @@ if __name__ == "__main__":
     run(out, "synced", VAL, criteria={"gl": 10.0})
     run(out, "unsynced", VAL_UNSYNCED, criteria={"gl": 30.0}, sync_values=False)
     run_probe(out)
+    end_process_group()

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from tests.helpers import end_process_group
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import random  # noqa: E402
@@ -61,3 +63,4 @@ def main(out: Path) -> None:
 
 if __name__ == "__main__":
     main(Path(sys.argv[1]))
+    end_process_group()

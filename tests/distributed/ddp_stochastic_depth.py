@@ -16,7 +16,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from lightning_reg import StochasticDepthScheduler  # noqa: E402
-from tests.helpers import LitClassifier, RateRecorder, ResMLP, classification_loader, fast_trainer  # noqa: E402
+from tests.helpers import (  # noqa: E402
+    LitClassifier,
+    RateRecorder,
+    ResMLP,
+    classification_loader,
+    end_process_group,
+    fast_trainer,
+)
 
 
 def main(out_dir: Path) -> None:
@@ -44,3 +51,4 @@ def main(out_dir: Path) -> None:
 
 if __name__ == "__main__":
     main(Path(sys.argv[1]))
+    end_process_group()

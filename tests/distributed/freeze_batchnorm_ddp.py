@@ -21,7 +21,7 @@ from lightning_reg.batchnorm.callback import FreezeBatchNorm
 from lightning_reg.penalties.callback import ProximalL1
 from lightning_reg.penalties.functional import WeightPenalty
 from lightning_reg.penalties.mixin import PenaltyMixin
-from tests.helpers import BatchNormRecorder, conv_bn_net, fast_trainer
+from tests.helpers import BatchNormRecorder, conv_bn_net, end_process_group, fast_trainer
 
 
 class Net(PenaltyMixin, BatchNormRecorder):
@@ -62,3 +62,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    end_process_group()

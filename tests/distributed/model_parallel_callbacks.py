@@ -51,7 +51,7 @@ from lightning_reg import (
     StochasticDepthScheduler,
 )
 from lightning_reg.penalties import WeightPenalty
-from tests.helpers import ResidualBlock, fast_trainer, teacher_data  # noqa: E402
+from tests.helpers import ResidualBlock, end_process_group, fast_trainer, teacher_data  # noqa: E402
 from tests.memory_logger import MemoryLogger  # noqa: E402
 
 IN, WIDTH, CLASSES = 8, 16, 4
@@ -246,3 +246,4 @@ def main(out: Path) -> None:
 
 if __name__ == "__main__":
     main(Path(sys.argv[1]))
+    end_process_group()
