@@ -717,6 +717,13 @@ def report_heldout(records: Sequence[dict[str, Any]], command: str) -> None:
 
 #: The preset the documentation recommends when a model overfits (the demo's; judged against the hand recipe).
 RECOMMENDED = "medium"
+def _held_out_diff(table: Any, n: str) -> Callable[[str, str], Any] | None:
+    """``(a, b) -> paired test-accuracy difference`` in setting ``n``; ``None`` until every run is in."""
+    if not all((n, c) in table and len(table[(n, c)]) == len(HELDOUT_SEEDS) for c in HELDOUT_CONFIGS):
+        return None
+    return lambda a, b: _paired(table, n, a, b, HELDOUT_SEEDS, "test_acc")
+
+
 #: A baseline "overfits" when its last validation loss is this much above its minimum (relative, seed mean).
 OVERFIT_RISE = 0.10
 
@@ -725,11 +732,9 @@ def _targets(rep: Any, records: Sequence[dict[str, Any]], table: Any, settings: 
     """The issue's targets, one row each per held-out setting, with a pass / fail verdict."""
     section = "targets, per held-out setting"
     for n in settings:
-        if not all((n, c) in table and len(table[(n, c)]) == len(HELDOUT_SEEDS) for c in HELDOUT_CONFIGS):
+        diff = _held_out_diff(table, n)
+        if diff is None:
             continue
-
-        def diff(a: str, b: str, n: str = n) -> Any:
-            return _paired(table, n, a, b, HELDOUT_SEEDS, "test_acc")
 
         worst = min(PRESET_NAMES, key=lambda c: diff(c, "none").high)
         rep.add(
@@ -777,11 +782,9 @@ def _finder_summary(rep: Any, table: Any, settings: Sequence[str]) -> None:
     """The finder card's summary: its choice against no regularization, the best preset, the hand recipe."""
     section = "the finder's choice against the others: test accuracy difference (pp)"
     for n in settings:
-        if not all((n, c) in table and len(table[(n, c)]) == len(HELDOUT_SEEDS) for c in HELDOUT_CONFIGS):
+        diff = _held_out_diff(table, n)
+        if diff is None:
             continue
-
-        def diff(a: str, b: str, n: str = n) -> Any:
-            return _paired(table, n, a, b, HELDOUT_SEEDS, "test_acc")
 
         best = max(PRESET_NAMES, key=lambda c: diff(c, "none").mean)
         rep.add(section, n, _fmt(diff("finder", "none")), column="- none", summary="finder")

@@ -22,6 +22,7 @@ __all__ = [
     "check_choice",
     "check_int",
     "check_log_every_n_steps",
+    "check_mode",
     "check_number",
     "check_rate",
     "check_str",
@@ -222,6 +223,36 @@ def check_choice(name: str, value: Any, choices: Iterable[_T]) -> _T:
         listed = ", ".join(repr(c) for c in valid)
         raise ValueError(f"`{name}` must be one of {listed}; got {_fmt(value)}.")
     return value
+
+
+def check_mode(mode: str | None, key: str, value: str, why: str = "") -> str:
+    """Return the direction of a metric: ``mode`` checked, or ``"min"`` for ``val_loss``; else refuse.
+
+    An accuracy minimised by a ``"min"`` default would pick its worst epoch, so only the loss may go
+    without a mode.
+
+    Args:
+        mode: ``"min"``, ``"max"`` or ``None``.
+        key: the argument that named the metric, for the message (``"monitor"``, ``"metric"``).
+        value: the metric.
+        why: a clause added to the message, e.g. what the metric decides.
+
+    Example:
+        >>> check_mode(None, "monitor", "val_loss"), check_mode("max", "metric", "val_acc")
+        ('min', 'max')
+        >>> check_mode(None, "metric", "val_acc")
+        Traceback (most recent call last):
+        ...
+        ValueError: `mode` is required with metric='val_acc': 'min' if lower is better (a loss), 'max' if ...
+    """
+    if mode is None:
+        if value != "val_loss":
+            raise ValueError(
+                f"`mode` is required with {key}={value!r}: 'min' if lower is better (a loss), 'max' if "
+                f"higher is better (an accuracy){why}."
+            )
+        return "min"
+    return check_choice("mode", mode, ("min", "max"))
 
 
 @overload

@@ -35,7 +35,7 @@ from optuna_integration import PyTorchLightningPruningCallback
 from torch import nn
 from typing_extensions import override
 
-from lightning_reg._shared.validation import check_choice, check_int, check_number, check_str
+from lightning_reg._shared.validation import check_int, check_mode, check_number, check_str
 from lightning_reg.find.budget import TrialCost, may_start_trial, spent_runs
 from lightning_reg.find.compare import run_comparison
 from lightning_reg.find.objective import TrainingSetup, model_factory, run_candidate, split_user_callbacks
@@ -320,17 +320,6 @@ def _summary(trial: FrozenTrial, space: SearchSpace, setup: TrainingSetup) -> Tr
 
 
 # ------------------------------------------------------------------------------------------ the finder
-def _check_mode(metric: str, mode: str | None) -> str:
-    if mode is None:
-        if metric != "val_loss":
-            raise ValueError(
-                f"`mode` is required with metric={metric!r}: 'min' if lower is better (a loss), 'max' if "
-                "higher is better (an accuracy)."
-            )
-        return "min"
-    return check_choice("mode", mode, ("min", "max"))
-
-
 def _trainer_kwargs(trainer_kwargs: Mapping[str, Any] | None, worker: StudyWorker) -> dict[str, Any]:
     kwargs = dict(trainer_kwargs or {})
     if kwargs.get("max_epochs") in (None, -1) and kwargs.get("max_steps") in (None, -1):
@@ -415,7 +404,7 @@ def find_regularization(
         Exception: what stopped a run (the run is enqueued again, for the search started again).
     """
     metric = check_str("metric", metric)
-    mode = _check_mode(metric, mode)
+    mode = check_mode(mode, "metric", metric)
     budget = check_number("budget", budget, low=1.0)
     seeds = check_int("seeds", seeds, low=0)
     seed = check_int("seed", seed, low=0)

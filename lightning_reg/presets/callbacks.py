@@ -23,7 +23,14 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import nn
 from typing_extensions import override
 
-from lightning_reg._shared.validation import check_choice, check_int, check_number, check_rate, check_str
+from lightning_reg._shared.validation import (
+    check_choice,
+    check_int,
+    check_mode,
+    check_number,
+    check_rate,
+    check_str,
+)
 from lightning_reg._shared.verbosity import check_verbose, say
 from lightning_reg.early_stopping.callback import EarlyStopping
 from lightning_reg.gradients.clipping import GradientClipping
@@ -433,27 +440,6 @@ def _default_monitor(
     return "val_acc", mode if mode is not None else "max"
 
 
-def _monitor_mode(monitor: str, mode: str | None) -> str:
-    """Return the early-stopping mode: as given, or ``"min"`` for the default ``val_loss``; else raise.
-
-    Example:
-        >>> _monitor_mode("val_loss", None), _monitor_mode("val_acc", "max")
-        ('min', 'max')
-        >>> _monitor_mode("val_acc", None)
-        Traceback (most recent call last):
-        ...
-        ValueError: `mode` is required with monitor='val_acc': 'min' if lower is better (a loss), 'max' if ...
-    """
-    if mode is None:
-        if monitor != "val_loss":
-            raise ValueError(
-                f"`mode` is required with monitor={monitor!r}: 'min' if lower is better (a loss), 'max' if "
-                "higher is better (an accuracy); the best weights restored are the best by it."
-            )
-        return "min"
-    return check_choice("mode", mode, ("min", "max"))
-
-
 def preset_callbacks(
     preset: str | Preset = "mild",
     *,
@@ -515,7 +501,7 @@ def preset_callbacks(
     p = get_preset(preset, **overrides)
     monitor, mode = _default_monitor(monitor, mode, num_classes)
     check_str("monitor", monitor)
-    mode = _monitor_mode(monitor, mode)
+    mode = check_mode(mode, "monitor", monitor, "; the best weights restored are the best by it")
     v = check_verbose(verbose)
     resolved_pairs: dict[str, tuple[str, str] | tuple[str, str, str]] = dict(
         pairs if pairs is not None else _default_pairs(monitor, mode)
