@@ -35,6 +35,7 @@ from lightning_reg import GradientClipping, OverfittingMonitor, StochasticDepthS
 from lightning_reg.find.space import Candidate
 from lightning_reg.find.study import RunResult
 from lightning_reg.presets import PresetSummary
+from lightning_reg.stochastic_depth.layers import BranchEnd
 
 __all__ = ["TrainingSetup", "model_factory", "run_candidate", "split_user_callbacks"]
 
@@ -172,7 +173,7 @@ class TrainingSetup:
     trainer_kwargs: Mapping[str, Any] = field(default_factory=dict)
     metric: str = "val_loss"
     mode: str = "min"
-    branch_ends: Mapping[Any, str] | None = None
+    branch_ends: Mapping[Any, BranchEnd] | None = None
     lightning_info: bool = False
 
 

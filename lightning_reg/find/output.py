@@ -27,6 +27,7 @@ import yaml
 
 from lightning_reg.find.result import FinderResult
 from lightning_reg.presets import PRESET_NAMES, preset_config
+from lightning_reg.stochastic_depth.layers import BranchEnd
 
 __all__ = [
     "cli_fragment",
@@ -56,7 +57,9 @@ def _class_path(key: Any) -> str:
     return f"{key.__module__}.{key.__qualname__}" if isinstance(key, type) else str(key)
 
 
-def cli_fragment(result: FinderResult, branch_ends: Mapping[Any, str] | None = None, verbose: int = 1) -> str:
+def cli_fragment(
+    result: FinderResult, branch_ends: Mapping[Any, BranchEnd] | None = None, verbose: int = 1
+) -> str:
     """Write the choice as a LightningCLI config fragment (YAML), used after the user's own config.
 
     ``model.init_args.preset`` is the chosen preset as a mapping of its fields (LightningCLI builds a
@@ -303,7 +306,7 @@ def _write(path: Path, text: str) -> Path:
 
 
 def write_outputs(
-    result: FinderResult, out: str | os.PathLike[str], branch_ends: Mapping[Any, str] | None = None
+    result: FinderResult, out: str | os.PathLike[str], branch_ends: Mapping[Any, BranchEnd] | None = None
 ) -> list[Path]:
     """Write ``choice.yaml``, ``choice.py``, ``comparison.md`` (with the trials) and ``trials.png``.
 

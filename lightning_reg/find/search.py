@@ -49,7 +49,7 @@ from lightning_reg.find.space import (
     suggest_candidate,
 )
 from lightning_reg.find.study import StudyWorker, open_storage, trial_cost
-from lightning_reg.stochastic_depth.layers import DEFAULT_BRANCH_ENDS, find_drop_rate_modules
+from lightning_reg.stochastic_depth.layers import DEFAULT_BRANCH_ENDS, BranchEnd, find_drop_rate_modules
 
 __all__ = ["default_pruner", "find_regularization"]
 
@@ -99,7 +99,7 @@ def _signature_default(model: Callable[..., Any], name: str) -> Any:
     return inspect.Parameter.empty if param is None else param.default
 
 
-def _has_residual_blocks(module: nn.Module, branch_ends: Mapping[Any, str] | None) -> bool:
+def _has_residual_blocks(module: nn.Module, branch_ends: Mapping[Any, BranchEnd] | None) -> bool:
     """Whether drop-path has somewhere to go: drop-path modules, or residual blocks the presets know."""
     if find_drop_rate_modules(module):
         return True
@@ -116,7 +116,7 @@ def _resolve_space(
     space: SearchSpace,
     model: Callable[..., Any],
     build: Callable[[Candidate], LightningModule],
-    branch_ends: Mapping[Any, str] | None,
+    branch_ends: Mapping[Any, BranchEnd] | None,
     worker: StudyWorker,
 ) -> SearchSpace:
     """Fit the space to the model.
@@ -349,7 +349,7 @@ def find_regularization(
     study_name: str = "lightning-reg-find",
     sampler: optuna.samplers.BaseSampler | None = None,
     pruner: optuna.pruners.BasePruner | None = None,
-    branch_ends: Mapping[Any, str] | None = None,
+    branch_ends: Mapping[Any, BranchEnd] | None = None,
     out: str | os.PathLike[str] | None = None,
     stale_after: float = 300.0,
     verbose: int = 1,

@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import json
 import math
@@ -20,6 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
 from typing_extensions import override
 
@@ -46,8 +48,10 @@ from lightning_reg.presets.registry import (
 from lightning_reg.stochastic_depth.callback import StochasticDepthScheduler
 from lightning_reg.stochastic_depth.layers import (
     DEFAULT_BRANCH_ENDS,
+    BranchEnd,
     add_stochastic_depth,
     find_drop_rate_modules,
+    sequence_first_layers,
 )
 
 __all__ = [
@@ -128,11 +132,31 @@ class PresetSummary(Callback):
             )
 
 
-def _branch_ends(model: nn.Module, branch_ends: Mapping[Any, str] | None) -> dict[type[nn.Module], str]:
+def _branch_end_names(key: object, end: object) -> BranchEnd:
+    """Check one ``branch_ends`` entry; a list of names (from YAML) becomes a tuple."""
+    names = tuple(end) if isinstance(end, list) else end
+    parts = (names,) if isinstance(names, str) else names
+    if (
+        not isinstance(key, (str, type))
+        or not isinstance(parts, tuple)
+        or not parts
+        or not all(isinstance(n, str) and n for n in parts)
+    ):
+        raise TypeError(
+            "`branch_ends` must map block classes (or their names / dotted paths) to the name of the "
+            "submodule ending the residual branch, or a list of names (one per branch); "
+            f"got {key!r}: {end!r}."
+        )
+    return parts[0] if isinstance(names, str) else parts
+
+
+def _branch_ends(
+    model: nn.Module, branch_ends: Mapping[Any, BranchEnd] | None
+) -> dict[type[nn.Module], BranchEnd]:
     """``{block type: branch end}`` from types, dotted class paths or bare class names found in ``model``."""
-    out: dict[type[nn.Module], str] = {}
+    out: dict[type[nn.Module], BranchEnd] = {}
     for key, end in (branch_ends or {}).items():
-        check_str("branch_ends value", end)
+        end = _branch_end_names(key, end)
         if isinstance(key, type):
             out[key] = end
             continue
@@ -144,8 +168,16 @@ def _branch_ends(model: nn.Module, branch_ends: Mapping[Any, str] | None) -> dic
             except (ImportError, AttributeError) as err:
                 raise ValueError(f"`branch_ends`: cannot import the block class {key!r} ({err}).") from err
             continue
-        # a bare class name matches the model's modules of that class name (none: no such block here)
-        out.update(dict.fromkeys({type(m) for m in model.modules() if type(m).__name__ == key}, end))
+        # a bare class name matches the model's modules of that class name
+        found = {type(m) for m in model.modules() if type(m).__name__ == key}
+        if not found:
+            classes = sorted({type(m).__name__ for m in model.modules()})
+            close = difflib.get_close_matches(key, classes, n=3)
+            raise ValueError(
+                f"`branch_ends`: {type(model).__name__} has no module of class {key!r}"
+                + (f"; did you mean {' or '.join(map(repr, close))}?" if close else f"; it has {classes}.")
+            )
+        out.update(dict.fromkeys(found, end))
     return out
 
 
@@ -265,6 +297,24 @@ class PresetEarlyStopping(EarlyStopping):
         super().on_fit_start(trainer, pl_module)  # the usual line, with the resolved patience
 
     @override
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # checked here, before the overfitting monitor's own check of its keys, to name the preset's choice
+        metrics = trainer.callback_metrics
+        in_fit = trainer.state.fn == "fit"  # the sanity check's metrics too: the first check it can make
+        if self.strict and in_fit and self.monitor not in metrics:
+            why = (
+                " (with `num_classes`, the presets follow the validation accuracy of a classifier)"
+                if self.monitor == "val_acc"
+                else ""
+            )
+            raise MisconfigurationException(
+                f"PresetEarlyStopping: the preset's early stopping follows {self.monitor!r}{why}, which "
+                f"validation did not log. Logged keys: {sorted(metrics)}. Log it in `validation_step` with "
+                "`self.log`, or pass `preset_callbacks(..., monitor=<a logged key>)`."
+            )
+        super().on_validation_end(trainer, pl_module)
+
+    @override
     def _patience_text(self) -> str:
         text = super()._patience_text()
         if self.patience_fraction is None:
@@ -282,7 +332,8 @@ class PresetStochasticDepth(StochasticDepthScheduler):
     ``max_rate`` over all its blocks, although timm builds no module for the first block at rate 0); with
     all their rates at 0 the depth rule sets them; otherwise
     [`add_stochastic_depth`][lightning_reg.stochastic_depth.layers.add_stochastic_depth]
-    inserts DropPath into every residual block it knows (torchvision ``BasicBlock``/``Bottleneck``, plus
+    inserts DropPath into every residual block it knows (torchvision's ResNet and ViT blocks, torch's
+    transformer layers built with ``batch_first=True``, plus
     ``branch_ends``), at the depth rule's rates. A model with no residual block (an MLP, a plain CNN) gets
     drop-path's stand-in instead, when ``dropout_rate > 0`` and the model has dropout modules (``nn.Dropout``
     and its family, at any rate, 0 included): each is set to ``dropout_rate`` on the same time schedule, with
@@ -313,7 +364,7 @@ class PresetStochasticDepth(StochasticDepthScheduler):
         rule: str = "linear",
         schedule: str = "constant",
         warmup: float = 0.0,
-        branch_ends: dict[str, str] | None = None,
+        branch_ends: Mapping[Any, BranchEnd] | None = None,
         dropout_rate: float = 0.0,
         preset_name: str = "custom",
         verbose: int | bool = 1,
@@ -324,13 +375,7 @@ class PresetStochasticDepth(StochasticDepthScheduler):
         super().__init__(
             max_rate=max_rate, rule=rule, schedule=schedule, scale_model_rates=True, verbose=verbose, **timing
         )
-        for key, end in (branch_ends or {}).items():
-            if not isinstance(key, (str, type)) or not isinstance(end, str):
-                raise TypeError(
-                    "`branch_ends` must map block classes (or their names / dotted paths) to the name of the "
-                    f"submodule ending the residual branch; got {key!r}: {end!r}."
-                )
-        self.branch_ends = dict(branch_ends or {})
+        self.branch_ends = {key: _branch_end_names(key, end) for key, end in (branch_ends or {}).items()}
         #: The dropout stand-in's rate (the scheduler's ``dropout_rate``, used only without residual blocks).
         self.dropout_rate: float = stand_in
         self.preset_name = check_str("preset_name", preset_name)
@@ -347,7 +392,20 @@ class PresetStochasticDepth(StochasticDepthScheduler):
         has_drop_path = bool(find_drop_rate_modules(pl_module))
         ends = _branch_ends(pl_module, self.branch_ends)
         known = tuple({**DEFAULT_BRANCH_ENDS, **ends})
-        if has_drop_path or any(isinstance(m, known) for m in pl_module.modules()):
+        sequence_first = [] if has_drop_path else sequence_first_layers(pl_module)
+        if sequence_first:
+            say(
+                self.verbose,
+                1,
+                preset_skip_note(
+                    self.preset_name,
+                    "drop-path",
+                    f"{model}'s torch transformer layers {sequence_first[:3]} were built with"
+                    " batch_first=False: their batch dimension is the second, so a per-sample drop would"
+                    " drop sequence positions; build them with batch_first=True to give them drop-path",
+                ),
+            )
+        elif has_drop_path or any(isinstance(m, known) for m in pl_module.modules()):
             if not self.max_rate:  # a preset with dropout_rate only: residual models keep their structure
                 self.skipped = True
                 say(self.verbose, 1, preset_skip_note(self.preset_name, "drop-path", f"rate 0 for {model}"))
@@ -356,6 +414,8 @@ class PresetStochasticDepth(StochasticDepthScheduler):
                 # the inserted rates follow the rule up to max_rate, which scale_model_rates then keeps
                 add_stochastic_depth(pl_module, self.max_rate, self.rule, branch_ends=ends)
             super().on_fit_start(trainer, pl_module)
+            if not has_drop_path:  # inserted for this fit: at its end they go back to 0, as the model was
+                self._original_rates[: self._num_drop_path] = [0.0] * self._num_drop_path
             return
         dropouts = find_drop_rate_modules(pl_module, include_dropout=True)
         if self.dropout_rate > 0 and dropouts:
@@ -363,10 +423,13 @@ class PresetStochasticDepth(StochasticDepthScheduler):
             say(
                 self.verbose,
                 1,
-                f"preset {self.preset_name!r}: no residual block found in {model}, so its {len(dropouts)}"
+                f"preset {self.preset_name!r}: no residual block"
+                + (" drop-path can use" if sequence_first else " found")
+                + f" in {model}, so its {len(dropouts)}"
                 f" dropout modules stand in for drop-path, at rate {self.dropout_rate:g}"
                 f" ({self.timing.schedule_name} schedule). If it has residual blocks, let drop-path find"
-                " them: timm models built with drop_path_rate > 0, torchvision BasicBlock/Bottleneck, or"
+                " them: timm models built with drop_path_rate > 0, torchvision ResNet/ViT blocks, torch"
+                " transformer layers (batch_first=True), or"
                 " branch_ends={BlockClass: 'last_branch_layer'} for your own.",
             )
             super().on_fit_start(trainer, pl_module)
@@ -381,7 +444,8 @@ class PresetStochasticDepth(StochasticDepthScheduler):
                 "drop-path" + (" and its dropout stand-in" if self.dropout_rate > 0 else ""),
                 f"{missing} in {model}"
                 + (f" (branch_ends: {sorted(map(str, self.branch_ends))})" if self.branch_ends else "")
-                + " that it can find: torchvision BasicBlock/Bottleneck are found by type; "
+                + " that it can find: torchvision ResNet/ViT blocks and torch transformer layers are found by"
+                " type; "
                 "timm models need drop_path_rate > 0 at creation (their DropPath modules then "
                 "get the preset's rates); your own blocks need "
                 "branch_ends={BlockClass: 'last_branch_layer'}",
@@ -447,7 +511,7 @@ def preset_callbacks(
     mode: str | None = None,
     num_classes: int | None = None,
     pairs: Mapping[str, tuple[str, str] | tuple[str, str, str]] | None = None,
-    branch_ends: Mapping[Any, str] | None = None,
+    branch_ends: Mapping[Any, BranchEnd] | None = None,
     verbose: int | bool = 1,
     **overrides: Any,
 ) -> list[Callback]:
@@ -551,7 +615,7 @@ def preset_config(
     mode: str | None = None,
     num_classes: int | None = None,
     pairs: Mapping[str, tuple[str, str] | tuple[str, str, str]] | None = None,
-    branch_ends: Mapping[str, str] | None = None,
+    branch_ends: Mapping[str, BranchEnd] | None = None,
     verbose: int = 1,
     **overrides: Any,
 ) -> str:

@@ -8,9 +8,10 @@
   same result.
 * [`add_stochastic_depth`][lightning_reg.stochastic_depth.layers.add_stochastic_depth] inserts
   [`DropPath`][lightning_reg.stochastic_depth.layers.DropPath] into residual branches of a model built
-  without it (torchvision ``BasicBlock`` / ``Bottleneck`` out of the box, any user block through
-  ``branch_ends``) without adding parameters or buffers: state_dict keys are unchanged, so checkpoints
-  of the unmodified model load, and eval-mode outputs are bitwise unchanged.
+  without it (torchvision's ResNet blocks and ViT ``EncoderBlock``, torch's ``nn.TransformerEncoderLayer``
+  and ``nn.TransformerDecoderLayer`` out of the box, any user block through ``branch_ends``) without
+  adding parameters or buffers: state_dict keys are unchanged, so checkpoints of the unmodified model
+  load, and eval-mode outputs are bitwise unchanged.
 * [`attach_drop_path`][lightning_reg.stochastic_depth.layers.attach_drop_path] is the building block: it makes
   one submodule's output (the last layer of a
   residual branch) pass through a [`DropPath`][lightning_reg.stochastic_depth.layers.DropPath].
@@ -37,12 +38,14 @@ from lightning_reg.stochastic_depth.rate_rules import DepthRule, depth_rates
 
 __all__ = [
     "DEFAULT_BRANCH_ENDS",
+    "BranchEnd",
     "DropPath",
     "DropRateSite",
     "add_stochastic_depth",
     "attach_drop_path",
     "drop_path",
     "find_drop_rate_modules",
+    "sequence_first_layers",
 ]
 
 _MODES: tuple[Literal["row", "batch"], ...] = ("row", "batch")
@@ -187,6 +190,9 @@ class DropPath(nn.Module):
     ) -> None:
         super().__init__()
         self._rate: Tensor | None = None  # set by the scheduler while it schedules this module
+        #: Modules with the same group share a depth level in ``find_drop_rate_modules`` (set by
+        #: ``add_stochastic_depth`` for the branches of one block); ``None``: grouped by parent module.
+        self.depth_group: int | None = None
         self.p = p
         self.mode = check_choice("mode", mode, _MODES)
         self.scale_by_keep = check_bool("scale_by_keep", scale_by_keep)
@@ -240,7 +246,8 @@ def attach_drop_path(module: nn.Module, p: float = 0.0, mode: Literal["row", "ba
     Calling it again on the same module only updates the rate and mode.
 
     The module must only be used inside the residual branch (not also on the skip path), and its output
-    must be a tensor with the batch dimension first.
+    must be a tensor with the batch dimension first. An ``nn.Sequential`` gets it on its last module (whose
+    output is the Sequential's): a child added to a Sequential would also run as one of its steps.
 
     Args:
         module: last layer of a residual branch.
@@ -266,6 +273,8 @@ def attach_drop_path(module: nn.Module, p: float = 0.0, mode: Literal["row", "ba
         >>> list(block.state_dict()) == keys
         True
     """
+    while isinstance(module, nn.Sequential) and len(module) > 0:
+        module = module[-1]
     existing = getattr(module, ATTACHED_NAME, None)
     if isinstance(existing, DropPath) and _drop_path_output_hook in module._forward_hooks.values():
         DropPath(p, mode)  # validate
@@ -282,28 +291,93 @@ def attach_drop_path(module: nn.Module, p: float = 0.0, mode: Literal["row", "ba
     return layer
 
 
-def _torchvision_branch_ends() -> dict[type[nn.Module], str]:
+BranchEnd = str | tuple[str, ...]
+"""The end of a block's residual branch: one submodule name, or one per branch (transformer blocks)."""
+
+
+def _default_branch_ends() -> dict[type[nn.Module], BranchEnd]:
     from torchvision.models.resnet import BasicBlock, Bottleneck
+    from torchvision.models.vision_transformer import EncoderBlock
 
-    return {BasicBlock: "bn2", Bottleneck: "bn3"}
+    return {
+        BasicBlock: "bn2",
+        Bottleneck: "bn3",
+        EncoderBlock: ("dropout", "mlp"),  # attention branch, then the MLP branch
+        nn.TransformerEncoderLayer: ("dropout1", "dropout2"),
+        nn.TransformerDecoderLayer: ("dropout1", "dropout2", "dropout3"),
+    }
 
 
-DEFAULT_BRANCH_ENDS: Mapping[type[nn.Module], str] = _torchvision_branch_ends()
-"""Block type -> name of the last submodule of its residual branch (torchvision ResNet blocks)."""
+DEFAULT_BRANCH_ENDS: Mapping[type[nn.Module], BranchEnd] = _default_branch_ends()
+"""Block type -> the last submodule of each of its residual branches, found without ``branch_ends``:
+torchvision's ResNet blocks (one branch), torchvision's ViT ``EncoderBlock`` and torch's
+``nn.TransformerEncoderLayer`` (two branches: attention, feed-forward) and ``nn.TransformerDecoderLayer``
+(three)."""
+
+
+def _end_names(block_type: type, ends: object) -> tuple[str, ...]:
+    names = (ends,) if isinstance(ends, str) else ends
+    if not isinstance(names, tuple) or not names or not all(isinstance(n, str) and n for n in names):
+        raise TypeError(
+            "`branch_ends` must map block types to the name of the submodule ending the residual branch"
+            f" (or a tuple of names, one per branch); got {block_type!r}: {ends!r}"
+        )
+    return names
+
+
+def _sequence_first(block: nn.Module) -> bool:
+    attention = getattr(block, "self_attn", None)
+    return isinstance(block, (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)) and not getattr(
+        attention, "batch_first", True
+    )
+
+
+def sequence_first_layers(model: nn.Module) -> list[str]:
+    """Names of ``model``'s torch transformer layers built with ``batch_first=False``.
+
+    Drop-path cannot go into them: their batch dimension is the second, and ``DropPath`` drops along the
+    first. [`add_stochastic_depth`][lightning_reg.stochastic_depth.layers.add_stochastic_depth] refuses
+    them; a preset skips drop-path for such a model with a note.
+
+    Args:
+        model: the model to search.
+
+    Returns:
+        Qualified names, in registration order.
+
+    Example:
+        >>> from torch import nn
+        >>> sequence_first_layers(nn.Sequential(nn.TransformerEncoderLayer(8, 2, batch_first=False)))
+        ['0']
+    """
+    return [name for name, m in model.named_modules() if _sequence_first(m)]
+
+
+def _check_batch_first(block_name: str, block: nn.Module) -> None:
+    if _sequence_first(block):
+        raise ValueError(
+            f"Block {block_name!r} ({type(block).__name__}) was built with batch_first=False: its batch"
+            " dimension is the second, and DropPath drops along the first (it would drop sequence"
+            " positions, not samples). Build the layer with batch_first=True to give it drop-path."
+        )
 
 
 def add_stochastic_depth(
     model: nn.Module,
     max_rate: float,
     rule: str | DepthRule = "linear",
-    branch_ends: Mapping[type[nn.Module], str] | None = None,
+    branch_ends: Mapping[type[nn.Module], BranchEnd] | None = None,
     mode: Literal["row", "batch"] = "row",
 ) -> list[DropPath]:
     """Insert ``DropPath`` into every residual block of ``model``, rates by a depth rule.
 
-    Blocks are found by type, in registration order (shallowest first): torchvision ``BasicBlock``
-    (after ``bn2``) and ``Bottleneck`` (after ``bn3``), plus the types in ``branch_ends``. Each gets
-    [`attach_drop_path`][lightning_reg.stochastic_depth.layers.attach_drop_path] on its branch-end submodule,
+    Blocks are found by type, in registration order (shallowest first): the types of
+    [`DEFAULT_BRANCH_ENDS`][lightning_reg.stochastic_depth.layers.DEFAULT_BRANCH_ENDS] (torchvision
+    ``BasicBlock`` after ``bn2``, ``Bottleneck`` after ``bn3``, ViT ``EncoderBlock`` after ``dropout`` and
+    ``mlp``; torch's ``nn.TransformerEncoderLayer`` after ``dropout1`` and ``dropout2``, built with
+    ``batch_first=True``), plus the types in ``branch_ends``. Each branch end gets
+    [`attach_drop_path`][lightning_reg.stochastic_depth.layers.attach_drop_path] (the branches of one
+    block share the block's rate),
     so ``state_dict`` keys are unchanged (a state
     dict of the unmodified model loads with ``strict=True``) and eval-mode outputs are bitwise unchanged.
     Applying it twice only updates the rates.
@@ -319,14 +393,16 @@ def add_stochastic_depth(
         max_rate: the depth rule's maximum rate, in ``[0, 1)``.
         rule: ``"linear"`` (timm), ``"huang"``, ``"uniform"`` or a callable, see
             [`lightning_reg.stochastic_depth.rate_rules.depth_rates`][lightning_reg.stochastic_depth.rate_rules.depth_rates].
-        branch_ends: extra (or overriding) ``{block type: branch-end submodule name}`` entries.
+        branch_ends: extra (or overriding) ``{block type: branch-end submodule name}`` entries; a tuple of
+            names for a block with several residual branches.
         mode: ``"row"`` (per sample; DDP needs no ``find_unused_parameters``) or ``"batch"``.
 
     Returns:
         The DropPath modules, shallowest first.
 
     Raises:
-        ValueError: no residual block found, or a bad rate, rule or branch name.
+        ValueError: no residual block found, a bad rate, rule or branch name, or a torch transformer layer
+            built with ``batch_first=False`` (its batch dimension is not the first).
 
     Example:
         >>> import torch, torchvision
@@ -335,27 +411,30 @@ def add_stochastic_depth(
         >>> len(layers), layers[0].p, round(layers[-1].p, 6)
         (8, 0.0, 0.2)
     """
-    ends: dict[type[nn.Module], str] = {}
-    for block_type, name in (branch_ends or {}).items():
-        if not isinstance(block_type, type) or not isinstance(name, str):
+    ends: dict[type[nn.Module], tuple[str, ...]] = {}
+    for block_type, names in (branch_ends or {}).items():
+        if not isinstance(block_type, type):
             raise TypeError(
-                f"`branch_ends` must map block types to submodule names, got {block_type!r}: {name!r}"
+                f"`branch_ends` must map block types to submodule names, got {block_type!r}: {names!r}"
             )
-        ends[block_type] = name
-    for block_type, name in DEFAULT_BRANCH_ENDS.items():  # user entries are matched first
-        ends.setdefault(block_type, name)
-    targets: list[tuple[str, nn.Module]] = []
+        ends[block_type] = _end_names(block_type, names)
+    for block_type, names in DEFAULT_BRANCH_ENDS.items():  # user entries are matched first
+        ends.setdefault(block_type, _end_names(block_type, names))
+    targets: list[tuple[nn.Module, list[nn.Module]]] = []
     for block_name, block in model.named_modules():
-        for block_type, end_name in ends.items():
+        for block_type, end_names in ends.items():
             if isinstance(block, block_type):
-                try:
-                    end = block.get_submodule(end_name)
-                except AttributeError as err:
-                    raise ValueError(
-                        f"Block {block_name!r} ({type(block).__name__}) has no submodule {end_name!r}"
-                        " to end its residual branch"
-                    ) from err
-                targets.append((block_name, end))
+                _check_batch_first(block_name, block)
+                branch_modules = []
+                for end_name in end_names:
+                    try:
+                        branch_modules.append(block.get_submodule(end_name))
+                    except AttributeError as err:
+                        raise ValueError(
+                            f"Block {block_name!r} ({type(block).__name__}) has no submodule {end_name!r}"
+                            " to end its residual branch"
+                        ) from err
+                targets.append((block, branch_modules))
                 break
     if not targets:
         known = sorted(t.__name__ for t in ends)
@@ -364,7 +443,13 @@ def add_stochastic_depth(
             " `branch_ends={YourBlock: 'name_of_last_branch_layer'}` for your own blocks."
         )
     rates = depth_rates(len(targets), max_rate, rule)
-    return [attach_drop_path(end, rate, mode) for (_, end), rate in zip(targets, rates)]
+    layers: list[DropPath] = []
+    for (block, branch_modules), rate in zip(targets, rates):
+        for end in branch_modules:
+            layer = attach_drop_path(end, rate, mode)
+            layer.depth_group = id(block)  # the branches of one block share its depth level
+            layers.append(layer)
+    return layers
 
 
 @dataclass(frozen=True)
@@ -439,14 +524,15 @@ def find_drop_rate_modules(model: nn.Module, include_dropout: bool = False) -> l
     known = _drop_path_types()
     drop_paths: list[DropRateSite] = []
     dropouts: list[DropRateSite] = []
-    levels: dict[str, int] = {}
+    levels: dict[object, int] = {}
     for name, module in model.named_modules():
         attr = getattr(type(module), "drop_rate_attribute", None)
         if not isinstance(attr, str):
             attr = next((a for t, a in known.items() if isinstance(module, t)), None)
         if attr is not None:
             parent = name.rpartition(".")[0]
-            level = levels.setdefault(parent, len(levels))
+            group = getattr(module, "depth_group", None)  # set by add_stochastic_depth: the block
+            level = levels.setdefault(parent if group is None else group, len(levels))
             drop_paths.append(DropRateSite(name, module, attr, level, False))
         elif include_dropout and isinstance(module, nn.modules.dropout._DropoutNd):
             dropouts.append(DropRateSite(name, module, "p", -1, True))

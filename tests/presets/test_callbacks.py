@@ -175,11 +175,18 @@ def test_drop_path_inserted_into_torchvision_blocks_and_restored_weights(caplog)
     for cb in cbs:
         es = cb if isinstance(cb, EarlyStopping) else es
         sd = cb if isinstance(cb, PresetStochasticDepth) else sd
+
+    class Rates(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.seen = [round(m.p, 6) for m in pl_module.modules() if isinstance(m, lightning_reg.DropPath)]
+
+    rates = Rates()
     with caplog.at_level(logging.INFO, logger=NOTE_LOGGER):
-        _trainer(cbs, epochs=3).fit(model, _loader(x, y, True), _loader(x, y))
+        _trainer([*cbs, rates], epochs=3).fit(model, _loader(x, y, True), _loader(x, y))
     drops = [m for m in model.modules() if isinstance(m, lightning_reg.DropPath)]
-    # timm's linear depth rule over the two blocks: linspace(0, 0.3, 2)
-    assert [round(d.p, 6) for d in drops] == [0.0, 0.3]
+    # while training: timm's linear depth rule over the two blocks, linspace(0, 0.3, 2)
+    assert rates.seen == [0.0, 0.3]
+    assert [d.p for d in drops] == [0.0, 0.0]  # after the fit: back to rate 0, as the model was built
     assert not sd.skipped and model.state_dict().keys() == before.keys()  # keys unchanged by the surgery
     assert es.best_epoch is not None  # restore ran (patience never fired: 3 epochs)
     assert not any("skipped" in r.getMessage() for r in caplog.records)

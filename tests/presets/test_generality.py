@@ -258,3 +258,22 @@ def test_a_preset_with_the_stand_in_only_leaves_a_residual_model_alone(caplog):
         fast_trainer(max_epochs=1, callbacks=[sd]).fit(model, _loader(), _loader(8))
     assert sd.skipped and not any(type(m).__name__ == "DropPath" for m in model.modules())
     assert any("drop-path skipped (rate 0 for Flat)" in r.getMessage() for r in caplog.records)
+
+
+def test_a_classifier_preset_whose_module_logs_no_val_acc_names_num_classes_as_the_cause():
+    class LossOnly(Flat):
+        def validation_step(self, batch, batch_idx):
+            self.log("val_loss", 1.0)
+
+    cbs = preset_callbacks("mild", num_classes=3, verbose=0)
+    match = r"follows 'val_acc' \(with `num_classes`, the presets follow the valid"
+    trainer = fast_trainer(max_epochs=2, callbacks=cbs, num_sanity_val_steps=1)
+    with pytest.raises(Exception, match=match) as err:
+        trainer.fit(LossOnly(), _loader(), _loader(8))
+    assert trainer.global_step == 0  # said at the sanity check, before any training
+    assert "Logged keys: ['val_loss']" in str(err.value)
+    assert "monitor=<a logged key>" in str(err.value)
+    # the same module is fine when early stopping follows what it logs
+    fast_trainer(max_epochs=1, callbacks=preset_callbacks("mild", monitor="val_loss", verbose=0)).fit(
+        LossOnly(), _loader(), _loader(8)
+    )

@@ -397,3 +397,19 @@ def test_drop_path_is_one_fx_node_and_feature_extraction_works() -> None:
     assert torch.equal(got["dropped"], dropped)
     out = (x + dropped) + drop_path(model[1].fc(x + dropped), 0.5, training=True, mode="batch")
     assert torch.equal(got["out"], out)
+
+
+def test_a_sequential_branch_end_drops_once_not_twice() -> None:
+    # a child added to an nn.Sequential would also run as one of its steps: the DropPath goes on its last
+    # module instead, and the branch is dropped exactly once (reference: x + stochastic_depth(branch(x)))
+    net = _my_net()
+    (first, *_) = add_stochastic_depth(net, 0.5, rule="uniform", branch_ends={_MyBlock: "branch"})
+    block = net[1]
+    assert first is block.branch[2].drop_path and len(block.branch) == 3
+    x = torch.randn(64, 6)
+    torch.manual_seed(4)
+    out = block.train()(x)
+    torch.manual_seed(4)
+    last = block.branch[2]
+    branch = nn.functional.linear(block.branch[1](block.branch[0](x)), last.weight, last.bias)
+    assert torch.equal(out, torch.relu(x + stochastic_depth(branch, 0.5, "row")))
