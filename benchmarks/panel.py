@@ -1,4 +1,4 @@
-"""The presets panel: eight settings, presets chosen on half of them, judged on the other half.
+"""The presets panel: nine settings, presets chosen on four of them, judged on the other five.
 
     PYTHONPATH=. python benchmarks/panel.py select   [--jobs 2]   # selection half, validation data only
     PYTHONPATH=. python benchmarks/panel.py heldout  [--jobs 2]   # held-out half: presets, hand recipe,
@@ -18,7 +18,11 @@ setting                half      model, data                                 tra
 ``mnist1d-mlp``        held-out  2x256 MLP, MNIST-1D                         1000    150    AdamW
 ``digits-vit``         held-out  torchvision ViT from a config, 8x8 digits   1000    60     AdamW
 ``synthetic-tabular``  held-out  3x512 MLP, make_classification (4 classes)  3000    30     SGD
+``tokens-bert``        held-out  HF BERT from a config, first-half tokens    800     40     AdamW
 =====================  ========  ==========================================  ======  =====  ==========
+
+``tokens-bert`` joined the held-out half in the second round (see the presets page, "Rounds"): it was
+built, and judged once, after the first round's held-out results had been seen.
 
 Every run uses a per-step cosine learning rate (the optimizer and its schedule are the user's, not part of
 a preset). The seed varies the initialisation, the batch order and the regularizers' random draws.
@@ -44,7 +48,7 @@ whose baseline overfits most (largest rise of validation loss from its minimum t
 chosen values are written into ``lightning_reg/presets/registry.py`` by hand; ``heldout`` refuses to run
 when the library's presets differ from the choice.
 
-**Held-out judgement** (``heldout``): every configuration on the four held-out settings, seeds
+**Held-out judgement** (``heldout``): every configuration on the held-out settings, seeds
 ``HELDOUT_SEEDS``; test accuracy of the weights each run returns, paired differences by seed with 95 %
 t-intervals.
 
@@ -302,6 +306,18 @@ SETTINGS: dict[str, Setting] = {
             {"in_features": 40, "num_classes": 4, "hidden": 512, "depth": 3},
             takes_dropout=True,
             num_classes=4,
+        ),
+        Setting(
+            "tokens-bert",
+            "heldout",
+            "Hugging Face BERT (2 layers, width 64) from a config, first-half token counts, 800 train",
+            40,
+            "adamw",
+            1e-3,
+            _panel("first_half_tokens"),
+            _cls("benchmarks.panel_models", "TokenBert"),
+            takes_dropout=True,
+            num_classes=3,
         ),
     )
 }

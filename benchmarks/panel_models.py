@@ -92,6 +92,62 @@ def token_sequences(sizes: tuple[int, int, int] = (1000, 1000, 2000), length: in
     return TensorDataModule(_split(x, y, sizes), batch_size=64)
 
 
+def first_half_tokens(sizes: tuple[int, int, int] = (800, 1000, 2000), length: int = 24) -> TensorDataModule:
+    """Token sequences (vocabulary 40, length 24) whose class is the signal token seen most in the first half.
+
+    Six signal tokens (ids 1-3) are placed in the first 12 positions and six more in the last 12, drawn
+    independently, among noise tokens (ids 4-39); the class is the most frequent signal token of the first
+    half (ties to the smallest id), so the model must use positions as well as counts. 15 % of the labels
+    are then replaced at random.
+    """
+    g = torch.Generator().manual_seed(1)
+    n, half = sum(sizes), length // 2
+    x = torch.randint(4, 40, (n, length), generator=g)
+    for start in (0, half):
+        signal = torch.randint(1, 4, (n, 6), generator=g)
+        where = start + torch.rand(n, half, generator=g).argsort(dim=1)[:, :6]
+        x.scatter_(1, where, signal)
+    first = x[:, :half]
+    y = torch.stack([(first == k).sum(1) for k in range(1, 4)], dim=1).argmax(1)
+    flip = torch.rand(n, generator=g) < 0.15
+    y[flip] = torch.randint(0, 3, (int(flip.sum()),), generator=g)
+    return TensorDataModule(_split(x, y, sizes, seed=1), batch_size=32)
+
+
+class TokenBert(ClassifierModule):
+    """Hugging Face BERT (``BertForSequenceClassification``) built from a ``BertConfig``, over tokens.
+
+    BERT adds its residuals inside ``BertSelfOutput`` / ``BertOutput``, which drop-path does not know by
+    type: for the presets it is a model without residual blocks the library can find, and its dropout
+    modules (built at rate 0 too) take the dropout stand-in.
+
+    Args:
+        dropout: BERT's hidden and attention-probability dropout.
+        num_classes: classes.
+        **kwargs: ``ClassifierModule``'s arguments.
+    """
+
+    def __init__(self, dropout: float = 0.0, num_classes: int = 3, **kwargs: Any) -> None:
+        from transformers import BertConfig, BertForSequenceClassification
+
+        super().__init__(num_classes=num_classes, **kwargs)
+        config = BertConfig(
+            vocab_size=40,
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=128,
+            max_position_embeddings=24,
+            hidden_dropout_prob=dropout,
+            attention_probs_dropout_prob=dropout,
+            num_labels=num_classes,
+        )
+        self.net = BertForSequenceClassification(config)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(input_ids=x).logits  # type: ignore[no-any-return]
+
+
 class CNN1dClassifier(ClassifierModule):
     """A plain 1-D CNN for MNIST-1D (no residual block): three conv-ReLU-pool stages, dropout, linear head.
 
@@ -125,9 +181,8 @@ class CNN1dClassifier(ClassifierModule):
 class TokenTransformer(ClassifierModule):
     """A small transformer encoder (torch's ``nn.TransformerEncoder``) over token sequences, mean-pooled.
 
-    Its residual connections live inside ``nn.TransformerEncoderLayer.forward``: drop-path has no branch
-    end to attach to, so for the presets it is a model without residual blocks (its dropout modules,
-    which exist at rate 0 too, take the dropout stand-in).
+    Its residual connections live inside ``nn.TransformerEncoderLayer.forward``; drop-path finds the layers
+    by type and attaches to the ends of their two branches (``dropout1``, ``dropout2``).
 
     Args:
         vocab: vocabulary size.
@@ -165,9 +220,8 @@ class TokenTransformer(ClassifierModule):
 class DigitsViT(ClassifierModule):
     """torchvision's ``VisionTransformer`` built from a config for 8x8 digits (patch 2: 16 tokens).
 
-    torchvision's encoder blocks add their residuals inside ``forward`` (no branch end for drop-path): the
-    presets treat it as a model without residual blocks, and its dropout modules (built at rate 0 too)
-    take the dropout stand-in.
+    torchvision's encoder blocks add their residuals inside ``forward``; drop-path finds them by type and
+    attaches to the ends of their two branches (``dropout`` after attention, ``mlp``).
 
     Args:
         dropout: the transformer's dropout.
