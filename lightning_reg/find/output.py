@@ -35,6 +35,7 @@ __all__ = [
     "plot_trials",
     "python_arguments",
     "trials_table",
+    "verdict",
     "write_outputs",
 ]
 
@@ -193,6 +194,8 @@ def comparison_table(result: FinderResult) -> str:
             f"{better.capitalize()} is better for {r.metric}. Each value is the metric of the weights a run "
             "returns, on the validation data (the data that chose the configuration, so they flatter it); an "
             "interval that excludes 0 is a difference these seeds resolve.",
+            "",
+            verdict(r),
         ]
     lines += [
         "",
@@ -201,6 +204,47 @@ def comparison_table(result: FinderResult) -> str:
         f"total {r.total_cost:.2f} full-run equivalents.",
     ]
     return "\n".join(lines)
+
+
+def verdict(result: FinderResult) -> str:
+    """Say in one sentence how the choice fared against each other arm on the comparison seeds.
+
+    An arm that scored better than the choice is named, and when the seeds resolve it (the interval
+    excludes 0) the sentence says to prefer it: the search measured each trial on one seed, which can
+    flatter the configuration it chose.
+
+    Args:
+        result: a finder result with a comparison (``seeds >= 1``).
+
+    Returns:
+        The sentence, or ``""`` without a comparison.
+
+    Example:
+        >>> from lightning_reg import get_preset
+        >>> from lightning_reg.find.result import ArmResult
+        >>> from lightning_reg.find.space import Candidate, SearchSpace, no_regularization
+        >>> c, none = Candidate(get_preset("mild")), no_regularization(SearchSpace())
+        >>> arms = (ArmResult("choice", c, (0.8, 0.81, 0.82), 1), ArmResult("none", none, (0.9,) * 3, 1))
+        >>> print(verdict(FinderResult("val_acc", "max", c, 0, 0.91, arms, (1, 2, 3), (), 10.0, 8.0, 3.0)))
+        On these seeds the choice is worse than none. Prefer none: the search measured the choice on one seed.
+    """
+    diffs = result.differences()
+    if not diffs:
+        return ""
+    sign = 1.0 if result.mode == "max" else -1.0
+    parts, prefer = [], []
+    for label, d in diffs.items():
+        ahead = sign * d.mean >= 0
+        if d.excludes_zero:
+            parts.append(f"{'better' if ahead else 'worse'} than {label}")
+            if not ahead:
+                prefer.append(label)
+        else:
+            parts.append(f"within noise of {label}" + ("" if ahead else f" ({label} scored better)"))
+    text = "On these seeds the choice is " + ", ".join(parts) + "."
+    if prefer:
+        text += f" Prefer {prefer[0]}: the search measured the choice on one seed."
+    return text
 
 
 def trials_table(result: FinderResult) -> str:

@@ -32,6 +32,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--mode", default=None, choices=["min", "max"], help="required with a --monitor other than val_loss"
     )
+    parser.add_argument(
+        "--fixed-model",
+        action="store_true",
+        help="write model.preset instead of model.init_args.preset (LightningCLI(MyModel), one model class)",
+    )
     args = parser.parse_args(argv)
     unknown = [n for n in args.names if n not in PRESET_NAMES]
     if unknown:
@@ -43,7 +48,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     for i, name in enumerate(args.names or PRESET_NAMES):
         if i:
             print("---")
-        text = preset_config(name, monitor=args.monitor, mode=args.mode, num_classes=args.num_classes)
+        text = preset_config(
+            name,
+            monitor=args.monitor,
+            mode=args.mode,
+            num_classes=args.num_classes,
+            fixed_model=args.fixed_model,
+        )
         sys.stdout.write(text)
     return 0
 

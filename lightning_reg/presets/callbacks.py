@@ -26,6 +26,7 @@ from torch import nn
 from typing_extensions import override
 
 from lightning_reg._shared.validation import (
+    check_bool,
     check_choice,
     check_int,
     check_mode,
@@ -617,6 +618,7 @@ def preset_config(
     pairs: Mapping[str, tuple[str, str] | tuple[str, str, str]] | None = None,
     branch_ends: Mapping[str, BranchEnd] | None = None,
     verbose: int = 1,
+    fixed_model: bool = False,
     **overrides: Any,
 ) -> str:
     """Write a preset as a LightningCLI config fragment (YAML): the model's ``preset`` and the callbacks.
@@ -626,7 +628,9 @@ def preset_config(
     earlier config's) or paste it. ``python -m lightning_reg.presets medium`` prints it. The model class
     must take ``preset`` and ``weight_decay`` arguments and pass them to ``RegularizedModule``; override
     the module side there (``--model.init_args.weight_decay=0.01``) and the Trainer side with
-    ``overrides`` here.
+    ``overrides`` here. The model's keys go under ``model.init_args`` (a LightningCLI whose config names the
+    model's ``class_path``); ``fixed_model=True`` puts them under ``model`` itself, for
+    ``LightningCLI(MyModel)`` with one model class, which refuses ``init_args``.
 
     Args:
         preset: the name of a preset.
@@ -636,6 +640,8 @@ def preset_config(
         pairs: the overfitting monitor's pairs.
         branch_ends: ``{block class name or dotted path: branch end}`` for drop-path.
         verbose: the callbacks' verbosity.
+        fixed_model: write ``model.preset`` instead of ``model.init_args.preset`` (a LightningCLI built
+            with one model class).
         **overrides: Trainer-side components to change (patience, clipping, drop-path, monitor settings).
 
     Returns:
@@ -668,6 +674,8 @@ def preset_config(
         branch_ends=branch_ends,
         verbose=verbose,
     )
+    check_bool("fixed_model", fixed_model)
+    indent = "  " if fixed_model else "    "
     named = not overrides
     lines = [
         f"# lightning-reg preset {p.name!r}"
@@ -676,9 +684,9 @@ def preset_config(
         "# " + describe_preset(p),
         "# Use: --config <your config> --config <this file> (this trainer.callbacks replaces earlier lists).",
         "model:",
-        "  init_args:",
-        f"    preset: {p.name}",
-        "    weight_decay: null  # null: the preset's",
+        *([] if fixed_model else ["  init_args:"]),
+        f"{indent}preset: {p.name}",
+        f"{indent}weight_decay: null  # null: the preset's",
         "trainer:",
         "  callbacks:",
     ]

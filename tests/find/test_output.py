@@ -11,6 +11,7 @@ from lightning_reg.find.output import (
     plot_trials,
     python_arguments,
     trials_table,
+    verdict,
 )
 from lightning_reg.find.result import ArmResult, FinderResult, TrialSummary
 from lightning_reg.find.space import Candidate, SearchSpace, no_regularization
@@ -101,6 +102,8 @@ def test_tables_pair_the_arms_by_seed_and_state_the_cost() -> None:
     assert "| none | 0.8067 | +0.0533 [+0.039, +0.0677] | 0.8, 0.79, 0.83 |" in table  # choice - none
     assert "| preset mild |" in table and "Higher is better for val_acc" in table
     assert "total 10.30 full-run equivalents" in table
+    # none: +0.053 [+0.039, +0.068] resolved; mild: +0.017 with an interval across 0 (hand-computed)
+    assert "On these seeds the choice is better than none, within noise of preset mild." in table
     rows = trials_table(RESULT).splitlines()
     assert rows[3].startswith("| 1 | pruned | 0.55 | 0.25 |")
     assert rows[4].startswith("| 2 | **complete, chosen** | 0.86 | 0.75 |")
@@ -109,3 +112,31 @@ def test_tables_pair_the_arms_by_seed_and_state_the_cost() -> None:
 def test_the_plot_of_the_trials_is_written(tmp_path) -> None:
     path = plot_trials(RESULT, tmp_path / "plots" / "trials.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _result(
+    mode: str, choice: tuple[float, ...], none: tuple[float, ...], mild: tuple[float, ...]
+) -> FinderResult:
+    arms = (
+        ArmResult("choice", CHOICE, choice, 1.0),
+        ArmResult("none", no_regularization(SearchSpace()), none, 1.0),
+        ArmResult("preset mild", Candidate(get_preset("mild")), mild, 1.0),
+    )
+    metric = "val_loss" if mode == "min" else "val_acc"
+    return FinderResult(metric, mode, CHOICE, 2, choice[0], arms, (1, 2, 3), (), 10.0, 8.0, 3.0)
+
+
+def test_the_verdict_names_an_arm_that_beat_the_choice_and_which_way_the_metric_points() -> None:
+    # val_loss: lower is better; none's loss is lower on every seed (resolved), mild's is lower on two of
+    # three (mean 0.5 vs 0.51, interval across 0)
+    r = _result("min", (0.50, 0.52, 0.51), (0.40, 0.41, 0.42), (0.45, 0.55, 0.50))
+    assert verdict(r) == (
+        "On these seeds the choice is worse than none, within noise of preset mild (preset mild scored"
+        " better). Prefer none: the search measured the choice on one seed."
+    )
+    assert verdict(r) in comparison_table(r)
+    # the same numbers as accuracies: the choice is ahead of both
+    r = _result("max", (0.50, 0.52, 0.51), (0.40, 0.41, 0.42), (0.45, 0.55, 0.50))
+    assert verdict(r) == "On these seeds the choice is better than none, within noise of preset mild."
+    no_comparison = FinderResult("val_acc", "max", CHOICE, 2, 0.5, (), (), (), 10.0, 8.0, 0.0)
+    assert verdict(no_comparison) == "" and "On these seeds" not in comparison_table(no_comparison)

@@ -374,3 +374,44 @@ def test_preset_callbacks_follow_verbose(caplog):
             assert any(m.startswith("EarlyStopping: restored epoch") for m in ours)
         else:
             assert ours == []
+
+
+def test_the_fragment_for_a_fixed_model_class_loads_into_lightning_cli(tmp_path, monkeypatch):
+    from lightning.pytorch.cli import LightningCLI
+
+    from lightning_reg.presets import preset_config
+    from lightning_reg.presets.__main__ import main
+
+    monkeypatch.setattr("sys.argv", ["cli"])
+    base = ["--trainer.logger=false", "--trainer.enable_progress_bar=false", "--trainer.max_epochs=1"]
+    fixed, subclass = tmp_path / "fixed.yaml", tmp_path / "subclass.yaml"
+    fixed.write_text(preset_config("medium", num_classes=3, fixed_model=True))
+    subclass.write_text(preset_config("medium", num_classes=3))
+    cli = LightningCLI(CliNet, run=False, args=[*base, "--config", str(fixed)], save_config_callback=None)
+    assert cli.model.preset.name == "medium"
+    optimizer = cli.model.configure_optimizers()["optimizer"]  # weight_decay: null -> the preset's
+    assert {g["weight_decay"] for g in optimizer.param_groups} == {PRESETS["medium"].weight_decay, 0.0}
+    assert [type(cb).__name__ for cb in cli.trainer.callbacks if "Preset" in type(cb).__name__] == [
+        "PresetSummary",
+        "PresetEarlyStopping",
+        "PresetStochasticDepth",
+    ]
+    # the default fragment (model.init_args) is for a subclass-mode CLI; a fixed class refuses it
+    with pytest.raises(SystemExit):
+        LightningCLI(CliNet, run=False, args=[*base, "--config", str(subclass)], save_config_callback=None)
+    sub = LightningCLI(
+        CliNet,
+        subclass_mode_model=True,
+        run=False,
+        args=[*base, "--model.class_path", f"{__name__}.CliNet", "--config", str(subclass)],
+        save_config_callback=None,
+    )
+    assert sub.model.preset.name == "medium"
+    # the command line writes the same text
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        main(["medium", "--num-classes", "3", "--fixed-model"])
+    assert out.getvalue() == fixed.read_text()
