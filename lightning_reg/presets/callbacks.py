@@ -220,11 +220,17 @@ def planned_validation_checks(trainer: Trainer) -> int | None:
     return max(1, int(total // batches) // trainer.check_val_every_n_epoch * per_epoch)
 
 
+#: The fewest checks a fractional patience waits (Lightning's default patience): a quarter of a 5-epoch run
+#: would otherwise stop after one check without improvement.
+MIN_FRACTION_PATIENCE = 3
+
+
 class PresetEarlyStopping(EarlyStopping):
     """Early stopping of a preset: a patience given as a fraction of the planned validation checks.
 
     Everything else is [`EarlyStopping`][lightning_reg.early_stopping.callback.EarlyStopping]. With
-    ``patience_fraction`` the patience in checks is ``max(1, round(patience_fraction * planned))``, where
+    ``patience_fraction`` the patience in checks is ``max(min(3, planned), round(patience_fraction *
+    planned))`` (at least Lightning's default of 3 checks, or every planned check on a shorter run), where
     ``planned`` is what
     [`planned_validation_checks`][lightning_reg.presets.callbacks.planned_validation_checks] reads from the
     Trainer when training starts; the same preset then waits a quarter of a 40-epoch run
@@ -293,7 +299,7 @@ class PresetEarlyStopping(EarlyStopping):
                 "training (Trainer max_epochs or max_steps) to turn the fraction into a number of checks; "
                 "set one, or give the preset an int patience (preset_callbacks(..., patience=20))."
             )
-        self.patience = max(1, round(self.patience_fraction * planned))
+        self.patience = max(min(MIN_FRACTION_PATIENCE, planned), round(self.patience_fraction * planned))
         self._planned = planned
         super().on_fit_start(trainer, pl_module)  # the usual line, with the resolved patience
 
@@ -427,7 +433,8 @@ class PresetStochasticDepth(StochasticDepthScheduler):
                 f"preset {self.preset_name!r}: no residual block"
                 + (" drop-path can use" if sequence_first else " found")
                 + f" in {model}, so its {len(dropouts)}"
-                f" dropout modules stand in for drop-path, at rate {self.dropout_rate:g}"
+                + (" dropout modules stand" if len(dropouts) != 1 else " dropout module stands")
+                + f" in for drop-path, at rate {self.dropout_rate:g}"
                 f" ({self.timing.schedule_name} schedule). If it has residual blocks, let drop-path find"
                 " them: timm models built with drop_path_rate > 0, torchvision ResNet/ViT blocks, torch"
                 " transformer layers (batch_first=True), or"

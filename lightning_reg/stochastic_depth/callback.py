@@ -279,7 +279,7 @@ class StochasticDepthScheduler(Callback):
         dropouts = len(self._found) - self._num_drop_path
         if dropouts:
             top = max(self._target_rates[self._num_drop_path :], default=0.0)
-            parts.append(f"{dropouts} dropout modules, max target {top:.4g}")
+            parts.append(f"{dropouts} dropout module{'s' if dropouts != 1 else ''}, max target {top:.4g}")
         schedule = self.timing.schedule_name
         if self.cutoff is not None:
             schedule += f" (cutoff {self.cutoff:g} {self.cutoff_unit})"

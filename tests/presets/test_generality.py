@@ -112,6 +112,17 @@ def test_patience_fraction_stops_a_run_that_never_improves_after_that_share_of_c
     assert (es.patience, trainer.current_epoch) == (8, 9)
 
 
+@pytest.mark.parametrize(("epochs", "expected"), [(12, 3), (5, 3), (2, 2), (1, 1)])
+def test_a_fractional_patience_waits_at_least_three_checks_or_the_whole_run(epochs, expected):
+    # 0.25 of 12 checks is 3; of 5 it would be 1 (one check without improvement ends the run): 3 instead,
+    # as Lightning's default patience; a run shorter than that waits all of its checks
+    es = PresetEarlyStopping("val_acc", mode="max", patience_fraction=0.25, verbose=0)
+    trainer = fast_trainer(max_epochs=epochs, callbacks=[es])
+    trainer.fit(Flat(), _loader(), _loader(8))
+    assert es.patience == expected
+    assert trainer.current_epoch == min(epochs, 1 + expected)  # Flat never improves after its first check
+
+
 def test_patience_fraction_without_a_planned_end_is_refused_naming_the_fix():
     es = PresetEarlyStopping("val_acc", mode="max", patience_fraction=0.25, verbose=0)
     trainer = fast_trainer(max_epochs=-1, callbacks=[es])
@@ -277,3 +288,12 @@ def test_a_classifier_preset_whose_module_logs_no_val_acc_names_num_classes_as_t
     fast_trainer(max_epochs=1, callbacks=preset_callbacks("mild", monitor="val_loss", verbose=0)).fit(
         LossOnly(), _loader(), _loader(8)
     )
+
+
+def test_one_dropout_module_is_said_in_the_singular(caplog):
+    sd = PresetStochasticDepth(0.2, dropout_rate=0.3, preset_name="p")
+    with caplog.at_level(logging.INFO, logger=NOTE_LOGGER):
+        fast_trainer(max_epochs=1, callbacks=[sd]).fit(Flat(), _loader(), _loader(8))
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "so its 1 dropout module stands in for drop-path, at rate 0.3" in said
+    assert "1 dropout module, max target 0.3;" in said
