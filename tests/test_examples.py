@@ -215,6 +215,18 @@ def test_every_config_runs_fast_dev_run(config: Path, data_root: Path, tmp_path:
 
 
 @pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
+class DropPathRates(L.Callback):
+    """Records the DropPath rates of the model while it trains (a preset's are back at 0 after the fit)."""
+
+    def __init__(self) -> None:
+        self.seen: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        import lightning_reg
+
+        self.seen = [m.p for m in pl_module.modules() if isinstance(m, lightning_reg.DropPath)]
+
+
 @pytest.mark.parametrize(
     ("project", "fragment", "preset"),
     [
@@ -242,6 +254,7 @@ def test_preset_fragment_on_a_baseline_config(
         str(REPO / "example_projects" / fragment),
         "--trainer.fast_dev_run=true",
         "--trainer.enable_progress_bar=false",
+        "--trainer.callbacks+=tests.test_examples.DropPathRates",  # after the fragment's list
     ]
     if project == "mnist1d":
         args.append("--data.channel_dim=true")
@@ -267,9 +280,11 @@ def test_preset_fragment_on_a_baseline_config(
     )
     drop_paths = [m for m in cli.model.modules() if isinstance(m, lightning_reg.DropPath)]
     blocks = [m for m in cli.model.modules() if type(m).__name__.startswith("BasicBlock")]
-    assert len(drop_paths) == len(blocks) and max((d.p for d in drop_paths), default=0) == pytest.approx(
+    (rates,) = [cb for cb in cli.trainer.callbacks if isinstance(cb, DropPathRates)]
+    assert len(drop_paths) == len(blocks) and max(rates.seen, default=0.0) == pytest.approx(
         p.drop_path_rate if blocks else 0.0
     )
+    assert all(d.p == 0.0 for d in drop_paths)  # inserted for the fit, back to rate 0 after it
     notes = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
     if project == "tabular":  # an MLP on (B, 30) rows: no residual block, no spatial dimension
         cutmix = ["CutMix"] if p.cutmix_prob > 0 else []
