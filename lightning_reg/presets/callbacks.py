@@ -326,7 +326,9 @@ class PresetEarlyStopping(EarlyStopping):
         text = super()._patience_text()
         if self.patience_fraction is None:
             return text
-        return f"{text} ({self.patience_fraction:g} of the {self._planned} planned checks)"
+        raised = self._planned is not None and self.patience > round(self.patience_fraction * self._planned)
+        floor = f", raised to the minimum of {MIN_FRACTION_PATIENCE} or all checks" if raised else ""
+        return f"{text} ({self.patience_fraction:g} of the {self._planned} planned checks{floor})"
 
 
 class PresetStochasticDepth(StochasticDepthScheduler):

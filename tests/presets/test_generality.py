@@ -297,3 +297,15 @@ def test_one_dropout_module_is_said_in_the_singular(caplog):
     said = " ".join(r.getMessage() for r in caplog.records)
     assert "so its 1 dropout module stands in for drop-path, at rate 0.3" in said
     assert "1 dropout module, max target 0.3;" in said
+
+
+def test_the_line_says_when_the_fraction_was_raised_to_the_minimum(caplog):
+    es = PresetEarlyStopping("val_acc", mode="max", patience_fraction=0.25, verbose=1)
+    with caplog.at_level(logging.INFO, logger=NOTE_LOGGER):
+        fast_trainer(max_epochs=5, callbacks=[es]).fit(Flat(), _loader(), _loader(8))
+    said = [r.getMessage() for r in caplog.records]
+    expected = (
+        "EarlyStopping: val_acc (max), patience 3 (0.25 of the 5 planned checks, raised to the minimum of 3"
+        " or all checks);"
+    )
+    assert any(m.startswith(expected) for m in said), said
