@@ -111,6 +111,7 @@ def cli_fragment(
         f"# {c.describe()}",
         "# Use: --config <your config> --config <this file> (this trainer.callbacks replaces earlier lists).",
         "# The model's `preset` argument must accept a Preset mapping: type it `str | Preset | None`.",
+        "# For LightningCLI(MyModel) with one model class, move the keys under model.init_args up to model.",
     ]
     return "\n".join(header) + "\n" + yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
 
@@ -173,12 +174,12 @@ def comparison_table(result: FinderResult) -> str:
     better = "higher" if r.mode == "max" else "lower"
     lines = [
         f"Choice: trial {r.choice_trial}, {r.choice.describe()} ({r.metric} {r.choice_value:.4g} in the "
-        "search).",
-        "",
+        "search)." + _ladder_remark(r),
     ]
     if r.arms:
         diffs = r.differences()
         lines += [
+            "",
             f"| configuration | {r.metric}, mean of {len(r.seeds)} seed{'s' if len(r.seeds) != 1 else ''} "
             "| choice - configuration (95 % interval) "
             f"| per seed {', '.join(map(str, r.seeds))} |",
@@ -204,6 +205,16 @@ def comparison_table(result: FinderResult) -> str:
         f"total {r.total_cost:.2f} full-run equivalents.",
     ]
     return "\n".join(lines)
+
+
+def _ladder_remark(result: FinderResult) -> str:
+    chosen = next((t for t in result.trials if t.number == result.choice_trial), None)
+    if chosen is None or chosen.ladder is None:
+        return ""
+    return (
+        f" It is the ladder's preset {chosen.ladder!r} as the search ran it, so the comparison has no"
+        " separate preset row."
+    )
 
 
 def verdict(result: FinderResult) -> str:
@@ -240,7 +251,7 @@ def verdict(result: FinderResult) -> str:
             if not ahead:
                 prefer.append(label)
         else:
-            parts.append(f"within noise of {label}" + ("" if ahead else f" ({label} scored better)"))
+            parts.append(f"within noise of {label} ({'the choice' if ahead else label} scored better)")
     text = "On these seeds the choice is " + ", ".join(parts) + "."
     if prefer:
         text += f" Prefer {prefer[0]}: the search measured the choice on one seed."

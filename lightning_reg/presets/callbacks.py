@@ -327,7 +327,7 @@ class PresetEarlyStopping(EarlyStopping):
         if self.patience_fraction is None:
             return text
         raised = self._planned is not None and self.patience > round(self.patience_fraction * self._planned)
-        floor = f", raised to the minimum of {MIN_FRACTION_PATIENCE} or all checks" if raised else ""
+        floor = f", raised to at least {MIN_FRACTION_PATIENCE}, or all checks if fewer" if raised else ""
         return f"{text} ({self.patience_fraction:g} of the {self._planned} planned checks{floor})"
 
 
@@ -660,7 +660,7 @@ def preset_config(
         ValueError: an override of a module-side component (weight decay, smoothing, mixing).
 
     Example:
-        >>> print(preset_config("mild").splitlines()[3])
+        >>> print(preset_config("mild").splitlines()[4])
         model:
     """
     if not isinstance(preset, str):
@@ -692,6 +692,11 @@ def preset_config(
         + f": {p.summary}".rstrip(": "),
         "# " + describe_preset(p),
         "# Use: --config <your config> --config <this file> (this trainer.callbacks replaces earlier lists).",
+        *(
+            []
+            if fixed_model
+            else ["# For LightningCLI(MyModel), one model class: lightning_reg.presets --fixed-model"]
+        ),
         "model:",
         *([] if fixed_model else ["  init_args:"]),
         f"{indent}preset: {p.name}",

@@ -103,7 +103,8 @@ def test_tables_pair_the_arms_by_seed_and_state_the_cost() -> None:
     assert "| preset mild |" in table and "Higher is better for val_acc" in table
     assert "total 10.30 full-run equivalents" in table
     # none: +0.053 [+0.039, +0.068] resolved; mild: +0.017 with an interval across 0 (hand-computed)
-    assert "On these seeds the choice is better than none, within noise of preset mild." in table
+    expected = "the choice is better than none, within noise of preset mild (the choice scored better)."
+    assert f"On these seeds {expected}" in table
     rows = trials_table(RESULT).splitlines()
     assert rows[3].startswith("| 1 | pruned | 0.55 | 0.25 |")
     assert rows[4].startswith("| 2 | **complete, chosen** | 0.86 | 0.75 |")
@@ -137,6 +138,20 @@ def test_the_verdict_names_an_arm_that_beat_the_choice_and_which_way_the_metric_
     assert verdict(r) in comparison_table(r)
     # the same numbers as accuracies: the choice is ahead of both
     r = _result("max", (0.50, 0.52, 0.51), (0.40, 0.41, 0.42), (0.45, 0.55, 0.50))
-    assert verdict(r) == "On these seeds the choice is better than none, within noise of preset mild."
+    assert verdict(r) == (
+        "On these seeds the choice is better than none, within noise of preset mild (the choice scored"
+        " better)."
+    )
     no_comparison = FinderResult("val_acc", "max", CHOICE, 2, 0.5, (), (), (), 10.0, 8.0, 0.0)
     assert verdict(no_comparison) == "" and "On these seeds" not in comparison_table(no_comparison)
+
+
+def test_a_choice_that_is_a_ladder_preset_is_said_to_be_one_and_no_comparison_leaves_no_gap() -> None:
+    ladder = TrialSummary(1, "COMPLETE", 0.8, 1.0, "medium; early stopping on val_acc", "medium")
+    arms = (ArmResult("choice", CHOICE, (0.8, 0.82), 1.0), ArmResult("none", CHOICE, (0.7, 0.75), 1.0))
+    r = FinderResult("val_acc", "max", CHOICE, 1, 0.8, arms, (1, 2), (ladder,), 10.0, 4.0, 2.0)
+    first = comparison_table(r).splitlines()[0]
+    assert first.endswith("It is the ladder's preset 'medium' as the search ran it, so the comparison has no"
+                          " separate preset row.")
+    alone = FinderResult("val_acc", "max", CHOICE, 1, 0.8, (), (), (ladder,), 10.0, 4.0, 0.0)
+    assert "\n\n\n" not in comparison_table(alone)

@@ -305,7 +305,7 @@ def test_the_line_says_when_the_fraction_was_raised_to_the_minimum(caplog):
         fast_trainer(max_epochs=5, callbacks=[es]).fit(Flat(), _loader(), _loader(8))
     said = [r.getMessage() for r in caplog.records]
     expected = (
-        "EarlyStopping: val_acc (max), patience 3 (0.25 of the 5 planned checks, raised to the minimum of 3"
-        " or all checks);"
+        "EarlyStopping: val_acc (max), patience 3 (0.25 of the 5 planned checks, raised to at least 3, or all"
+        " checks if fewer);"
     )
     assert any(m.startswith(expected) for m in said), said
