@@ -243,19 +243,16 @@ def verdict(result: FinderResult) -> str:
     if not diffs:
         return ""
     sign = 1.0 if result.mode == "max" else -1.0
-    parts, prefer = [], []
+    parts, prefer = [], None
     for label, d in diffs.items():
         ahead = sign * d.mean >= 0
         if d.excludes_zero:
             parts.append(f"{'better' if ahead else 'worse'} than {label}")
-            if not ahead:
-                prefer.append(label)
+            prefer = prefer or (None if ahead else label)
         else:
             parts.append(f"within noise of {label} ({'the choice' if ahead else label} scored better)")
     text = "On these seeds the choice is " + ", ".join(parts) + "."
-    if prefer:
-        text += f" Prefer {prefer[0]}: the search measured the choice on one seed."
-    return text
+    return text + (f" Prefer {prefer}: the search measured the choice on one seed." if prefer else "")
 
 
 def trials_table(result: FinderResult) -> str:
