@@ -1,4 +1,4 @@
-"""The presets panel: nine settings, presets chosen on four of them, judged on the other five.
+"""The presets panel: ten settings, presets chosen on four of them, judged on the other six.
 
     PYTHONPATH=. python benchmarks/panel.py select   [--jobs 2]   # selection half, validation data only
     PYTHONPATH=. python benchmarks/panel.py heldout  [--jobs 2]   # held-out half: presets, hand recipe,
@@ -19,10 +19,12 @@ setting                half      model, data                                 tra
 ``digits-vit``         held-out  torchvision ViT from a config, 8x8 digits   1000    60     AdamW
 ``synthetic-tabular``  held-out  3x512 MLP, make_classification (4 classes)  3000    30     SGD
 ``tokens-bert``        held-out  HF BERT from a config, first-half tokens    800     40     AdamW
+``tokens-gru``         held-out  GRU (recurrent), the marker that comes last  600     60     AdamW
 =====================  ========  ==========================================  ======  =====  ==========
 
 ``tokens-bert`` joined the held-out half in the second round (see the presets page, "Rounds"): it was
-built, and judged once, after the first round's held-out results had been seen.
+built, and judged once, after the first round's held-out results had been seen. ``tokens-gru`` joined in
+the third round: built after every other result had been seen, and judged once.
 
 Every run uses a per-step cosine learning rate (the optimizer and its schedule are the user's, not part of
 a preset). The seed varies the initialisation, the batch order and the regularizers' random draws.
@@ -316,6 +318,18 @@ SETTINGS: dict[str, Setting] = {
             1e-3,
             _panel("first_half_tokens"),
             _cls("benchmarks.panel_models", "TokenBert"),
+            takes_dropout=True,
+            num_classes=3,
+        ),
+        Setting(
+            "tokens-gru",
+            "heldout",
+            "GRU (width 64) over token sequences, the marker that comes last, 600 train",
+            60,
+            "adamw",
+            3e-3,
+            _panel("last_marker_tokens"),
+            _cls("benchmarks.panel_models", "TokenGRU"),
             takes_dropout=True,
             num_classes=3,
         ),
@@ -733,6 +747,8 @@ def report_heldout(records: Sequence[dict[str, Any]], command: str) -> None:
 
 #: The preset the documentation recommends when a model overfits (the demo's; judged against the hand recipe).
 RECOMMENDED = "medium"
+
+
 def _held_out_diff(table: Any, n: str) -> Callable[[str, str], Any] | None:
     """``(a, b) -> paired test-accuracy difference`` in setting ``n``; ``None`` until every run is in."""
     if not all((n, c) in table and len(table[(n, c)]) == len(HELDOUT_SEEDS) for c in HELDOUT_CONFIGS):

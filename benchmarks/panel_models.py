@@ -114,6 +114,53 @@ def first_half_tokens(sizes: tuple[int, int, int] = (800, 1000, 2000), length: i
     return TensorDataModule(_split(x, y, sizes, seed=1), batch_size=32)
 
 
+def last_marker_tokens(sizes: tuple[int, int, int] = (600, 1000, 2000), length: int = 20) -> TensorDataModule:
+    """Token sequences (vocabulary 30, length 20) whose class is the marker token that comes last.
+
+    Each of three marker tokens (ids 1-3) is placed twice at random positions among noise tokens (ids
+    4-29); the class is the marker at the last of those six positions, so the model must read the order,
+    not the counts. 15 % of the labels are then replaced at random.
+    """
+    g = torch.Generator().manual_seed(2)
+    n = sum(sizes)
+    x = torch.randint(4, 30, (n, length), generator=g)
+    where = torch.rand(n, length, generator=g).argsort(dim=1)[:, :6]
+    x.scatter_(1, where, torch.tensor([1, 1, 2, 2, 3, 3]).expand(n, 6))
+    y = x.gather(1, where.max(dim=1, keepdim=True).values).squeeze(1) - 1
+    flip = torch.rand(n, generator=g) < 0.15
+    y[flip] = torch.randint(0, 3, (int(flip.sum()),), generator=g)
+    return TensorDataModule(_split(x, y, sizes, seed=2), batch_size=32)
+
+
+class TokenGRU(ClassifierModule):
+    """A recurrent classifier: token embedding, one GRU layer, dropout, a linear head on the last state.
+
+    No residual block: drop-path has nowhere to go, and its ``nn.Dropout`` modules (built at rate 0 too)
+    are what dropout acts on.
+
+    Args:
+        vocab: vocabulary size.
+        dim: embedding width and GRU hidden size.
+        dropout: dropout on the embeddings and before the head.
+        num_classes: classes.
+        **kwargs: ``ClassifierModule``'s arguments.
+    """
+
+    def __init__(
+        self, vocab: int = 30, dim: int = 64, dropout: float = 0.0, num_classes: int = 3, **kwargs: Any
+    ) -> None:
+        super().__init__(num_classes=num_classes, **kwargs)
+        self.embed = nn.Embedding(vocab, dim)
+        self.drop_in = nn.Dropout(dropout)
+        self.gru = nn.GRU(dim, dim, batch_first=True)
+        self.drop_out = nn.Dropout(dropout)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        _, last = self.gru(self.drop_in(self.embed(x)))
+        return self.head(self.drop_out(last[-1]))
+
+
 class TokenBert(ClassifierModule):
     """Hugging Face BERT (``BertForSequenceClassification``) built from a ``BertConfig``, over tokens.
 
