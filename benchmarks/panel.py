@@ -725,6 +725,9 @@ def report_heldout(records: Sequence[dict[str, Any]], command: str) -> None:
                     _fmt(_paired(table, n, c, "hand", HELDOUT_SEEDS, "test_acc")),
                     column=c,
                 )
+        for c in have:  # what a validation-only choice can see: the same runs on the validation split
+            vals = [100 * table[(n, c)][s]["val_acc"] for s in HELDOUT_SEEDS]
+            rep.add("validation accuracy (%), mean over seeds", n, f"{statistics.fmean(vals):.1f}", column=c)
         for c in have:
             epochs = [table[(n, c)][s]["epochs_run"] for s in HELDOUT_SEEDS]
             rep.add("epochs trained (mean)", n, f"{statistics.fmean(epochs):.0f}", column=c)

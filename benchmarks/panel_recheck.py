@@ -24,6 +24,7 @@ SAMPLE = (
     ("tokens-bert", "finder", 101, "heldout"),
     ("tokens-bert", "medium", 102, "heldout"),
     ("tokens-transformer", "strong-a", 0, "select"),
+    ("tokens-gru", "finder", 100, "heldout"),
 )
 
 
