@@ -710,12 +710,12 @@ def report_heldout(records: Sequence[dict[str, Any]], command: str) -> None:
                 f"{statistics.fmean(accs):.1f} ± {statistics.stdev(accs):.1f}",
                 column=c,
             )
-            if c != "none":
+            if c != "none":  # one row per configuration, one column per setting: a 3-5 row card summary
                 rep.add(
                     "difference to no regularization (pp)",
-                    n,
+                    c,
                     _fmt(_paired(table, n, c, "none", HELDOUT_SEEDS, "test_acc")),
-                    column=c,
+                    column=n,
                     summary="presets",
                 )
             if c not in ("none", "hand"):
@@ -822,13 +822,14 @@ def _finder_summary(rep: Any, table: Any, settings: Sequence[str]) -> None:
             continue
 
         best = max(PRESET_NAMES, key=lambda c: diff(c, "none").mean)
-        rep.add(section, n, _fmt(diff("finder", "none")), column="- none", summary="finder")
-        rep.add(
-            section, n, f"{_fmt(diff('finder', best))} ({best})", column="- best preset", summary="finder"
-        )
-        rep.add(section, n, _fmt(diff("finder", "hand")), column="- hand recipe", summary="finder")
+        # one row per comparison, one column per setting: a 3-5 row card summary
+        rep.add(section, "finder - none", _fmt(diff("finder", "none")), column=n, summary="finder")
+        best_text = f"{_fmt(diff('finder', best))} ({best})"
+        rep.add(section, "finder - best preset", best_text, column=n, summary="finder")
+        rep.add(section, "finder - hand recipe", _fmt(diff("finder", "hand")), column=n, summary="finder")
         ch = json.loads(_choice_path(n).read_text())
-        rep.add(section, n, f"{ch['search_cost']:.2f}", column="search (full runs)", summary="finder")
+        cost = f"{ch['search_cost']:.2f}"
+        rep.add(section, "search (full runs)", cost, column=n, summary="finder")
 
 
 def _check_fixed() -> None:
