@@ -38,7 +38,8 @@ __all__ = ["StochasticDepthScheduler"]
 _NONE_FOUND = (
     "StochasticDepthScheduler found no drop-path module in {model}{dropout}. It schedules lightning_reg"
     " `DropPath`, `torchvision.ops.StochasticDepth`, timm `DropPath` and modules with a `drop_rate_attribute`"
-    " class attribute, and with include_dropout=True every `nn.Dropout`. Insert DropPath into a model built"
+    " class attribute, and with include_dropout=True every `nn.Dropout` and the dropout between the layers"
+    " of a multi-layer `nn.LSTM`/`nn.GRU`/`nn.RNN`. Insert DropPath into a model built"
     " without it with `lightning_reg.add_stochastic_depth(model, max_rate)` (torchvision ResNets, or your"
     " blocks via `branch_ends={{MyBlock: 'last_branch_layer'}}`). Note that timm builds `nn.Identity` instead"
     " of DropPath when `drop_path_rate=0` (the default): build the timm model with `drop_path_rate>0` (e.g."
@@ -72,8 +73,9 @@ class StochasticDepthScheduler(Callback):
     attribute>"`` (the protocol for your own layers). Drop-path modules with the same parent module (e.g.
     timm ViT's ``drop_path1`` and ``drop_path2`` in one block) form one depth level and share one rate.
     With ``include_dropout=True`` every ``nn.Dropout`` (and ``Dropout1d/2d/3d``, ``AlphaDropout``,
-    ``FeatureAlphaDropout``) is scheduled too, with its own target; a model with dropout and no drop-path
-    module is then scheduled for its dropout alone.
+    ``FeatureAlphaDropout``) is scheduled too, with its own target, and so is the ``dropout`` between the
+    layers of a recurrent layer (``nn.LSTM``, ``nn.GRU``, ``nn.RNN``) of more than one layer; a model with
+    dropout and no drop-path module is then scheduled for its dropout alone.
 
     **Target rates** (``DepthRuleSpec``, ``cb.depth``): with ``max_rate=None`` each module keeps the rate
     the model was built with as its target (e.g. timm's or torchvision's own depth rule) and only the time

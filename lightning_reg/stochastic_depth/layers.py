@@ -459,10 +459,11 @@ class DropRateSite:
     Args:
         name: qualified name in the model (``model.named_modules()``).
         module: the module.
-        attr: name of its float rate attribute (``"p"``, ``"drop_prob"``, ...).
+        attr: name of its float rate attribute (``"p"``, ``"drop_prob"``, ``"dropout"`` of a recurrent
+            layer, ...).
         level: depth level (0-based) among drop-path modules; modules with the same parent share a level.
             ``-1`` for dropout modules.
-        is_dropout: ``True`` for ``nn.Dropout``-family modules.
+        is_dropout: ``True`` for ``nn.Dropout``-family modules and multi-layer recurrent layers.
 
     Example:
         >>> m = DropPath(0.1)
@@ -510,7 +511,10 @@ def find_drop_rate_modules(model: nn.Module, include_dropout: bool = False) -> l
     Args:
         model: the model to search.
         include_dropout: also return ``nn.Dropout``, ``Dropout1d/2d/3d``, ``AlphaDropout`` and
-            ``FeatureAlphaDropout`` modules (attribute ``p``, level ``-1``), after the drop-path modules.
+            ``FeatureAlphaDropout`` modules (attribute ``p``, level ``-1``), and the recurrent layers
+            (``nn.RNN``, ``nn.LSTM``, ``nn.GRU``) of more than one layer, whose ``dropout`` acts between
+            their layers (attribute ``dropout``; a one-layer recurrent layer has no dropout to set),
+            after the drop-path modules.
 
     Returns:
         Drop-path modules by depth, then dropout modules.
@@ -520,6 +524,9 @@ def find_drop_rate_modules(model: nn.Module, include_dropout: bool = False) -> l
         >>> model = nn.Sequential(nn.Linear(2, 2), DropPath(0.1), nn.Dropout(0.5))
         >>> [(f.name, f.attr, f.level) for f in find_drop_rate_modules(model, include_dropout=True)]
         [('1', 'p', 0), ('2', 'p', -1)]
+        >>> rnn = nn.ModuleDict({"deep": nn.LSTM(4, 4, num_layers=2), "one": nn.GRU(4, 4)})
+        >>> [(f.name, f.attr) for f in find_drop_rate_modules(rnn, include_dropout=True)]
+        [('deep', 'dropout')]
     """
     known = _drop_path_types()
     drop_paths: list[DropRateSite] = []
@@ -536,4 +543,6 @@ def find_drop_rate_modules(model: nn.Module, include_dropout: bool = False) -> l
             drop_paths.append(DropRateSite(name, module, attr, level, False))
         elif include_dropout and isinstance(module, nn.modules.dropout._DropoutNd):
             dropouts.append(DropRateSite(name, module, "p", -1, True))
+        elif include_dropout and isinstance(module, nn.RNNBase) and module.num_layers > 1:
+            dropouts.append(DropRateSite(name, module, "dropout", -1, True))
     return drop_paths + dropouts

@@ -20,8 +20,9 @@ How each kind of module reads the tensor:
   [`ScheduledRates.release`][lightning_reg.stochastic_depth.rate_tensor.ScheduledRates.release].
   ``isinstance`` checks keep working; the rate attribute (``p`` /
   ``drop_prob``) still reads the current rate as a float.
-* any other module (the ``drop_rate_attribute`` protocol, subclasses of the classes above): its float
-  attribute is written, as before; under ``torch.compile`` each new rate recompiles that module's graph.
+* any other module (the ``drop_rate_attribute`` protocol, subclasses of the classes above, the
+  ``dropout`` of a recurrent layer): its float attribute is written, as before; under ``torch.compile``
+  each new rate recompiles that module's graph.
 
 **Off state.** A module whose rate is 0 and stays 0 at the next step (a target of 0, an ``"early"``
 schedule after its cutoff, a ``"late"`` one before it) is switched to its plain float path, which returns
